@@ -1,0 +1,79 @@
+"""The YAML config file: read, checked against schemas/config.schema.json, typed.
+
+Every mistake is reported as one line naming the key path (`warehouse.batch_size`),
+before any graph is built.
+"""
+from typing import NamedTuple
+
+import jsonschema
+import yaml
+from apache_beam.io.filesystems import FileSystems
+
+import schemas
+from pipeline.errors import UsageError
+from transforms.decode import DecodeLimits
+from transforms.warehouse import planner
+from transforms.warehouse.sink import DEFAULT_BATCH_SIZE
+
+
+class Config(NamedTuple):
+    decode: DecodeLimits = DecodeLimits()
+    max_columns_per_table: int = planner.DEFAULT_MAX_COLUMNS
+    flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return ".".join(filter(None, [path, str(extra[0]) if extra else ""])) or "(top level)"
+    return path or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        return "unknown key"
+    return error.message
+
+
+def validate(document) -> Config:
+    """Check a parsed config document; return the typed Config or raise UsageError."""
+    if document is None:
+        document = {}
+    validator = jsonschema.Draft202012Validator(schemas.load("config.schema.json"))
+    errors = sorted(validator.iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        error = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise UsageError(f"config: {_key_path(error)}: {_describe(error)}{more}")
+    decode = document.get("decode", {})
+    warehouse = document.get("warehouse", {})
+    limits = DecodeLimits(decode.get("max_event_bytes", DecodeLimits().max_event_bytes),
+                          decode.get("max_batch_bytes", DecodeLimits().max_batch_bytes))
+    if limits.max_batch_bytes < limits.max_event_bytes:
+        raise UsageError("config: decode.max_batch_bytes: must not be smaller than decode.max_event_bytes")
+    return Config(limits,
+                  warehouse.get("max_columns_per_table", planner.DEFAULT_MAX_COLUMNS),
+                  warehouse.get("flatten_depth", planner.DEFAULT_FLATTEN_DEPTH),
+                  warehouse.get("batch_size", DEFAULT_BATCH_SIZE))
+
+
+def load(path) -> Config:
+    """Read and check the config file at `path` (local or gs://); None means defaults."""
+    if not path:
+        return Config()
+    try:
+        with FileSystems.open(path) as handle:
+            text = handle.read()
+    except Exception as exc:  # noqa: BLE001 - any filesystem error is the user's to fix, named here
+        raise UsageError(f"--config {path}: cannot read it ({type(exc).__name__}: {exc})") from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"--config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    if document is not None and not isinstance(document, dict):
+        raise UsageError(f"--config {path}: the top level must be a mapping of sections")
+    return validate(document)

@@ -1,0 +1,45 @@
+"""The graph builder: one function wiring the stages between a source and sinks.
+
+Tests call it with a source and sinks of their choosing; run() calls it with the real ones.
+Step labels are stable names (Dataflow's --update matches steps by name).
+"""
+from typing import NamedTuple
+
+import apache_beam as beam
+
+from pipeline.config import Config
+from transforms.decode import DecodeMessages
+from transforms.normalize import NormalizeEvents
+from transforms.warehouse.sink import WarehouseSettings, WriteDeadLetters, WriteWarehouse
+
+
+class Graph(NamedTuple):
+    events: beam.PCollection        # normalized events, as they go to the warehouse
+    dead_letters: beam.PCollection  # every stage's dead-letter records
+
+
+def warehouse_settings(url: str, config: Config) -> WarehouseSettings:
+    return WarehouseSettings(url, config.max_columns_per_table, config.flatten_depth, config.batch_size)
+
+
+def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink: beam.PTransform,
+                dead_letter_sink: beam.PTransform, trust_event_received_at: bool = True) -> Graph:
+    """source: PBegin -> PCollection[RawMessage]; event_sink: Events -> its dead letters;
+    dead_letter_sink: dead-letter records -> anything."""
+    messages = pipeline | "Read" >> source
+    decoded = messages | "Decode" >> DecodeMessages(config.decode)
+    normalized = decoded.events | "Normalize" >> NormalizeEvents(trust_event_received_at)
+    write_failures = normalized.events | "Warehouse" >> event_sink
+    dead_letters = ((decoded.dead_letters, normalized.dead_letters, write_failures)
+                    | "CollectDeadLetters" >> beam.Flatten())
+    _ = dead_letters | "DeadLetters" >> dead_letter_sink
+    return Graph(normalized.events, dead_letters)
+
+
+def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,
+                          trust_event_received_at: bool = True) -> Graph:
+    """The production wiring: events and dead letters into the warehouse at `warehouse_url`."""
+    settings = warehouse_settings(warehouse_url, config)
+    return build_graph(pipeline, source, config, event_sink=WriteWarehouse(settings),
+                       dead_letter_sink=WriteDeadLetters(settings),
+                       trust_event_received_at=trust_event_received_at)

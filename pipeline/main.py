@@ -1,0 +1,75 @@
+"""Entry point: parse and check everything the user gave, build the graph, run, report.
+
+`python -m pipeline` and the `sluice` console script both land in main().
+"""
+import logging
+import sys
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from pipeline import config as config_module
+from pipeline import options as options_module
+from pipeline import sources, summary as summary_module
+from pipeline.config import Config
+from pipeline.errors import UsageError
+from pipeline.graph import build_warehouse_graph
+
+
+class RunPlan(NamedTuple):
+    """Everything checked before the graph is built."""
+    patterns: list
+    config: Config
+    warehouse_url: str
+    summary_path: str
+
+
+def check(sluice_options, pipeline_options) -> RunPlan:
+    """Validate options and config; raise UsageError naming the first mistake."""
+    if not sluice_options.input_files:
+        raise UsageError("--input_files is required: a path, a glob or a comma-separated list "
+                         "of newline-delimited JSON files")
+    kind = options_module.parse_warehouse_url(sluice_options.warehouse)
+    options_module.check_runner(pipeline_options, kind)
+    config = config_module.load(sluice_options.config)
+    patterns = sources.check_input_files(sluice_options.input_files)
+    return RunPlan(patterns, config, sluice_options.warehouse, sluice_options.summary_path)
+
+
+def _runner(pipeline_options):
+    # Plain DirectRunner first tries to download the Prism runner; FnApiRunner runs in-process.
+    return None if pipeline_options.view_as(StandardOptions).runner else FnApiRunner()
+
+
+def run(argv: list) -> dict:
+    """Run a batch job; return its summary. Raises UsageError before building anything."""
+    sluice_options, pipeline_options = options_module.parse_args(argv)
+    plan = check(sluice_options, pipeline_options)
+    pipeline = beam.Pipeline(runner=_runner(pipeline_options), options=pipeline_options)
+    build_warehouse_graph(pipeline, sources.ReadInputFiles(plan.patterns), plan.config, plan.warehouse_url)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = summary_module.build(summary_module.counters_from_result(result))
+    if plan.summary_path:
+        summary_module.write(plan.summary_path, summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print(options_module.help_text())
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run(argv)
+    except UsageError as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary_module.format_table(summary))
+    if not summary["conservation"]["holds"]:
+        print("sluice: error: conservation check failed; see the summary above", file=sys.stderr)
+        return 1
+    return 0

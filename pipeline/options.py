@@ -1,0 +1,98 @@
+"""Command-line options: Sluice's own, plus Beam's standard options passed through.
+
+`parse_args` reads argv into (SluiceOptions, PipelineOptions) and refuses, with one line
+naming it, any option neither Sluice nor Beam knows: Beam alone would only log a warning
+and drop a mistyped `--input_file`, leaving the run to fail later and further from the cause.
+"""
+import argparse
+
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from pipeline.errors import UsageError
+
+DEFAULT_WAREHOUSE = "duckdb:///sluice.duckdb"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print usage and exit; we want one line
+        raise UsageError(message)
+
+
+class SluiceOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("input")
+        group.add_argument("--input_files", metavar="PATTERN",
+                           help="Newline-delimited JSON to read: a local path or gs:// URL, a glob, "
+                                "or a comma-separated list of them. `.gz` files are decompressed. "
+                                "Each line is one Segment event or a batch envelope {\"batch\": [...]}.")
+        group = parser.add_argument_group("configuration")
+        group.add_argument("--config", metavar="PATH",
+                           help="YAML config file (local or gs://), validated against "
+                                "schemas/config.schema.json before the pipeline starts. Without it, defaults apply.")
+        group = parser.add_argument_group("warehouse")
+        group.add_argument("--warehouse", metavar="URL", default=DEFAULT_WAREHOUSE,
+                           help="Where tables are written. duckdb:///relative/path.duckdb or "
+                                "duckdb:////absolute/path.duckdb (embedded; the default is %(default)s "
+                                "in the working directory). The dead-letter table _dead_letters lives there too.")
+        group = parser.add_argument_group("reporting")
+        group.add_argument("--summary_path", metavar="PATH",
+                           help="Write the batch run's reconciliation summary here as JSON (local or gs://). "
+                                "The summary is printed as a table at the end of a batch run either way.")
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """Every option Beam and Sluice know, the way Beam assembles them."""
+    parser = _Parser(allow_abbrev=False, add_help=False)
+    for cls in PipelineOptions.__subclasses__():
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def help_text() -> str:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Sluice: Segment-compatible events in, warehouse tables and dead letters out.",
+        epilog="Standard Beam options pass through: --runner, --project, --region, --temp_location, "
+               "--streaming, --direct_num_workers, ... Without --runner, batch runs use Beam's in-process "
+               "FnApiRunner. Exit status 2 means a command-line or config mistake, named on one line.")
+    SluiceOptions._add_argparse_args(parser)
+    return parser.format_help()
+
+
+def parse_args(argv: list) -> tuple:
+    """argv -> (SluiceOptions, PipelineOptions). Raises UsageError for unknown or malformed options."""
+    _, unknown = _beam_parser().parse_known_args(argv)
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        if name.startswith("-"):
+            raise UsageError(f"unrecognized option {name} (see --help)")
+        raise UsageError(f"unexpected argument {arg!r} (options take the form --name=value)")
+    options = PipelineOptions(argv)
+    return options.view_as(SluiceOptions), options
+
+
+def parse_warehouse_url(url: str) -> str:
+    """Check a --warehouse URL; return its kind."""
+    if url.startswith("duckdb:///") and len(url) > len("duckdb:///"):
+        return "duckdb"
+    if url.startswith("duckdb:"):
+        raise UsageError(f"--warehouse {url!r}: write duckdb:///relative/path.duckdb or "
+                         "duckdb:////absolute/path.duckdb")
+    if url.startswith("bigquery:"):
+        raise UsageError(f"--warehouse {url!r}: the BigQuery warehouse is not available in this version "
+                         "(use duckdb:///PATH)")
+    raise UsageError(f"--warehouse {url!r}: expected duckdb:///PATH")
+
+
+def check_runner(options: PipelineOptions, warehouse_kind: str) -> None:
+    """DuckDB is embedded in this process: refuse runners that would write from elsewhere."""
+    if warehouse_kind != "duckdb":
+        return
+    runner = options.view_as(StandardOptions).runner or ""
+    if "Dataflow" in str(runner):
+        raise UsageError("--runner DataflowRunner cannot write to an embedded DuckDB file; "
+                         "use a local runner or another --warehouse")
+    if options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+        raise UsageError("--direct_running_mode=multi_processing cannot share one DuckDB file between "
+                         "processes; use in_memory or multi_threading")

@@ -1,0 +1,83 @@
+"""The run summary: conservation totals read back from the run's Beam counters.
+
+Conservation: every event unit (an event after batch splitting, or a message refused
+before it could be split) ends stored, dead-lettered, or dropped by a named policy:
+    events == stored + sum(dead_lettered) + sum(dropped)
+"""
+import json
+from collections import defaultdict
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+
+from transforms import metrics
+
+
+def counters_from_result(result) -> dict:
+    """{counter name: value} summed over steps, from a finished PipelineResult."""
+    totals = defaultdict(int)
+    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] += value or 0
+    return dict(totals)
+
+
+def _by_prefix(counters: dict, prefix: str) -> dict:
+    return {name[len(prefix):]: value for name, value in sorted(counters.items())
+            if name.startswith(prefix) and value}
+
+
+def build(counters: dict) -> dict:
+    summary = {
+        "read": counters.get("read", 0),
+        "events": counters.get("events", 0),
+        "stored": counters.get("stored", 0),
+        "dead_lettered": _by_prefix(counters, "dead_lettered."),
+        "dropped": _by_prefix(counters, "dropped."),
+        "forwarded": _by_prefix(counters, "forwarded."),
+        "tables": _by_prefix(counters, "rows."),
+        "type_conflicts": _by_prefix(counters, "type_conflicts."),
+        "column_cap": _by_prefix(counters, "column_cap."),
+    }
+    accounted = summary["stored"] + sum(summary["dead_lettered"].values()) + sum(summary["dropped"].values())
+    summary["conservation"] = {"holds": accounted == summary["events"],
+                               "unaccounted": summary["events"] - accounted}
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    lines = ["Sluice run summary", "-" * 44]
+
+    def row(label, value, indent=0):
+        lines.append(f"{' ' * indent}{label:<{34 - indent}}{value:>10,}")
+
+    row("messages read", summary["read"])
+    row("events", summary["events"])
+    row("stored", summary["stored"])
+    for title, key in (("dead-lettered", "dead_lettered"), ("dropped by policy", "dropped"),
+                       ("forwarded", "forwarded")):
+        row(title, sum(summary[key].values()))
+        for name, value in summary[key].items():
+            row(name, value, 2)
+    lines.append("-" * 44)
+    row("rows written", sum(summary["tables"].values()))
+    for name, value in summary["tables"].items():
+        row(name, value, 2)
+    for title, key in (("values kept in _unmapped (type)", "type_conflicts"),
+                       ("values kept in _unmapped (cap)", "column_cap")):
+        if summary[key]:
+            row(title, sum(summary[key].values()))
+            for name, value in summary[key].items():
+                row(name, value, 2)
+    lines.append("-" * 44)
+    conservation = summary["conservation"]
+    verdict = ("holds: events = stored + dead-lettered + dropped" if conservation["holds"]
+               else f"BROKEN: {conservation['unaccounted']:,} events unaccounted for")
+    lines.append(f"conservation {verdict}")
+    return "\n".join(lines)
+
+
+def write(path: str, summary: dict) -> None:
+    with FileSystems.create(path) as handle:
+        handle.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8") + b"\n")

@@ -1,0 +1,36 @@
+"""Sluice: a Segment-compatible event pipeline on Apache Beam."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "pipeline" / "__init__.py").read_text()).group(1)
+
+# Runtime dependencies are pinned exactly: Dataflow workers install from this list
+# (--setup_file), so a worker must get what the tests ran against.
+# constraints.txt pins the transitive set for `make` installs.
+INSTALL_REQUIRES = [
+    "apache-beam==2.77.0",
+    "duckdb==2.0.0",
+    "jsonschema==4.26.0",
+    "orjson==3.13.0",
+    "pyarrow==25.0.1",
+    "PyYAML==6.0.3",
+    "pytz==2026.6",  # DuckDB needs it to hand TIMESTAMPTZ values to Python
+]
+
+setup(
+    name="sluice",
+    version=VERSION,
+    description="Segment-compatible events into warehouse tables, with dead letters and a reconciliation summary",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "schemas"]),
+    package_data={"schemas": ["*.json"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.15"]},
+    entry_points={"console_scripts": ["sluice = pipeline.main:main"]},
+)

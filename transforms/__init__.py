@@ -1,0 +1,1 @@
+"""DoFns and composite PTransforms, one concern per module."""

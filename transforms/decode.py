@@ -1,0 +1,154 @@
+"""Decode: message bytes to Segment events; batch envelopes are split.
+
+Outcomes of `decode_message`, one per event unit (so `events` can be conserved):
+an Event, a Rejection with the payload it refers to, or a policy drop name.
+A message refused before it could be split (not JSON, too large) is one event unit.
+"""
+from typing import Iterator, NamedTuple, Union
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from transforms import deadletter, jsonutil, metrics
+from transforms.messages import Event, RawMessage, Rejection
+
+DEFAULT_MAX_EVENT_BYTES = 32 * 1024     # Segment's per-event limit
+DEFAULT_MAX_BATCH_BYTES = 500 * 1024    # Segment's per-batch-request limit
+_BOM = b"\xef\xbb\xbf"
+# Envelope fields the Segment batch API applies to every event that lacks its own.
+_ENVELOPE_DEFAULTS = ("context", "integrations", "sentAt", "writeKey")
+
+
+class DecodeLimits(NamedTuple):
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+
+
+class Refused(NamedTuple):
+    rejection: Rejection
+    payload: bytes                 # what the dead letter keeps: the message, or the batch member
+    batch_index: Union[int, None] = None
+
+
+class Dropped(NamedTuple):
+    policy: str
+
+
+def _too_large(data: bytes, limits: DecodeLimits) -> Union[Rejection, None]:
+    if len(data) <= limits.max_event_bytes:
+        return None
+    if len(data) > limits.max_batch_bytes:
+        kind = "batch_too_large" if b'"batch"' in data[:256] else "payload_too_large"
+        limit = limits.max_batch_bytes if kind == "batch_too_large" else limits.max_event_bytes
+        return Rejection(kind, f"message is {len(data)} bytes, over the {limit}-byte limit",
+                         {"size_bytes": len(data), "limit_bytes": limit})
+    return None  # between the two limits: fine for a batch, decided after parsing
+
+
+def decode_message(message: RawMessage, received_at: str, limits: DecodeLimits) -> Iterator:
+    data = message.data
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    if not data.strip():
+        yield Dropped("empty_message")
+        return
+    refused = _too_large(data, limits)
+    if refused:
+        yield Refused(refused, message.data)
+        return
+    try:
+        obj = jsonutil.loads(data)
+    except jsonutil.JSONError as exc:
+        yield Refused(Rejection("malformed_json", f"not valid JSON: {exc}"), message.data)
+        return
+    if isinstance(obj, dict) and "batch" in obj and "type" not in obj:
+        yield from _split_batch(obj, message, received_at, limits, len(data))
+        return
+    if not isinstance(obj, dict):
+        yield Refused(Rejection("not_an_object", f"a message must be a JSON object, got {_json_kind(obj)}"),
+                      message.data)
+        return
+    if len(data) > limits.max_event_bytes:
+        yield Refused(Rejection("payload_too_large",
+                                f"event is {len(data)} bytes, over the {limits.max_event_bytes}-byte limit",
+                                {"size_bytes": len(data), "limit_bytes": limits.max_event_bytes}), message.data)
+        return
+    yield Event(obj, obj, message.data, message.attributes, message.source, received_at)
+
+
+def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: DecodeLimits,
+                 size: int) -> Iterator:
+    members = envelope["batch"]
+    if not isinstance(members, list):
+        yield Refused(Rejection("invalid_batch", f'"batch" must be an array of events, got {_json_kind(members)}'),
+                      message.data)
+        return
+    if not members:
+        yield Dropped("empty_batch")
+        return
+    defaults = {k: envelope[k] for k in _ENVELOPE_DEFAULTS if k in envelope}
+    check_each = size > limits.max_event_bytes  # only then can a single member be over the limit
+    for index, member in enumerate(members):
+        if not isinstance(member, dict):
+            yield Refused(Rejection("not_an_object", f"batch member must be a JSON object, got {_json_kind(member)}",
+                                    {"batch_index": index}), jsonutil.dumps(member), index)
+            continue
+        if check_each:
+            member_size = len(jsonutil.dumps(member))
+            if member_size > limits.max_event_bytes:
+                yield Refused(Rejection("payload_too_large",
+                                        f"event is {member_size} bytes, over the {limits.max_event_bytes}-byte limit",
+                                        {"size_bytes": member_size, "limit_bytes": limits.max_event_bytes,
+                                         "batch_index": index}), jsonutil.dumps(member), index)
+                continue
+        body = member
+        if defaults:
+            body = {**{k: v for k, v in defaults.items() if k not in member}, **member}
+        yield Event(body, member, None, message.attributes, message.source, received_at, index)
+
+
+def _json_kind(value) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+class DecodeMessagesFn(beam.DoFn):
+    DEAD_LETTERS = "dead_letters"
+
+    def __init__(self, limits: DecodeLimits):
+        self._limits = limits
+
+    def process(self, message: RawMessage):
+        metrics.inc("read")
+        received_at = message.received_at or deadletter.utc_now_iso()  # files: the read time
+        for outcome in decode_message(message, received_at, self._limits):
+            metrics.inc("events")
+            if isinstance(outcome, Event):
+                yield outcome
+            elif isinstance(outcome, Refused):
+                metrics.dead_lettered("decode", outcome.rejection.error_type)
+                rejection = outcome.rejection
+                yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.make_record(
+                    "decode", rejection, outcome.payload, attributes=message.attributes,
+                    source=message.source, received_at=received_at))
+            else:
+                metrics.dropped(outcome.policy)
+
+
+class DecodeMessages(beam.PTransform):
+    """RawMessage -> Event (main output) and dead-letter records (`dead_letters`)."""
+
+    def __init__(self, limits: DecodeLimits = DecodeLimits()):
+        super().__init__()
+        self._limits = limits
+
+    def expand(self, messages):
+        return messages | beam.ParDo(DecodeMessagesFn(self._limits)).with_outputs(
+            DecodeMessagesFn.DEAD_LETTERS, main="events")

@@ -1,0 +1,68 @@
+"""Strict, lossless JSON for event payloads.
+
+orjson is the fast path, but it reads integers wider than 64 bits as floats (silently
+losing digits) and cannot write them back. Payloads with a long run of digits take the
+stdlib path, which keeps big integers exact; both paths reject NaN, Infinity, lone
+surrogates and invalid UTF-8, so the two agree on what is valid JSON.
+"""
+import json
+import re
+
+import orjson
+
+# 19+ digits may exceed the 64-bit range orjson keeps exact. Digits inside strings also
+# match; those payloads merely take the slower, equally correct path.
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+
+
+class JSONError(ValueError):
+    """The payload is not valid JSON; the message says why, for a person."""
+
+
+def _reject_constant(name):
+    raise JSONError(f"{name} is not valid JSON")
+
+
+def _strict_float(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise JSONError(f"number {text[:40]} is out of range for a double")
+    return value
+
+
+def _loads_exact(data: bytes):
+    try:
+        value = json.loads(data, parse_constant=_reject_constant, parse_float=_strict_float)
+    except RecursionError as exc:
+        raise JSONError("nesting too deep") from exc
+    except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise JSONError(str(exc)) from exc
+    try:  # lone surrogates parse in the stdlib but cannot be written as UTF-8
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise JSONError("string contains a lone UTF-16 surrogate") from exc
+    except RecursionError as exc:
+        raise JSONError("nesting too deep") from exc
+    return value
+
+
+def loads(data: bytes):
+    """Parse one JSON document; raise JSONError for anything that is not strict JSON."""
+    if _LONG_DIGITS.search(data):
+        return _loads_exact(data)
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise JSONError(str(exc)) from exc
+
+
+def dumps(value, sort_keys: bool = False) -> bytes:
+    """Serialize to compact UTF-8 JSON; integers of any size stay exact."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    except TypeError:  # "Integer exceeds 64-bit range"
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys).encode("utf-8")
+
+
+def dumps_str(value, sort_keys: bool = False) -> str:
+    return dumps(value, sort_keys).decode("utf-8")

@@ -1,0 +1,171 @@
+"""Normalize: the Segment spec's common fields, identity rules and timestamps.
+
+`normalize_event` is pure: a raw event body in, a new normalized body (or a Rejection)
+out; the input dict is never mutated, so the original stays available for dead letters.
+
+Timestamps follow Segment: the client's clock time is `originalTimestamp` (an explicit
+`originalTimestamp`, else the client's `timestamp`); when the client also sent `sentAt`,
+`timestamp = receivedAt - (sentAt - originalTimestamp)` corrects device clock skew;
+otherwise `timestamp` is the client's time, or `receivedAt` when the client sent none.
+"""
+import hashlib
+from datetime import datetime, timezone
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from transforms import deadletter, jsonutil, metrics
+from transforms.messages import Event, Rejection
+
+EVENT_TYPES = frozenset(("track", "identify", "page", "screen", "group", "alias"))
+TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+# Fields whose value must be an object when present, by the spec.
+_OBJECT_FIELDS = ("context", "properties", "traits", "integrations")
+
+
+def parse_time(value) -> datetime:
+    """ISO-8601 string to an aware UTC datetime; naive times are taken as UTC."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO-8601 string, got {type(value).__name__}")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def format_time(value: datetime) -> str:
+    # isoformat zero-pads years below 1000, which strftime("%Y") does not on Linux
+    return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def derive_message_id(original: dict) -> str:
+    """Deterministic id for an event sent without one: the same event always gets the same id."""
+    return "sluice-" + hashlib.sha256(jsonutil.dumps(original, sort_keys=True)).hexdigest()[:32]
+
+
+def _identifier(value):
+    """Segment ids are strings; libraries also send numbers. Anything else is no id."""
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return str(value)
+    return None
+
+
+def _check_identity(body: dict, kind: str, ids: dict):
+    if kind == "alias":
+        required = ("userId", "previousId")
+        missing = [f for f in required if ids.get(f) is None]
+        if missing:
+            return Rejection("missing_identity", f"alias needs {' and '.join(required)}; missing {', '.join(missing)}",
+                             {"missing": missing})
+        return None
+    if ids.get("userId") is None and ids.get("anonymousId") is None:
+        return Rejection("missing_identity", f"{kind} needs a userId or an anonymousId (a non-empty string)",
+                         {"missing": ["userId", "anonymousId"]})
+    if kind == "group" and ids.get("groupId") is None:
+        return Rejection("missing_identity", "group needs a groupId", {"missing": ["groupId"]})
+    return None
+
+
+def _resolve_times(body: dict, transport_received_at: str, trust_event_received_at: bool):
+    parsed = {}
+    for field in TIME_FIELDS:
+        value = body.get(field)
+        if value is None:
+            continue
+        try:
+            parsed[field] = parse_time(value)
+        except ValueError as exc:
+            return Rejection("invalid_timestamp", f"{field} is not an ISO-8601 time: {exc}",
+                             {"field": field, "value": str(value)[:100]})
+    received = parsed.get("receivedAt") if trust_event_received_at else None
+    received = received or parse_time(transport_received_at)
+    original = parsed.get("originalTimestamp") or parsed.get("timestamp")
+    sent = parsed.get("sentAt")
+    try:
+        if original is not None and sent is not None:
+            timestamp = received - (sent - original)
+        else:
+            timestamp = original or received
+    except OverflowError:
+        return Rejection("invalid_timestamp", "clock-skew correction leaves the supported time range",
+                         {"field": "timestamp"})
+    times = {"receivedAt": format_time(received), "timestamp": format_time(timestamp)}
+    if original is not None:
+        times["originalTimestamp"] = format_time(original)
+    if sent is not None:
+        times["sentAt"] = format_time(sent)
+    return times
+
+
+def normalize_event(body: dict, transport_received_at: str, trust_event_received_at: bool = True,
+                    original: dict = None):
+    """Return the normalized body, or a Rejection.
+
+    trust_event_received_at: keep an event's own `receivedAt` (file backfills of events that
+    Segment already received); a live transport (Pub/Sub) sets False so its publish time wins.
+    original: the event as found in its message (before batch-envelope defaults were
+    merged), from which a missing messageId is derived; defaults to `body`.
+    """
+    kind = body.get("type")
+    kind = kind.lower() if isinstance(kind, str) else kind
+    if kind not in EVENT_TYPES:
+        return Rejection("unknown_type", f"type must be one of {', '.join(sorted(EVENT_TYPES))}; got {str(kind)[:60]!r}",
+                         {"type": kind if isinstance(kind, (str, type(None))) else str(kind)[:60]})
+    for field in _OBJECT_FIELDS:
+        value = body.get(field)
+        if value is not None and not isinstance(value, dict):
+            return Rejection("invalid_field", f"{field} must be an object", {"field": field})
+    ids = {f: _identifier(body.get(f)) for f in ("userId", "anonymousId", "previousId", "groupId")}
+    rejection = _check_identity(body, kind, ids)
+    if rejection:
+        return rejection
+    if kind == "track":
+        name = body.get("event")
+        if not isinstance(name, str) or not name.strip():
+            return Rejection("missing_event_name", "track needs an event name (a non-empty string)")
+    times = _resolve_times(body, transport_received_at, trust_event_received_at)
+    if isinstance(times, Rejection):
+        return times
+    normalized = dict(body)
+    normalized["type"] = kind
+    for field, value in ids.items():
+        if value is not None:
+            normalized[field] = value
+        else:
+            normalized.pop(field, None)
+    normalized.update(times)
+    message_id = _identifier(body.get("messageId"))
+    normalized["messageId"] = message_id or derive_message_id(original if original is not None else body)
+    return normalized
+
+
+class NormalizeEventsFn(beam.DoFn):
+    DEAD_LETTERS = "dead_letters"
+
+    def __init__(self, trust_event_received_at: bool = True):
+        self._trust = trust_event_received_at
+
+    def process(self, event: Event):
+        result = normalize_event(event.body, event.received_at, self._trust, event.original)
+        if isinstance(result, Rejection):
+            metrics.dead_lettered("normalize", result.error_type)
+            message_id = _identifier(event.body.get("messageId")) or derive_message_id(event.original)
+            yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.from_event("normalize", result, event, message_id))
+            return
+        yield event._replace(body=result)
+
+
+class NormalizeEvents(beam.PTransform):
+    """Event (raw body) -> Event (normalized body) and dead-letter records."""
+
+    def __init__(self, trust_event_received_at: bool = True):
+        super().__init__()
+        self._trust = trust_event_received_at
+
+    def expand(self, events):
+        return events | beam.ParDo(NormalizeEventsFn(self._trust)).with_outputs(
+            NormalizeEventsFn.DEAD_LETTERS, main="events")

@@ -1,0 +1,1 @@
+"""Warehouse: plan Segment-layout rows (pure) and write them (DuckDB, later BigQuery)."""

@@ -1,0 +1,271 @@
+"""The embedded DuckDB warehouse: one database file, tables created and widened in place.
+
+DuckDB lets one process write a database file. Every writer in the process shares one
+connection per file (refcounted), and a lock serializes schema changes and inserts, so
+bundles on several threads write safely. Runs that would put writers in other processes
+are refused at launch (pipeline.options).
+
+A batch is written in one transaction: existing keys are looked up, schema changes
+applied, then each table's rows are inserted as one Arrow table. If the transaction
+fails, the batch is retried one event at a time so one bad event cannot sink the rest.
+"""
+import threading
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from transforms.warehouse import layout, planner
+from transforms.warehouse.result import WriteResult
+
+SQL_TYPES = {planner.BOOL: "BOOLEAN", planner.INT64: "BIGINT", planner.FLOAT64: "DOUBLE",
+             planner.STRING: "VARCHAR", planner.TIMESTAMP: "TIMESTAMPTZ", planner.JSON: "JSON"}
+ARROW_TYPES = {planner.BOOL: pa.bool_(), planner.INT64: pa.int64(), planner.FLOAT64: pa.float64(),
+               planner.STRING: pa.string(), planner.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+               planner.JSON: pa.string()}
+COLUMNS_TABLE = "_sluice_columns"
+DEAD_LETTER_TABLE = "_dead_letters"
+DEAD_LETTER_COLUMNS = (
+    ("dead_letter_id", planner.STRING), ("error_stage", planner.STRING), ("error_type", planner.STRING),
+    ("error_message", planner.STRING), ("error_details", planner.JSON), ("payload", planner.STRING),
+    ("payload_encoding", planner.STRING), ("attributes", planner.JSON), ("message_id", planner.STRING),
+    ("source", planner.STRING), ("received_at", planner.TIMESTAMP), ("failed_at", planner.TIMESTAMP),
+    ("pipeline_version", planner.STRING), ("destination", planner.STRING), ("loaded_at", planner.TIMESTAMP),
+)
+_EXACT_FLOAT = 1 << 53
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _SharedDatabase:
+    def __init__(self, path: str):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = duckdb.connect(path)
+        self.lock = threading.RLock()
+        self.refs = 0
+        self.schemas = None  # table name -> TableSchema, loaded on first use
+
+
+_DATABASES = {}
+_DATABASES_LOCK = threading.Lock()
+
+
+def _acquire(path: str) -> _SharedDatabase:
+    with _DATABASES_LOCK:
+        db = _DATABASES.get(path)
+        if db is None:
+            db = _DATABASES[path] = _SharedDatabase(path)
+        db.refs += 1
+        return db
+
+
+def _release(path: str) -> None:
+    with _DATABASES_LOCK:
+        db = _DATABASES.get(path)
+        if db is None:
+            return
+        db.refs -= 1
+        if db.refs <= 0:
+            db.conn.close()  # checkpoints the WAL: the file is complete on its own
+            del _DATABASES[path]
+
+
+class _Replan(Exception):
+    """A widening was refused after planning; plan the batch again without it."""
+
+
+class DuckDBWarehouse:
+    def __init__(self, path: str, max_columns: int = planner.DEFAULT_MAX_COLUMNS,
+                 flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH):
+        self.path = str(Path(path).resolve())
+        self.max_columns = max_columns
+        self.flatten_depth = flatten_depth
+        self._db = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def open(self) -> "DuckDBWarehouse":
+        self._db = _acquire(self.path)
+        with self._db.lock:
+            if self._db.schemas is None:
+                self._bootstrap()
+        return self
+
+    def close(self) -> None:
+        if self._db is not None:
+            _release(self.path)
+            self._db = None
+
+    def _bootstrap(self):
+        conn = self._db.conn
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {COLUMNS_TABLE} (table_name VARCHAR, column_name VARCHAR, "
+                     "column_type VARCHAR, source VARCHAR, added_at TIMESTAMPTZ, "
+                     "PRIMARY KEY (table_name, column_name))")
+        columns = ", ".join(f"{quote(n)} {SQL_TYPES[t]}" + (" PRIMARY KEY" if n == "dead_letter_id" else "")
+                            for n, t in DEAD_LETTER_COLUMNS)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} ({columns})")
+        registered = defaultdict(list)
+        for table, name, kind, source in conn.execute(
+                f"SELECT table_name, column_name, column_type, source FROM {COLUMNS_TABLE} ORDER BY added_at, column_name").fetchall():
+            registered[table].append(planner.Column(name, kind, source))
+        self._db.schemas = {t: planner.TableSchema(t, cols) for t, cols in registered.items()}
+
+    # -- events ------------------------------------------------------------------------
+    def write_events(self, events: list) -> WriteResult:
+        rows = [layout.table_rows(e.body, self.flatten_depth) for e in events]
+        with self._db.lock:
+            try:
+                return self._write_with_replan(events, rows)
+            except Exception:  # noqa: BLE001 - not swallowed: the batch is retried event by event,
+                pass           # and an event that fails alone carries its own error to a dead letter
+            result = WriteResult()
+            for event, event_rows in zip(events, rows):
+                try:
+                    result.merge(self._write_with_replan([event], [event_rows]))
+                except Exception as exc:  # noqa: BLE001 - becomes an insert_failed dead letter
+                    result.failed.append((event, f"{type(exc).__name__}: {exc}"))
+            return result
+
+    def _write_with_replan(self, events, rows):
+        for _ in range(3):
+            try:
+                return self._write_batch(events, rows)
+            except _Replan:
+                continue
+        return self._write_batch(events, rows)
+
+    def _write_batch(self, events, rows) -> WriteResult:
+        conn, schemas = self._db.conn, self._db.schemas
+        result = WriteResult()
+        working = {}
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            kept = self._split_duplicates(events, rows, result)
+            by_table = defaultdict(list)
+            for event_rows in kept:
+                for row in event_rows:
+                    by_table[row.table].append(row)
+            loaded_at = datetime.now(timezone.utc)
+            for table, table_rows in by_table.items():
+                schema = working[table] = planner.copy_schema(schemas.get(table) or planner.TableSchema(table))
+                if table == "users":
+                    table_rows = planner.collapse_by_key(table_rows)
+                plan = planner.plan_rows(schema, table_rows, self.max_columns, loaded_at)
+                self._evolve(table, schema, plan)
+                result.rows[table] += self._insert(table, schema, plan)
+                result.type_conflicts[table] += plan.type_conflicts
+                result.capped[table] += plan.capped
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        schemas.update(working)
+        return result
+
+    def _split_duplicates(self, events, rows, result):
+        """Keep events whose primary row is new; the rest are duplicates of stored events."""
+        keys = defaultdict(list)
+        for event_rows in rows:
+            keys[event_rows[0].table].append(event_rows[0].key)
+        existing = set()
+        for table, table_keys in keys.items():
+            existing.update((table, k) for k in self._existing_keys(table, table_keys))
+        kept, seen = [], set()
+        for event, event_rows in zip(events, rows):
+            primary = (event_rows[0].table, event_rows[0].key)
+            if primary in existing or primary in seen:
+                result.duplicates.append(event)
+                continue
+            seen.add(primary)
+            kept.append(event_rows)
+            result.stored.append(event)
+        return kept
+
+    def _existing_keys(self, table, keys):
+        if table not in self._db.schemas:
+            return ()
+        key = quote(planner.key_column(table))
+        self._db.conn.register("_sluice_keys", pa.table({"k": pa.array(keys, pa.string())}))
+        try:
+            return [r[0] for r in self._db.conn.execute(
+                f"SELECT t.{key} FROM {quote(table)} t JOIN _sluice_keys k ON t.{key} = k.k").fetchall()]
+        finally:
+            self._db.conn.unregister("_sluice_keys")
+
+    def _evolve(self, table, schema, plan):
+        conn = self._db.conn
+        now = datetime.now(timezone.utc)
+        if table not in self._db.schemas:
+            key = planner.key_column(table)
+            columns = ", ".join(f"{quote(c.name)} {SQL_TYPES[c.type]}" + (" PRIMARY KEY" if c.name == key else "")
+                                for c in planner.fixed_columns(table))
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({columns})")
+            self._register_columns(table, planner.fixed_columns(table), now)
+        for name in plan.widened:
+            over = conn.execute(f"SELECT count(*) FROM {quote(table)} WHERE abs({quote(name)}) > {_EXACT_FLOAT}"
+                                ).fetchone()[0]
+            if over:  # existing integers would lose digits as doubles: keep the column INT64
+                self._db.schemas[table].no_widen.add(name)
+                raise _Replan()
+            conn.execute(f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(name)} TYPE DOUBLE")
+            conn.execute(f"UPDATE {COLUMNS_TABLE} SET column_type = ? WHERE table_name = ? AND column_name = ?",
+                         [planner.FLOAT64, table, name])
+        for column in plan.new_columns:
+            conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column.name)} {SQL_TYPES[column.type]}")
+        self._register_columns(table, plan.new_columns, now)
+
+    def _register_columns(self, table, columns, now):
+        if columns:
+            self._db.conn.executemany(f"INSERT INTO {COLUMNS_TABLE} VALUES (?, ?, ?, ?, ?)",
+                                      [[table, c.name, c.type, c.source, now] for c in columns])
+
+    def _insert(self, table, schema, plan) -> int:
+        arrays = {name: pa.array(values, ARROW_TYPES[schema.columns[name].type])
+                  for name, values in plan.columns.items()}
+        conn = self._db.conn
+        conn.register("_sluice_batch", pa.table(arrays))
+        try:
+            if table == "users":
+                return self._upsert_users(schema)
+            return conn.execute(f"INSERT INTO {quote(table)} BY NAME SELECT * FROM _sluice_batch").fetchone()[0]
+        finally:
+            conn.unregister("_sluice_batch")
+
+    def _upsert_users(self, schema) -> int:
+        """Newer identifies win column by column; older ones only fill columns still empty."""
+        sets = ["timestamp = GREATEST(EXCLUDED.timestamp, users.timestamp)", "loaded_at = EXCLUDED.loaded_at"]
+        for name in schema.columns:
+            if name in ("id", "timestamp", "loaded_at"):
+                continue
+            col = quote(name)
+            sets.append(f"{col} = CASE WHEN EXCLUDED.timestamp >= users.timestamp "
+                        f"THEN COALESCE(EXCLUDED.{col}, users.{col}) ELSE COALESCE(users.{col}, EXCLUDED.{col}) END")
+        return self._db.conn.execute("INSERT INTO users BY NAME SELECT * FROM _sluice_batch "
+                                     f"ON CONFLICT (id) DO UPDATE SET {', '.join(sets)}").fetchone()[0]
+
+    # -- dead letters ------------------------------------------------------------------
+    def write_dead_letters(self, records: list) -> int:
+        """Insert dead-letter records; the same dead letter read twice is stored once."""
+        loaded_at = datetime.now(timezone.utc)
+        arrays = {}
+        for name, kind in DEAD_LETTER_COLUMNS:
+            if name == "loaded_at":
+                values = [loaded_at] * len(records)
+            elif kind == planner.JSON:
+                values = [planner.fit(planner.JSON, r.get(name)) for r in records]
+            elif kind == planner.TIMESTAMP:
+                values = [planner.fit(planner.TIMESTAMP, r[name]) if r.get(name) else None for r in records]
+            else:
+                values = [r.get(name) for r in records]
+            arrays[name] = pa.array(values, ARROW_TYPES[kind])
+        with self._db.lock:
+            conn = self._db.conn
+            conn.register("_sluice_dead_letters", pa.table(arrays))
+            try:
+                return conn.execute(f"INSERT OR IGNORE INTO {DEAD_LETTER_TABLE} BY NAME "
+                                    "SELECT * FROM _sluice_dead_letters").fetchone()[0]
+            finally:
+                conn.unregister("_sluice_dead_letters")

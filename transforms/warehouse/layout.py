@@ -1,0 +1,103 @@
+"""Segment's warehouse layout: which tables an event lands in, and its flattened values.
+
+Each event becomes one or more TableRows. A row's values are a few flat dicts keyed by
+JSON pointer into the normalized event (`/context/page/url`), so a column always knows
+exactly where its values came from. The common part of an event is flattened once and
+shared by every table the event lands in.
+"""
+from typing import NamedTuple
+
+from transforms.warehouse import naming
+
+# Top-level fields not flattened generically: the type is the table; `event` becomes
+# event / event_text; the event's own section (properties or traits) is flattened without
+# its prefix. A section the spec does not give a type (traits on a track) stays generic.
+_ALWAYS_SKIPPED = ("type", "event", "integrations")
+_SECTION = {"track": "properties", "page": "properties", "screen": "properties",
+            "identify": "traits", "group": "traits", "alias": None}
+# Fields stored as a JSON column rather than flattened (routing flags, not data).
+_JSON_FIELDS = ("integrations",)
+TIME_POINTERS = frozenset(("/timestamp", "/originalTimestamp", "/sentAt", "/receivedAt"))
+EVENT_POINTER = "$event"   # computed: the event's table name (Segment's `event` column)
+LOADED_AT = "$loaded_at"
+UNMAPPED = "$unmapped"
+
+
+class TableRow(NamedTuple):
+    table: str
+    key: str                     # dedupe key value (message_id; users: the user id)
+    parts: tuple                 # flat dicts {pointer: value}
+    strip_root: str              # pointer prefix not repeated in column names ("/properties")
+    timestamp: str               # the event's timestamp (users: newest traits win)
+
+
+def _escape(key: str) -> str:
+    if "~" in key or "/" in key:
+        return key.replace("~", "~0").replace("/", "~1")
+    return key
+
+
+def unescape_pointer(pointer: str) -> tuple:
+    return tuple(p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:])
+
+
+def flatten(obj: dict, prefix: str, level: int, max_depth: int, out: dict) -> dict:
+    """Flatten nested objects into `out` as {pointer: leaf}; arrays, empty objects and
+    objects past `max_depth` levels stay whole (stored as JSON)."""
+    for key, value in obj.items():
+        pointer = prefix + "/" + _escape(key)
+        if type(value) is dict and value and level < max_depth:
+            flatten(value, pointer, level + 1, max_depth, out)
+        else:
+            out[pointer] = value
+    return out
+
+
+def _common(body: dict, section, max_depth: int) -> dict:
+    flat = {}
+    for key, value in body.items():
+        if key in _ALWAYS_SKIPPED or key == section:
+            continue
+        pointer = "/" + _escape(key)
+        if type(value) is dict and value and max_depth > 1:
+            flatten(value, pointer, 2, max_depth, flat)
+        else:
+            flat[pointer] = value
+    for key in _JSON_FIELDS:
+        if key in body:
+            flat["/" + key] = body[key]
+    return flat
+
+
+def _section(body: dict, key: str, max_depth: int) -> dict:
+    value = body.get(key)
+    if not value:
+        return {}
+    return flatten(value, "/" + key, 2, max_depth, {})
+
+
+def table_rows(body: dict, max_depth: int) -> list:
+    """The warehouse rows for one normalized event, by Segment's layout."""
+    kind = body["type"]
+    message_id = body["messageId"]
+    timestamp = body["timestamp"]
+    common = _common(body, _SECTION[kind], max_depth)
+    if kind == "track":
+        table = naming.table_name(body["event"])
+        common[EVENT_POINTER] = table
+        common["/event"] = body["event"]
+        properties = _section(body, "properties", max_depth)
+        return [TableRow("tracks", message_id, (common,), "", timestamp),
+                TableRow(table, message_id, (common, properties), "/properties", timestamp)]
+    if kind in ("identify", "group"):
+        traits = _section(body, "traits", max_depth)
+        rows = [TableRow("identifies" if kind == "identify" else "groups", message_id,
+                         (common, traits), "/traits", timestamp)]
+        if kind == "identify" and "userId" in body:
+            user = {"/userId": body["userId"], "/timestamp": timestamp, "/receivedAt": body["receivedAt"]}
+            rows.append(TableRow("users", body["userId"], (user, traits), "/traits", timestamp))
+        return rows
+    if kind in ("page", "screen"):
+        properties = _section(body, "properties", max_depth)
+        return [TableRow(kind + "s", message_id, (common, properties), "/properties", timestamp)]
+    return [TableRow("aliases", message_id, (common,), "", timestamp)]

@@ -1,0 +1,229 @@
+"""Plan warehouse rows against a table's schema: pure, backend-neutral.
+
+Without a contract the first value decides a column's type, as in Segment. A later
+value that does not fit is widened where that is lossless (an INT64 column becomes
+FLOAT64 for a fractional number) and otherwise kept whole in the table's `_unmapped`
+JSON column, keyed by its JSON pointer, and counted as a type conflict. Past the
+per-table column cap, new properties go to `_unmapped` too. Nothing is dropped or cut.
+
+A TableSchema records, for every column, the JSON pointer its values come from; two
+sources that propose the same name (`firstName` and `first_name`) get distinct columns.
+"""
+from datetime import datetime, timezone
+from typing import NamedTuple
+
+from transforms import jsonutil
+from transforms.warehouse import layout, naming
+
+BOOL, INT64, FLOAT64, STRING, TIMESTAMP, JSON = "BOOL", "INT64", "FLOAT64", "STRING", "TIMESTAMP", "JSON"
+TYPES = (BOOL, INT64, FLOAT64, STRING, TIMESTAMP, JSON)
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_EXACT_FLOAT = 1 << 53  # integers up to here convert to FLOAT64 exactly
+UNMAPPED_COLUMN = "_unmapped"
+DEFAULT_MAX_COLUMNS = 2000
+DEFAULT_FLATTEN_DEPTH = 6
+
+
+class Column(NamedTuple):
+    name: str
+    type: str
+    source: str  # JSON pointer into the normalized event, or a computed "$name"
+
+
+_EVENT_COLUMNS = (
+    Column("message_id", STRING, "/messageId"),
+    Column("timestamp", TIMESTAMP, "/timestamp"),
+    Column("original_timestamp", TIMESTAMP, "/originalTimestamp"),
+    Column("sent_at", TIMESTAMP, "/sentAt"),
+    Column("received_at", TIMESTAMP, "/receivedAt"),
+    Column("user_id", STRING, "/userId"),
+    Column("anonymous_id", STRING, "/anonymousId"),
+    Column("loaded_at", TIMESTAMP, layout.LOADED_AT),
+    Column(UNMAPPED_COLUMN, JSON, layout.UNMAPPED),
+)
+_TRACK_COLUMNS = _EVENT_COLUMNS + (Column("event", STRING, layout.EVENT_POINTER),
+                                   Column("event_text", STRING, "/event"))
+_FIXED_COLUMNS = {
+    "tracks": _TRACK_COLUMNS,
+    "groups": _EVENT_COLUMNS + (Column("group_id", STRING, "/groupId"),),
+    "aliases": _EVENT_COLUMNS + (Column("previous_id", STRING, "/previousId"),),
+    "users": (Column("id", STRING, "/userId"), Column("timestamp", TIMESTAMP, "/timestamp"),
+              Column("received_at", TIMESTAMP, "/receivedAt"), Column("loaded_at", TIMESTAMP, layout.LOADED_AT),
+              Column(UNMAPPED_COLUMN, JSON, layout.UNMAPPED)),
+}
+_NON_EVENT_TABLES = ("identifies", "pages", "screens")
+
+
+def fixed_columns(table: str) -> tuple:
+    """Columns every row of `table` has, created with the table and claimed first."""
+    if table in _FIXED_COLUMNS:
+        return _FIXED_COLUMNS[table]
+    return _EVENT_COLUMNS if table in _NON_EVENT_TABLES else _TRACK_COLUMNS
+
+
+def key_column(table: str) -> str:
+    return "id" if table == "users" else "message_id"
+
+
+class TableSchema:
+    """The columns of one table and where each column's values come from."""
+
+    def __init__(self, name: str, columns=(), max_name_length: int = naming.MAX_NAME_LENGTH):
+        self.name = name
+        self.max_name_length = max_name_length
+        self.columns = {}     # name -> Column
+        self.by_source = {}   # source -> Column
+        self.no_widen = set()  # columns the backend refused to widen
+        for column in columns or fixed_columns(name):
+            self._register(column)
+
+    def _register(self, column: Column):
+        self.columns[column.name] = column
+        self.by_source[column.source] = column
+
+    def propose(self, source: str, column_type: str, strip_root: str) -> Column:
+        """Name a new column for `source` without registering it."""
+        path = source[len(strip_root):] if strip_root and source.startswith(strip_root + "/") else source
+        name = naming.column_name(layout.unescape_pointer(path), self.max_name_length)
+        length = 6
+        while name in self.columns:  # another source has this name: suffix a hash of ours
+            name = naming.suffixed(name, source, self.max_name_length, length)
+            length += 2
+        return Column(name, column_type, source)
+
+    def add(self, column: Column) -> None:
+        self._register(column)
+
+    def widen(self, name: str) -> None:
+        column = self.columns[name]._replace(type=FLOAT64)
+        self._register(column)
+
+
+def value_type(value, is_time: bool):
+    kind = type(value)
+    if kind is str:
+        return TIMESTAMP if is_time else STRING
+    if kind is bool:
+        return BOOL
+    if kind is int:
+        return INT64 if _INT64_MIN <= value <= _INT64_MAX else JSON  # too wide for INT64: keep exact as JSON
+    if kind is float:
+        return FLOAT64
+    return JSON  # arrays, empty objects, objects past the flattening depth
+
+
+_NO_FIT = object()
+
+
+def fit(column_type: str, value):
+    """The value converted for a column of `column_type`, or _NO_FIT."""
+    kind = type(value)
+    if column_type == JSON:
+        return jsonutil.dumps_str(value)
+    if column_type == STRING:
+        return value if kind is str else _NO_FIT
+    if column_type == TIMESTAMP:
+        if kind is not str:
+            return _NO_FIT
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return _NO_FIT
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    if column_type == INT64:
+        if kind is int and _INT64_MIN <= value <= _INT64_MAX:
+            return value
+        if kind is float and value.is_integer() and abs(value) <= _EXACT_FLOAT:
+            return int(value)
+        return _NO_FIT
+    if column_type == FLOAT64:
+        if kind is float:
+            return value
+        if kind is int and abs(value) <= _EXACT_FLOAT:
+            return float(value)
+        return _NO_FIT
+    if column_type == BOOL:
+        return value if kind is bool else _NO_FIT
+    raise ValueError(f"unknown column type {column_type}")
+
+
+class TablePlan(NamedTuple):
+    table: str
+    new_columns: list      # Columns to add, in order
+    widened: list          # names of INT64 columns to make FLOAT64
+    columns: dict          # name -> list of values, one per row
+    rows: int
+    type_conflicts: int
+    capped: int            # values sent to _unmapped by the column cap
+
+
+def plan_rows(schema: TableSchema, rows: list, max_columns: int = DEFAULT_MAX_COLUMNS,
+              loaded_at: datetime = None) -> TablePlan:
+    """Map TableRows onto `schema` (extending it in place) and return the column values."""
+    new_columns, widened = [], []
+    records = []
+    conflicts = capped = 0
+    by_source = schema.by_source
+    for row in rows:
+        record, unmapped = {}, None
+        for part in row.parts:
+            for source, value in part.items():
+                if value is None:
+                    continue
+                column = by_source.get(source)
+                if column is None:
+                    if len(schema.columns) >= max_columns:
+                        unmapped = unmapped or {}
+                        unmapped[source] = value
+                        capped += 1
+                        continue
+                    column = schema.propose(source, value_type(value, source in layout.TIME_POINTERS),
+                                            row.strip_root)
+                    schema.add(column)
+                    new_columns.append(column)
+                converted = fit(column.type, value)
+                if converted is _NO_FIT and column.type == INT64 and type(value) is float \
+                        and column.name not in schema.no_widen:
+                    schema.widen(column.name)
+                    widened.append(column.name)
+                    converted = value
+                if converted is _NO_FIT:
+                    unmapped = unmapped or {}
+                    unmapped[source] = value
+                    conflicts += 1
+                    continue
+                record[column.name] = converted
+        if unmapped:
+            record[UNMAPPED_COLUMN] = jsonutil.dumps_str(unmapped)
+        records.append(record)
+    if loaded_at is not None and "loaded_at" in schema.columns:
+        for record in records:
+            record["loaded_at"] = loaded_at
+    columns = {name: [r.get(name) for r in records] for name in schema.columns}
+    # A column both added and widened in this batch is simply added as FLOAT64.
+    added = {c.name for c in new_columns}
+    new_columns = [schema.columns[c.name] for c in new_columns]
+    widened = [name for name in dict.fromkeys(widened) if name not in added]
+    return TablePlan(schema.name, new_columns, widened, columns, len(records), conflicts, capped)
+
+
+def copy_schema(schema: TableSchema) -> TableSchema:
+    """A working copy to plan a batch on; the original stays as it was if the write fails."""
+    clone = TableSchema.__new__(TableSchema)
+    clone.name, clone.max_name_length = schema.name, schema.max_name_length
+    clone.columns, clone.by_source = dict(schema.columns), dict(schema.by_source)
+    clone.no_widen = set(schema.no_widen)
+    return clone
+
+
+def collapse_by_key(rows: list) -> list:
+    """One row per key (the users table): newer non-null values win, older ones fill gaps."""
+    if len(rows) < 2:
+        return rows
+    merged = {}
+    for row in sorted(rows, key=lambda r: r.timestamp):
+        flat = merged.setdefault(row.key, [row, {}])
+        flat[0] = row
+        for part in row.parts:
+            flat[1].update((k, v) for k, v in part.items() if v is not None)
+    return [row._replace(parts=(values,)) for row, values in merged.values()]

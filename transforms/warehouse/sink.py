@@ -1,0 +1,116 @@
+"""Composite sinks: events and dead letters into the warehouse named by a URL.
+
+Events are grouped into bounded batches (BatchElements, so batch and streaming runs
+share the code) and each batch is written in bulk. Events the warehouse cannot take
+come back as `insert_failed` dead letters; events already stored are counted as the
+`duplicate` policy drop, so a re-run conserves without writing twice.
+"""
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from transforms import deadletter, metrics
+from transforms.messages import Rejection
+from transforms.warehouse import planner
+
+DEFAULT_BATCH_SIZE = 5000
+
+
+class WarehouseSettings(NamedTuple):
+    url: str                      # duckdb:///path (see pipeline.options.parse_warehouse_url)
+    max_columns: int = planner.DEFAULT_MAX_COLUMNS
+    flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+
+def open_backend(settings: WarehouseSettings):
+    """The backend for a warehouse URL; called in DoFn.setup(), never while building the graph."""
+    if settings.url.startswith("duckdb:///"):
+        from transforms.warehouse.duckdb_backend import DuckDBWarehouse
+        return DuckDBWarehouse(settings.url[len("duckdb:///"):], settings.max_columns,
+                               settings.flatten_depth).open()
+    raise ValueError(f"unsupported warehouse URL {settings.url!r}")
+
+
+class WriteEventsFn(beam.DoFn):
+    DEAD_LETTERS = "dead_letters"
+
+    def __init__(self, settings: WarehouseSettings):
+        self._settings = settings
+        self._backend = None
+
+    def setup(self):
+        self._backend = open_backend(self._settings)
+
+    def process(self, batch):
+        result = self._backend.write_events(batch)
+        metrics.inc("stored", len(result.stored))
+        metrics.inc("stage.warehouse.stored", len(result.stored))
+        if result.duplicates:
+            metrics.dropped("duplicate", len(result.duplicates))
+        for table, count in result.rows.items():
+            metrics.inc(f"rows.{table}", count)
+        for table, count in result.type_conflicts.items():
+            if count:
+                metrics.inc(f"type_conflicts.{table}", count)
+        for table, count in result.capped.items():
+            if count:
+                metrics.inc(f"column_cap.{table}", count)
+        for event, error in result.failed:
+            metrics.dead_lettered("warehouse", "insert_failed")
+            rejection = Rejection("insert_failed", f"the warehouse refused the event: {error}")
+            yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.from_event(
+                "warehouse", rejection, event, event.body.get("messageId")))
+
+    def teardown(self):
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+class WriteDeadLettersFn(beam.DoFn):
+    """Dead letters have nowhere further to go: a failure here fails the run, loudly."""
+
+    def __init__(self, settings: WarehouseSettings):
+        self._settings = settings
+        self._backend = None
+
+    def setup(self):
+        self._backend = open_backend(self._settings)
+
+    def process(self, batch):
+        metrics.inc("rows._dead_letters", self._backend.write_dead_letters(batch))
+
+    def teardown(self):
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+class WriteWarehouse(beam.PTransform):
+    """Normalized Events -> warehouse tables; returns the `insert_failed` dead letters."""
+
+    def __init__(self, settings: WarehouseSettings):
+        super().__init__()
+        self._settings = settings
+
+    def expand(self, events):
+        size = self._settings.batch_size
+        return (events
+                | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+                | "Write" >> beam.ParDo(WriteEventsFn(self._settings)).with_outputs(
+                    WriteEventsFn.DEAD_LETTERS, main="written")).dead_letters
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Dead-letter records -> the warehouse's `_dead_letters` table."""
+
+    def __init__(self, settings: WarehouseSettings):
+        super().__init__()
+        self._settings = settings
+
+    def expand(self, records):
+        return (records
+                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._settings.batch_size)
+                | "Write" >> beam.ParDo(WriteDeadLettersFn(self._settings)))
