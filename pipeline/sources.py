@@ -2,7 +2,7 @@
 import os
 
 import apache_beam as beam
-from apache_beam import coders
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import UsageError
@@ -30,17 +30,23 @@ def check_input_files(spec: str) -> list:
     return patterns
 
 
-def line_to_message(filename_and_line) -> RawMessage:
-    filename, line = filename_and_line
-    return RawMessage(line, {}, "file:" + filename, None)  # received_at: the read time, set by Decode
+class ReadLinesFn(beam.DoFn):
+    """Each line of a matched file as a RawMessage, numbered from 1.
+
+    Lines are bytes, so a line that is not UTF-8 reaches Decode and becomes a dead letter
+    instead of failing the read; the line number makes each message's dead letter its own.
+    received_at stays unset: Decode stamps the read time.
+    """
+
+    def process(self, readable_file):
+        source = "file:" + readable_file.metadata.path
+        with readable_file.open() as handle:  # decompresses .gz by extension
+            for number, line in enumerate(iter(handle.readline, b""), 1):
+                yield RawMessage(line.rstrip(b"\r\n"), {}, source, None, str(number))
 
 
 class ReadInputFiles(beam.PTransform):
-    """Lines of newline-delimited JSON files (gzip detected by extension) as RawMessages.
-
-    Lines are read as bytes, so a line that is not UTF-8 reaches Decode and becomes a
-    dead letter instead of failing the read.
-    """
+    """Newline-delimited JSON files (globs, comma-separated lists, .gz) as RawMessages."""
 
     def __init__(self, patterns: list):
         super().__init__()
@@ -49,5 +55,6 @@ class ReadInputFiles(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "Patterns" >> beam.Create(self._patterns)
-                | "ReadLines" >> beam.io.ReadAllFromText(coder=coders.BytesCoder(), with_filename=True)
-                | "ToMessages" >> beam.Map(line_to_message))
+                | "Match" >> fileio.MatchAll()
+                | "Open" >> fileio.ReadMatches()
+                | "ReadLines" >> beam.ParDo(ReadLinesFn()))

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from pipeline import __version__
 from transforms import jsonutil
-from transforms.messages import Event, RawMessage, Rejection
+from transforms.messages import Event, Rejection
 
 STAGES = ("decode", "normalize", "contracts", "consent", "transform", "warehouse", "forwarding")
 
@@ -32,19 +32,22 @@ def decode_payload(text: str, encoding: str) -> bytes:
     return base64.b64decode(text) if encoding == "base64" else text.encode("utf-8")
 
 
-def dead_letter_id(stage: str, error_type: str, payload: bytes) -> str:
-    """Stable key: the same input failing the same way is one dead letter, however often it is read."""
-    digest = hashlib.sha256(f"{stage}\x00{error_type}\x00".encode() + payload)
-    return digest.hexdigest()[:32]
+def dead_letter_id(stage: str, error_type: str, payload: bytes, source: str, position) -> str:
+    """Stable key: the same message failing the same way is one dead letter however often it is
+    read (a re-run, a redelivery), while two identical bad lines stay two dead letters."""
+    head = "\x00".join((stage, error_type, source or "", str(position or ""), ""))
+    return hashlib.sha256(head.encode("utf-8", "surrogatepass") + payload).hexdigest()[:32]
 
 
 def make_record(stage: str, rejection: Rejection, payload: bytes, *, attributes: dict, source: str,
-                received_at, message_id=None, destination=None, failed_at=None) -> dict:
+                received_at, position=None, message_id=None, destination=None, failed_at=None) -> dict:
     if stage not in STAGES:
         raise ValueError(f"unknown error stage {stage!r}")
     text, encoding = encode_payload(payload)
     return {
-        "dead_letter_id": dead_letter_id(stage, rejection.error_type, payload),
+        "dead_letter_id": dead_letter_id(stage, rejection.error_type, payload, source,
+                                         position if details_index(rejection) is None
+                                         else f"{position}#{details_index(rejection)}"),
         "error_stage": stage,
         "error_type": rejection.error_type,
         "error_message": " ".join(rejection.message.split()),  # one line for a person
@@ -61,10 +64,8 @@ def make_record(stage: str, rejection: Rejection, payload: bytes, *, attributes:
     }
 
 
-def from_message(stage: str, rejection: Rejection, message: RawMessage, received_at: str) -> dict:
-    """Dead letter for a whole message that failed before it was split into events."""
-    return make_record(stage, rejection, message.data, attributes=message.attributes,
-                       source=message.source, received_at=received_at)
+def details_index(rejection: Rejection):
+    return (rejection.details or {}).get("batch_index")
 
 
 def event_payload(event: Event) -> bytes:
@@ -78,4 +79,4 @@ def from_event(stage: str, rejection: Rejection, event: Event, message_id=None, 
         details["batch_index"] = event.batch_index
     return make_record(stage, rejection._replace(details=details), event_payload(event),
                        attributes=event.attributes, source=event.source, received_at=event.received_at,
-                       message_id=message_id, destination=destination)
+                       position=event.position, message_id=message_id, destination=destination)

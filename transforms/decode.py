@@ -73,7 +73,7 @@ def decode_message(message: RawMessage, received_at: str, limits: DecodeLimits) 
                                 f"event is {len(data)} bytes, over the {limits.max_event_bytes}-byte limit",
                                 {"size_bytes": len(data), "limit_bytes": limits.max_event_bytes}), message.data)
         return
-    yield Event(obj, obj, message.data, message.attributes, message.source, received_at)
+    yield Event(obj, obj, message.data, message.attributes, message.source, received_at, None, message.position)
 
 
 def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: DecodeLimits,
@@ -104,7 +104,7 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
         body = member
         if defaults:
             body = {**{k: v for k, v in defaults.items() if k not in member}, **member}
-        yield Event(body, member, None, message.attributes, message.source, received_at, index)
+        yield Event(body, member, None, message.attributes, message.source, received_at, index, message.position)
 
 
 def _json_kind(value) -> str:
@@ -137,7 +137,7 @@ class DecodeMessagesFn(beam.DoFn):
                 rejection = outcome.rejection
                 yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.make_record(
                     "decode", rejection, outcome.payload, attributes=message.attributes,
-                    source=message.source, received_at=received_at))
+                    source=message.source, received_at=received_at, position=message.position))
             else:
                 metrics.dropped(outcome.policy)
 

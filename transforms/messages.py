@@ -12,6 +12,7 @@ class RawMessage(NamedTuple):
     attributes: dict          # transport attributes (Pub/Sub), {} for files
     source: str               # where it came from: "file:<path>", "pubsub:<subscription>"
     received_at: Optional[str] = None  # the transport's receive time (Pub/Sub publish time), ISO-8601
+    position: Optional[str] = None     # where in the source: a file's line number, a Pub/Sub message id
 
 
 class Event(NamedTuple):
@@ -23,6 +24,7 @@ class Event(NamedTuple):
     source: str
     received_at: str          # transport receive time, or the read time for files
     batch_index: Optional[int] = None  # position in a batch envelope
+    position: Optional[str] = None     # the message's position in its source (RawMessage.position)
 
 
 class Rejection(NamedTuple):
