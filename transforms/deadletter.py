@@ -11,12 +11,9 @@ from datetime import datetime, timezone
 from pipeline import __version__
 from transforms import jsonutil
 from transforms.messages import Event, Rejection
+from transforms.timeutil import format_time
 
 STAGES = ("decode", "normalize", "contracts", "consent", "transform", "warehouse", "forwarding")
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def encode_payload(data: bytes) -> tuple[str, str]:
@@ -58,7 +55,7 @@ def make_record(stage: str, rejection: Rejection, payload: bytes, *, attributes:
         "message_id": message_id,
         "source": source,
         "received_at": received_at,
-        "failed_at": failed_at or utc_now_iso(),
+        "failed_at": failed_at or format_time(datetime.now(timezone.utc)),
         "pipeline_version": __version__,
         "destination": destination,
     }

@@ -9,7 +9,7 @@ from typing import Iterator, NamedTuple, Union
 import apache_beam as beam
 from apache_beam import pvalue
 
-from transforms import deadletter, jsonutil, metrics
+from transforms import deadletter, jsonutil, metrics, timeutil
 from transforms.messages import Event, RawMessage, Rejection
 
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024     # Segment's per-event limit
@@ -127,7 +127,7 @@ class DecodeMessagesFn(beam.DoFn):
 
     def process(self, message: RawMessage):
         metrics.inc("read")
-        received_at = message.received_at or deadletter.utc_now_iso()  # files: the read time
+        received_at = message.received_at or timeutil.now_iso()  # files: the read time
         for outcome in decode_message(message, received_at, self._limits):
             metrics.inc("events")
             if isinstance(outcome, Event):

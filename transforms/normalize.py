@@ -9,33 +9,17 @@ Timestamps follow Segment: the client's clock time is `originalTimestamp` (an ex
 otherwise `timestamp` is the client's time, or `receivedAt` when the client sent none.
 """
 import hashlib
-from datetime import datetime, timezone
-
 import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms import deadletter, jsonutil, metrics
+from transforms.timeutil import format_time, is_canonical_utc, parse_time
 from transforms.messages import Event, Rejection
 
 EVENT_TYPES = frozenset(("track", "identify", "page", "screen", "group", "alias"))
 TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
 # Fields whose value must be an object when present, by the spec.
 _OBJECT_FIELDS = ("context", "properties", "traits", "integrations")
-
-
-def parse_time(value) -> datetime:
-    """ISO-8601 string to an aware UTC datetime; naive times are taken as UTC."""
-    if not isinstance(value, str):
-        raise ValueError(f"expected an ISO-8601 string, got {type(value).__name__}")
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
-
-
-def format_time(value: datetime) -> str:
-    # isoformat zero-pads years below 1000, which strftime("%Y") does not on Linux
-    return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def derive_message_id(original: dict) -> str:
@@ -45,8 +29,8 @@ def derive_message_id(original: dict) -> str:
 
 def _identifier(value):
     """Segment ids are strings; libraries also send numbers. Anything else is no id."""
-    if isinstance(value, str):
-        return value if value.strip() else None
+    if type(value) is str:
+        return value if value and (value[0] > " " or value.strip()) else None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
@@ -70,6 +54,10 @@ def _check_identity(body: dict, kind: str, ids: dict):
     return None
 
 
+def _canonical(value: str, parsed) -> str:
+    return value if is_canonical_utc(value) else format_time(parsed)
+
+
 def _resolve_times(body: dict, transport_received_at: str, trust_event_received_at: bool):
     parsed = {}
     for field in TIME_FIELDS:
@@ -77,27 +65,27 @@ def _resolve_times(body: dict, transport_received_at: str, trust_event_received_
         if value is None:
             continue
         try:
-            parsed[field] = parse_time(value)
+            parsed[field] = (value, parse_time(value))
         except ValueError as exc:
             return Rejection("invalid_timestamp", f"{field} is not an ISO-8601 time: {exc}",
                              {"field": field, "value": str(value)[:100]})
     received = parsed.get("receivedAt") if trust_event_received_at else None
-    received = received or parse_time(transport_received_at)
+    received = received or (transport_received_at, parse_time(transport_received_at))
     original = parsed.get("originalTimestamp") or parsed.get("timestamp")
     sent = parsed.get("sentAt")
-    try:
-        if original is not None and sent is not None:
-            timestamp = received - (sent - original)
-        else:
-            timestamp = original or received
-    except OverflowError:
-        return Rejection("invalid_timestamp", "clock-skew correction leaves the supported time range",
-                         {"field": "timestamp"})
-    times = {"receivedAt": format_time(received), "timestamp": format_time(timestamp)}
+    times = {"receivedAt": _canonical(*received)}
+    if original is not None and sent is not None:
+        try:
+            times["timestamp"] = format_time(received[1] - (sent[1] - original[1]))
+        except OverflowError:
+            return Rejection("invalid_timestamp", "clock-skew correction leaves the supported time range",
+                             {"field": "timestamp"})
+    else:
+        times["timestamp"] = _canonical(*(original or received))
     if original is not None:
-        times["originalTimestamp"] = format_time(original)
+        times["originalTimestamp"] = _canonical(*original)
     if sent is not None:
-        times["sentAt"] = format_time(sent)
+        times["sentAt"] = _canonical(*sent)
     return times
 
 
@@ -111,7 +99,8 @@ def normalize_event(body: dict, transport_received_at: str, trust_event_received
     merged), from which a missing messageId is derived; defaults to `body`.
     """
     kind = body.get("type")
-    kind = kind.lower() if isinstance(kind, str) else kind
+    if kind not in EVENT_TYPES:
+        kind = kind.lower() if isinstance(kind, str) else kind
     if kind not in EVENT_TYPES:
         return Rejection("unknown_type", f"type must be one of {', '.join(sorted(EVENT_TYPES))}; got {str(kind)[:60]!r}",
                          {"type": kind if isinstance(kind, (str, type(None))) else str(kind)[:60]})

@@ -10,6 +10,7 @@ applied, then each table's rows are inserted as one Arrow table. If the transact
 fails, the batch is retried one event at a time so one bad event cannot sink the rest.
 """
 import threading
+from contextlib import contextmanager
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,13 +18,14 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from transforms.timeutil import format_time
 from transforms.warehouse import layout, planner
 from transforms.warehouse.result import WriteResult
 
 SQL_TYPES = {planner.BOOL: "BOOLEAN", planner.INT64: "BIGINT", planner.FLOAT64: "DOUBLE",
              planner.STRING: "VARCHAR", planner.TIMESTAMP: "TIMESTAMPTZ", planner.JSON: "JSON"}
 ARROW_TYPES = {planner.BOOL: pa.bool_(), planner.INT64: pa.int64(), planner.FLOAT64: pa.float64(),
-               planner.STRING: pa.string(), planner.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+               planner.STRING: pa.string(), planner.TIMESTAMP: pa.string(),  # ISO strings: DuckDB casts
                planner.JSON: pa.string()}
 COLUMNS_TABLE = "_sluice_columns"
 DEAD_LETTER_TABLE = "_dead_letters"
@@ -74,8 +76,23 @@ def _release(path: str) -> None:
             del _DATABASES[path]
 
 
+@contextmanager
+def _registered(conn, name: str, table: pa.Table):
+    """Expose an Arrow table to SQL as `name`. Unregistered only on success: inside an
+    aborted transaction unregister() itself fails and would hide the real error (a later
+    register() of the same name replaces the view anyway)."""
+    conn.register(name, table)
+    yield
+    conn.unregister(name)
+
+
 class _Replan(Exception):
     """A widening was refused after planning; plan the batch again without it."""
+
+
+def _time_or_none(value):
+    converted = planner.fit(planner.TIMESTAMP, value) if value else None
+    return converted if isinstance(converted, str) else None
 
 
 class DuckDBWarehouse:
@@ -153,9 +170,9 @@ class DuckDBWarehouse:
                 schema = working[table] = planner.copy_schema(schemas.get(table) or planner.TableSchema(table))
                 if table == "users":
                     table_rows = planner.collapse_by_key(table_rows)
-                plan = planner.plan_rows(schema, table_rows, self.max_columns, loaded_at)
+                plan = planner.plan_rows(schema, table_rows, self.max_columns)
                 self._evolve(table, schema, plan)
-                result.rows[table] += self._insert(table, schema, plan)
+                result.rows[table] += self._insert(table, schema, plan, loaded_at)
                 result.type_conflicts[table] += plan.type_conflicts
                 result.capped[table] += plan.capped
             conn.execute("COMMIT")
@@ -188,12 +205,9 @@ class DuckDBWarehouse:
         if table not in self._db.schemas:
             return ()
         key = quote(planner.key_column(table))
-        self._db.conn.register("_sluice_keys", pa.table({"k": pa.array(keys, pa.string())}))
-        try:
+        with _registered(self._db.conn, "_sluice_keys", pa.table({"k": pa.array(keys, pa.string())})):
             return [r[0] for r in self._db.conn.execute(
                 f"SELECT t.{key} FROM {quote(table)} t JOIN _sluice_keys k ON t.{key} = k.k").fetchall()]
-        finally:
-            self._db.conn.unregister("_sluice_keys")
 
     def _evolve(self, table, schema, plan):
         conn = self._db.conn
@@ -222,29 +236,34 @@ class DuckDBWarehouse:
             self._db.conn.executemany(f"INSERT INTO {COLUMNS_TABLE} VALUES (?, ?, ?, ?, ?)",
                                       [[table, c.name, c.type, c.source, now] for c in columns])
 
-    def _insert(self, table, schema, plan) -> int:
+    def _insert(self, table, schema, plan, loaded_at) -> int:
+        """One bulk insert of the planned columns (columns without a value are left out)."""
         arrays = {name: pa.array(values, ARROW_TYPES[schema.columns[name].type])
                   for name, values in plan.columns.items()}
         conn = self._db.conn
-        conn.register("_sluice_batch", pa.table(arrays))
-        try:
+        # Times and JSON travel as strings; cast them here so every expression sees column types.
+        casts = ", ".join(f"CAST({quote(n)} AS {SQL_TYPES[schema.columns[n].type]}) AS {quote(n)}"
+                          for n in arrays if schema.columns[n].type in (planner.TIMESTAMP, planner.JSON))
+        select = (f"SELECT * {f'REPLACE ({casts})' if casts else ''}, $loaded_at::TIMESTAMPTZ AS loaded_at "
+                  "FROM _sluice_batch")
+        with _registered(conn, "_sluice_batch", pa.table(arrays)):
             if table == "users":
-                return self._upsert_users(schema)
-            return conn.execute(f"INSERT INTO {quote(table)} BY NAME SELECT * FROM _sluice_batch").fetchone()[0]
-        finally:
-            conn.unregister("_sluice_batch")
+                return self._upsert_users(list(arrays), select, loaded_at)
+            return conn.execute(f"INSERT INTO {quote(table)} BY NAME {select}",
+                                {"loaded_at": loaded_at}).fetchone()[0]
 
-    def _upsert_users(self, schema) -> int:
+    def _upsert_users(self, names, select, loaded_at) -> int:
         """Newer identifies win column by column; older ones only fill columns still empty."""
         sets = ["timestamp = GREATEST(EXCLUDED.timestamp, users.timestamp)", "loaded_at = EXCLUDED.loaded_at"]
-        for name in schema.columns:
+        for name in names:
             if name in ("id", "timestamp", "loaded_at"):
                 continue
             col = quote(name)
             sets.append(f"{col} = CASE WHEN EXCLUDED.timestamp >= users.timestamp "
                         f"THEN COALESCE(EXCLUDED.{col}, users.{col}) ELSE COALESCE(users.{col}, EXCLUDED.{col}) END")
-        return self._db.conn.execute("INSERT INTO users BY NAME SELECT * FROM _sluice_batch "
-                                     f"ON CONFLICT (id) DO UPDATE SET {', '.join(sets)}").fetchone()[0]
+        return self._db.conn.execute(f"INSERT INTO users BY NAME {select} "
+                                     f"ON CONFLICT (id) DO UPDATE SET {', '.join(sets)}",
+                                     {"loaded_at": loaded_at}).fetchone()[0]
 
     # -- dead letters ------------------------------------------------------------------
     def write_dead_letters(self, records: list) -> int:
@@ -253,19 +272,16 @@ class DuckDBWarehouse:
         arrays = {}
         for name, kind in DEAD_LETTER_COLUMNS:
             if name == "loaded_at":
-                values = [loaded_at] * len(records)
+                values = [format_time(loaded_at)] * len(records)
             elif kind == planner.JSON:
                 values = [planner.fit(planner.JSON, r.get(name)) for r in records]
             elif kind == planner.TIMESTAMP:
-                values = [planner.fit(planner.TIMESTAMP, r[name]) if r.get(name) else None for r in records]
+                values = [_time_or_none(r.get(name)) for r in records]
             else:
                 values = [r.get(name) for r in records]
             arrays[name] = pa.array(values, ARROW_TYPES[kind])
         with self._db.lock:
             conn = self._db.conn
-            conn.register("_sluice_dead_letters", pa.table(arrays))
-            try:
+            with _registered(conn, "_sluice_dead_letters", pa.table(arrays)):
                 return conn.execute(f"INSERT OR IGNORE INTO {DEAD_LETTER_TABLE} BY NAME "
                                     "SELECT * FROM _sluice_dead_letters").fetchone()[0]
-            finally:
-                conn.unregister("_sluice_dead_letters")

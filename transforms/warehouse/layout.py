@@ -43,13 +43,14 @@ def unescape_pointer(pointer: str) -> tuple:
 
 def flatten(obj: dict, prefix: str, level: int, max_depth: int, out: dict) -> dict:
     """Flatten nested objects into `out` as {pointer: leaf}; arrays, empty objects and
-    objects past `max_depth` levels stay whole (stored as JSON)."""
+    objects past `max_depth` levels stay whole (stored as JSON). `prefix` ends with "/"."""
     for key, value in obj.items():
-        pointer = prefix + "/" + _escape(key)
+        if "/" in key or "~" in key:
+            key = _escape(key)
         if type(value) is dict and value and level < max_depth:
-            flatten(value, pointer, level + 1, max_depth, out)
+            flatten(value, prefix + key + "/", level + 1, max_depth, out)
         else:
-            out[pointer] = value
+            out[prefix + key] = value
     return out
 
 
@@ -60,7 +61,7 @@ def _common(body: dict, section, max_depth: int) -> dict:
             continue
         pointer = "/" + _escape(key)
         if type(value) is dict and value and max_depth > 1:
-            flatten(value, pointer, 2, max_depth, flat)
+            flatten(value, pointer + "/", 2, max_depth, flat)
         else:
             flat[pointer] = value
     for key in _JSON_FIELDS:
@@ -73,7 +74,7 @@ def _section(body: dict, key: str, max_depth: int) -> dict:
     value = body.get(key)
     if not value:
         return {}
-    return flatten(value, "/" + key, 2, max_depth, {})
+    return flatten(value, "/" + key + "/", 2, max_depth, {})
 
 
 def table_rows(body: dict, max_depth: int) -> list:

@@ -32,7 +32,7 @@ unique variadic pivot unpivot semi anti positional
 """.split())
 
 _ACRONYM = re.compile(r"([A-Z]+)([A-Z][a-z])")   # HTTPServer -> HTTP_Server
-_CAMEL = re.compile(r"([a-z0-9])([A-Z])")         # userId -> user_Id
+_CAMEL = re.compile(r"([a-z])([A-Z])|([0-9])([A-Z][a-z])")  # userId -> user_Id, sha256Hash -> sha256_Hash
 _INVALID = re.compile(r"[^a-z0-9_]+")
 _UNDERSCORES = re.compile(r"_{2,}")
 _HAS_ALNUM = re.compile(r"[a-z0-9]")
@@ -47,7 +47,7 @@ def snake_case(key: str) -> str:
     """One key to snake_case ASCII; may be empty or all underscores (callers handle that)."""
     folded = unicodedata.normalize("NFKD", key)
     folded = "".join(c for c in folded if not unicodedata.combining(c))
-    folded = _CAMEL.sub(r"\1_\2", _ACRONYM.sub(r"\1_\2", folded)).lower()
+    folded = _CAMEL.sub(lambda m: "_".join(filter(None, m.groups())), _ACRONYM.sub(r"\1_\2", folded)).lower()
     return _UNDERSCORES.sub("_", _INVALID.sub("_", folded))
 
 

@@ -9,10 +9,10 @@ per-table column cap, new properties go to `_unmapped` too. Nothing is dropped o
 A TableSchema records, for every column, the JSON pointer its values come from; two
 sources that propose the same name (`firstName` and `first_name`) get distinct columns.
 """
-from datetime import datetime, timezone
 from typing import NamedTuple
 
 from transforms import jsonutil
+from transforms.timeutil import format_time, parse_time
 from transforms.warehouse import layout, naming
 
 BOOL, INT64, FLOAT64, STRING, TIMESTAMP, JSON = "BOOL", "INT64", "FLOAT64", "STRING", "TIMESTAMP", "JSON"
@@ -68,13 +68,13 @@ def key_column(table: str) -> str:
 class TableSchema:
     """The columns of one table and where each column's values come from."""
 
-    def __init__(self, name: str, columns=(), max_name_length: int = naming.MAX_NAME_LENGTH):
+    def __init__(self, name: str, columns=None, max_name_length: int = naming.MAX_NAME_LENGTH):
         self.name = name
         self.max_name_length = max_name_length
         self.columns = {}     # name -> Column
         self.by_source = {}   # source -> Column
         self.no_widen = set()  # columns the backend refused to widen
-        for column in columns or fixed_columns(name):
+        for column in fixed_columns(name) if columns is None else columns:
             self._register(column)
 
     def _register(self, column: Column):
@@ -113,10 +113,16 @@ def value_type(value, is_time: bool):
 
 
 _NO_FIT = object()
+# Python type a column takes unchanged (ints still range-checked); others go through fit().
+_ACCEPTS = {BOOL: bool, INT64: int, FLOAT64: float, STRING: str}
 
 
-def fit(column_type: str, value):
-    """The value converted for a column of `column_type`, or _NO_FIT."""
+def fit(column_type: str, value, trusted_time: bool = False):
+    """The value converted for a column of `column_type`, or _NO_FIT.
+
+    TIMESTAMP values are canonical ISO strings (backends cast them); `trusted_time` marks
+    the event's own time fields, which Normalize already made canonical.
+    """
     kind = type(value)
     if column_type == JSON:
         return jsonutil.dumps_str(value)
@@ -125,11 +131,12 @@ def fit(column_type: str, value):
     if column_type == TIMESTAMP:
         if kind is not str:
             return _NO_FIT
+        if trusted_time:
+            return value
         try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
+            return format_time(parse_time(value))
+        except (ValueError, OverflowError):
             return _NO_FIT
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
     if column_type == INT64:
         if kind is int and _INT64_MIN <= value <= _INT64_MAX:
             return value
@@ -151,21 +158,35 @@ class TablePlan(NamedTuple):
     table: str
     new_columns: list      # Columns to add, in order
     widened: list          # names of INT64 columns to make FLOAT64
-    columns: dict          # name -> list of values, one per row
+    columns: dict          # name -> list of values, one per row; only columns with a value
     rows: int
     type_conflicts: int
     capped: int            # values sent to _unmapped by the column cap
 
 
-def plan_rows(schema: TableSchema, rows: list, max_columns: int = DEFAULT_MAX_COLUMNS,
-              loaded_at: datetime = None) -> TablePlan:
-    """Map TableRows onto `schema` (extending it in place) and return the column values."""
+def _place(columns: dict, name: str, row: int, value) -> None:
+    values = columns.get(name)
+    if values is None:
+        values = columns[name] = []
+    if len(values) < row:  # columns are filled lazily: pad the rows that had no value
+        values.extend([None] * (row - len(values)))
+    values.append(value)
+
+
+def plan_rows(schema: TableSchema, rows: list, max_columns: int = DEFAULT_MAX_COLUMNS) -> TablePlan:
+    """Map TableRows onto `schema` (extending it in place) and return the column values.
+
+    This is the hot loop of the pipeline (once per value per table): the common case, a
+    value of the column's own type, costs a dict lookup and an append.
+    """
     new_columns, widened = [], []
-    records = []
+    columns = {}
     conflicts = capped = 0
     by_source = schema.by_source
-    for row in rows:
-        record, unmapped = {}, None
+    accepts = _ACCEPTS
+    trusted = layout.TIME_POINTERS
+    for row_number, row in enumerate(rows):
+        unmapped = None
         for part in row.parts:
             for source, value in part.items():
                 if value is None:
@@ -177,34 +198,40 @@ def plan_rows(schema: TableSchema, rows: list, max_columns: int = DEFAULT_MAX_CO
                         unmapped[source] = value
                         capped += 1
                         continue
-                    column = schema.propose(source, value_type(value, source in layout.TIME_POINTERS),
-                                            row.strip_root)
+                    column = schema.propose(source, value_type(value, source in trusted), row.strip_root)
                     schema.add(column)
                     new_columns.append(column)
-                converted = fit(column.type, value)
-                if converted is _NO_FIT and column.type == INT64 and type(value) is float \
-                        and column.name not in schema.no_widen:
-                    schema.widen(column.name)
-                    widened.append(column.name)
+                kind = type(value)
+                if kind is accepts.get(column.type) and (kind is not int or _INT64_MIN <= value <= _INT64_MAX):
                     converted = value
-                if converted is _NO_FIT:
-                    unmapped = unmapped or {}
-                    unmapped[source] = value
-                    conflicts += 1
-                    continue
-                record[column.name] = converted
+                else:
+                    converted = fit(column.type, value, source in trusted)
+                    if converted is _NO_FIT and column.type == INT64 and kind is float \
+                            and column.name not in schema.no_widen:
+                        schema.widen(column.name)
+                        widened.append(column.name)
+                        converted = value
+                    if converted is _NO_FIT:
+                        unmapped = unmapped or {}
+                        unmapped[source] = value
+                        conflicts += 1
+                        continue
+                values = columns.get(column.name)  # _place(), inlined: this runs once per value
+                if values is None:
+                    values = columns[column.name] = []
+                if len(values) < row_number:
+                    values.extend([None] * (row_number - len(values)))
+                values.append(converted)
         if unmapped:
-            record[UNMAPPED_COLUMN] = jsonutil.dumps_str(unmapped)
-        records.append(record)
-    if loaded_at is not None and "loaded_at" in schema.columns:
-        for record in records:
-            record["loaded_at"] = loaded_at
-    columns = {name: [r.get(name) for r in records] for name in schema.columns}
+            _place(columns, UNMAPPED_COLUMN, row_number, jsonutil.dumps_str(unmapped))
+    for values in columns.values():
+        if len(values) < len(rows):
+            values.extend([None] * (len(rows) - len(values)))
     # A column both added and widened in this batch is simply added as FLOAT64.
     added = {c.name for c in new_columns}
     new_columns = [schema.columns[c.name] for c in new_columns]
     widened = [name for name in dict.fromkeys(widened) if name not in added]
-    return TablePlan(schema.name, new_columns, widened, columns, len(records), conflicts, capped)
+    return TablePlan(schema.name, new_columns, widened, columns, len(rows), conflicts, capped)
 
 
 def copy_schema(schema: TableSchema) -> TableSchema:

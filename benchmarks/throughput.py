@@ -1,0 +1,88 @@
+"""Throughput of the batch pipeline against a baseline, in one run.
+
+    python benchmarks/throughput.py [--events 200000]
+
+Generates N events with the sample mix (all six types, batch envelopes, nested context,
+arrays, unicode), then times, on one FnApiRunner worker reading the same file:
+  baseline: the same file source, each line parsed and serialized again, nothing else;
+  sluice:   the whole pipeline into a fresh DuckDB file.
+Prints events/s for both and the ratio sluice/baseline.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import apache_beam as beam
+import orjson
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "samples"))
+
+from generate import generate  # noqa: E402
+from pipeline import summary  # noqa: E402
+from pipeline.config import Config  # noqa: E402
+from pipeline.graph import build_warehouse_graph  # noqa: E402
+from pipeline.sources import ReadInputFiles  # noqa: E402
+
+
+def write_input(path: str, events: int) -> tuple:
+    messages = produced = 0
+    with open(path, "wb") as handle:
+        for line in generate(10 ** 9, bad_rate=0.0):
+            handle.write(line + b"\n")
+            messages += 1
+            produced += len(orjson.loads(line).get("batch", [None]))
+            if produced >= events:
+                return messages, produced
+    return messages, produced
+
+
+def parse_and_serialize(message):
+    return orjson.dumps(orjson.loads(message.data))
+
+
+def run_baseline(path: str) -> float:
+    start = time.perf_counter()
+    with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([])) as p:
+        _ = p | "Read" >> ReadInputFiles([path]) | "ParseSerialize" >> beam.Map(parse_and_serialize)
+    return time.perf_counter() - start
+
+
+def run_sluice(path: str, warehouse: str, config: Config) -> tuple:
+    start = time.perf_counter()
+    p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
+    build_warehouse_graph(p, ReadInputFiles([path]), config, warehouse)
+    result = p.run()
+    result.wait_until_finish()
+    elapsed = time.perf_counter() - start
+    return elapsed, summary.build(summary.counters_from_result(result))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "events.jsonl")
+        messages, events = write_input(path, args.events)
+        size_mb = os.path.getsize(path) / 1e6
+        print(f"input: {events:,} events in {messages:,} messages, {size_mb:.1f} MB")
+        baseline = run_baseline(path)
+        elapsed, result = run_sluice(path, f"duckdb:///{tmp}/bench.duckdb", Config())
+        if result["events"] != events or not result["conservation"]["holds"]:
+            raise SystemExit(f"sluice did not account for every event: {result}")
+        base_rate, sluice_rate = events / baseline, events / elapsed
+        print(f"baseline (read + parse + serialize): {baseline:7.2f} s  {base_rate:10,.0f} events/s")
+        print(f"sluice (whole pipeline into DuckDB): {elapsed:7.2f} s  {sluice_rate:10,.0f} events/s")
+        print(f"ratio sluice/baseline: {sluice_rate / base_rate:.2f}  "
+              f"(stored {result['stored']:,}, rows {sum(result['tables'].values()):,})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The DuckDB backend against a real database file."""
+import threading
+
+import duckdb
+
+from transforms.messages import Event
+from transforms.normalize import normalize_event
+from transforms.warehouse.duckdb_backend import DuckDBWarehouse
+
+NOW = "2026-11-23T10:00:00.000000Z"
+
+
+def event(body):
+    return Event(normalize_event(body, NOW), body, None, {}, "test", NOW)
+
+
+def track(message_id, props, name="Order Completed", user="u"):
+    return event({"type": "track", "event": name, "userId": user, "messageId": message_id, "properties": props})
+
+
+def query(path, sql):
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def open_warehouse(tmp_path, **kwargs):
+    return DuckDBWarehouse(str(tmp_path / "w.duckdb"), **kwargs).open()
+
+
+def test_rows_land_and_tables_widen(tmp_path):
+    warehouse = open_warehouse(tmp_path)
+    result = warehouse.write_events([track("m1", {"total": 3}), track("m2", {"total": 4, "coupon": "X"})])
+    warehouse.close()
+    assert len(result.stored) == 2 and result.rows == {"tracks": 2, "order_completed": 2}
+    path = tmp_path / "w.duckdb"
+    assert query(path, "SELECT message_id, total, coupon FROM order_completed ORDER BY 1") == [
+        ("m1", 3, None), ("m2", 4, "X")]
+    types = dict(query(path, "SELECT column_name, data_type FROM information_schema.columns "
+                             "WHERE table_name = 'order_completed'"))
+    assert types["total"] == "BIGINT" and types["timestamp"] == "TIMESTAMP WITH TIME ZONE"
+
+
+def test_rewriting_the_same_events_adds_nothing(tmp_path):
+    warehouse = open_warehouse(tmp_path)
+    events = [track("m1", {"a": 1}), track("m2", {"a": 2}), track("m1", {"a": 9})]
+    first = warehouse.write_events(events)
+    second = warehouse.write_events(events)
+    warehouse.close()
+    assert (len(first.stored), len(first.duplicates)) == (2, 1)
+    assert (len(second.stored), len(second.duplicates)) == (0, 3)
+    assert query(tmp_path / "w.duckdb", "SELECT message_id, a FROM order_completed ORDER BY 1") == [("m1", 1), ("m2", 2)]
+
+
+def test_widening_and_refused_widening(tmp_path):
+    warehouse = open_warehouse(tmp_path)
+    warehouse.write_events([track("m1", {"position": 3}, "Video Played"), track("b1", {"big": 2 ** 60}, "Video Played")])
+    warehouse.write_events([track("m2", {"position": 3.5, "big": 1.5}, "Video Played")])
+    warehouse.close()
+    path = tmp_path / "w.duckdb"
+    types = dict(query(path, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'video_played'"))
+    assert types["position"] == "DOUBLE"
+    assert types["big"] == "BIGINT"  # 2**60 would lose digits as a double: not widened
+    assert query(path, "SELECT position, big, _unmapped FROM video_played ORDER BY message_id") == [
+        (None, 2 ** 60, None), (3.0, None, None), (3.5, None, '{"/properties/big":1.5}')]
+
+
+def test_schema_survives_reopening(tmp_path):
+    warehouse = open_warehouse(tmp_path)
+    warehouse.write_events([track("m1", {"firstName": "A", "first_name": "B"})])
+    warehouse.close()
+    warehouse = open_warehouse(tmp_path)
+    warehouse.write_events([track("m2", {"first_name": "D", "firstName": "C"})])
+    warehouse.close()
+    rows = query(tmp_path / "w.duckdb", "SELECT c.column_name, c.source FROM _sluice_columns c "
+                                        "WHERE table_name = 'order_completed' AND source LIKE '/properties/%'")
+    columns = dict((source, name) for name, source in rows)
+    plain, suffixed = columns["/properties/firstName"], columns["/properties/first_name"]
+    values = query(tmp_path / "w.duckdb", f"SELECT {plain}, {suffixed} FROM order_completed ORDER BY message_id")
+    assert values == [("A", "B"), ("C", "D")]
+
+
+def test_users_keep_the_newest_traits(tmp_path):
+    def identify(message_id, when, traits):
+        return event({"type": "identify", "userId": "u1", "messageId": message_id, "timestamp": when, "traits": traits})
+
+    warehouse = open_warehouse(tmp_path)
+    warehouse.write_events([identify("i2", "2026-02-01T00:00:00Z", {"plan": "pro"})])
+    warehouse.write_events([identify("i1", "2026-01-01T00:00:00Z", {"plan": "free", "city": "Paris"})])
+    warehouse.close()
+    path = tmp_path / "w.duckdb"
+    assert query(path, "SELECT id, plan, city FROM users") == [("u1", "pro", "Paris")]
+    assert query(path, "SELECT count(*) FROM identifies") == [(2,)]
+
+
+def test_one_bad_event_does_not_sink_its_batch(tmp_path):
+    warehouse = open_warehouse(tmp_path)
+    good = track("m1", {"a": 1})
+    bad = good._replace(body={**good.body, "messageId": "m2", "timestamp": "not a time"})
+    result = warehouse.write_events([good, bad, track("m3", {"a": 3})])
+    warehouse.close()
+    assert [e.body["messageId"] for e in result.stored] == ["m1", "m3"]
+    assert len(result.failed) == 1 and result.failed[0][0] is bad and "timestamp" in result.failed[0][1].lower()
+
+
+def test_concurrent_writers_in_one_process(tmp_path):
+    """Bundles on several threads share one connection; new columns from all of them land."""
+    errors = []
+
+    def writer(worker):
+        warehouse = open_warehouse(tmp_path)
+        try:
+            for batch in range(5):
+                events = [track(f"w{worker}-{batch}-{i}", {f"p{worker}": i, "shared": i}) for i in range(50)]
+                warehouse.write_events(events)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+        finally:
+            warehouse.close()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    path = tmp_path / "w.duckdb"
+    assert query(path, "SELECT count(*), count(DISTINCT message_id) FROM order_completed") == [(1000, 1000)]
+    assert query(path, "SELECT count(*) FROM tracks") == [(1000,)]
+    assert query(path, "SELECT count(*) FROM order_completed WHERE p0 IS NOT NULL OR p3 IS NOT NULL") == [(500,)]
+
+
+def test_dead_letters_are_stored_once(tmp_path):
+    from transforms import deadletter
+    from transforms.messages import Rejection
+    record = deadletter.make_record("decode", Rejection("malformed_json", "bad"), b"\xff{", attributes={"a": "1"},
+                                    source="file:x", received_at=NOW, position="3")
+    warehouse = open_warehouse(tmp_path)
+    assert warehouse.write_dead_letters([record, record]) == 1
+    assert warehouse.write_dead_letters([record]) == 0
+    warehouse.close()
+    assert query(tmp_path / "w.duckdb", "SELECT error_type, payload, payload_encoding, attributes FROM _dead_letters") == [
+        ("malformed_json", "/3s=", "base64", '{"a":"1"}')]

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+
+from transforms.decode import DecodeLimits, Dropped, Refused, decode_message
+from transforms.messages import Event, RawMessage
+
+NOW = "2026-11-23T10:00:00.000000Z"
+
+
+def decode(data: bytes, limits=DecodeLimits()):
+    return list(decode_message(RawMessage(data, {"k": "v"}, "file:x", None, "7"), NOW, limits))
+
+
+def only_error(data, limits=DecodeLimits()):
+    [outcome] = decode(data, limits)
+    assert isinstance(outcome, Refused), outcome
+    return outcome.rejection.error_type
+
+
+def test_single_event_keeps_its_exact_bytes():
+    data = b'{"type":"track","event":"A","userId":"u"}'
+    [event] = decode(data)
+    assert isinstance(event, Event)
+    assert event.payload == data and event.body["event"] == "A"
+    assert (event.source, event.position, event.received_at, event.attributes) == ("file:x", "7", NOW, {"k": "v"})
+
+
+def test_batch_is_split_and_envelope_fields_fill_gaps():
+    envelope = {"batch": [{"type": "track", "event": "A", "userId": "u"},
+                          {"type": "identify", "userId": "u", "context": {"ip": "1.2.3.4"}}],
+                "sentAt": "2026-01-01T00:00:00Z", "context": {"library": {"name": "x"}}}
+    first, second = decode(json.dumps(envelope).encode())
+    assert first.batch_index == 0 and second.batch_index == 1
+    assert first.body["sentAt"] == "2026-01-01T00:00:00Z" and first.body["context"] == {"library": {"name": "x"}}
+    assert second.body["context"] == {"ip": "1.2.3.4"}  # the event's own context wins
+    assert "sentAt" not in first.original  # the original stays as it was sent
+
+
+@pytest.mark.parametrize("data, error_type", [
+    (b'{"type": "track", "ev', "malformed_json"),
+    (b'{"type": "track", "x": NaN}', "malformed_json"),
+    (b'\xc3\x28{"a": 1}', "malformed_json"),
+    (b"[1, 2]", "not_an_object"),
+    (b'"text"', "not_an_object"),
+    (b'{"batch": {"type": "track"}}', "invalid_batch"),
+])
+def test_bad_messages(data, error_type):
+    assert only_error(data) == error_type
+
+
+def test_size_limits():
+    limits = DecodeLimits(max_event_bytes=100, max_batch_bytes=1000)
+    big_event = json.dumps({"type": "track", "event": "A", "userId": "u", "p": "x" * 200}).encode()
+    assert only_error(big_event, limits) == "payload_too_large"
+    big_batch = json.dumps({"batch": [{"type": "track", "event": "A", "userId": "u", "p": "x" * 50}] * 30}).encode()
+    assert only_error(big_batch, limits) == "batch_too_large"
+    mixed = json.dumps({"batch": [{"type": "track", "userId": "u", "p": "x" * 200},
+                                  {"type": "track", "userId": "u"}]}).encode()
+    too_big, fine = decode(mixed, limits)
+    assert too_big.rejection.error_type == "payload_too_large" and too_big.batch_index == 0
+    assert isinstance(fine, Event)
+
+
+def test_bad_batch_members_are_refused_one_by_one():
+    outcomes = decode(b'{"batch": [{"type": "track", "userId": "u", "event": "A"}, 42, "s"]}')
+    assert [type(o) for o in outcomes] == [Event, Refused, Refused]
+    assert outcomes[1].payload == b"42" and outcomes[1].batch_index == 1
+
+
+@pytest.mark.parametrize("data, policy", [(b"   ", "empty_message"), (b"", "empty_message"),
+                                          (b'{"batch": []}', "empty_batch")])
+def test_policy_drops(data, policy):
+    assert decode(data) == [Dropped(policy)]
+
+
+def test_utf8_bom_is_tolerated():
+    [event] = decode(b'\xef\xbb\xbf{"type":"track","event":"A","userId":"u"}')
+    assert isinstance(event, Event)
