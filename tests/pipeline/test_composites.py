@@ -1,0 +1,52 @@
+"""The composite transforms under TestPipeline (FnApiRunner), asserted with assert_that."""
+import apache_beam as beam
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline.config import Config
+from pipeline.graph import build_graph
+from transforms.decode import DecodeMessages
+from transforms.messages import RawMessage
+from transforms.normalize import NormalizeEvents
+
+NOW = "2026-11-23T10:00:00.000000Z"
+LINES = [b'{"type":"track","event":"A","userId":"u","messageId":"m1"}',
+         b'{"batch":[{"type":"identify","userId":"u","messageId":"m2"},{"type":"track","userId":"u"}]}',
+         b"not json", b"", b'{"type":"page"}']
+
+
+def messages(p):
+    return p | beam.Create([RawMessage(line, {}, "test", NOW, str(i)) for i, line in enumerate(LINES)])
+
+
+def error_types(records, label):
+    return records | label >> beam.Map(lambda r: (r["error_stage"], r["error_type"]))
+
+
+def test_decode_and_normalize_route_every_event():
+    with TestPipeline(runner=FnApiRunner()) as p:
+        decoded = messages(p) | DecodeMessages()
+        normalized = decoded.events | NormalizeEvents()
+        assert_that(normalized.events | beam.Map(lambda e: e.body["messageId"]), equal_to(["m1", "m2"]),
+                    label="stored")
+        assert_that(error_types(decoded.dead_letters, "DecodeErrors"), equal_to([("decode", "malformed_json")]), label="decode")
+        assert_that(error_types(normalized.dead_letters, "NormalizeErrors"),
+                    equal_to([("normalize", "missing_event_name"), ("normalize", "missing_identity")]),
+                    label="normalize")
+
+
+class CaptureEvents(beam.PTransform):
+    """A test event sink: returns no dead letters, so only the upstream stages' remain."""
+
+    def expand(self, events):
+        return events | beam.Filter(lambda e: False)
+
+
+def test_graph_builder_takes_any_source_and_sinks():
+    with TestPipeline(runner=FnApiRunner()) as p:
+        graph = build_graph(p, beam.Create([RawMessage(line, {}, "test", NOW, str(i)) for i, line in enumerate(LINES)]),
+                            Config(), event_sink=CaptureEvents(), dead_letter_sink=beam.Map(lambda r: r))
+        assert_that(graph.events | beam.Map(lambda e: e.body["type"]), equal_to(["track", "identify"]), label="ev")
+        assert_that(graph.dead_letters | beam.Map(lambda r: r["error_type"]),
+                    equal_to(["malformed_json", "missing_event_name", "missing_identity"]), label="dl")

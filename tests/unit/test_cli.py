@@ -1,0 +1,78 @@
+"""What a person sees on the command line: one line naming the problem, exit status 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import config
+from pipeline.errors import UsageError
+from tests.conftest import ROOT, SAMPLE
+
+
+def sluice(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("sluice: error:")]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--input_file", "x"], "unrecognized option --input_file"),
+    ([], "--input_files is required"),
+    (["--input_files", "/nonexistent/*.jsonl"], "no file matches /nonexistent/*.jsonl"),
+    (["--input_files", str(SAMPLE), "--warehouse", "postgres://x"], "--warehouse 'postgres://x'"),
+    (["--input_files", str(SAMPLE), "--warehouse", "duckdb:/x"], "duckdb:///relative/path.duckdb"),
+    (["--input_files", str(SAMPLE), "--config", "/nonexistent.yaml"], "--config /nonexistent.yaml: cannot read"),
+    (["--input_files", str(SAMPLE), "--direct_running_mode", "multi_processing"], "multi_processing"),
+    (["--input_files", str(SAMPLE), "stray"], "unexpected argument 'stray'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, expected):
+    result = sluice(*args)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_option():
+    result = sluice("--help")
+    assert result.returncode == 0
+    for option in ("--input_files", "--config", "--warehouse", "--summary_path", "--runner"):
+        assert option in result.stdout
+
+
+def test_a_run_prints_the_summary_and_writes_json(tmp_path):
+    events = tmp_path / "in.jsonl"
+    events.write_text('{"type":"track","event":"A","userId":"u"}\nnot json\n')
+    summary = tmp_path / "summary.json"
+    result = sluice("--input_files", str(events), "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                    "--summary_path", str(summary))
+    assert result.returncode == 0, result.stderr
+    assert "conservation holds" in result.stdout
+    written = json.loads(summary.read_text())
+    assert (written["events"], written["stored"], written["dead_lettered"]) == (2, 1, {"malformed_json": 1})
+    assert set(written) >= {"read", "events", "stored", "dead_lettered", "dropped", "forwarded", "tables"}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("warehouse:\n  batchsize: 3\n", "config: warehouse.batchsize: unknown key"),
+    ("colour: blue\n", "config: colour: unknown key"),
+    ("decode:\n  max_event_bytes: -1\n", "config: decode.max_event_bytes:"),
+    ("warehouse: [1]\n", "config: warehouse:"),
+    ("decode: {max_event_bytes: 9000, max_batch_bytes: 10}\n", "decode.max_batch_bytes"),
+    ("decode: [\n", "not valid YAML at line"),
+    ("- a\n", "top level must be a mapping"),
+])
+def test_config_mistakes_name_the_key(tmp_path, text, expected):
+    path = tmp_path / "sluice.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=expected.replace("[", r"\[")):
+        config.load(str(path))
+
+
+def test_the_shipped_config_is_valid():
+    loaded = config.load(str(ROOT / "samples" / "sluice.yaml"))
+    assert loaded == config.Config()
