@@ -77,3 +77,18 @@ def test_policy_drops(data, policy):
 def test_utf8_bom_is_tolerated():
     [event] = decode(b'\xef\xbb\xbf{"type":"track","event":"A","userId":"u"}')
     assert isinstance(event, Event)
+
+
+def test_dead_letter_records_match_their_schema():
+    import jsonschema
+
+    import schemas
+    from transforms import deadletter
+    from transforms.messages import Rejection
+    validator = jsonschema.Draft202012Validator(schemas.load("dead_letter.schema.json"))
+    for payload in (b'{"a": 1}', b"\xff\xfe"):
+        record = deadletter.make_record("decode", Rejection("malformed_json", "bad\nline", {"x": 1}), payload,
+                                        attributes={}, source="file:x", received_at=NOW, position="1")
+        validator.validate(record)
+        assert deadletter.decode_payload(record["payload"], record["payload_encoding"]) == payload
+        assert "\n" not in record["error_message"]
