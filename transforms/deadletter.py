@@ -41,10 +41,10 @@ def make_record(stage: str, rejection: Rejection, payload: bytes, *, attributes:
     if stage not in STAGES:
         raise ValueError(f"unknown error stage {stage!r}")
     text, encoding = encode_payload(payload)
+    index = (rejection.details or {}).get("batch_index")
     return {
         "dead_letter_id": dead_letter_id(stage, rejection.error_type, payload, source,
-                                         position if details_index(rejection) is None
-                                         else f"{position}#{details_index(rejection)}"),
+                                         position if index is None else f"{position}#{index}"),
         "error_stage": stage,
         "error_type": rejection.error_type,
         "error_message": " ".join(rejection.message.split()),  # one line for a person
@@ -59,10 +59,6 @@ def make_record(stage: str, rejection: Rejection, payload: bytes, *, attributes:
         "pipeline_version": __version__,
         "destination": destination,
     }
-
-
-def details_index(rejection: Rejection):
-    return (rejection.details or {}).get("batch_index")
 
 
 def event_payload(event: Event) -> bytes:

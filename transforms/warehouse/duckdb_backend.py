@@ -136,23 +136,24 @@ class DuckDBWarehouse:
         with self._db.lock:
             try:
                 return self._write_with_replan(events, rows)
-            except Exception:  # noqa: BLE001 - not swallowed: the batch is retried event by event,
-                pass           # and an event that fails alone carries its own error to a dead letter
-            result = WriteResult()
-            for event, event_rows in zip(events, rows):
-                try:
-                    result.merge(self._write_with_replan([event], [event_rows]))
-                except Exception as exc:  # noqa: BLE001 - becomes an insert_failed dead letter
-                    result.failed.append((event, f"{type(exc).__name__}: {exc}"))
-            return result
+            except Exception:  # noqa: BLE001 - not swallowed: each event is retried alone and
+                return self._write_one_by_one(events, rows)  # carries its own error if it fails
+
+    def _write_one_by_one(self, events, rows) -> WriteResult:
+        result = WriteResult()
+        for event, event_rows in zip(events, rows):
+            try:
+                result.merge(self._write_with_replan([event], [event_rows]))
+            except Exception as exc:  # noqa: BLE001 - becomes an insert_failed dead letter
+                result.failed.append((event, f"{type(exc).__name__}: {exc}"))
+        return result
 
     def _write_with_replan(self, events, rows):
-        for _ in range(3):
+        while True:  # ends: each _Replan adds a column to no_widen, which is never widened again
             try:
                 return self._write_batch(events, rows)
             except _Replan:
                 continue
-        return self._write_batch(events, rows)
 
     def _write_batch(self, events, rows) -> WriteResult:
         conn, schemas = self._db.conn, self._db.schemas
@@ -167,7 +168,7 @@ class DuckDBWarehouse:
                     by_table[row.table].append(row)
             loaded_at = datetime.now(timezone.utc)
             for table, table_rows in by_table.items():
-                schema = working[table] = planner.copy_schema(schemas.get(table) or planner.TableSchema(table))
+                schema = working[table] = (schemas.get(table) or planner.TableSchema(table)).copy()
                 if table == "users":
                     table_rows = planner.collapse_by_key(table_rows)
                 plan = planner.plan_rows(schema, table_rows, self.max_columns)

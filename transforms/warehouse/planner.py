@@ -94,6 +94,12 @@ class TableSchema:
     def add(self, column: Column) -> None:
         self._register(column)
 
+    def copy(self) -> "TableSchema":
+        """A working copy to plan a batch on; the original stays as it was if the write fails."""
+        clone = TableSchema(self.name, (), self.max_name_length)
+        clone.columns, clone.by_source, clone.no_widen = dict(self.columns), dict(self.by_source), set(self.no_widen)
+        return clone
+
     def widen(self, name: str) -> None:
         column = self.columns[name]._replace(type=FLOAT64)
         self._register(column)
@@ -232,15 +238,6 @@ def plan_rows(schema: TableSchema, rows: list, max_columns: int = DEFAULT_MAX_CO
     new_columns = [schema.columns[c.name] for c in new_columns]
     widened = [name for name in dict.fromkeys(widened) if name not in added]
     return TablePlan(schema.name, new_columns, widened, columns, len(rows), conflicts, capped)
-
-
-def copy_schema(schema: TableSchema) -> TableSchema:
-    """A working copy to plan a batch on; the original stays as it was if the write fails."""
-    clone = TableSchema.__new__(TableSchema)
-    clone.name, clone.max_name_length = schema.name, schema.max_name_length
-    clone.columns, clone.by_source = dict(schema.columns), dict(schema.by_source)
-    clone.no_widen = set(schema.no_widen)
-    return clone
 
 
 def collapse_by_key(rows: list) -> list:

@@ -33,8 +33,8 @@ def open_backend(settings: WarehouseSettings):
     raise ValueError(f"unsupported warehouse URL {settings.url!r}")
 
 
-class WriteEventsFn(beam.DoFn):
-    DEAD_LETTERS = "dead_letters"
+class _WarehouseFn(beam.DoFn):
+    """Opens the backend in setup() (never pickled with the DoFn), closes it in teardown()."""
 
     def __init__(self, settings: WarehouseSettings):
         self._settings = settings
@@ -42,6 +42,15 @@ class WriteEventsFn(beam.DoFn):
 
     def setup(self):
         self._backend = open_backend(self._settings)
+
+    def teardown(self):
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+class WriteEventsFn(_WarehouseFn):
+    DEAD_LETTERS = "dead_letters"
 
     def process(self, batch):
         result = self._backend.write_events(batch)
@@ -63,29 +72,12 @@ class WriteEventsFn(beam.DoFn):
             yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.from_event(
                 "warehouse", rejection, event, event.body.get("messageId")))
 
-    def teardown(self):
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
 
-
-class WriteDeadLettersFn(beam.DoFn):
+class WriteDeadLettersFn(_WarehouseFn):
     """Dead letters have nowhere further to go: a failure here fails the run, loudly."""
-
-    def __init__(self, settings: WarehouseSettings):
-        self._settings = settings
-        self._backend = None
-
-    def setup(self):
-        self._backend = open_backend(self._settings)
 
     def process(self, batch):
         metrics.inc("rows._dead_letters", self._backend.write_dead_letters(batch))
-
-    def teardown(self):
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
 
 
 class WriteWarehouse(beam.PTransform):
