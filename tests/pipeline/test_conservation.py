@@ -75,3 +75,33 @@ def test_sample_twice_leaves_the_same_rows(tmp_path):
     assert second["stored"] == 0 and second["dropped"]["duplicate"] == first["stored"] + first["dropped"]["duplicate"]
     assert check_warehouse_matches(second, warehouse) == (stored, dead)
     assert sum(second["tables"].values()) == 0
+
+
+@pytest.mark.slow
+def test_gzip_globs_and_lists_of_patterns(tmp_path):
+    import gzip
+    day1, day2 = tmp_path / "2026-11-01", tmp_path / "2026-11-02"
+    day1.mkdir()
+    day2.mkdir()
+    line = '{"type":"track","event":"A","userId":"u","messageId":"%s"}\n'
+    with gzip.open(day1 / "part-0.jsonl.gz", "wt") as handle:
+        handle.write(line % "g1" + line % "g2")
+    (day1 / "part-1.jsonl").write_text(line % "p1")
+    (day2 / "part-0.jsonl").write_text(line % "q1" + "not json\n")
+    warehouse = tmp_path / "w.duckdb"
+    summary = run(["--input_files", f"{tmp_path}/2026-11-01/*,{day2}/part-0.jsonl",
+                   "--warehouse", f"duckdb:///{warehouse}"])
+    assert (summary["read"], summary["stored"], summary["dead_lettered"]) == (5, 4, {"malformed_json": 1})
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM a").fetchone() == (4,)
+        [(source,)] = conn.execute("SELECT source FROM _dead_letters").fetchall()
+    assert source.endswith("2026-11-02/part-0.jsonl")
+
+
+@pytest.mark.slow
+def test_several_threads_write_one_file(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    summary = run(["--input_files", str(SAMPLE), "--warehouse", f"duckdb:///{warehouse}",
+                   "--direct_num_workers", "2", "--direct_running_mode", "multi_threading"])
+    stored, dead = check_warehouse_matches(summary, warehouse)
+    assert stored == summary["stored"] > 2000 and dead == sum(summary["dead_lettered"].values())
