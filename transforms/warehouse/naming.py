@@ -15,7 +15,6 @@ MAX_NAME_LENGTH = 128  # the same on every backend, so tables look alike everywh
 
 # Segment's fixed tables; an event table that would take one of these names gets a `_` prefix.
 FIXED_TABLES = frozenset(("tracks", "identifies", "users", "pages", "screens", "groups", "aliases"))
-SYSTEM_TABLE_PREFIX = "_"  # system tables (_dead_letters, _sluice_columns) start with it
 
 # BigQuery's reserved keywords plus DuckDB's, lower-cased: a column or table named so
 # would need quoting in every query a user writes.

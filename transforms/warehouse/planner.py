@@ -16,7 +16,6 @@ from transforms.timeutil import format_time, parse_time
 from transforms.warehouse import layout, naming
 
 BOOL, INT64, FLOAT64, STRING, TIMESTAMP, JSON = "BOOL", "INT64", "FLOAT64", "STRING", "TIMESTAMP", "JSON"
-TYPES = (BOOL, INT64, FLOAT64, STRING, TIMESTAMP, JSON)
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _EXACT_FLOAT = 1 << 53  # integers up to here convert to FLOAT64 exactly
 UNMAPPED_COLUMN = "_unmapped"
