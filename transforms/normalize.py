@@ -9,12 +9,13 @@ Timestamps follow Segment: the client's clock time is `originalTimestamp` (an ex
 otherwise `timestamp` is the client's time, or `receivedAt` when the client sent none.
 """
 import hashlib
+
 import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms import deadletter, jsonutil, metrics
-from transforms.timeutil import format_time, is_canonical_utc, parse_time
 from transforms.messages import Event, Rejection
+from transforms.timeutil import format_time, is_canonical_utc, parse_time
 
 EVENT_TYPES = frozenset(("track", "identify", "page", "screen", "group", "alias"))
 TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")

@@ -10,8 +10,8 @@ applied, then each table's rows are inserted as one Arrow table. If the transact
 fails, the batch is retried one event at a time so one bad event cannot sink the rest.
 """
 import threading
-from contextlib import contextmanager
 from collections import defaultdict
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
