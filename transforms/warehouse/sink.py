@@ -10,7 +10,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam import pvalue
 
-from transforms import deadletter, metrics
+from transforms import deadletter, gcpause, metrics
 from transforms.messages import Rejection
 from transforms.warehouse import planner
 
@@ -53,7 +53,8 @@ class WriteEventsFn(_WarehouseFn):
     DEAD_LETTERS = "dead_letters"
 
     def process(self, batch):
-        result = self._backend.write_events(batch)
+        with gcpause.paused():
+            result = self._backend.write_events(batch)
         metrics.inc("stored", len(result.stored))
         metrics.inc("stage.warehouse.stored", len(result.stored))
         if result.duplicates:
