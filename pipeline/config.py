@@ -3,7 +3,7 @@
 Every mistake is reported as one line naming the key path (`warehouse.batch_size`),
 before any graph is built.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jsonschema
 import yaml
@@ -11,6 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 
 import schemas
 from pipeline.errors import UsageError
+from transforms.contracts.model import ContractSettings
 from transforms.decode import DecodeLimits
 from transforms.warehouse import planner
 from transforms.warehouse.sink import DEFAULT_BATCH_SIZE
@@ -21,6 +22,7 @@ class Config(NamedTuple):
     max_columns_per_table: int = planner.DEFAULT_MAX_COLUMNS
     flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH
     batch_size: int = DEFAULT_BATCH_SIZE
+    contracts: Optional[ContractSettings] = None  # contracts not loaded yet: see pipeline.contracts
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -53,10 +55,16 @@ def validate(document) -> Config:
                           decode.get("max_batch_bytes", DecodeLimits().max_batch_bytes))
     if limits.max_batch_bytes < limits.max_event_bytes:
         raise UsageError("config: decode.max_batch_bytes: must not be smaller than decode.max_event_bytes")
+    contracts = document.get("contracts")
+    if contracts is not None:
+        contracts = ContractSettings(contracts["directory"], (), contracts.get("unplanned", "allow"),
+                                     contracts.get("violations", "allow"),
+                                     tuple(sorted(contracts.get("overrides", {}).items())))
     return Config(limits,
                   warehouse.get("max_columns_per_table", planner.DEFAULT_MAX_COLUMNS),
                   warehouse.get("flatten_depth", planner.DEFAULT_FLATTEN_DEPTH),
-                  warehouse.get("batch_size", DEFAULT_BATCH_SIZE))
+                  warehouse.get("batch_size", DEFAULT_BATCH_SIZE),
+                  contracts)
 
 
 def load(path) -> Config:

@@ -8,6 +8,9 @@ from typing import NamedTuple
 import apache_beam as beam
 
 from pipeline.config import Config
+from transforms.contracts import columns
+from transforms.contracts.model import ContractSettings
+from transforms.contracts.stage import ValidateContracts
 from transforms.decode import DecodeMessages
 from transforms.normalize import NormalizeEvents
 from transforms.warehouse.sink import WarehouseSettings, WriteDeadLetters, WriteWarehouse
@@ -19,7 +22,10 @@ class Graph(NamedTuple):
 
 
 def warehouse_settings(url: str, config: Config) -> WarehouseSettings:
-    return WarehouseSettings(url, config.max_columns_per_table, config.flatten_depth, config.batch_size)
+    declared = None
+    if config.contracts is not None:
+        declared = columns.declared_types(config.contracts.contracts, config.flatten_depth, [])
+    return WarehouseSettings(url, config.max_columns_per_table, config.flatten_depth, config.batch_size, declared)
 
 
 def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink: beam.PTransform,
@@ -29,11 +35,13 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
     messages = pipeline | "Read" >> source
     decoded = messages | "Decode" >> DecodeMessages(config.decode)
     normalized = decoded.events | "Normalize" >> NormalizeEvents(trust_event_received_at)
-    write_failures = normalized.events | "Warehouse" >> event_sink
-    dead_letters = ((decoded.dead_letters, normalized.dead_letters, write_failures)
+    # Always in the graph, even without contracts, so adding them keeps every step name.
+    checked = normalized.events | "Contracts" >> ValidateContracts(config.contracts or ContractSettings(""))
+    write_failures = checked.events | "Warehouse" >> event_sink
+    dead_letters = ((decoded.dead_letters, normalized.dead_letters, checked.dead_letters, write_failures)
                     | "CollectDeadLetters" >> beam.Flatten())
     _ = dead_letters | "DeadLetters" >> dead_letter_sink
-    return Graph(normalized.events, dead_letters)
+    return Graph(checked.events, dead_letters)
 
 
 def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,

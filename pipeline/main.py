@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline import config as config_module
+from pipeline import contracts as contracts_module
 from pipeline import options as options_module
 from pipeline import sources, summary as summary_module
 from pipeline.config import Config
@@ -33,7 +34,7 @@ def check(sluice_options, pipeline_options) -> RunPlan:
                          "of newline-delimited JSON files")
     kind = options_module.parse_warehouse_url(sluice_options.warehouse)
     options_module.check_runner(pipeline_options, kind)
-    config = config_module.load(sluice_options.config)
+    config = contracts_module.load(config_module.load(sluice_options.config), sluice_options.config)
     patterns = sources.check_input_files(sluice_options.input_files)
     return RunPlan(patterns, config, sluice_options.warehouse, sluice_options.summary_path)
 

@@ -39,6 +39,7 @@ def build(counters: dict) -> dict:
         "tables": _by_prefix(counters, "rows."),
         "type_conflicts": _by_prefix(counters, "type_conflicts."),
         "column_cap": _by_prefix(counters, "column_cap."),
+        "contracts": {key: counters.get(f"contracts.{key}", 0) for key in ("unplanned", "violations", "omitted")},
     }
     accounted = summary["stored"] + sum(summary["dead_lettered"].values()) + sum(summary["dropped"].values())
     summary["conservation"] = {"holds": accounted == summary["events"],
@@ -70,6 +71,11 @@ def format_table(summary: dict) -> str:
             row(title, sum(summary[key].values()))
             for name, value in summary[key].items():
                 row(name, value, 2)
+    contracts = summary.get("contracts", {})
+    if any(contracts.values()):
+        row("contracts: unplanned events", contracts["unplanned"])
+        row("contracts: violations recorded", contracts["violations"])
+        row("contracts: values omitted", contracts["omitted"])
     lines.append("-" * 44)
     conservation = summary["conservation"]
     verdict = ("holds: events = stored + dead-lettered + dropped" if conservation["holds"]

@@ -25,6 +25,7 @@ class Event(NamedTuple):
     received_at: str          # transport receive time, or the read time for files
     batch_index: Optional[int] = None  # position in a batch envelope
     position: Optional[str] = None     # the message's position in its source (RawMessage.position)
+    violations: Optional[list] = None  # contract violations stored with the event (allow / omit)
 
 
 class Rejection(NamedTuple):

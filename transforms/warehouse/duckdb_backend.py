@@ -97,10 +97,11 @@ def _time_or_none(value):
 
 class DuckDBWarehouse:
     def __init__(self, path: str, max_columns: int = planner.DEFAULT_MAX_COLUMNS,
-                 flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH):
+                 flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH, declared_types=None):
         self.path = str(Path(path).resolve())
         self.max_columns = max_columns
         self.flatten_depth = flatten_depth
+        self.declared_types = declared_types or {}  # {table or "*": {pointer: type}} from contracts
         self._db = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -132,7 +133,7 @@ class DuckDBWarehouse:
 
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
-        rows = [layout.table_rows(e.body, self.flatten_depth) for e in events]
+        rows = [layout.table_rows(e.body, self.flatten_depth, e.violations) for e in events]
         with self._db.lock:
             try:
                 return self._write_with_replan(events, rows)
@@ -169,6 +170,7 @@ class DuckDBWarehouse:
             loaded_at = datetime.now(timezone.utc)
             for table, table_rows in by_table.items():
                 schema = working[table] = (schemas.get(table) or planner.TableSchema(table)).copy()
+                schema.declare(self._declared_for(table))
                 if table == "users":
                     table_rows = planner.collapse_by_key(table_rows)
                 plan = planner.plan_rows(schema, table_rows, self.max_columns)
@@ -182,6 +184,12 @@ class DuckDBWarehouse:
             raise
         schemas.update(working)
         return result
+
+    def _declared_for(self, table: str) -> dict:
+        declared = self.declared_types
+        if table not in declared:
+            return declared.get("*", {})
+        return {**declared.get("*", {}), **declared[table]}
 
     def _split_duplicates(self, events, rows, result):
         """Keep events whose primary row is new; the rest are duplicates of stored events."""

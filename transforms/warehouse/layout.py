@@ -21,6 +21,7 @@ TIME_POINTERS = frozenset(("/timestamp", "/originalTimestamp", "/sentAt", "/rece
 EVENT_POINTER = "$event"   # computed: the event's table name (Segment's `event` column)
 LOADED_AT = "$loaded_at"
 UNMAPPED = "$unmapped"
+VIOLATIONS = "$violations"  # contract violations recorded with the event (issue: contracts)
 
 
 class TableRow(NamedTuple):
@@ -77,12 +78,14 @@ def _section(body: dict, key: str, max_depth: int) -> dict:
     return flatten(value, "/" + key + "/", 2, max_depth, {})
 
 
-def table_rows(body: dict, max_depth: int) -> list:
+def table_rows(body: dict, max_depth: int, violations=None) -> list:
     """The warehouse rows for one normalized event, by Segment's layout."""
     kind = body["type"]
     message_id = body["messageId"]
     timestamp = body["timestamp"]
     common = _common(body, _SECTION[kind], max_depth)
+    if violations:
+        common[VIOLATIONS] = violations
     if kind == "track":
         table = naming.table_name(body["event"])
         common[EVENT_POINTER] = table

@@ -72,7 +72,8 @@ class TableSchema:
         self.max_name_length = max_name_length
         self.columns = {}     # name -> Column
         self.by_source = {}   # source -> Column
-        self.no_widen = set()  # columns the backend refused to widen
+        self.no_widen = set()  # columns the backend refused to widen, or a contract typed
+        self.declared = {}     # source pointer -> type a contract declares (pipeline.contracts)
         for column in fixed_columns(name) if columns is None else columns:
             self._register(column)
 
@@ -80,10 +81,18 @@ class TableSchema:
         self.columns[column.name] = column
         self.by_source[column.source] = column
 
+    def declare(self, declared: dict) -> None:
+        """Column types a contract declares; such columns are never widened."""
+        self.declared = declared
+        self.no_widen.update(c.name for source, c in self.by_source.items() if source in declared)
+
     def propose(self, source: str, column_type: str, strip_root: str) -> Column:
         """Name a new column for `source` without registering it."""
-        path = source[len(strip_root):] if strip_root and source.startswith(strip_root + "/") else source
-        name = naming.column_name(layout.unescape_pointer(path), self.max_name_length)
+        if source.startswith("$"):  # computed by Sluice: "$violations" -> "_violations"
+            name = "_" + source[1:]
+        else:
+            path = source[len(strip_root):] if strip_root and source.startswith(strip_root + "/") else source
+            name = naming.column_name(layout.unescape_pointer(path), self.max_name_length)
         length = 6
         while name in self.columns:  # another source has this name: suffix a hash of ours
             name = naming.suffixed(name, source, self.max_name_length, length)
@@ -97,6 +106,7 @@ class TableSchema:
         """A working copy to plan a batch on; the original stays as it was if the write fails."""
         clone = TableSchema(self.name, (), self.max_name_length)
         clone.columns, clone.by_source, clone.no_widen = dict(self.columns), dict(self.by_source), set(self.no_widen)
+        clone.declared = self.declared
         return clone
 
     def widen(self, name: str) -> None:
@@ -203,8 +213,11 @@ def plan_rows(schema: TableSchema, rows: list, max_columns: int = DEFAULT_MAX_CO
                         unmapped[source] = value
                         capped += 1
                         continue
-                    column = schema.propose(source, value_type(value, source in trusted), row.strip_root)
+                    declared = schema.declared.get(source)
+                    column = schema.propose(source, declared or value_type(value, source in trusted), row.strip_root)
                     schema.add(column)
+                    if declared:
+                        schema.no_widen.add(column.name)
                     new_columns.append(column)
                 kind = type(value)
                 if kind is accepts.get(column.type) and (kind is not int or _INT64_MIN <= value <= _INT64_MAX):

@@ -5,7 +5,7 @@ share the code) and each batch is written in bulk. Events the warehouse cannot t
 come back as `insert_failed` dead letters; events already stored are counted as the
 `duplicate` policy drop, so a re-run conserves without writing twice.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -22,6 +22,7 @@ class WarehouseSettings(NamedTuple):
     max_columns: int = planner.DEFAULT_MAX_COLUMNS
     flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH
     batch_size: int = DEFAULT_BATCH_SIZE
+    declared_types: Optional[dict] = None  # {table or "*": {pointer: type}} from the contracts
 
 
 def open_backend(settings: WarehouseSettings):
@@ -29,7 +30,7 @@ def open_backend(settings: WarehouseSettings):
     if settings.url.startswith("duckdb:///"):
         from transforms.warehouse.duckdb_backend import DuckDBWarehouse
         return DuckDBWarehouse(settings.url[len("duckdb:///"):], settings.max_columns,
-                               settings.flatten_depth).open()
+                               settings.flatten_depth, settings.declared_types).open()
     raise ValueError(f"unsupported warehouse URL {settings.url!r}")
 
 
