@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 DEMO_DIR := demo-output
 DEMO_WAREHOUSE := duckdb:///$(DEMO_DIR)/sluice.duckdb
 N ?= 200000
@@ -23,7 +24,12 @@ demo: $(STAMP)
 	@echo "  $(PY) -m pipeline.query $(DEMO_WAREHOUSE) \"SELECT event_text, count(*) AS n FROM tracks GROUP BY 1 ORDER BY n DESC\""
 	@echo "  $(PY) -m pipeline.query $(DEMO_WAREHOUSE) \"SELECT error_type, error_message, payload FROM _dead_letters LIMIT 10\""
 
-test: $(STAMP)
+# TypeScript's compiler, pinned in package-lock.json: the tests compile the generated tracking code.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)

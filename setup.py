@@ -13,7 +13,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "pipeline" / "__init__.p
 INSTALL_REQUIRES = [
     "apache-beam==2.77.0",
     "duckdb==2.0.0",
-    "jsonschema==4.26.0",
+    "jsonschema==4.26.0",       # the reference validator: explains every violation
+    "jsonschema-rs==0.60.3",    # the compiled validator on the hot path (see issue 3's benchmark)
     "orjson==3.13.0",
     "pyarrow==25.0.1",
     "PyYAML==6.0.3",
@@ -31,6 +32,7 @@ setup(
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "schemas"]),
     package_data={"schemas": ["*.json"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.15"]},
+    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.15",
+                             "mypy==2.4.1"]},  # type-checks the generated tracking code
     entry_points={"console_scripts": ["sluice = pipeline.main:main"]},
 )

@@ -73,6 +73,9 @@ def test_config_mistakes_name_the_key(tmp_path, text, expected):
         config.load(str(path))
 
 
-def test_the_shipped_config_is_valid():
+def test_the_shipped_config_is_valid_and_shows_every_default():
     loaded = config.load(str(ROOT / "samples" / "sluice.yaml"))
-    assert loaded == config.Config()
+    assert loaded._replace(contracts=None) == config.Config()
+    assert loaded.contracts.directory == "contracts"
+    assert dict(loaded.contracts.overrides) == {"track/button_clicked": "omit_properties",
+                                                "track/order_completed": "block"}
