@@ -1,0 +1,112 @@
+"""Launch-time checks: every problem named with its file and JSON pointer."""
+import json
+
+from pipeline import contracts as cli
+from tests.contracts.helpers import COMMON, ORDER, write_contracts
+from tests.conftest import ROOT
+from transforms.contracts.lint import check_directory
+
+
+def problems_of(tmp_path, files):
+    _, problems = check_directory(str(write_contracts(tmp_path / "c", files)))
+    return [(p.path.split("/c/")[-1], p.pointer, p.severity, p.message) for p in problems]
+
+
+def test_the_sample_contracts_are_clean_in_both_drafts():
+    contracts, problems = check_directory(str(ROOT / "samples" / "contracts"))
+    assert problems == []
+    drafts = {c.schema.get("$schema") for c in contracts}
+    assert {"http://json-schema.org/draft-07/schema#", "https://json-schema.org/draft/2020-12/schema"} <= drafts
+    assert "track/order_completed" in {c.name for c in contracts}
+
+
+def test_files_that_are_no_contract_are_named(tmp_path):
+    found = problems_of(tmp_path, {"notes.txt": "x", "track/Order Completed": {}, "checkout": {},
+                                   "track/tracks": {}, "common": "{not json"})
+    by_file = {f: m for f, _, _, m in found}
+    assert "contracts are .json files" in by_file["notes.txt"]
+    assert "track/order_completed.json" in by_file["track/Order Completed.json"]
+    assert "track/_tracks.json" in by_file["track/tracks.json"]  # a reserved table name
+    assert "not a contract name" in by_file["checkout.json"]
+    assert "not valid JSON" in by_file["common.json"]
+
+
+def test_meta_schema_errors_point_into_the_file(tmp_path):
+    bad = {"type": "object", "properties": {"properties": {"type": "object", "properties": {"total": {"type": "money"}}}}}
+    found = problems_of(tmp_path, {"track/order_completed": bad})
+    assert any(p == "/properties/properties/properties/total/type" and "not a valid schema" in m
+               for _, p, _, m in found), found
+
+
+def test_unsupported_draft_and_remote_refs_are_refused(tmp_path):
+    found = problems_of(tmp_path, {"common": {"$schema": "http://json-schema.org/draft-03/schema#"},
+                                   "identify": {"$ref": "https://example.com/traits.json"}})
+    messages = {f: m for f, _, _, m in found}
+    assert "unsupported $schema" in messages["common.json"]
+    assert "cannot be compiled" in messages["identify.json"]
+
+
+def test_names_that_collide_after_snake_case(tmp_path):
+    schema = {"properties": {"properties": {"properties": {"firstName": {"type": "string"},
+                                                           "first_name": {"type": "string"},
+                                                           "messageId": {"type": "string"}}}}}
+    found = problems_of(tmp_path, {"track/signed_up": schema})
+    collisions = [p for _, p, _, m in found if "both become the column 'first_name'" in m]
+    assert sorted(collisions) == ["/properties/properties/properties/firstName",
+                                  "/properties/properties/properties/first_name"]
+    assert any("fixed columns" in m and p.endswith("/messageId") for _, p, _, m in found)
+
+
+def test_types_the_warehouse_cannot_hold(tmp_path):
+    schema = {"properties": {"traits": {"properties": {"nothing": {"type": "null"},
+                                                       "either": {"type": ["string", "integer"]}}}}}
+    found = problems_of(tmp_path, {"identify": schema})
+    severities = {p.rsplit("/", 1)[-1]: s for _, p, s, _ in found}
+    assert severities == {"nothing": "error", "either": "warning"}
+
+
+def test_a_value_declared_with_two_types_is_an_error(tmp_path):
+    other = {"properties": {"context": {"properties": {"ip": {"type": "integer"}}}}}
+    found = problems_of(tmp_path, {"common": COMMON, "track/order_completed": {**ORDER, **other}})
+    assert any("declares /context/ip as INT64" in m for _, _, _, m in found), found
+
+
+def test_title_must_match_the_file(tmp_path):
+    found = problems_of(tmp_path, {"track/order_completed": {**ORDER, "title": "Order Refunded"}})
+    assert [(p, m) for _, p, _, m in found if p == "/title"][0][1].endswith("track/order_refunded.json")
+
+
+def test_check_command_exit_codes(tmp_path, capsys):
+    good = write_contracts(tmp_path / "good", {"common": COMMON, "track/order_completed": ORDER})
+    assert cli.main(["check", str(good)]) == 0
+    bad = write_contracts(tmp_path / "bad", {"common": {"type": 12}})
+    assert cli.main(["check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "common.json#/type: error:" in out
+    assert cli.main(["check", str(tmp_path / "missing")]) == 2
+
+
+def test_the_pipeline_refuses_to_start_and_lists_every_error(tmp_path):
+    import subprocess
+    import sys
+    write_contracts(tmp_path / "c", {"common": {"type": 12}, "identify": {"properties": {"traits": {
+        "properties": {"a": {"type": "null"}}}}}})
+    (tmp_path / "sluice.yaml").write_text("contracts:\n  directory: c\n")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"type": "track", "event": "x", "userId": "u"}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "--input_files", str(tmp_path / "in.jsonl"),
+                           "--config", str(tmp_path / "sluice.yaml"),
+                           "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert "contracts.directory: 2 problem(s)" in done.stderr
+    assert "common.json#/type: error" in done.stderr and "identify.json#/properties/traits/properties/a" in done.stderr
+    assert not (tmp_path / "w.duckdb").exists()
+
+
+def test_an_override_for_a_missing_contract_is_a_config_error(tmp_path):
+    from pipeline.config import validate
+    from pipeline.errors import UsageError
+    import pytest
+    write_contracts(tmp_path / "c", {"common": COMMON})
+    config = validate({"contracts": {"directory": str(tmp_path / "c"), "overrides": {"track/nope": "block"}}})
+    with pytest.raises(UsageError, match="contracts.overrides.track/nope: no such contract"):
+        cli.load(config)
