@@ -8,6 +8,10 @@ arrays, unicode), then times, on one FnApiRunner worker reading the same file:
   sluice:   the whole pipeline into a fresh DuckDB file.
 Prints events/s for both and the ratio sluice/baseline.
 
+Contracts: the same front half is run again with the sample contracts
+(samples/contracts, every policy `allow`) and the difference is the Contracts stage's cost
+per event; the enforcer alone is also timed over the normalized events, outside Beam.
+
 Two reference points, measured in the same run, say where a faster Sluice could come from:
   front half:    read, decode and normalize, with the warehouse sink replaced by a no-op;
   storage floor: DuckDB alone writing the rows Sluice wrote (same tables, keys, batch
@@ -31,7 +35,12 @@ sys.path.insert(0, str(ROOT / "samples"))
 
 from generate import generate  # noqa: E402
 from pipeline import summary  # noqa: E402
-from pipeline.config import Config  # noqa: E402
+from pipeline import contracts as contracts_module  # noqa: E402
+from pipeline.config import Config, validate  # noqa: E402
+from transforms.contracts.enforce import ContractEnforcer  # noqa: E402
+from transforms.decode import DecodeLimits, decode_message  # noqa: E402
+from transforms.messages import RawMessage  # noqa: E402
+from transforms.normalize import normalize_event  # noqa: E402
 from pipeline.graph import build_graph, build_warehouse_graph  # noqa: E402
 from pipeline.sources import ReadInputFiles  # noqa: E402
 
@@ -96,6 +105,26 @@ def storage_floor(source_db: str, target_db: str, batches: int) -> float:
         return time.perf_counter() - start
 
 
+def contracts_config(unplanned="allow") -> Config:
+    section = {"directory": str(ROOT / "samples" / "contracts"), "unplanned": unplanned, "violations": "allow"}
+    return contracts_module.load(validate({"contracts": section}))
+
+
+def time_enforcer(path: str, config: Config) -> tuple:
+    """(seconds, events): ContractEnforcer.check alone over the file's normalized events."""
+    bodies = []
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle):
+            for event in decode_message(RawMessage(line.rstrip(b"\n"), {}, "bench", None, str(number)),
+                                        "2026-11-02T09:00:00.000000Z", DecodeLimits()):
+                bodies.append(normalize_event(event.body, event.received_at, True, event.original))
+    enforcer = ContractEnforcer(config.contracts)
+    start = time.perf_counter()
+    for body in bodies:
+        enforcer.check(body)
+    return time.perf_counter() - start, len(bodies)
+
+
 def run_sluice(path: str, warehouse: str, config: Config) -> tuple:
     start = time.perf_counter()
     p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
@@ -134,6 +163,14 @@ def main():
         bound = 1 / (1 / front + 1 / floor)
         print(f"  both, with zero cost for layout and planning:      {bound:10,.0f} events/s  "
               f"ratio {bound / base_rate:.2f}")
+        with_contracts = events / run_front_half(path, contracts_config())
+        stage = (1 / with_contracts - 1 / front) * 1e6
+        seconds, checked = time_enforcer(path, contracts_config())
+        print("contracts (samples/contracts, policies allow):")
+        print(f"  front half with contracts:                         {with_contracts:10,.0f} events/s  "
+              f"stage cost {stage:5.2f} us/event (target <= 5)")
+        print(f"  enforcer alone, outside Beam:                      {checked / seconds:10,.0f} events/s  "
+              f"{seconds / checked * 1e6:5.2f} us/event")
 
 
 if __name__ == "__main__":
