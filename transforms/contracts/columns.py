@@ -15,8 +15,11 @@ from transforms.warehouse import layout, naming, planner
 # Which tables a contract's events land in ("*": every table).
 _TABLES = {COMMON: ("*",), "identify": ("identifies", "users"), "group": ("groups",),
            "page": ("pages",), "screen": ("screens",), "alias": ("aliases",)}
-# Sections flattened without their prefix in their own tables (layout._SECTION).
-_SECTIONS = {"identify": "traits", "group": "traits", "page": "properties", "screen": "properties"}
+
+
+def section_of(contract: Contract):
+    """The part of the event flattened without its prefix in the contract's own table."""
+    return None if contract.name == COMMON else layout._SECTION["track" if contract.table else contract.name]
 
 
 def tables_of(contract: Contract) -> tuple:
@@ -93,7 +96,7 @@ _FIXED_POINTERS = frozenset(c.source for t in ("tracks", "groups", "aliases", "u
 def declared_columns(contract: Contract, depth: int, problems: list) -> dict:
     """{event pointer: (planner type, schema pointer)} for one contract."""
     out = {}
-    section = _SECTIONS.get(contract.name, "properties" if contract.table else None)
+    section = section_of(contract)
     _walk(contract.schema, "", "", 1, depth, section, contract.path, out, problems)
     return out
 
@@ -121,7 +124,7 @@ def column_collisions(contracts, depth: int) -> list:
     """Problems for declared values that would share a column name, or take a fixed one."""
     problems = []
     for contract in contracts:
-        section = _SECTIONS.get(contract.name, "properties" if contract.table else None)
+        section = section_of(contract)
         names = defaultdict(list)
         for pointer, (_, at) in declared_columns(contract, depth, []).items():
             strip = "/" + section if section and pointer.startswith("/" + section + "/") else ""

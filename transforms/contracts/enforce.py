@@ -20,7 +20,7 @@ import jsonschema_rs
 import referencing
 
 from transforms.contracts.lint import validator_class
-from transforms.contracts.model import COMMON, ContractSettings, TRACK_PREFIX
+from transforms.contracts.model import COMMON, ContractSettings, TRACK_PREFIX, json_pointer
 from transforms.messages import Rejection
 from transforms.warehouse import naming
 
@@ -53,24 +53,16 @@ class CompiledContract:
         found = []
         for error in sorted(self.reference().iter_errors(body), key=lambda e: (list(map(str, e.absolute_path)),
                                                                                 e.validator)):
-            base = _pointer(error.absolute_path)
+            base = json_pointer(error.absolute_path)
             message = error.message if len(error.message) <= _MAX_MESSAGE else error.message[:_MAX_MESSAGE] + "…"
             extras = _unexpected_keys(error)
             if extras:
-                found += [{"contract": self.name, "pointer": f"{base}/{_escape(k)}", "keyword": error.validator,
+                found += [{"contract": self.name, "pointer": base + json_pointer([k]), "keyword": error.validator,
                            "message": f"unexpected property {k!r}"} for k in extras]
             else:
                 found.append({"contract": self.name, "pointer": base, "keyword": error.validator,
                               "message": message})
         return found
-
-
-def _escape(key) -> str:
-    return str(key).replace("~", "~0").replace("/", "~1")
-
-
-def _pointer(path) -> str:
-    return "".join("/" + _escape(p) for p in path)
 
 
 def _unexpected_keys(error) -> list:

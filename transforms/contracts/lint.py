@@ -9,7 +9,7 @@ from jsonschema.exceptions import SchemaError
 
 from transforms.contracts import columns
 from transforms.contracts.loader import load_directory
-from transforms.contracts.model import Problem
+from transforms.contracts.model import Problem, json_pointer
 from transforms.warehouse import naming, planner
 
 # Drafts a contract may name in `$schema`; a contract without one is read as 2020-12.
@@ -30,10 +30,6 @@ def validator_class(schema: dict):
     return SUPPORTED_DRAFTS.get(declared.rstrip("#"))
 
 
-def _pointer(path) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
-
-
 def _meta_problems(contract) -> list:
     cls = validator_class(contract.schema)
     if cls is None:
@@ -41,13 +37,13 @@ def _meta_problems(contract) -> list:
         return [Problem(contract.path, "/$schema", f"unsupported $schema {contract.schema.get('$schema')!r}; "
                                                    f"use one of {drafts}")]
     meta = cls(cls.META_SCHEMA)
-    problems = [Problem(contract.path, _pointer(e.absolute_path), f"not a valid schema: {e.message}")
+    problems = [Problem(contract.path, json_pointer(e.absolute_path), f"not a valid schema: {e.message}")
                 for e in sorted(meta.iter_errors(contract.schema), key=lambda e: list(map(str, e.absolute_path)))]
     if not problems:
         try:
             cls.check_schema(contract.schema)
         except SchemaError as exc:  # e.g. an invalid regex the meta-schema lets through
-            problems.append(Problem(contract.path, _pointer(exc.absolute_path), f"not a valid schema: {exc.message}"))
+            problems.append(Problem(contract.path, json_pointer(exc.absolute_path), f"not a valid schema: {exc.message}"))
     if not problems:
         try:  # what workers will compile; refuses remote $refs (nothing is fetched)
             jsonschema_rs.validator_for(contract.schema, validate_formats=False, offline=True)

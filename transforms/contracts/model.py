@@ -23,6 +23,11 @@ UNPLANNED_POLICIES = ("allow", "block")
 VIOLATION_POLICIES = ("allow", "omit_properties", "block")
 
 
+def json_pointer(path) -> str:
+    """A JSON pointer (RFC 6901) for a sequence of keys and indexes."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
 class Contract(NamedTuple):
     name: str                  # "common", "identify", ..., "track/order_completed"
     path: str                  # the file it was read from
