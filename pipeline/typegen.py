@@ -44,9 +44,6 @@ def _kinds(node: dict) -> list:
 
 
 class _TypeScript:
-    def __init__(self):
-        self.blocks = []
-
     def type_of(self, node: dict, root: dict, name: str) -> str:
         node = _resolve(node, root)
         if "enum" in node or "const" in node:
