@@ -11,8 +11,12 @@ from apache_beam.io.filesystems import FileSystems
 
 import schemas
 from pipeline.errors import UsageError
+from transforms.consent import ConsentSettings
 from transforms.contracts.model import ContractSettings
 from transforms.decode import DecodeLimits
+from transforms.rules.actions import RuleError
+from transforms.rules.engine import TransformRules
+from transforms.rules.stage import TransformSettings
 from transforms.warehouse import planner
 from transforms.warehouse.sink import DEFAULT_BATCH_SIZE
 
@@ -23,10 +27,17 @@ class Config(NamedTuple):
     flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH
     batch_size: int = DEFAULT_BATCH_SIZE
     contracts: Optional[ContractSettings] = None  # contracts not loaded yet: see pipeline.contracts
+    consent: Optional[ConsentSettings] = None     # None: no consent section, nothing checked
+    transforms: TransformSettings = TransformSettings()
+
+
+def key_path(parts) -> str:
+    """('transforms', 2, 'hash') -> 'transforms[2].hash'."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
+    path = key_path(error.absolute_path)
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         return ".".join(filter(None, [path, str(extra[0]) if extra else ""])) or "(top level)"
@@ -64,7 +75,27 @@ def validate(document) -> Config:
                   warehouse.get("max_columns_per_table", planner.DEFAULT_MAX_COLUMNS),
                   warehouse.get("flatten_depth", planner.DEFAULT_FLATTEN_DEPTH),
                   warehouse.get("batch_size", DEFAULT_BATCH_SIZE),
-                  contracts)
+                  contracts, _consent(document.get("consent")), _transforms(document.get("transforms")))
+
+
+def _consent(section) -> Optional[ConsentSettings]:
+    if section is None:
+        return None
+    return ConsentSettings(section.get("missing_consent", "allow"), tuple(section.get("warehouse", ())),
+                           tuple((name, tuple(categories))
+                                 for name, categories in sorted(section.get("destinations", {}).items())))
+
+
+def _transforms(rules) -> TransformSettings:
+    """The rules compiled once here, so every mistake (a bad regex, an unset salt variable)
+    stops the launch; workers compile them again in setup()."""
+    if not rules:
+        return TransformSettings()
+    try:
+        TransformRules(rules)
+    except RuleError as exc:
+        raise UsageError(f"config: {exc.where}: {exc.message}") from None
+    return TransformSettings(tuple(rules))
 
 
 def load(path) -> Config:

@@ -8,16 +8,19 @@ from typing import NamedTuple
 import apache_beam as beam
 
 from pipeline.config import Config
+from transforms.consent import ApplyConsent
 from transforms.contracts import columns
 from transforms.contracts.model import ContractSettings
 from transforms.contracts.stage import ValidateContracts
 from transforms.decode import DecodeMessages
 from transforms.normalize import NormalizeEvents
+from transforms.rules.stage import ApplyTransforms
 from transforms.warehouse.sink import WarehouseSettings, WriteDeadLetters, WriteWarehouse
 
 
 class Graph(NamedTuple):
-    events: beam.PCollection        # normalized events, as they go to the warehouse
+    events: beam.PCollection        # transformed events, as they go to the warehouse
+    forward_only: beam.PCollection  # events consent keeps from the warehouse but lets a destination have
     dead_letters: beam.PCollection  # every stage's dead-letter records
 
 
@@ -35,13 +38,17 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
     messages = pipeline | "Read" >> source
     decoded = messages | "Decode" >> DecodeMessages(config.decode)
     normalized = decoded.events | "Normalize" >> NormalizeEvents(trust_event_received_at)
-    # Always in the graph, even without contracts, so adding them keeps every step name.
+    # Every stage is always in the graph, even when unconfigured, so configuring it later keeps
+    # every step name (Dataflow's --update matches steps by name).
     checked = normalized.events | "Contracts" >> ValidateContracts(config.contracts or ContractSettings(""))
-    write_failures = checked.events | "Warehouse" >> event_sink
-    dead_letters = ((decoded.dead_letters, normalized.dead_letters, checked.dead_letters, write_failures)
+    consented = checked.events | "Consent" >> ApplyConsent(config.consent)
+    transformed = consented.events | "Transform" >> ApplyTransforms(config.transforms)
+    write_failures = transformed.events | "Warehouse" >> event_sink
+    dead_letters = ((decoded.dead_letters, normalized.dead_letters, checked.dead_letters, consented.dead_letters,
+                     transformed.dead_letters, write_failures)
                     | "CollectDeadLetters" >> beam.Flatten())
     _ = dead_letters | "DeadLetters" >> dead_letter_sink
-    return Graph(checked.events, dead_letters)
+    return Graph(transformed.events, transformed.forward_only, dead_letters)
 
 
 def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,

@@ -17,6 +17,7 @@ from pipeline import sources, summary as summary_module
 from pipeline.config import Config
 from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph
+from transforms.rules import udf
 
 
 class RunPlan(NamedTuple):
@@ -35,8 +36,20 @@ def check(sluice_options, pipeline_options) -> RunPlan:
     kind = options_module.parse_warehouse_url(sluice_options.warehouse)
     options_module.check_runner(pipeline_options, kind)
     config = contracts_module.load(config_module.load(sluice_options.config), sluice_options.config)
+    config = with_udf(config, sluice_options.udf)
     patterns = sources.check_input_files(sluice_options.input_files)
     return RunPlan(patterns, config, sluice_options.warehouse, sluice_options.summary_path)
+
+
+def with_udf(config: Config, spec) -> Config:
+    """The --udf function checked here (importable, callable); workers import it in setup()."""
+    if not spec:
+        return config
+    try:
+        udf.load(spec)
+    except udf.UdfError as exc:
+        raise UsageError(f"--udf {exc}") from None
+    return config._replace(transforms=config.transforms._replace(udf=spec))
 
 
 def _runner(pipeline_options):

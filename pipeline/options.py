@@ -30,6 +30,11 @@ class SluiceOptions(PipelineOptions):
         group.add_argument("--config", metavar="PATH",
                            help="YAML config file (local or gs://), validated against "
                                 "schemas/config.schema.json before the pipeline starts. Without it, defaults apply.")
+        group.add_argument("--udf", metavar="MODULE:FUNCTION",
+                           help="A Python function applied to each event after the config's transformation rules: "
+                                "it takes the event (a dict) and returns the event to keep or None to drop it "
+                                "(counted as the `udf` drop). An exception is a dead letter `transform_failed`. "
+                                "The module must be importable where the pipeline runs.")
         group = parser.add_argument_group("warehouse")
         group.add_argument("--warehouse", metavar="URL", default=DEFAULT_WAREHOUSE,
                            help="Where tables are written. duckdb:///relative/path.duckdb or "

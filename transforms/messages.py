@@ -26,6 +26,8 @@ class Event(NamedTuple):
     batch_index: Optional[int] = None  # position in a batch envelope
     position: Optional[str] = None     # the message's position in its source (RawMessage.position)
     violations: Optional[list] = None  # contract violations stored with the event (allow / omit)
+    store: bool = True                 # consent lets the warehouse store it
+    destinations: tuple = ()           # destinations consent and `integrations` let it go to
 
 
 class Rejection(NamedTuple):

@@ -90,15 +90,9 @@ def _resolve_times(body: dict, transport_received_at: str, trust_event_received_
     return times
 
 
-def normalize_event(body: dict, transport_received_at: str, trust_event_received_at: bool = True,
-                    original: dict = None):
-    """Return the normalized body, or a Rejection.
-
-    trust_event_received_at: keep an event's own `receivedAt` (file backfills of events that
-    Segment already received); a live transport (Pub/Sub) sets False so its publish time wins.
-    original: the event as found in its message (before batch-envelope defaults were
-    merged), from which a missing messageId is derived; defaults to `body`.
-    """
+def _check_shape(body: dict):
+    """(type, ids) of a well-formed event, or a Rejection: the checks every event passes,
+    whether it arrived so or was changed by a transformation."""
     kind = body.get("type")
     if kind not in EVENT_TYPES:
         kind = kind.lower() if isinstance(kind, str) else kind
@@ -117,9 +111,10 @@ def normalize_event(body: dict, transport_received_at: str, trust_event_received
         name = body.get("event")
         if not isinstance(name, str) or not name.strip():
             return Rejection("missing_event_name", "track needs an event name (a non-empty string)")
-    times = _resolve_times(body, transport_received_at, trust_event_received_at)
-    if isinstance(times, Rejection):
-        return times
+    return kind, ids
+
+
+def _with_ids(body: dict, kind: str, ids: dict) -> dict:
     normalized = dict(body)
     normalized["type"] = kind
     for field, value in ids.items():
@@ -127,9 +122,54 @@ def normalize_event(body: dict, transport_received_at: str, trust_event_received
             normalized[field] = value
         else:
             normalized.pop(field, None)
+    return normalized
+
+
+def normalize_event(body: dict, transport_received_at: str, trust_event_received_at: bool = True,
+                    original: dict = None):
+    """Return the normalized body, or a Rejection.
+
+    trust_event_received_at: keep an event's own `receivedAt` (file backfills of events that
+    Segment already received); a live transport (Pub/Sub) sets False so its publish time wins.
+    original: the event as found in its message (before batch-envelope defaults were
+    merged), from which a missing messageId is derived; defaults to `body`.
+    """
+    shape = _check_shape(body)
+    if isinstance(shape, Rejection):
+        return shape
+    times = _resolve_times(body, transport_received_at, trust_event_received_at)
+    if isinstance(times, Rejection):
+        return times
+    normalized = _with_ids(body, *shape)
     normalized.update(times)
     message_id = _identifier(body.get("messageId"))
     normalized["messageId"] = message_id or derive_message_id(original if original is not None else body)
+    return normalized
+
+
+def revalidate(body: dict):
+    """A normalized event that a transformation (rules, a UDF) changed, checked again: the
+    same shape rules; times must still parse (they are canonicalized, not recomputed);
+    messageId, timestamp and receivedAt must still be there. The checked body, or a Rejection."""
+    shape = _check_shape(body)
+    if isinstance(shape, Rejection):
+        return shape
+    normalized = _with_ids(body, *shape)
+    for field in TIME_FIELDS:
+        value = body.get(field)
+        if value is None:
+            if field in ("timestamp", "receivedAt"):
+                return Rejection("invalid_timestamp", f"{field} was removed", {"field": field})
+            continue
+        try:
+            normalized[field] = _canonical(value, parse_time(value))
+        except ValueError as exc:
+            return Rejection("invalid_timestamp", f"{field} is not an ISO-8601 time: {exc}",
+                             {"field": field, "value": str(value)[:100]})
+    message_id = _identifier(body.get("messageId"))
+    if message_id is None:
+        return Rejection("invalid_field", "messageId was removed or is not a string", {"field": "messageId"})
+    normalized["messageId"] = message_id
     return normalized
 
 

@@ -1,0 +1,1 @@
+"""Transformations: declarative rules from the config, enrichments and the Python UDF hook."""

@@ -1,0 +1,155 @@
+"""The config's `transforms` list, compiled into rules applied in order to each event.
+
+A rule is scoped (all optional, all must hold): `types` (event types), `events` (globs on
+the event's name: `event` for track, `name` for page and screen), `sources` (globs on
+where the event came from, `file:...` or `pubsub:...`) and `when` (a condition, see
+conditions.py). It has exactly one action:
+
+    rename_event: NAME                  set: {PATH: {value: X} | {copy: PATH}, ...}
+    rename: {OLD_PATH: NEW_PATH, ...}   drop: [PATH, ...]
+    hash: {paths: [...], salt_env: VAR | salt_file: FILE, lowercase: false}
+    anonymize_ip: true | [PATH, ...]    drop_event: true    enrich: campaign | user_agent
+
+Rules see the event as the rules before them left it (a renamed event matches later
+rules by its new name). `drop_event` ends the event as the policy drop `filtered:<name>`.
+"""
+import fnmatch
+import re
+from collections import Counter
+from typing import NamedTuple, Optional, Union
+
+from transforms.rules import actions
+from transforms.rules.actions import DROP, RuleError
+from transforms.rules.conditions import ConditionError, compile_condition
+from transforms.rules.paths import EventDoc
+
+EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+SCOPE_KEYS = ("name", "types", "events", "sources", "when")
+ACTIONS = {
+    "rename_event": None,  # needs the rule's types: built in _action()
+    "rename": actions.rename,
+    "drop": actions.drop,
+    "set": actions.set_values,
+    "hash": actions.hash_values,
+    "anonymize_ip": actions.anonymize_ip,
+    "drop_event": actions.drop_event,
+    "enrich": actions.enrichment,
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Filtered(NamedTuple):
+    """The event was dropped by the rule named here (policy `filtered:<rule>`)."""
+    rule: str
+
+
+class Rule(NamedTuple):
+    name: str
+    types: Optional[frozenset]
+    events: Optional[re.Pattern]
+    sources: Optional[re.Pattern]
+    when: Optional[object]       # compiled condition: body -> bool
+    act: object                  # (doc, counts) -> APPLIED | DROP
+    touches_identity: bool
+
+    def matches(self, body: dict, source: str) -> bool:
+        kind = body.get("type")
+        if self.types is not None and kind not in self.types:
+            return False
+        if self.events is not None:
+            name = body.get("event") if kind == "track" else body.get("name") if kind in ("page", "screen") else None
+            if type(name) is not str or self.events.match(name) is None:
+                return False
+        if self.sources is not None and self.sources.match(source or "") is None:
+            return False
+        return self.when is None or self.when(body)
+
+
+def _globs(value, where: str) -> Optional[re.Pattern]:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(g, str) and g for g in value):
+        raise RuleError(where, "expected a non-empty list of glob patterns")
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in value))
+
+
+def _types(value, where: str) -> Optional[frozenset]:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or any(t not in EVENT_TYPES for t in value):
+        raise RuleError(where, f"expected a non-empty list of event types ({', '.join(EVENT_TYPES)})")
+    return frozenset(value)
+
+
+def _action(spec: dict, where: str):
+    found = [key for key in ACTIONS if key in spec]
+    unknown = sorted(set(spec) - set(ACTIONS) - set(SCOPE_KEYS))
+    if unknown:
+        raise RuleError(f"{where}.{unknown[0]}", f"unknown key (actions: {', '.join(ACTIONS)}; "
+                                                 f"scope: {', '.join(SCOPE_KEYS[1:])})")
+    if len(found) != 1:
+        raise RuleError(where, f"a rule has exactly one action ({', '.join(ACTIONS)}); "
+                               f"found {', '.join(found) or 'none'}")
+    key = found[0]
+    if key == "rename_event":
+        return actions.rename_event(spec[key], f"{where}.{key}", spec.get("types"))
+    return ACTIONS[key](spec[key], f"{where}.{key}")
+
+
+def compile_rule(spec, where: str) -> Rule:
+    if not isinstance(spec, dict):
+        raise RuleError(where, "a rule is a mapping with a name, an optional scope and one action")
+    name = spec.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise RuleError(f"{where}.name", "every rule needs a name of letters, digits, '_', '-' or '.' "
+                                         "(it names the rule's counters and drops)")
+    act = _action(spec, where)
+    try:
+        when = compile_condition(spec["when"], f"{where}.when") if "when" in spec else None
+    except ConditionError as exc:
+        raise RuleError(exc.where, exc.message) from None
+    return Rule(name, _types(spec.get("types"), f"{where}.types"), _globs(spec.get("events"), f"{where}.events"),
+                _globs(spec.get("sources"), f"{where}.sources"), when, act, actions.touches_identity(spec))
+
+
+class TransformRules:
+    """The ordered rules of one config. Compiled at launch (to check the config) and again in
+    each worker's setup() (salts are read there, never pickled with the graph)."""
+
+    def __init__(self, specs, where: str = "transforms"):
+        if not isinstance(specs, (list, tuple)):
+            raise RuleError(where, "expected a list of rules")
+        self.rules = [compile_rule(spec, f"{where}[{i}]") for i, spec in enumerate(specs)]
+        names = Counter(rule.name for rule in self.rules)
+        for i, rule in enumerate(self.rules):
+            if names[rule.name] > 1:
+                raise RuleError(f"{where}[{i}].name", f"rule name {rule.name!r} is used more than once")
+        self.touches_identity = any(rule.touches_identity for rule in self.rules)
+
+    def apply(self, body: dict, source: str, counts: Counter) -> Union[dict, Filtered]:
+        """The transformed body (a new object where anything changed; `body` is never written),
+        or Filtered. counts gets `<rule>.applied` and the actions' own counts."""
+        if not self.rules:
+            return body
+        doc = EventDoc(body)
+        for rule in self.rules:
+            if not rule.matches(doc.root, source):
+                continue
+            counts[rule.name + ".applied"] += 1
+            if rule.act(doc, _RuleCounts(rule.name, counts)) is DROP:
+                return Filtered(rule.name)
+        return doc.root
+
+
+class _RuleCounts:
+    """An action's counts (`skipped`, ...) filed under its rule's name."""
+    __slots__ = ("_prefix", "_counts")
+
+    def __init__(self, name: str, counts: Counter):
+        self._prefix, self._counts = name + ".", counts
+
+    def __getitem__(self, key):
+        return self._counts[self._prefix + key]
+
+    def __setitem__(self, key, value):
+        self._counts[self._prefix + key] = value
