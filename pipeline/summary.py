@@ -28,6 +28,15 @@ def _by_prefix(counters: dict, prefix: str) -> dict:
             if name.startswith(prefix) and value}
 
 
+def _nested(flat: dict) -> dict:
+    """{"rule.applied": 3} -> {"rule": {"applied": 3}} (split at the last dot: names may hold dots)."""
+    nested = defaultdict(dict)
+    for name, value in flat.items():
+        outer, _, inner = name.rpartition(".")
+        nested[outer][inner] = value
+    return dict(nested)
+
+
 def build(counters: dict) -> dict:
     summary = {
         "read": counters.get("read", 0),
@@ -40,6 +49,10 @@ def build(counters: dict) -> dict:
         "type_conflicts": _by_prefix(counters, "type_conflicts."),
         "column_cap": _by_prefix(counters, "column_cap."),
         "contracts": {key: counters.get(f"contracts.{key}", 0) for key in ("unplanned", "violations", "omitted")},
+        "consent": {key: counters.get(f"consent.{key}", 0) for key in ("present", "missing")},
+        "transforms": _nested(_by_prefix(counters, "transforms.")),
+        "not_forwarded": _nested({name.replace(".dropped_", "."): value for name, value
+                                  in _by_prefix(counters, "destination.").items() if ".dropped_" in name}),
     }
     accounted = summary["stored"] + sum(summary["dead_lettered"].values()) + sum(summary["dropped"].values())
     summary["conservation"] = {"holds": accounted == summary["events"],
@@ -76,6 +89,14 @@ def format_table(summary: dict) -> str:
         row("contracts: unplanned events", contracts["unplanned"])
         row("contracts: violations recorded", contracts["violations"])
         row("contracts: values omitted", contracts["omitted"])
+    for rule, counts in summary.get("transforms", {}).items():
+        row(f"rule {rule}: applied", counts.get("applied", 0))
+        for name, value in counts.items():
+            if name != "applied":
+                row(name, value, 2)
+    for destination, counts in summary.get("not_forwarded", {}).items():
+        for reason, value in counts.items():
+            row(f"not forwarded to {destination} ({reason})", value)
     lines.append("-" * 44)
     conservation = summary["conservation"]
     verdict = ("holds: events = stored + dead-lettered + dropped" if conservation["holds"]

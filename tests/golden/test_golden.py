@@ -1,7 +1,9 @@
-"""Whole job: an input file to the exact expected tables and dead letters.
+"""Whole job: an input file and a config to the exact expected tables, drops and dead letters.
 
-The input is the Segment documentation's examples plus crafted lines for every error
-type. Regenerate the expected file after an intended change with
+Cases: `spec` (the Segment documentation's examples plus crafted lines for every error
+type, default config) and `transforms` (the same examples plus lines for consent and every
+kind of rule, with transforms/sluice.yaml). Regenerate the expected files after an intended
+change with
     SLUICE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/golden
 and review the diff like code.
 """
@@ -14,6 +16,7 @@ import duckdb
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from pipeline import config as config_module
 from pipeline import summary
 from pipeline.config import Config
 from pipeline.graph import build_warehouse_graph
@@ -21,14 +24,21 @@ from tests.conftest import FIXTURES
 from transforms.messages import RawMessage
 
 HERE = Path(__file__).parent
-EXPECTED = HERE / "expected.json"
 RECEIVED = "2026-11-23T12:00:00.000000Z"
 # Columns that differ run to run by design (load time, dead-letter time).
 VOLATILE = {"loaded_at", "failed_at"}
 
 
-def golden_input() -> list:
-    return FIXTURES.read_bytes().splitlines() + (HERE / "extra-input.jsonl").read_bytes().splitlines()
+# name: (extra input lines, config file or None, expected output)
+CASES = {
+    "spec": (HERE / "extra-input.jsonl", None, HERE / "expected.json"),
+    "transforms": (HERE / "transforms" / "input.jsonl", HERE / "transforms" / "sluice.yaml",
+                   HERE / "transforms" / "expected.json"),
+}
+
+
+def golden_input(extra: Path) -> list:
+    return FIXTURES.read_bytes().splitlines() + extra.read_bytes().splitlines()
 
 
 def dump(path) -> dict:
@@ -45,24 +55,28 @@ def dump(path) -> dict:
     return out
 
 
-def run_golden(path):
+def run_golden(path, extra: Path, config: Config):
     p = beam.Pipeline(runner=FnApiRunner())
-    lines = golden_input()
+    lines = golden_input(extra)
     source = beam.Create([RawMessage(line, {}, "file:golden.jsonl", RECEIVED, str(n))
                           for n, line in enumerate(lines, 1)])
-    build_warehouse_graph(p, source, Config(), f"duckdb:///{path}")
+    build_warehouse_graph(p, source, config, f"duckdb:///{path}")
     result = p.run()
     result.wait_until_finish()
     return summary.build(summary.counters_from_result(result))
 
 
 @pytest.mark.slow
-def test_golden_tables(tmp_path):
-    result = run_golden(tmp_path / "golden.duckdb")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden_tables(tmp_path, monkeypatch, case):
+    extra, config_path, expected_path = CASES[case]
+    monkeypatch.setenv("SLUICE_GOLDEN_SALT", "golden-salt")
+    config = config_module.load(str(config_path)) if config_path else Config()
+    result = run_golden(tmp_path / "golden.duckdb", extra, config)
     actual = {"summary": result, "tables": dump(tmp_path / "golden.duckdb")}
     if os.environ.get("SLUICE_UPDATE_GOLDEN"):
-        EXPECTED.write_text(json.dumps(actual, indent=1, sort_keys=True, ensure_ascii=False, default=str) + "\n")
-    expected = json.loads(EXPECTED.read_text())
+        expected_path.write_text(json.dumps(actual, indent=1, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+    expected = json.loads(expected_path.read_text())
     actual = json.loads(json.dumps(actual, default=str))
     assert actual["summary"] == expected["summary"]
     assert sorted(actual["tables"]) == sorted(expected["tables"])

@@ -120,10 +120,11 @@ class TransformRules:
         if not isinstance(specs, (list, tuple)):
             raise RuleError(where, "expected a list of rules")
         self.rules = [compile_rule(spec, f"{where}[{i}]") for i, spec in enumerate(specs)]
-        names = Counter(rule.name for rule in self.rules)
+        seen = set()
         for i, rule in enumerate(self.rules):
-            if names[rule.name] > 1:
+            if rule.name in seen:
                 raise RuleError(f"{where}[{i}].name", f"rule name {rule.name!r} is used more than once")
+            seen.add(rule.name)
         self.touches_identity = any(rule.touches_identity for rule in self.rules)
 
     def apply(self, body: dict, source: str, counts: Counter) -> Union[dict, Filtered]:

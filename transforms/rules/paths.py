@@ -98,8 +98,15 @@ class EventDoc:
         return True
 
     def delete(self, parts: tuple) -> bool:
-        """Remove the value at the path; False when there was none."""
+        """Remove the value at the path; False when there was none. An object the removal
+        leaves empty is removed too (up to the top level), so dropping the last property does
+        not leave an empty `properties` behind to become a JSON column."""
         if self.get(parts) is MISSING:
             return False
         del self._parent(parts, create=False)[parts[-1]]
+        for depth in range(len(parts) - 1, 0, -1):
+            parent = get(self.root, parts[:depth - 1]) if depth > 1 else self.root
+            if parent[parts[depth - 1]]:
+                break
+            del parent[parts[depth - 1]]
         return True
