@@ -89,6 +89,10 @@ def format_table(summary: dict) -> str:
         row("contracts: unplanned events", contracts["unplanned"])
         row("contracts: violations recorded", contracts["violations"])
         row("contracts: values omitted", contracts["omitted"])
+    consent = summary.get("consent", {})
+    if any(consent.values()):
+        row("consent: with a consent object", consent["present"])
+        row("consent: without one", consent["missing"])
     for rule, counts in summary.get("transforms", {}).items():
         row(f"rule {rule}: applied", counts.get("applied", 0))
         for name, value in counts.items():

@@ -6,9 +6,11 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.config import Config
 from pipeline.graph import build_graph
+from transforms.consent import ApplyConsent, ConsentSettings
 from transforms.decode import DecodeMessages
-from transforms.messages import RawMessage
+from transforms.messages import Event, RawMessage
 from transforms.normalize import NormalizeEvents
+from transforms.rules.stage import ApplyTransforms, TransformSettings
 
 NOW = "2026-11-23T10:00:00.000000Z"
 LINES = [b'{"type":"track","event":"A","userId":"u","messageId":"m1"}',
@@ -50,3 +52,42 @@ def test_graph_builder_takes_any_source_and_sinks():
         assert_that(graph.events | beam.Map(lambda e: e.body["type"]), equal_to(["track", "identify"]), label="ev")
         assert_that(graph.dead_letters | beam.Map(lambda r: r["error_type"]),
                     equal_to(["malformed_json", "missing_event_name", "missing_identity"]), label="dl")
+
+
+CONSENTED = {"type": "track", "event": "A", "userId": "u", "messageId": "yes",
+             "context": {"consent": {"categoryPreferences": {"analytics": True}}}}
+REFUSED = {**CONSENTED, "messageId": "no", "context": {"consent": {"categoryPreferences": {"analytics": False}}}}
+MALFORMED = {**CONSENTED, "messageId": "bad", "context": {"consent": {"categoryPreferences": {"analytics": 1}}}}
+FOR_CRM = {**CONSENTED, "messageId": "crm",
+           "context": {"consent": {"categoryPreferences": {"analytics": False, "marketing": True}}}}
+
+
+def events_of(p, bodies):
+    return p | beam.Create([Event(b, b, None, {}, "test", NOW) for b in bodies])
+
+
+def test_apply_consent_marks_routes_and_dead_letters_malformed_consent():
+    settings = ConsentSettings(warehouse=("analytics",), destinations=(("crm", ("marketing",)),))
+    with TestPipeline(runner=FnApiRunner()) as p:
+        routed = events_of(p, [CONSENTED, REFUSED, MALFORMED, FOR_CRM]) | ApplyConsent(settings)
+        assert_that(routed.events | beam.Map(lambda e: (e.body["messageId"], e.store, e.destinations)),
+                    equal_to([("yes", True, ()), ("crm", False, ("crm",))]), label="routes")
+        assert_that(error_types(routed.dead_letters, "ConsentErrors"), equal_to([("consent", "invalid_consent")]),
+                    label="dead")
+
+
+def test_apply_transforms_filters_rewrites_and_sends_unstored_events_to_forward_only():
+    rules = ({"name": "drop-b", "events": ["B"], "drop_event": True},
+             {"name": "rename", "rename": {"properties.old": "properties.new"}})
+    a = {"type": "track", "event": "A", "userId": "u", "messageId": "a", "properties": {"old": 1},
+         "timestamp": NOW, "receivedAt": NOW}
+    b = {**a, "event": "B", "messageId": "b"}
+    with TestPipeline(runner=FnApiRunner()) as p:
+        events = (p | beam.Create([Event(a, a, None, {}, "test", NOW),
+                                   Event(b, b, None, {}, "test", NOW),
+                                   Event(a, a, None, {}, "test", NOW, store=False, destinations=("crm",))]))
+        out = events | ApplyTransforms(TransformSettings(rules))
+        assert_that(out.events | beam.Map(lambda e: (e.body["properties"], a["properties"])),
+                    equal_to([({"new": 1}, {"old": 1})]), label="stored")  # the input is never written
+        assert_that(out.forward_only | beam.Map(lambda e: e.destinations), equal_to([("crm",)]), label="forward")
+        assert_that(out.dead_letters, equal_to([]), label="dead")

@@ -73,9 +73,12 @@ def test_config_mistakes_name_the_key(tmp_path, text, expected):
         config.load(str(path))
 
 
-def test_the_shipped_config_is_valid_and_shows_every_default():
+def test_the_shipped_config_is_valid_and_shows_every_default(monkeypatch):
+    monkeypatch.setenv("SLUICE_HASH_SALT", "test-salt")
     loaded = config.load(str(ROOT / "samples" / "sluice.yaml"))
-    assert loaded._replace(contracts=None) == config.Config()
+    assert loaded._replace(contracts=None, consent=None, transforms=config.Config().transforms) == config.Config()
+    assert loaded.consent.missing_consent == "allow" and loaded.consent.warehouse == ("analytics",)
+    assert [rule["name"] for rule in loaded.transforms.rules][:2] == ["drop-internal-traffic", "hash-emails"]
     assert loaded.contracts.directory == "contracts"
     assert dict(loaded.contracts.overrides) == {"track/button_clicked": "omit_properties",
                                                 "track/order_completed": "block"}
