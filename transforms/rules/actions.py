@@ -75,11 +75,12 @@ def rename(mapping, where: str) -> Callable:
     def act(doc, counts):
         for old, new in moves:
             value = doc.get(old)
-            if value is MISSING:
+            if value is MISSING or old == new:
                 continue
-            if doc.set(new, value):
-                doc.delete(old)
-            else:
+            # Delete first: either path may lie inside the other (properties -> properties.old).
+            doc.delete(old)
+            if not doc.set(new, value):
+                doc.set(old, value)  # put it back where it was: nothing is lost
                 counts["skipped"] += 1
         return APPLIED
     return act
@@ -131,6 +132,8 @@ def read_salt(spec: dict, where: str) -> bytes:
         raise RuleError(where, "give the salt as exactly one of salt_env (an environment variable) or "
                                "salt_file (a file); it is never read from the config itself")
     name = spec[sources[0]]
+    if not isinstance(name, str) or not name:
+        raise RuleError(f"{where}.{sources[0]}", "expected a non-empty string")
     if sources[0] == "salt_env":
         salt = os.environ.get(name, "").encode("utf-8")
         if not salt:
@@ -149,6 +152,11 @@ def read_salt(spec: dict, where: str) -> bytes:
 def hash_values(spec, where: str) -> Callable:
     if not isinstance(spec, dict):
         raise RuleError(where, "expected {paths: [...], salt_env: NAME} or {paths: [...], salt_file: PATH}")
+    unknown = sorted(set(spec) - {"paths", "salt_env", "salt_file", "lowercase"})
+    if unknown:
+        raise RuleError(f"{where}.{unknown[0]}", "unknown key (paths, salt_env, salt_file, lowercase)")
+    if not isinstance(spec.get("lowercase", False), bool):
+        raise RuleError(f"{where}.lowercase", "expected true or false")
     targets = _path_list(spec.get("paths"), f"{where}.paths")
     salt = read_salt(spec, where)
     lowercase = spec.get("lowercase", False)
@@ -169,13 +177,31 @@ def hash_values(spec, where: str) -> Callable:
     return act
 
 
+def _ipv4_fast(address: str):
+    """'203.0.113.77' -> '203.0.113.0' for a plain dotted quad; None for anything else (the
+    ipaddress module decides those). ipaddress costs ~8 us a call, this ~1 us."""
+    parts = address.split(".")
+    if len(parts) != 4:
+        return None
+    for part in parts:
+        if not (0 < len(part) <= 3 and part.isascii() and part.isdigit()) or (part[0] == "0" and part != "0") \
+                or int(part) > 255:
+            return None
+    return f"{parts[0]}.{parts[1]}.{parts[2]}.0"
+
+
 def anonymize(address) -> str:
     """IPv4: the last octet zeroed; IPv6: the last 80 bits zeroed (a /48 remains).
     Raises ValueError for anything that is not an IP address."""
+    fast = _ipv4_fast(address) if type(address) is str else None
+    if fast is not None:
+        return fast
     ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
     if ip.version == 6 and ip.ipv4_mapped is not None:
         return "::ffff:" + anonymize(str(ip.ipv4_mapped))
     keep = 24 if ip.version == 4 else 48
+    if ip.version == 6 and ip.sixtofour is not None:
+        keep = 40  # 6to4 (2002::/16) carries the client's IPv4 in bits 16-48: keep 2002 + its /24
     network = ipaddress.ip_network(f"{ip}/{keep}", strict=False)
     return str(network.network_address)
 
@@ -210,7 +236,7 @@ _USER_AGENT = ("context", "userAgent")
 def enrichment(kind, where: str) -> Callable:
     if kind == "campaign":
         def act(doc, counts):
-            if doc.get(("context", "campaign")) is MISSING:
+            if doc.get(("context", "campaign"), None) is None:  # absent or null
                 campaign = enrich.campaign_from_url(doc.get(_CAMPAIGN_URL, None))
                 if campaign is not None and not doc.set(("context", "campaign"), campaign):
                     counts["skipped"] += 1
@@ -220,7 +246,7 @@ def enrichment(kind, where: str) -> Callable:
         parser = []  # built on first use: loading the rules costs time a launch check does not need
 
         def act(doc, counts):
-            if doc.get(("context", "userAgentData")) is MISSING:
+            if doc.get(("context", "userAgentData"), None) is None:
                 if not parser:
                     parser.append(enrich.UserAgentParser())
                 data = parser[0].user_agent_data(doc.get(_USER_AGENT, None))

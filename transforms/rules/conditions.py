@@ -107,6 +107,8 @@ def compile_condition(spec, where: str) -> Callable[[dict], bool]:
     except paths.PathError as exc:
         raise ConditionError(f"{where}.path", str(exc)) from None
     op = spec["op"]
+    if op not in OPERATORS:
+        raise ConditionError(f"{where}.op", f"unknown operator {op!r} (one of {', '.join(OPERATORS)})")
     if op in ("exists", "missing"):
         if "value" in spec:
             raise ConditionError(f"{where}.value", f"{op} takes no value")

@@ -35,7 +35,7 @@ ACTIONS = {
     "drop_event": actions.drop_event,
     "enrich": actions.enrichment,
 }
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class Filtered(NamedTuple):
@@ -100,15 +100,16 @@ def compile_rule(spec, where: str) -> Rule:
     if not isinstance(spec, dict):
         raise RuleError(where, "a rule is a mapping with a name, an optional scope and one action")
     name = spec.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise RuleError(f"{where}.name", "every rule needs a name of letters, digits, '_', '-' or '.' "
                                          "(it names the rule's counters and drops)")
+    types = _types(spec.get("types"), f"{where}.types")  # before the action: rename_event reads it
     act = _action(spec, where)
     try:
         when = compile_condition(spec["when"], f"{where}.when") if "when" in spec else None
     except ConditionError as exc:
         raise RuleError(exc.where, exc.message) from None
-    return Rule(name, _types(spec.get("types"), f"{where}.types"), _globs(spec.get("events"), f"{where}.events"),
+    return Rule(name, types, _globs(spec.get("events"), f"{where}.events"),
                 _globs(spec.get("sources"), f"{where}.sources"), when, act, actions.touches_identity(spec))
 
 

@@ -10,7 +10,7 @@ and called from a DoFn. They never raise on bad input: enrichment is best effort
 malformed URL or user agent must not send an otherwise valid event to the dead letters.
 """
 import functools
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from ua_parser import Domain, loaders
 
@@ -43,9 +43,14 @@ def campaign_from_url(url) -> dict | None:
     except ValueError:  # e.g. 'http://[::1', or a netloc that changes under NFKC
         return None
     campaign: dict[str, str] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
+    for pair in query.split("&"):  # parse_qsl's rules, without its per-call overhead (~3x)
+        name, _, value = pair.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
         if name[:4].lower() != "utm_" or len(name) == 4:
             continue
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
         key = name[4:].lower()
         campaign.setdefault(_RENAMED.get(key, key), value)
     return campaign or None
