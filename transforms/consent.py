@@ -107,6 +107,22 @@ def route(body: dict, settings: ConsentSettings) -> Union[Route, Rejection]:
     return Route(store, tuple(allowed), tuple(by_consent), tuple(by_integrations), preferences is not None)
 
 
+class _CounterNames(dict):
+    """destination name -> its counter name, built once per name."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self._reason = reason
+
+    def __missing__(self, name):
+        value = self[name] = f"destination.{name}.dropped_{self._reason}"
+        return value
+
+
+_DENIED_BY_CONSENT = _CounterNames("consent")
+_DENIED_BY_INTEGRATIONS = _CounterNames("integrations")
+
+
 class ApplyConsentFn(beam.DoFn):
     DEAD_LETTERS = "dead_letters"
 
@@ -130,13 +146,16 @@ class ApplyConsentFn(beam.DoFn):
         counts = self._counts
         counts["consent.present" if decision.consent_present else "consent.missing"] += 1
         for name in decision.denied_by_consent:
-            counts[f"destination.{name}.dropped_consent"] += 1
+            counts[_DENIED_BY_CONSENT[name]] += 1
         for name in decision.denied_by_integrations:
-            counts[f"destination.{name}.dropped_integrations"] += 1
+            counts[_DENIED_BY_INTEGRATIONS[name]] += 1
         if not decision.store and not decision.destinations:
             counts["dropped.consent"] += 1  # goes nowhere: not even the transformations see it
             return
-        yield event._replace(store=decision.store, destinations=decision.destinations)
+        if decision.store is event.store and decision.destinations == event.destinations:
+            yield event
+        else:
+            yield event._replace(store=decision.store, destinations=decision.destinations)
 
     def finish_bundle(self):
         for name, value in self._counts.items():

@@ -51,6 +51,8 @@ class Rule(NamedTuple):
     when: Optional[object]       # compiled condition: body -> bool
     act: object                  # (doc, counts) -> APPLIED | DROP
     touches_identity: bool
+    tally: object                # _RuleCounts: the action's counts under the rule's name
+    applied: str                 # "<name>.applied"
 
     def matches(self, body: dict, source: str) -> bool:
         kind = body.get("type")
@@ -110,7 +112,8 @@ def compile_rule(spec, where: str) -> Rule:
     except ConditionError as exc:
         raise RuleError(exc.where, exc.message) from None
     return Rule(name, types, _globs(spec.get("events"), f"{where}.events"),
-                _globs(spec.get("sources"), f"{where}.sources"), when, act, actions.touches_identity(spec))
+                _globs(spec.get("sources"), f"{where}.sources"), when, act, actions.touches_identity(spec),
+                _RuleCounts(name), name + ".applied")
 
 
 class TransformRules:
@@ -137,21 +140,25 @@ class TransformRules:
         for rule in self.rules:
             if not rule.matches(doc.root, source):
                 continue
-            counts[rule.name + ".applied"] += 1
-            if rule.act(doc, _RuleCounts(rule.name, counts)) is DROP:
+            counts[rule.applied] += 1
+            tally = rule.tally
+            if tally.counts is not counts:
+                tally.counts = counts
+            if rule.act(doc, tally) is DROP:
                 return Filtered(rule.name)
         return doc.root
 
 
 class _RuleCounts:
-    """An action's counts (`skipped`, ...) filed under its rule's name."""
-    __slots__ = ("_prefix", "_counts")
+    """An action's counts (`skipped`, ...) filed under its rule's name, in the Counter the
+    current apply() call was given."""
+    __slots__ = ("_prefix", "counts")
 
-    def __init__(self, name: str, counts: Counter):
-        self._prefix, self._counts = name + ".", counts
+    def __init__(self, name: str):
+        self._prefix, self.counts = name + ".", None
 
     def __getitem__(self, key):
-        return self._counts[self._prefix + key]
+        return self.counts[self._prefix + key]
 
     def __setitem__(self, key, value):
-        self._counts[self._prefix + key] = value
+        self.counts[self._prefix + key] = value
