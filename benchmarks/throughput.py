@@ -12,6 +12,12 @@ Contracts: the same front half is run again with the sample contracts
 (samples/contracts, every policy `allow`) and the difference is the Contracts stage's cost
 per event; the enforcer alone is also timed over the normalized events, outside Beam.
 
+Consent and transformations: the input is varied the way real traffic is (consent objects
+on most web events, thousands of distinct user agents, some emails in context.traits), then
+the front half runs with and without benchmarks/realistic-rules.yaml (consent for the
+warehouse and two destinations, ten rules of every kind); the difference is the two
+stages' cost per event. Each rule's own cost is also timed outside Beam.
+
 Two reference points, measured in the same run, say where a faster Sluice could come from:
   front half:    read, decode and normalize, with the warehouse sink replaced by a no-op;
   storage floor: DuckDB alone writing the rows Sluice wrote (same tables, keys, batch
@@ -19,9 +25,11 @@ Two reference points, measured in the same run, say where a faster Sluice could 
 """
 import argparse
 import os
+import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import apache_beam as beam
@@ -36,7 +44,10 @@ sys.path.insert(0, str(ROOT / "samples"))
 from generate import generate  # noqa: E402
 from pipeline import summary  # noqa: E402
 from pipeline import contracts as contracts_module  # noqa: E402
+from pipeline import config as config_module  # noqa: E402
 from pipeline.config import Config, validate  # noqa: E402
+from transforms import consent  # noqa: E402
+from transforms.rules.engine import TransformRules  # noqa: E402
 from transforms.contracts.enforce import ContractEnforcer  # noqa: E402
 from transforms.decode import DecodeLimits, decode_message  # noqa: E402
 from transforms.messages import RawMessage  # noqa: E402
@@ -112,17 +123,101 @@ def contracts_config(unplanned="allow") -> Config:
 
 def time_enforcer(path: str, config: Config) -> tuple:
     """(seconds, events): ContractEnforcer.check alone over the file's normalized events."""
+    bodies = normalized_bodies(path)
+    enforcer = ContractEnforcer(config.contracts)
+    start = time.perf_counter()
+    for body in bodies:
+        enforcer.check(body)
+    return time.perf_counter() - start, len(bodies)
+
+
+RULES = ROOT / "benchmarks" / "realistic-rules.yaml"
+_BROWSERS = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_{a}) AppleWebKit/537.36 (KHTML, like Gecko) "
+             "Chrome/{b}.0.{c}.{d} Safari/537.36",
+             "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:{b}.0) Gecko/20100101 Firefox/{b}.{a}",
+             "Mozilla/5.0 (iPhone; CPU iPhone OS {a}_{d} like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+             "Version/{a}.{d} Mobile/15E148 Safari/604.1",
+             "Mozilla/5.0 (Linux; Android {a}; SM-S9{d}8B) AppleWebKit/537.36 (KHTML, like Gecko) "
+             "Chrome/{b}.0.{c}.{d} Mobile Safari/537.36")
+
+
+def _vary(event: dict, rng: random.Random, agents: list) -> None:
+    context = event.get("context")
+    if not isinstance(context, dict):
+        return
+    if "userAgent" in context:  # a Zipf-like pick: a few agents are common, most are rare
+        context["userAgent"] = agents[min(int(rng.paretovariate(1.2)) - 1, len(agents) - 1)]
+        if rng.random() < 0.8:
+            context["consent"] = {"categoryPreferences": {"analytics": rng.random() < 0.9,
+                                                          "marketing": rng.random() < 0.5,
+                                                          "advertising": rng.random() < 0.3}}
+    if rng.random() < 0.2:
+        context["traits"] = {"email": f"Person{rng.randint(1, 5000)}@Example.com"}
+
+
+def write_realistic_variant(source: str, target: str) -> int:
+    """The benchmark input, varied like real traffic; returns the number of distinct agents."""
+    rng = random.Random(7)
+    agents = [rng.choice(_BROWSERS).format(a=rng.randint(9, 17), b=rng.randint(90, 131), c=rng.randint(1000, 6999),
+                                           d=rng.randint(0, 9)) for _ in range(5000)]
+    seen = set()
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        for line in reader:
+            message = orjson.loads(line)
+            for event in message.get("batch", [message]):
+                _vary(event, rng, agents)
+                seen.add((event.get("context") or {}).get("userAgent"))
+            writer.write(orjson.dumps(message) + b"\n")
+    return len(seen - {None})
+
+
+def normalized_bodies(path: str) -> list:
     bodies = []
     with open(path, "rb") as handle:
         for number, line in enumerate(handle):
             for event in decode_message(RawMessage(line.rstrip(b"\n"), {}, "bench", None, str(number)),
                                         "2026-11-02T09:00:00.000000Z", DecodeLimits()):
                 bodies.append(normalize_event(event.body, event.received_at, True, event.original))
-    enforcer = ContractEnforcer(config.contracts)
+    return bodies
+
+
+def time_rules(path: str, config: Config) -> list:
+    """[(stage, us per event)]: consent, then each rule added to the ones before it, outside Beam."""
+    bodies = normalized_bodies(path)
     start = time.perf_counter()
     for body in bodies:
-        enforcer.check(body)
-    return time.perf_counter() - start, len(bodies)
+        consent.route(body, config.consent)
+    costs = [("consent", (time.perf_counter() - start) / len(bodies) * 1e6)]
+    specs, previous = list(config.transforms.rules), 0.0
+    for count in range(1, len(specs) + 1):
+        rules, counts = TransformRules(specs[:count]), Counter()
+        for body in bodies[:2000]:  # warm the user-agent cache as a long-running worker would be
+            rules.apply(body, "file:bench", counts)
+        start = time.perf_counter()
+        for body in bodies:
+            rules.apply(body, "file:bench", counts)
+        total = (time.perf_counter() - start) / len(bodies) * 1e6
+        costs.append((specs[count - 1]["name"], total - previous))
+        previous = total
+    return costs
+
+
+def report_rules(path: str, tmp: str) -> None:
+    os.environ.setdefault("SLUICE_HASH_SALT", "benchmark-only-salt")
+    varied = os.path.join(tmp, "varied.jsonl")
+    agents = write_realistic_variant(path, varied)
+    config = config_module.load(str(RULES))
+    events = sum(1 for _ in normalized_bodies(varied))
+    plain = events / run_front_half(varied, Config())
+    ruled = events / run_front_half(varied, config)
+    print(f"consent and transformations ({RULES.name}, {len(config.transforms.rules)} rules; "
+          f"{agents:,} distinct user agents):")
+    print(f"  front half without:                                {plain:10,.0f} events/s")
+    print(f"  front half with consent and rules:                 {ruled:10,.0f} events/s  "
+          f"stage cost {(1 / ruled - 1 / plain) * 1e6:5.2f} us/event")
+    print("  outside Beam, us/event (each rule's share):")
+    for name, cost in time_rules(varied, config):
+        print(f"    {name:<28}{cost:6.2f}")
 
 
 def run_sluice(path: str, warehouse: str, config: Config) -> tuple:
@@ -138,12 +233,17 @@ def run_sluice(path: str, warehouse: str, config: Config) -> tuple:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--only", choices=("all", "rules"), default="all",
+                        help="rules: only the consent and transformations measurement")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "events.jsonl")
         messages, events = write_input(path, args.events)
         size_mb = os.path.getsize(path) / 1e6
         print(f"input: {events:,} events in {messages:,} messages, {size_mb:.1f} MB")
+        if args.only == "rules":
+            report_rules(path, tmp)
+            return
         baseline = run_baseline(path)
         elapsed, result = run_sluice(path, f"duckdb:///{tmp}/bench.duckdb", Config())
         if result["events"] != events or not result["conservation"]["holds"]:
@@ -171,6 +271,7 @@ def main():
               f"stage cost {stage:5.2f} us/event (target <= 5)")
         print(f"  enforcer alone, outside Beam:                      {checked / seconds:10,.0f} events/s  "
               f"{seconds / checked * 1e6:5.2f} us/event")
+        report_rules(path, tmp)
 
 
 if __name__ == "__main__":
