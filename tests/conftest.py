@@ -25,3 +25,24 @@ def segment_examples():
 @pytest.fixture
 def warehouse_url(tmp_path):
     return f"duckdb:///{tmp_path}/warehouse.duckdb"
+
+
+def run_file_job(tmp_path, lines, config_text: str, *extra_args):
+    """The real job over `lines` (dicts, one per input line) with `config_text` as its config;
+    checks conservation; returns (summary, a read-only connection to the warehouse)."""
+    import duckdb
+
+    from pipeline.main import run
+    (tmp_path / "sluice.yaml").write_text(config_text)
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    summary = run(["--input_files", str(tmp_path / "in.jsonl"), "--config", str(tmp_path / "sluice.yaml"),
+                   "--warehouse", f"duckdb:///{tmp_path}/w.duckdb", *extra_args])
+    assert summary["conservation"]["holds"], summary
+    return summary, duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+
+
+def rows(conn, sql) -> list:
+    """A query's rows as dicts."""
+    cursor = conn.execute(sql)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r)) for r in cursor.fetchall()]

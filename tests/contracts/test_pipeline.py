@@ -1,10 +1,9 @@
 """Each policy from input file to warehouse tables and dead letters, through the real job."""
 import json
 
-import duckdb
 import pytest
 
-from pipeline.main import run
+from tests.conftest import rows, run_file_job
 from tests.contracts.helpers import COMMON, ORDER, write_contracts
 
 GOOD = {"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "good",
@@ -16,18 +15,7 @@ UNPLANNED = {"type": "track", "event": "Order Refunded", "userId": "u1", "messag
 
 def run_job(tmp_path, contracts_config: str, lines=(GOOD, BAD, UNPLANNED)):
     write_contracts(tmp_path / "contracts", {"common": COMMON, "track/order_completed": ORDER})
-    (tmp_path / "sluice.yaml").write_text(f"contracts:\n  directory: contracts\n{contracts_config}")
-    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    summary = run(["--input_files", str(tmp_path / "in.jsonl"), "--config", str(tmp_path / "sluice.yaml"),
-                   "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"])
-    assert summary["conservation"]["holds"], summary
-    return summary, duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
-
-
-def rows(conn, sql):
-    cursor = conn.execute(sql)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r)) for r in cursor.fetchall()]
+    return run_file_job(tmp_path, lines, f"contracts:\n  directory: contracts\n{contracts_config}")
 
 
 def test_allow_stores_violations_in_a_column(tmp_path):

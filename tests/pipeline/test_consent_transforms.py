@@ -2,10 +2,9 @@
 import hashlib
 import json
 
-import duckdb
 import pytest
 
-from pipeline.main import run
+from tests.conftest import rows, run_file_job
 
 SALT = "pepper-for-tests"
 CONFIG = """
@@ -37,19 +36,7 @@ def consent(analytics):
 
 
 def run_job(tmp_path, lines, config=CONFIG, udf=None):
-    (tmp_path / "sluice.yaml").write_text(config)
-    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    args = ["--input_files", str(tmp_path / "in.jsonl"), "--config", str(tmp_path / "sluice.yaml"),
-            "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"]
-    summary = run(args + (["--udf", udf] if udf else []))
-    assert summary["conservation"]["holds"], summary
-    return summary, duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
-
-
-def rows(conn, sql):
-    cursor = conn.execute(sql)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r)) for r in cursor.fetchall()]
+    return run_file_job(tmp_path, lines, config, *(["--udf", udf] if udf else []))
 
 
 @pytest.fixture(autouse=True)
