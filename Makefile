@@ -7,8 +7,13 @@ NODE_STAMP := node_modules/.installed
 DEMO_DIR := demo-output
 DEMO_WAREHOUSE := duckdb:///$(DEMO_DIR)/sluice.duckdb
 N ?= 200000
+# The BigQuery emulator (local-bigquery) needs Python 3.13: pyenv's, else one on PATH.
+PYTHON313 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.13*/bin/python3.13) \
+                         $(shell command -v python3.13 2>/dev/null))
+BQ_EMULATOR := .emulators/bigquery
+BQ_STAMP := $(BQ_EMULATOR)/.installed
 
-.PHONY: demo test bench sample clean
+.PHONY: demo test bench sample clean emulators
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +35,19 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(NODE_STAMP)
 
-test: $(STAMP) $(NODE_STAMP)
+# The integration tests' emulators, installed from pinned lists into their own environments;
+# the tests start and stop them on 127.0.0.1 (tests/integration/emulators.py).
+$(BQ_STAMP): emulators/bigquery-requirements.txt
+	@test -n "$(PYTHON313)" || { echo "make: the BigQuery emulator needs Python 3.13 (pyenv install 3.13)" >&2; exit 1; }
+	rm -rf $(BQ_EMULATOR)
+	$(PYTHON313) -m venv $(BQ_EMULATOR)
+	$(BQ_EMULATOR)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		-r emulators/bigquery-requirements.txt
+	@touch $(BQ_STAMP)
+
+emulators: $(BQ_STAMP)
+
+test: $(STAMP) $(NODE_STAMP) $(BQ_STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
@@ -40,4 +57,4 @@ sample: $(STAMP)
 	$(PY) samples/generate.py samples/events.jsonl
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .hypothesis
+	rm -rf $(DEMO_DIR) .pytest_cache .hypothesis .emulators

@@ -24,11 +24,13 @@ class Graph(NamedTuple):
     dead_letters: beam.PCollection  # every stage's dead-letter records
 
 
-def warehouse_settings(url: str, config: Config) -> WarehouseSettings:
+def warehouse_settings(url: str, config: Config, **backend) -> WarehouseSettings:
+    """backend: bigquery_endpoint, bigquery_location (the command line's BigQuery options)."""
     declared = None
     if config.contracts is not None:
         declared = columns.declared_types(config.contracts.contracts, config.flatten_depth, [])
-    return WarehouseSettings(url, config.max_columns_per_table, config.flatten_depth, config.batch_size, declared)
+    return WarehouseSettings(url, config.max_columns_per_table, config.flatten_depth, config.batch_size, declared,
+                             **backend)
 
 
 def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink: beam.PTransform,
@@ -52,9 +54,10 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
 
 
 def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,
-                          trust_event_received_at: bool = True) -> Graph:
-    """The production wiring: events and dead letters into the warehouse at `warehouse_url`."""
-    settings = warehouse_settings(warehouse_url, config)
+                          trust_event_received_at: bool = True, **backend) -> Graph:
+    """The production wiring: events and dead letters into the warehouse at `warehouse_url`.
+    backend: bigquery_endpoint, bigquery_location."""
+    settings = warehouse_settings(warehouse_url, config, **backend)
     return build_graph(pipeline, source, config, event_sink=WriteWarehouse(settings),
                        dead_letter_sink=WriteDeadLetters(settings),
                        trust_event_received_at=trust_event_received_at)

@@ -25,6 +25,7 @@ class RunPlan(NamedTuple):
     patterns: list
     config: Config
     warehouse_url: str
+    backend: dict              # the BigQuery options: endpoint, location
     summary_path: str
 
 
@@ -38,7 +39,11 @@ def check(sluice_options, pipeline_options) -> RunPlan:
     config = contracts_module.load(config_module.load(sluice_options.config), sluice_options.config)
     config = with_udf(config, sluice_options.udf)
     patterns = sources.check_input_files(sluice_options.input_files)
-    return RunPlan(patterns, config, sluice_options.warehouse, sluice_options.summary_path)
+    backend = {}
+    if kind == "bigquery":
+        backend = {"bigquery_endpoint": options_module.check_endpoint(sluice_options.bigquery_endpoint),
+                   "bigquery_location": sluice_options.bigquery_location}
+    return RunPlan(patterns, config, sluice_options.warehouse, backend, sluice_options.summary_path)
 
 
 def with_udf(config: Config, spec) -> Config:
@@ -62,7 +67,8 @@ def run(argv: list) -> dict:
     sluice_options, pipeline_options = options_module.parse_args(argv)
     plan = check(sluice_options, pipeline_options)
     pipeline = beam.Pipeline(runner=_runner(pipeline_options), options=pipeline_options)
-    build_warehouse_graph(pipeline, sources.ReadInputFiles(plan.patterns), plan.config, plan.warehouse_url)
+    build_warehouse_graph(pipeline, sources.ReadInputFiles(plan.patterns), plan.config, plan.warehouse_url,
+                          **plan.backend)
     result = pipeline.run()
     result.wait_until_finish()
     summary = summary_module.build(summary_module.counters_from_result(result))

@@ -5,12 +5,15 @@ naming it, any option neither Sluice nor Beam knows: Beam alone would only log a
 and drop a mistyped `--input_file`, leaving the run to fail later and further from the cause.
 """
 import argparse
+import re
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipeline.errors import UsageError
 
 DEFAULT_WAREHOUSE = "duckdb:///sluice.duckdb"
+# Project ids: 6-30 of [a-z0-9-] (or domain-scoped, example.com:project); datasets: [A-Za-z0-9_].
+_BIGQUERY_URL = re.compile(r"bigquery://((?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9])/([A-Za-z0-9_]{1,1024})")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +42,14 @@ class SluiceOptions(PipelineOptions):
         group.add_argument("--warehouse", metavar="URL", default=DEFAULT_WAREHOUSE,
                            help="Where tables are written. duckdb:///relative/path.duckdb or "
                                 "duckdb:////absolute/path.duckdb (embedded; the default is %(default)s "
-                                "in the working directory). The dead-letter table _dead_letters lives there too.")
+                                "in the working directory), or bigquery://PROJECT/DATASET (the dataset is created "
+                                "when missing). The dead-letter table _dead_letters lives there too.")
+        group.add_argument("--bigquery_endpoint", metavar="URL",
+                           help="Send BigQuery API calls here instead of Google's API, e.g. a local emulator "
+                                "(http://127.0.0.1:9050); no Google credentials are used then.")
+        group.add_argument("--bigquery_location", metavar="LOCATION", default="US",
+                           help="Where a missing BigQuery dataset is created (default %(default)s), e.g. EU, "
+                                "europe-west1.")
         group = parser.add_argument_group("reporting")
         group.add_argument("--summary_path", metavar="PATH",
                            help="Write the batch run's reconciliation summary here as JSON (local or gs://). "
@@ -85,9 +95,21 @@ def parse_warehouse_url(url: str) -> str:
         raise UsageError(f"--warehouse {url!r}: write duckdb:///relative/path.duckdb or "
                          "duckdb:////absolute/path.duckdb")
     if url.startswith("bigquery:"):
-        raise UsageError(f"--warehouse {url!r}: the BigQuery warehouse is not available in this version "
-                         "(use duckdb:///PATH)")
-    raise UsageError(f"--warehouse {url!r}: expected duckdb:///PATH")
+        match = _BIGQUERY_URL.fullmatch(url)
+        if not match:
+            raise UsageError(f"--warehouse {url!r}: write bigquery://PROJECT/DATASET (a project id, and a dataset "
+                             "name of letters, digits and underscores)")
+        return "bigquery"
+    raise UsageError(f"--warehouse {url!r}: expected duckdb:///PATH or bigquery://PROJECT/DATASET")
+
+
+def check_endpoint(url):
+    """--bigquery_endpoint: an http(s) URL with a host, or None."""
+    if url is None:
+        return None
+    if not re.fullmatch(r"https?://[^/\s]+/?", url):
+        raise UsageError(f"--bigquery_endpoint {url!r}: expected a URL such as http://127.0.0.1:9050")
+    return url.rstrip("/")
 
 
 def check_runner(options: PipelineOptions, warehouse_kind: str) -> None:

@@ -28,14 +28,8 @@ ARROW_TYPES = {planner.BOOL: pa.bool_(), planner.INT64: pa.int64(), planner.FLOA
                planner.STRING: pa.string(), planner.TIMESTAMP: pa.string(),  # ISO strings: DuckDB casts
                planner.JSON: pa.string()}
 COLUMNS_TABLE = "_sluice_columns"
-DEAD_LETTER_TABLE = "_dead_letters"
-DEAD_LETTER_COLUMNS = (
-    ("dead_letter_id", planner.STRING), ("error_stage", planner.STRING), ("error_type", planner.STRING),
-    ("error_message", planner.STRING), ("error_details", planner.JSON), ("payload", planner.STRING),
-    ("payload_encoding", planner.STRING), ("attributes", planner.JSON), ("message_id", planner.STRING),
-    ("source", planner.STRING), ("received_at", planner.TIMESTAMP), ("failed_at", planner.TIMESTAMP),
-    ("pipeline_version", planner.STRING), ("destination", planner.STRING), ("loaded_at", planner.TIMESTAMP),
-)
+DEAD_LETTER_TABLE = planner.DEAD_LETTER_TABLE
+DEAD_LETTER_COLUMNS = planner.DEAD_LETTER_COLUMNS
 _EXACT_FLOAT = 1 << 53
 
 

@@ -51,6 +51,15 @@ _FIXED_COLUMNS = {
               Column(UNMAPPED_COLUMN, JSON, layout.UNMAPPED)),
 }
 _NON_EVENT_TABLES = ("identifies", "pages", "screens")
+# The dead-letter record (schemas/dead_letter.schema.json) as a table, in every backend.
+DEAD_LETTER_TABLE = "_dead_letters"
+DEAD_LETTER_COLUMNS = (
+    ("dead_letter_id", STRING), ("error_stage", STRING), ("error_type", STRING),
+    ("error_message", STRING), ("error_details", JSON), ("payload", STRING),
+    ("payload_encoding", STRING), ("attributes", JSON), ("message_id", STRING),
+    ("source", STRING), ("received_at", TIMESTAMP), ("failed_at", TIMESTAMP),
+    ("pipeline_version", STRING), ("destination", STRING), ("loaded_at", TIMESTAMP),
+)
 
 
 def fixed_columns(table: str) -> tuple:

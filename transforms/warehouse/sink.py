@@ -18,11 +18,13 @@ DEFAULT_BATCH_SIZE = 5000
 
 
 class WarehouseSettings(NamedTuple):
-    url: str                      # duckdb:///path (see pipeline.options.parse_warehouse_url)
+    url: str                      # duckdb:///path or bigquery://PROJECT/DATASET (pipeline.options)
     max_columns: int = planner.DEFAULT_MAX_COLUMNS
     flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH
     batch_size: int = DEFAULT_BATCH_SIZE
     declared_types: Optional[dict] = None  # {table or "*": {pointer: type}} from the contracts
+    bigquery_endpoint: Optional[str] = None  # an emulator's URL; None: Google's API
+    bigquery_location: str = "US"
 
 
 def open_backend(settings: WarehouseSettings):
@@ -31,6 +33,11 @@ def open_backend(settings: WarehouseSettings):
         from transforms.warehouse.duckdb_backend import DuckDBWarehouse
         return DuckDBWarehouse(settings.url[len("duckdb:///"):], settings.max_columns,
                                settings.flatten_depth, settings.declared_types).open()
+    if settings.url.startswith("bigquery://"):
+        from transforms.warehouse.bigquery_backend import BigQueryWarehouse
+        project, dataset = settings.url[len("bigquery://"):].split("/", 1)
+        return BigQueryWarehouse(project, dataset, settings.bigquery_endpoint, settings.bigquery_location,
+                                 settings.max_columns, settings.flatten_depth, settings.declared_types).open()
     raise ValueError(f"unsupported warehouse URL {settings.url!r}")
 
 
@@ -49,6 +56,12 @@ class _WarehouseFn(beam.DoFn):
             self._backend.close()
             self._backend = None
 
+    def _count_calls(self):
+        """A backend that counts its API calls (BigQuery) reports them as `<kind>` counters."""
+        take = getattr(self._backend, "take_calls", None)
+        for kind, count in (take() if take else {}).items():
+            metrics.inc(f"api_calls.{kind}", count)
+
 
 class WriteEventsFn(_WarehouseFn):
     DEAD_LETTERS = "dead_letters"
@@ -56,6 +69,7 @@ class WriteEventsFn(_WarehouseFn):
     def process(self, batch):
         with gcpause.paused():
             result = self._backend.write_events(batch)
+        self._count_calls()
         metrics.inc("stored", len(result.stored))
         metrics.inc("stage.warehouse.stored", len(result.stored))
         if result.duplicates:
@@ -80,6 +94,7 @@ class WriteDeadLettersFn(_WarehouseFn):
 
     def process(self, batch):
         metrics.inc("rows._dead_letters", self._backend.write_dead_letters(batch))
+        self._count_calls()
 
 
 class WriteWarehouse(beam.PTransform):

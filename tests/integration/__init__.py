@@ -1,0 +1,1 @@
+"""Integration tests: the pipeline against real local servers (emulators), with faults injected."""

@@ -1,0 +1,93 @@
+"""Emulators the integration tests start and stop themselves, on 127.0.0.1 only.
+
+The BigQuery emulator (PyPI local-bigquery, on DuckDB 1.5.5) lives in its own Python 3.13
+environment, installed by `make emulators` from emulators/bigquery-requirements.txt. DuckDB
+looks for its extensions under $HOME/.duckdb and would try to download missing ones, so
+each emulator gets a HOME of its own with the extensions copied in from that environment.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIGQUERY_VENV = Path(os.environ.get("SLUICE_BIGQUERY_EMULATOR", ROOT / ".emulators" / "bigquery"))
+PROJECT = "test-project"
+
+
+class EmulatorMissing(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"emulator exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers: ready
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    raise RuntimeError(f"emulator not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+class BigQueryEmulator:
+    """`with BigQueryEmulator(workdir) as bq:` -> bq.endpoint, bq.project, bq.grpc_port."""
+
+    def __init__(self, workdir: Path, project: str = PROJECT):
+        self.workdir, self.project = Path(workdir), project
+        self.port, self.grpc_port = free_port(), free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._process = None
+
+    def _home(self) -> Path:
+        home = self.workdir / "home"
+        extensions = home / ".duckdb" / "extensions" / "v1.5.5" / "linux_amd64"
+        extensions.mkdir(parents=True, exist_ok=True)
+        for found in BIGQUERY_VENV.glob("lib/python3*/site-packages/duckdb_extension_*/**/*.duckdb_extension"):
+            shutil.copy(found, extensions / found.name)
+        return home
+
+    def start(self) -> "BigQueryEmulator":
+        command = BIGQUERY_VENV / "bin" / "local-bigquery"
+        if not command.exists():
+            raise EmulatorMissing(f"{command} is missing: run `make emulators` (make test does)")
+        log = self.workdir / "bigquery-emulator.log"
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "HOME": str(self._home())}
+        self._process = subprocess.Popen(
+            [str(command), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--grpc-port",
+             str(self.grpc_port), "--project", self.project, "--data-dir", str(data)],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+        _wait_for(f"{self.endpoint}/bigquery/v2/projects/{self.project}/datasets", self._process, log)
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
