@@ -79,3 +79,87 @@ def test_the_segment_examples_land_with_dead_letters_and_views(tmp_path, bigquer
     assert views[0]["n"] == stored
     users = query(bigquery_client, f"SELECT id, email FROM `{dataset_name}.users_view` ORDER BY id")
     assert users and all(u["id"] for u in users)
+
+
+def page(message_id, **properties):
+    return {"type": "page", "name": "Home", "userId": "u1", "messageId": message_id,
+            "timestamp": "2026-11-02T09:00:00Z", "properties": properties}
+
+
+def test_a_refused_row_is_a_dead_letter_while_its_batch_mates_land(tmp_path, bigquery_emulator, bigquery_client,
+                                                                   dataset_name):
+    """Someone retyped a column by hand (DATE, a type Sluice never writes): rows carrying it are
+    refused by BigQuery, one by one, and the rest of the batch is stored."""
+    from google.cloud import bigquery
+
+    from transforms.warehouse import bigquery_schema, planner
+    bigquery_client.create_dataset(f"{bigquery_emulator.project}.{dataset_name}")
+    columns = list(planner.fixed_columns("pages"))
+    table = bigquery_schema.new_table(f"{bigquery_emulator.project}.{dataset_name}.pages", "pages", columns)
+    table.schema = list(table.schema) + [bigquery.SchemaField("code", "DATE", description="/properties/code")]
+    bigquery_client.create_table(table)
+    summary = run_job(tmp_path, bigquery_emulator, dataset_name,
+                      [page("p1", title="a"), page("p2", code="not a date"), page("p3", title="c")])
+    assert summary["stored"] == 2 and summary["dead_lettered"] == {"insert_failed": 1}
+    stored = query(bigquery_client, f"SELECT message_id FROM `{dataset_name}.pages` ORDER BY 1")
+    assert [r["message_id"] for r in stored] == ["p1", "p3"]
+    [letter] = query(bigquery_client, f"SELECT message_id, error_stage, error_message, payload "
+                                      f"FROM `{dataset_name}._dead_letters`")
+    assert (letter["message_id"], letter["error_stage"]) == ("p2", "warehouse")
+    assert "invalid at code" in letter["error_message"]
+    assert json.loads(letter["payload"]) == page("p2", code="not a date")
+
+
+def identify(message_id, timestamp, **traits):
+    return {"type": "identify", "userId": "u9", "messageId": message_id, "timestamp": timestamp, "traits": traits}
+
+
+def test_views_show_one_row_per_message_and_the_latest_traits_per_user(tmp_path, bigquery_emulator,
+                                                                     bigquery_client, dataset_name):
+    run_job(tmp_path, bigquery_emulator, dataset_name, [
+        identify("i1", "2026-11-01T09:00:00Z", email="old@example.com", plan="free"),
+        identify("i2", "2026-11-02T09:00:00Z", plan="pro"),
+        track("t1", total=1)])
+    # The same message written again later (a replay past the insertId window): two rows, one in the view.
+    ref = f"{bigquery_emulator.project}.{dataset_name}.tracks"
+    assert bigquery_client.insert_rows_json(ref, [{"message_id": "t1", "event": "order_completed",
+                                                   "timestamp": "2026-11-02T09:00:00Z",
+                                                   "loaded_at": "2030-01-01T00:00:00Z"}], row_ids=["other"]) == []
+    assert query(bigquery_client, f"SELECT count(*) AS n FROM `{dataset_name}.tracks`")[0]["n"] == 2
+    view = query(bigquery_client, f"SELECT message_id, loaded_at FROM `{dataset_name}.tracks_view`")
+    assert [(r["message_id"], r["loaded_at"].year) for r in view] == [("t1", 2030)]
+    users = query(bigquery_client, f"SELECT id, email, plan FROM `{dataset_name}.users_view`")
+    assert users == [{"id": "u9", "email": "old@example.com", "plan": "pro"}]
+    assert query(bigquery_client, f"SELECT count(*) AS n FROM `{dataset_name}.users`")[0]["n"] == 2
+
+
+def test_users_view_follows_new_traits(tmp_path, bigquery_emulator, bigquery_client, dataset_name):
+    run_job(tmp_path, bigquery_emulator, dataset_name, [identify("i1", "2026-11-01T09:00:00Z", plan="free")])
+    run_job(tmp_path, bigquery_emulator, dataset_name, [identify("i2", "2026-11-02T09:00:00Z", company="ACME")],
+            name="b.jsonl")
+    assert query(bigquery_client, f"SELECT id, plan, company FROM `{dataset_name}.users_view`") == [
+        {"id": "u9", "plan": "free", "company": "ACME"}]
+
+
+def test_concurrent_schema_additions_from_two_workers_both_land(bigquery_emulator, bigquery_client, dataset_name):
+    """Two processes (two workers' caches, no shared lock) add columns to one table at once:
+    a stale patch is refused (412, or 400 for a field it would remove), re-read and retried.
+    The proxy passes one request at a time: the emulator's storage (DuckLake) fails concurrent
+    commits outright, even of inserts into other tables, which BigQuery does not do."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tests.integration.bigquery_workers import write_with_new_columns
+    from tests.integration.faultproxy import FaultProxy
+    with FaultProxy(bigquery_emulator.endpoint, serialize=True) as proxy, \
+            ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(write_with_new_columns, proxy.url, bigquery_emulator.project,
+                               dataset_name, worker, 8) for worker in ("a", "b")]
+        outcomes = [f.result(timeout=240) for f in futures]
+        patches = [r for r in proxy.requests if r[0] == "PATCH"]
+    assert outcomes == [(8, 0), (8, 0)]
+    assert len(patches) >= 15  # a column per batch, less the one the table was created with
+    table = bigquery_client.get_table(f"{bigquery_emulator.project}.{dataset_name}.shared")
+    names = {f.name for f in table.schema}
+    assert {f"{w}_{b}" for w in "ab" for b in range(8)} <= names and "common" in names
+    assert query(bigquery_client, f"SELECT count(*) AS n FROM `{dataset_name}.shared`")[0]["n"] == 16

@@ -32,6 +32,9 @@ INSERT_CHUNK = 500          # rows per insertAll request (BigQuery recommends at
 _SCHEMA_ATTEMPTS = 6        # re-read and re-patch a table this often on conflicting changes
 _LOCK = threading.RLock()   # schema changes of every backend in this process
 _SCHEMAS = {}               # (project, dataset, table) -> TableSchema, shared by the process
+# 400s that mean "the table changed meanwhile": BigQuery refuses a patch that would drop a
+# field another writer added; the emulator reports a lost commit race as "Failed to commit".
+_SCHEMA_CONFLICTS = ("Cannot remove field", "does not match", "Failed to commit")
 
 
 class _Replan(Exception):
@@ -125,6 +128,10 @@ class BigQueryWarehouse:
                     return
                 except (exceptions.Conflict, exceptions.PreconditionFailed):
                     continue  # someone else created or patched it first: look again
+                except exceptions.BadRequest as exc:
+                    if not any(sign in str(exc) for sign in _SCHEMA_CONFLICTS):
+                        raise
+                    continue  # a patch from a stale schema, or a commit that lost a race: look again
             raise RuntimeError(f"table {table}: schema kept changing under {_SCHEMA_ATTEMPTS} attempts")
 
     @staticmethod
@@ -157,24 +164,16 @@ class BigQueryWarehouse:
             key = "dead_letter_id" if table == planner.DEAD_LETTER_TABLE else planner.key_column(table)
             self._replace_view(f"{table}_view", bq.latest_view_sql(self._ref(table), key))
 
-    def _replace_view(self, name: str, sql: str) -> None:
-        from google.cloud import bigquery
-        view = bigquery.Table(self._ref(name))
-        view.view_query = sql
-        view.description = "Maintained by Sluice"
+    def _replace_view(self, name: str, select: str) -> None:
         try:
             existing = self._call("tables.get", self._client.get_table, self._ref(name))
         except exceptions.NotFound:
-            try:
-                self._call("tables.insert", self._client.create_table, view)
-            except exceptions.Conflict:
-                pass  # created meanwhile by another worker
+            existing = None
+        if existing is not None and existing.table_type != "VIEW":
+            self.calls["views.skipped"] += 1  # an event table has that name: leave it alone
             return
-        if existing.view_query is None:
-            self.calls["views.skipped"] += 1  # an event table of that name exists: leave it alone
-            return
-        existing.view_query = sql
-        self._call("tables.patch", self._client.update_table, existing, ["view_query"])
+        self.calls["jobs.query"] += 1
+        self._client.query_and_wait(bq.create_view_sql(self._ref(name), select), retry=self.retry)
 
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
@@ -250,39 +249,53 @@ class BigQueryWarehouse:
     def _insert(self, table: str, rows: list, ids: list, known: set) -> dict:
         """insertAll in chunks; {row index: error} for rows BigQuery finally refused."""
         pending, refused = list(range(len(rows))), {}
-        lag_until, delay, rounds = time.monotonic() + self.lag_deadline, 0.5, 0
+        lag_until, delay, idle_rounds = time.monotonic() + self.lag_deadline, 0.5, 0
         while pending:
-            rounds += 1
-            again, lagging = [], False
+            again, lagging, progress = [], False, False
             for start in range(0, len(pending), INSERT_CHUNK):
                 chunk = pending[start:start + INSERT_CHUNK]
-                try:
-                    errors = self._call("tabledata.insertAll", self._client.insert_rows_json, self._ref(table),
-                                        [rows[i] for i in chunk], row_ids=[ids[i] for i in chunk],
-                                        skip_invalid_rows=False, ignore_unknown_values=False, timeout=60)
-                except exceptions.GoogleAPICallError as exc:
-                    refused.update((i, f"{type(exc).__name__}: {exc}") for i in chunk)
-                    continue
-                except (ConnectionError, TimeoutError, OSError) as exc:  # retries exhausted
-                    refused.update((i, f"gave up after retrying: {type(exc).__name__}: {exc}") for i in chunk)
-                    continue
+                errors = self._insert_chunk(table, rows, ids, chunk, refused)
                 for entry in errors:
                     index, problems = chunk[entry["index"]], entry.get("errors") or []
                     real = [p for p in problems if p.get("reason") != "stopped"]
-                    if not real and rounds < 10:
-                        again.append(index)  # valid: its request failed for another row
-                    elif real and all(_lagging(p, known) for p in real) and time.monotonic() < lag_until:
+                    if not real:
+                        again.append(index)  # valid: its request failed because of another row
+                    elif all(_lagging(p, known) for p in real) and time.monotonic() < lag_until:
                         again.append(index)
                         lagging = True
                     else:
                         refused[index] = "; ".join(f"{p.get('reason')} at {p.get('location') or 'row'}: "
-                                                   f"{p.get('message')}" for p in (real or problems))
+                                                   f"{p.get('message')}" for p in real)
+                        progress = True
+                progress = progress or len(errors) < len(chunk)
+            # Stopped rows are resent once the rows that stopped them are out, or after a lag
+            # wait; a round that neither lands nor refuses anything may repeat only a few times.
+            idle_rounds = 0 if (progress or lagging) else idle_rounds + 1
+            if idle_rounds >= 5:
+                refused.update((i, "BigQuery kept stopping this row without saying why") for i in again)
+                break
             pending = again
             if lagging:
                 self.calls["mutation_lag.waits"] += 1
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
         return refused
+
+    def _insert_chunk(self, table: str, rows: list, ids: list, chunk: list, refused: dict) -> list:
+        """One insertAll request (retried while transient); its per-row errors. A request that
+        finally fails refuses all its rows, with the reason."""
+        try:
+            return self._call("tabledata.insertAll", self._client.insert_rows_json, self._ref(table),
+                              [rows[i] for i in chunk], row_ids=[ids[i] for i in chunk],
+                              skip_invalid_rows=False, ignore_unknown_values=False, timeout=60)
+        except exceptions.GoogleAPICallError as exc:
+            message = f"{type(exc).__name__}: {exc}"
+        except (ConnectionError, TimeoutError, OSError) as exc:  # requests' errors are OSErrors
+            message = f"gave up after retrying: {type(exc).__name__}: {exc}"
+        except exceptions.RetryError as exc:
+            message = f"gave up after retrying: {exc.cause or exc}"
+        refused.update((i, message) for i in chunk)
+        return []
 
     # -- dead letters ------------------------------------------------------------------
     def write_dead_letters(self, records: list) -> int:

@@ -53,6 +53,11 @@ def new_table(ref: str, table: str, columns) -> bigquery.Table:
     return created
 
 
+def create_view_sql(view_ref: str, select: str) -> str:
+    """Atomic create-or-replace (tables.patch of view_query is not honoured by the emulator)."""
+    return (f"CREATE OR REPLACE VIEW `{view_ref}` OPTIONS (description = 'Maintained by Sluice') AS {select}")
+
+
 def latest_view_sql(table_ref: str, key: str) -> str:
     """The newest row per key: rows written twice (a retried insert, a replay) show once."""
     return (f"SELECT * EXCEPT (_sluice_rank) FROM (SELECT *, ROW_NUMBER() OVER "
@@ -62,6 +67,7 @@ def latest_view_sql(table_ref: str, key: str) -> str:
 
 def users_view_sql(table_ref: str, columns) -> str:
     """One row per user: each trait's newest non-null value (identifies append to `users`)."""
-    picks = [f"ARRAY_AGG(`{c.name}` IGNORE NULLS ORDER BY timestamp DESC LIMIT 1)[SAFE_OFFSET(0)] AS `{c.name}`"
+    # No LIMIT 1 inside ARRAY_AGG: the emulator's translation drops IGNORE NULLS with it.
+    picks = [f"ARRAY_AGG(`{c.name}` IGNORE NULLS ORDER BY timestamp DESC)[SAFE_OFFSET(0)] AS `{c.name}`"
              for c in columns if c.name != "id"]
     return f"SELECT id, {', '.join(picks)} FROM `{table_ref}` GROUP BY id"
