@@ -41,8 +41,11 @@ def check(sluice_options, pipeline_options) -> RunPlan:
     patterns = sources.check_input_files(sluice_options.input_files)
     backend = {}
     if kind == "bigquery":
+        method = sluice_options.bigquery_write_method
+        if method == "auto":
+            method = "insert_all" if pipeline_options.view_as(StandardOptions).streaming else "load"
         backend = {"bigquery_endpoint": options_module.check_endpoint(sluice_options.bigquery_endpoint),
-                   "bigquery_location": sluice_options.bigquery_location}
+                   "bigquery_location": sluice_options.bigquery_location, "bigquery_write_method": method}
     return RunPlan(patterns, config, sluice_options.warehouse, backend, sluice_options.summary_path)
 
 

@@ -47,6 +47,10 @@ class SluiceOptions(PipelineOptions):
         group.add_argument("--bigquery_endpoint", metavar="URL",
                            help="Send BigQuery API calls here instead of Google's API, e.g. a local emulator "
                                 "(http://127.0.0.1:9050); no Google credentials are used then.")
+        group.add_argument("--bigquery_write_method", choices=("auto", "insert_all", "load"), default="auto",
+                           help="How rows reach BigQuery: insert_all (streaming inserts, deduplicated by "
+                                "message_id for about a minute) or load (free, atomic load jobs; message_ids "
+                                "already stored are skipped). auto: load for batch runs, insert_all with --streaming.")
         group.add_argument("--bigquery_location", metavar="LOCATION", default="US",
                            help="Where a missing BigQuery dataset is created (default %(default)s), e.g. EU, "
                                 "europe-west1.")

@@ -51,6 +51,7 @@ def build(counters: dict) -> dict:
         "contracts": {key: counters.get(f"contracts.{key}", 0) for key in ("unplanned", "violations", "omitted")},
         "consent": {key: counters.get(f"consent.{key}", 0) for key in ("present", "missing")},
         "transforms": _nested(_by_prefix(counters, "transforms.")),
+        "api_calls": _by_prefix(counters, "api_calls."),
         "not_forwarded": _nested({name.replace(".dropped_", "."): value for name, value
                                   in _by_prefix(counters, "destination.").items() if ".dropped_" in name}),
     }

@@ -14,13 +14,13 @@ def track(message_id, name="Order Completed", **properties):
             "timestamp": "2026-11-02T09:00:00Z", "properties": properties}
 
 
-def run_job(tmp_path, emulator, dataset, lines, config="", name="in.jsonl"):
+def run_job(tmp_path, emulator, dataset, lines, config="", name="in.jsonl", method="auto"):
     (tmp_path / "sluice.yaml").write_text(config)
     (tmp_path / name).write_text("\n".join(line if isinstance(line, str) else json.dumps(line)
                                            for line in lines) + "\n")
     summary = run(["--input_files", str(tmp_path / name), "--config", str(tmp_path / "sluice.yaml"),
                    "--warehouse", f"bigquery://{emulator.project}/{dataset}",
-                   "--bigquery_endpoint", emulator.endpoint])
+                   "--bigquery_endpoint", emulator.endpoint, "--bigquery_write_method", method])
     assert summary["conservation"]["holds"], summary
     return summary
 
@@ -42,10 +42,12 @@ def test_tables_are_created_partitioned_and_clustered(tmp_path, bigquery_emulato
     assert rows == [{"message_id": "m1", "total": 10, "currency": "EUR"}]
 
 
+@pytest.mark.parametrize("method", ["load", "insert_all"])
 def test_a_new_property_becomes_a_column_and_its_rows_land(tmp_path, bigquery_emulator, bigquery_client,
-                                                           dataset_name):
-    run_job(tmp_path, bigquery_emulator, dataset_name, [track("m1", total=10)])
-    run_job(tmp_path, bigquery_emulator, dataset_name, [track("m2", total=12, coupon="AUTUMN")], name="b.jsonl")
+                                                           dataset_name, method):
+    run_job(tmp_path, bigquery_emulator, dataset_name, [track("m1", total=10)], method=method)
+    run_job(tmp_path, bigquery_emulator, dataset_name, [track("m2", total=12, coupon="AUTUMN")], name="b.jsonl",
+            method=method)
     rows = query(bigquery_client, f"SELECT message_id, total, coupon FROM `{dataset_name}.order_completed` "
                                   "ORDER BY message_id")
     assert rows == [{"message_id": "m1", "total": 10, "coupon": None},
@@ -163,3 +165,14 @@ def test_concurrent_schema_additions_from_two_workers_both_land(bigquery_emulato
     names = {f.name for f in table.schema}
     assert {f"{w}_{b}" for w in "ab" for b in range(8)} <= names and "common" in names
     assert query(bigquery_client, f"SELECT count(*) AS n FROM `{dataset_name}.shared`")[0]["n"] == 16
+
+
+def test_a_rerun_of_a_backfill_stores_nothing_twice(tmp_path, bigquery_emulator, bigquery_client, dataset_name):
+    lines = [track(f"m{i}", total=i) for i in range(5)] + [identify("i1", "2026-11-01T09:00:00Z", plan="pro")]
+    first = run_job(tmp_path, bigquery_emulator, dataset_name, lines, method="load")
+    again = run_job(tmp_path, bigquery_emulator, dataset_name, lines, method="load")
+    assert first["stored"] == 6 and again["stored"] == 0 and again["dropped"] == {"duplicate": 6}
+    counts = {t: query(bigquery_client, f"SELECT count(*) AS n FROM `{dataset_name}.{t}`")[0]["n"]
+              for t in ("tracks", "order_completed", "identifies", "users")}
+    assert counts == {"tracks": 5, "order_completed": 5, "identifies": 1, "users": 1}
+    assert first["api_calls"]["jobs.load"] == 4 and "tabledata.insertAll" not in first["api_calls"]

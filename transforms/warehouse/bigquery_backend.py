@@ -1,44 +1,41 @@
 """The BigQuery warehouse: Sluice's own sink, tables created and widened as events need.
 
-Writes use insertAll (tabledata.insertAll) with insertId = the event's message_id, so a
-retried request does not store a row twice (BigQuery drops repeated insertIds for about a
-minute; `<table>_view` keeps the newest row per message_id for the rest). A batch is
-planned per table with the backend-neutral planner; new columns are added in one
-tables.patch per table and batch, under a process-wide lock, after re-reading the table so
-another worker's additions are kept; a conflicting patch is re-read and retried.
+Two write paths, chosen by --bigquery_write_method (see the README for the measurements):
+- `insert_all` (streaming runs): tabledata.insertAll with insertId = the event's message_id,
+  so a retried request does not store a row twice (BigQuery drops repeated insertIds for
+  about a minute; `<table>_view` keeps the newest row per message_id for the rest).
+  Per-row errors: rows marked `stopped` (valid, their request failed) are sent again; rows
+  refused for a field just added (the "mutation lag") are retried with backoff until the
+  field is visible; any other refused row is its event's insert_failed dead letter while its
+  batch-mates land.
+- `load` (batch runs and backfills): one NDJSON load job per table and batch (load jobs are
+  free, and atomic); message_ids already in the table are looked up first (partition-pruned
+  by the batch's time range) and counted as the `duplicate` drop, so a re-run stores nothing
+  twice. A load job that BigQuery refuses is retried through insertAll, which isolates the
+  bad rows.
 
-Per-row errors: rows BigQuery marks `stopped` (valid, but their request failed) are sent
-again; rows refused for a field just added (the "mutation lag") are retried with backoff
-until the field is visible; any other refused row becomes its event's insert_failed dead
-letter while its batch-mates land. Transient failures (429, 5xx, timeouts, resets) are
-retried with bounded exponential backoff and jitter; when the bound is reached, or on a
-permanent error, the request's events are dead-lettered, never lost.
-
-An event's first row (tracks, identifies, pages, ...) is written before its other rows
-(the event's own table, users), and only events whose first row landed get the others.
+Transient failures (429, 5xx, timeouts, resets) are retried with bounded exponential
+backoff and jitter; past the bound, or on a permanent error, the events are dead-lettered,
+never lost. An event's first row (tracks, identifies, pages, ...) is written before its
+other rows (its event table, users); only events whose first row landed get the others.
 """
-import threading
+import io
+import logging
 import time
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 from google.api_core import exceptions
 
+from transforms import jsonutil
 from transforms.timeutil import format_time
 from transforms.warehouse import bigquery_schema as bq, layout, planner, retry
+from transforms.warehouse.bigquery_tables import BigQueryTables, Replan
 from transforms.warehouse.result import WriteResult
 
 INSERT_CHUNK = 500          # rows per insertAll request (BigQuery recommends at most 500)
-_SCHEMA_ATTEMPTS = 6        # re-read and re-patch a table this often on conflicting changes
-_LOCK = threading.RLock()   # schema changes of every backend in this process
-_SCHEMAS = {}               # (project, dataset, table) -> TableSchema, shared by the process
-# 400s that mean "the table changed meanwhile": BigQuery refuses a patch that would drop a
-# field another writer added; the emulator reports a lost commit race as "Failed to commit".
-_SCHEMA_CONFLICTS = ("Cannot remove field", "does not match", "Failed to commit")
-
-
-class _Replan(Exception):
-    """The table changed under us (another worker): plan the batch again on a fresh schema."""
+WRITE_METHODS = ("insert_all", "load")
+_REPLANS = 6
 
 
 def _lagging(error: dict, known: set) -> bool:
@@ -51,15 +48,19 @@ def _lagging(error: dict, known: set) -> bool:
 class BigQueryWarehouse:
     def __init__(self, project: str, dataset: str, endpoint: str = None, location: str = "US",
                  max_columns: int = planner.DEFAULT_MAX_COLUMNS, flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH,
-                 declared_types=None, retry_deadline: float = 120.0, lag_deadline: float = 120.0):
+                 declared_types=None, write_method: str = "insert_all", retry_deadline: float = 120.0,
+                 lag_deadline: float = 120.0):
+        if write_method not in WRITE_METHODS:
+            raise ValueError(f"write_method must be one of {WRITE_METHODS}")
         self.project, self.dataset, self.endpoint, self.location = project, dataset, endpoint, location
+        self.write_method = write_method
         self.max_columns = min(max_columns, bq.MAX_COLUMNS)
         self.flatten_depth = flatten_depth
         self.declared_types = declared_types or {}
         self.retry = retry.policy(retry_deadline)
         self.lag_deadline = lag_deadline
         self.calls = Counter()  # API calls by kind: the benchmark reports them per 10,000 rows
-        self._client = None
+        self._client = self._tables = None
 
     # -- lifecycle -------------------------------------------------------------------
     def open(self) -> "BigQueryWarehouse":
@@ -73,6 +74,7 @@ class BigQueryWarehouse:
         dataset = bigquery.Dataset(f"{self.project}.{self.dataset}")
         dataset.location = self.location
         self._call("datasets.insert", self._client.create_dataset, dataset, exists_ok=True)
+        self._tables = BigQueryTables(self._client, self.project, self.dataset, self.retry, self.calls)
         return self
 
     def close(self) -> None:
@@ -82,104 +84,24 @@ class BigQueryWarehouse:
 
     def take_calls(self) -> Counter:
         """API calls since the last take, by kind (exported as Beam counters by the sink)."""
-        calls, self.calls = self.calls, Counter()
+        calls = Counter(self.calls)
+        self.calls.clear()  # the tables manager counts into the same Counter
         return calls
 
     def _call(self, kind: str, method, *args, **kwargs):
         self.calls[kind] += 1
         return method(*args, retry=self.retry, **kwargs)
 
-    def _ref(self, table: str) -> str:
-        return f"{self.project}.{self.dataset}.{table}"
-
-    # -- schemas -----------------------------------------------------------------------
-    def _read_schema(self, table: str):
-        """The table's schema from BigQuery (None when it does not exist), cached."""
-        try:
-            found = self._call("tables.get", self._client.get_table, self._ref(table))
-        except exceptions.NotFound:
-            schema = None
-        else:
-            schema = bq.table_schema(table, found.schema)
-        _SCHEMAS[(self.project, self.dataset, table)] = schema
-        return schema
-
-    def _schema(self, table: str):
-        key = (self.project, self.dataset, table)
-        return _SCHEMAS[key] if key in _SCHEMAS else self._read_schema(table)
-
     def _declared_for(self, table: str) -> dict:
         return {**self.declared_types.get("*", {}), **self.declared_types.get(table, {})}
-
-    def _evolve(self, table: str, plan) -> None:
-        """Create the table, or add the plan's new columns; raise _Replan if another worker
-        changed it in a way the plan did not expect."""
-        with _LOCK:
-            for _ in range(_SCHEMA_ATTEMPTS):
-                current = self._read_schema(table)
-                try:
-                    if current is None:
-                        self._create(table, list(planner.fixed_columns(table)) + plan.new_columns)
-                    else:
-                        missing = self._missing_columns(current, plan.new_columns)
-                        if missing:
-                            self._add_columns(table, missing)
-                    self._read_schema(table)
-                    return
-                except (exceptions.Conflict, exceptions.PreconditionFailed):
-                    continue  # someone else created or patched it first: look again
-                except exceptions.BadRequest as exc:
-                    if not any(sign in str(exc) for sign in _SCHEMA_CONFLICTS):
-                        raise
-                    continue  # a patch from a stale schema, or a commit that lost a race: look again
-            raise RuntimeError(f"table {table}: schema kept changing under {_SCHEMA_ATTEMPTS} attempts")
-
-    @staticmethod
-    def _missing_columns(current, wanted) -> list:
-        missing = []
-        for column in wanted:
-            found = current.columns.get(column.name)
-            if found is None:
-                missing.append(column)
-            elif found.source != column.source or found.type != column.type:
-                raise _Replan()  # the name was taken meanwhile, for another value or type
-        return missing
-
-    def _create(self, table: str, columns) -> None:
-        self._call("tables.insert", self._client.create_table, bq.new_table(self._ref(table), table, columns))
-        self._create_view(table, columns)
-
-    def _add_columns(self, table: str, columns) -> None:
-        found = self._call("tables.get", self._client.get_table, self._ref(table))
-        found.schema = list(found.schema) + [bq.field(c) for c in columns]  # etag set: a stale patch gets 412
-        updated = self._call("tables.patch", self._client.update_table, found, ["schema"])
-        if table == "users":
-            self._replace_view("users_view", bq.users_view_sql(self._ref(table),
-                                                               bq.table_schema(table, updated.schema).columns.values()))
-
-    def _create_view(self, table: str, columns) -> None:
-        if table == "users":
-            self._replace_view("users_view", bq.users_view_sql(self._ref(table), columns))
-        else:
-            key = "dead_letter_id" if table == planner.DEAD_LETTER_TABLE else planner.key_column(table)
-            self._replace_view(f"{table}_view", bq.latest_view_sql(self._ref(table), key))
-
-    def _replace_view(self, name: str, select: str) -> None:
-        try:
-            existing = self._call("tables.get", self._client.get_table, self._ref(name))
-        except exceptions.NotFound:
-            existing = None
-        if existing is not None and existing.table_type != "VIEW":
-            self.calls["views.skipped"] += 1  # an event table has that name: leave it alone
-            return
-        self.calls["jobs.query"] += 1
-        self._client.query_and_wait(bq.create_view_sql(self._ref(name), select), retry=self.retry)
 
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
         result = WriteResult()
         rows = [layout.table_rows(e.body, self.flatten_depth, e.violations) for e in events]
         events, rows = self._drop_repeats(events, rows, result)
+        if self.write_method == "load":
+            events, rows = self._drop_stored(events, rows, result)
         failed = self._write([(i, r[0]) for i, r in enumerate(rows)], events, result)
         failed.update(self._write([(i, row) for i, event_rows in enumerate(rows) if i not in failed
                                    for row in event_rows[1:]], events, result))
@@ -206,6 +128,33 @@ class BigQueryWarehouse:
                 kept_rows.append(event_rows)
         return kept, kept_rows
 
+    def _drop_stored(self, events: list, rows: list, result: WriteResult) -> tuple:
+        """Events whose first row is already in its table are the `duplicate` drop (a re-run of
+        a backfill): one query per table, pruned to the batch's partitions."""
+        by_table = defaultdict(list)
+        for event_rows in rows:
+            by_table[event_rows[0].table].append(event_rows[0])
+        stored = set()
+        for table, table_rows in by_table.items():
+            if self._tables.schema(table) is None:
+                continue
+            stored.update((table, key) for key in self._stored_keys(table, table_rows))
+        kept = [(e, r) for e, r in zip(events, rows) if (r[0].table, r[0].key) not in stored]
+        result.duplicates += [e for e, r in zip(events, rows) if (r[0].table, r[0].key) in stored]
+        return [e for e, _ in kept], [r for _, r in kept]
+
+    def _stored_keys(self, table: str, table_rows: list) -> list:
+        from google.cloud import bigquery
+        times = sorted(r.timestamp for r in table_rows)
+        config = bigquery.QueryJobConfig(query_parameters=[
+            bigquery.ArrayQueryParameter("keys", "STRING", [r.key for r in table_rows]),
+            bigquery.ScalarQueryParameter("low", "TIMESTAMP", times[0]),
+            bigquery.ScalarQueryParameter("high", "TIMESTAMP", times[-1])])
+        sql = (f"SELECT DISTINCT message_id FROM `{self._tables.ref(table)}` "
+               "WHERE message_id IN UNNEST(@keys) AND timestamp BETWEEN @low AND @high")
+        self.calls["jobs.query"] += 1
+        return [row.message_id for row in self._client.query_and_wait(sql, job_config=config, retry=self.retry)]
+
     def _write(self, items: list, events: list, result: WriteResult) -> dict:
         """Write (event index, TableRow) items; return {event index: error} for refused ones."""
         by_table = defaultdict(list)
@@ -213,24 +162,24 @@ class BigQueryWarehouse:
             by_table[row.table].append((index, row))
         failed = {}
         for table, table_items in by_table.items():
-            for _ in range(_SCHEMA_ATTEMPTS):
+            for _ in range(_REPLANS):
                 try:
                     failed.update(self._write_table(table, table_items, events, result))
                     break
-                except _Replan:
-                    _SCHEMAS.pop((self.project, self.dataset, table), None)
+                except Replan:
+                    self._tables.forget(table)
             else:
                 failed.update((i, f"table {table}: schema kept changing") for i, _ in table_items)
         return failed
 
     def _write_table(self, table: str, items: list, events: list, result: WriteResult) -> dict:
-        cached = self._schema(table)
+        cached = self._tables.schema(table)
         schema = (cached or planner.TableSchema(table)).copy()
         schema.declare(self._declared_for(table))
         plan = planner.plan_rows(schema, [row for _, row in items], self.max_columns)
         try:
             if cached is None or plan.new_columns:
-                self._evolve(table, plan)
+                self._tables.evolve(table, plan)
         except exceptions.GoogleAPICallError as exc:  # retries exhausted, or permanent: dead letters
             return {index: f"table {table}: {exc}" for index, _ in items}
         loaded_at = format_time(datetime.now(timezone.utc))
@@ -240,7 +189,10 @@ class BigQueryWarehouse:
                 if value is not None:
                     row[name] = value
         ids = [events[index].body["messageId"] for index, _ in items]
-        refused = self._insert(table, json_rows, ids, set(schema.columns))
+        if self.write_method == "load" and self._load(table, json_rows):
+            refused = {}
+        else:
+            refused = self._insert(table, json_rows, ids, set(schema.columns))
         result.rows[table] += len(items) - len(refused)
         result.type_conflicts[table] += plan.type_conflicts
         result.capped[table] += plan.capped
@@ -281,11 +233,32 @@ class BigQueryWarehouse:
                 delay = min(delay * 2, 8.0)
         return refused
 
+    def _load(self, table: str, rows: list) -> bool:
+        """One atomic load job appending `rows`; False when BigQuery refused it (then insertAll
+        finds the rows at fault). The table's own schema applies: no field is added here."""
+        from google.cloud import bigquery
+        config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+                                        write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+                                        create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
+                                        autodetect=False, max_bad_records=0)
+        data = b"\n".join(jsonutil.dumps(row) for row in rows)
+        try:
+            self.calls["jobs.load"] += 1
+            job = self._client.load_table_from_file(io.BytesIO(data), self._tables.ref(table), size=len(data),
+                                                    job_config=config, num_retries=6)
+            job.result(retry=self.retry, timeout=600)
+            return True
+        except (exceptions.GoogleAPICallError, exceptions.RetryError, ConnectionError, OSError) as exc:
+            self.calls["jobs.load_refused"] += 1  # insertAll will say which rows, and why
+            logging.getLogger(__name__).warning("load job into %s refused (%s); writing through insertAll",
+                                                table, exc)
+            return False
+
     def _insert_chunk(self, table: str, rows: list, ids: list, chunk: list, refused: dict) -> list:
         """One insertAll request (retried while transient); its per-row errors. A request that
         finally fails refuses all its rows, with the reason."""
         try:
-            return self._call("tabledata.insertAll", self._client.insert_rows_json, self._ref(table),
+            return self._call("tabledata.insertAll", self._client.insert_rows_json, self._tables.ref(table),
                               [rows[i] for i in chunk], row_ids=[ids[i] for i in chunk],
                               skip_invalid_rows=False, ignore_unknown_values=False, timeout=60)
         except exceptions.GoogleAPICallError as exc:
@@ -300,17 +273,10 @@ class BigQueryWarehouse:
     # -- dead letters ------------------------------------------------------------------
     def write_dead_letters(self, records: list) -> int:
         """Dead letters have nowhere further to go: a refusal here raises (the bundle fails
-        and is retried), never drops them."""
+        and is retried), never drops them. insertAll with insertId = the dead letter's stable
+        id: a re-read of the same bad line within the window is stored once."""
         table = planner.DEAD_LETTER_TABLE
-        if self._schema(table) is None:
-            with _LOCK:
-                if self._read_schema(table) is None:
-                    columns = [planner.Column(n, t, "$" + n) for n, t in planner.DEAD_LETTER_COLUMNS]
-                    try:
-                        self._create(table, columns)
-                    except exceptions.Conflict:
-                        pass
-                    self._read_schema(table)
+        self._tables.ensure(table, [planner.Column(n, t, "$" + n) for n, t in planner.DEAD_LETTER_COLUMNS])
         loaded_at = format_time(datetime.now(timezone.utc))
         rows = []
         for record in records:

@@ -25,6 +25,7 @@ class WarehouseSettings(NamedTuple):
     declared_types: Optional[dict] = None  # {table or "*": {pointer: type}} from the contracts
     bigquery_endpoint: Optional[str] = None  # an emulator's URL; None: Google's API
     bigquery_location: str = "US"
+    bigquery_write_method: str = "insert_all"  # or "load" (pipeline.main picks by --streaming)
 
 
 def open_backend(settings: WarehouseSettings):
@@ -37,7 +38,8 @@ def open_backend(settings: WarehouseSettings):
         from transforms.warehouse.bigquery_backend import BigQueryWarehouse
         project, dataset = settings.url[len("bigquery://"):].split("/", 1)
         return BigQueryWarehouse(project, dataset, settings.bigquery_endpoint, settings.bigquery_location,
-                                 settings.max_columns, settings.flatten_depth, settings.declared_types).open()
+                                 settings.max_columns, settings.flatten_depth, settings.declared_types,
+                                 settings.bigquery_write_method).open()
     raise ValueError(f"unsupported warehouse URL {settings.url!r}")
 
 
