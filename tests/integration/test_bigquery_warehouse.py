@@ -176,3 +176,18 @@ def test_a_rerun_of_a_backfill_stores_nothing_twice(tmp_path, bigquery_emulator,
               for t in ("tracks", "order_completed", "identifies", "users")}
     assert counts == {"tracks": 5, "order_completed": 5, "identifies": 1, "users": 1}
     assert first["api_calls"]["jobs.load"] == 4 and "tabledata.insertAll" not in first["api_calls"]
+
+
+def test_past_the_column_cap_new_properties_go_to_unmapped(tmp_path, bigquery_emulator, bigquery_client,
+                                                           dataset_name):
+    many = {f"p{i:02d}": i for i in range(30)}
+    summary = run_job(tmp_path, bigquery_emulator, dataset_name, [track("m1", **many)],
+                      config="warehouse:\n  max_columns_per_table: 25\n")
+    table = bigquery_client.get_table(f"{bigquery_emulator.project}.{dataset_name}.order_completed")
+    assert len(table.schema) == 25
+    capped = summary["column_cap"]["order_completed"]
+    [row] = query(bigquery_client, f"SELECT TO_JSON_STRING(_unmapped) AS u FROM `{dataset_name}.order_completed`")
+    unmapped = json.loads(row["u"])
+    unmapped = json.loads(unmapped) if isinstance(unmapped, str) else unmapped
+    assert len(unmapped) == capped > 0
+    assert all(unmapped[f"/properties/{k}"] == many[k] for k in (p.split("/")[-1] for p in unmapped))

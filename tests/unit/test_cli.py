@@ -82,3 +82,18 @@ def test_the_shipped_config_is_valid_and_shows_every_default(monkeypatch):
     assert loaded.contracts.directory == "contracts"
     assert dict(loaded.contracts.overrides) == {"track/button_clicked": "omit_properties",
                                                 "track/order_completed": "block"}
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--warehouse", "bigquery://p/d"], "write bigquery://PROJECT/DATASET"),
+    (["--warehouse", "bigquery://my-project/bad-dataset"], "write bigquery://PROJECT/DATASET"),
+    (["--warehouse", "bigquery://my-project"], "write bigquery://PROJECT/DATASET"),
+    (["--warehouse", "bigquery://my-project/ds", "--bigquery_endpoint", "127.0.0.1:9050"],
+     "--bigquery_endpoint '127.0.0.1:9050': expected a URL"),
+    (["--warehouse", "bigquery://my-project/ds", "--bigquery_write_method", "fast"], "--bigquery_write_method"),
+])
+def test_bigquery_option_mistakes_exit_2(args, expected):
+    result = sluice("--input_files", str(SAMPLE), *args)
+    assert result.returncode == 2, result.stderr
+    [line] = error_lines(result)
+    assert expected in line
