@@ -101,3 +101,24 @@ def test_permanent_errors_are_not_retried(bigquery_emulator, dataset_name):
         inserts = [r for r in proxy.requests if "insertAll" in r[1]]
     assert result.stored == [] and "Access Denied" in result.failed[0][1]
     assert len(inserts) == 2  # p0's, and p1's single attempt
+
+
+UPLOADS = lambda method, path: "/upload/" in path  # noqa: E731 - load jobs' data goes up here
+
+
+def test_load_jobs_survive_faults_and_a_lost_answer_without_duplicates(bigquery_emulator, bigquery_client,
+                                                                       dataset_name):
+    from tests.integration.faultproxy import Fault, FaultProxy
+    with FaultProxy(bigquery_emulator.endpoint) as proxy:
+        warehouse = BigQueryWarehouse(bigquery_emulator.project, dataset_name, proxy.url, write_method="load",
+                                      retry_deadline=60).open()
+        warehouse.write_events([event("p0")])
+        proxy.inject(503, Fault.reset(), match=UPLOADS)
+        first = warehouse.write_events([event(f"a{i}", n=i) for i in range(10)])
+        proxy.inject(Fault.after_forward_reset(), match=UPLOADS)  # the job is created; its answer is lost
+        second = warehouse.write_events([event(f"b{i}", n=i) for i in range(10)])
+        calls = warehouse.take_calls()
+    assert (len(first.stored), first.failed, len(second.stored), second.failed) == (10, [], 10, [])
+    assert "tabledata.insertAll" not in calls and calls["jobs.get"] >= 1
+    rows = query(bigquery_client, f"SELECT message_id, count(*) AS n FROM `{dataset_name}.pages` GROUP BY 1")
+    assert len(rows) == 21 and {r["n"] for r in rows} == {1}

@@ -22,6 +22,7 @@ other rows (its event table, users); only events whose first row landed get the 
 import io
 import logging
 import time
+import uuid
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
@@ -235,17 +236,24 @@ class BigQueryWarehouse:
 
     def _load(self, table: str, rows: list) -> bool:
         """One atomic load job appending `rows`; False when BigQuery refused it (then insertAll
-        finds the rows at fault). The table's own schema applies: no field is added here."""
+        finds the rows at fault). The table's own schema applies: no field is added here. The
+        job id is ours, so a job whose creation answer was lost is found again, not repeated."""
         from google.cloud import bigquery
         config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
                                         write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
                                         create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
                                         autodetect=False, max_bad_records=0)
         data = b"\n".join(jsonutil.dumps(row) for row in rows)
+        job_id = f"sluice_load_{uuid.uuid4().hex}"
         try:
             self.calls["jobs.load"] += 1
-            job = self._client.load_table_from_file(io.BytesIO(data), self._tables.ref(table), size=len(data),
-                                                    job_config=config, num_retries=6)
+            try:
+                job = self._client.load_table_from_file(io.BytesIO(data), self._tables.ref(table), size=len(data),
+                                                        job_config=config, num_retries=6, job_id=job_id)
+            except (exceptions.Conflict, exceptions.ServerError, ConnectionError, OSError):
+                job = self._existing_job(job_id)  # an attempt may have landed although we lost its answer
+                if job is None:
+                    raise
             job.result(retry=self.retry, timeout=600)
             return True
         except (exceptions.GoogleAPICallError, exceptions.RetryError, ConnectionError, OSError) as exc:
@@ -253,6 +261,13 @@ class BigQueryWarehouse:
             logging.getLogger(__name__).warning("load job into %s refused (%s); writing through insertAll",
                                                 table, exc)
             return False
+
+    def _existing_job(self, job_id: str):
+        try:
+            self.calls["jobs.get"] += 1
+            return self._client.get_job(job_id, retry=self.retry)
+        except exceptions.NotFound:
+            return None
 
     def _insert_chunk(self, table: str, rows: list, ids: list, chunk: list, refused: dict) -> list:
         """One insertAll request (retried while transient); its per-row errors. A request that
