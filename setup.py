@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "apache-beam==2.77.0",
     "duckdb==2.0.0",
     "google-cloud-bigquery==3.47.0",  # Sluice's own BigQuery sink (Beam's has no endpoint setting)
+    "google-cloud-pubsub==2.44.0",    # Beam's ReadFromPubSub / WriteToPubSub (streaming input, dead-letter topic)
     "google-cloud-storage==3.17.1",   # Beam's gs:// filesystem (inputs, configs, contracts, salts)
     "jsonschema==4.26.0",       # the reference validator: explains every violation
     "jsonschema-rs==0.60.3",    # the compiled validator on the hot path (see issue 3's benchmark)

@@ -11,6 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 
 import schemas
 from pipeline.errors import UsageError
+from transforms import dedupe
 from transforms.consent import ConsentSettings
 from transforms.contracts.model import ContractSettings
 from transforms.decode import DecodeLimits
@@ -29,6 +30,8 @@ class Config(NamedTuple):
     contracts: Optional[ContractSettings] = None  # contracts not loaded yet: see pipeline.contracts
     consent: Optional[ConsentSettings] = None     # None: no consent section, nothing checked
     transforms: TransformSettings = TransformSettings()
+    max_buffering_seconds: float = 5.0   # streaming: a batch waits at most this long to be written
+    dedupe_ttl_seconds: float = dedupe.DEFAULT_TTL_SECONDS  # streaming: messageIds remembered this long
 
 
 def key_path(parts) -> str:
@@ -62,6 +65,7 @@ def validate(document) -> Config:
         raise UsageError(f"config: {_key_path(error)}: {_describe(error)}{more}")
     decode = document.get("decode", {})
     warehouse = document.get("warehouse", {})
+    streaming = document.get("streaming", {})
     limits = DecodeLimits(decode.get("max_event_bytes", DecodeLimits().max_event_bytes),
                           decode.get("max_batch_bytes", DecodeLimits().max_batch_bytes))
     if limits.max_batch_bytes < limits.max_event_bytes:
@@ -75,7 +79,9 @@ def validate(document) -> Config:
                   warehouse.get("max_columns_per_table", planner.DEFAULT_MAX_COLUMNS),
                   warehouse.get("flatten_depth", planner.DEFAULT_FLATTEN_DEPTH),
                   warehouse.get("batch_size", DEFAULT_BATCH_SIZE),
-                  contracts, _consent(document.get("consent")), _transforms(document.get("transforms")))
+                  contracts, _consent(document.get("consent")), _transforms(document.get("transforms")),
+                  streaming.get("max_buffering_seconds", Config().max_buffering_seconds),
+                  streaming.get("dedupe_ttl_seconds", Config().dedupe_ttl_seconds))
 
 
 def _consent(section) -> Optional[ConsentSettings]:

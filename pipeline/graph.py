@@ -13,6 +13,7 @@ from transforms.contracts import columns
 from transforms.contracts.model import ContractSettings
 from transforms.contracts.stage import ValidateContracts
 from transforms.decode import DecodeMessages
+from transforms.dedupe import DropRepeatedMessages
 from transforms.normalize import NormalizeEvents
 from transforms.rules.stage import ApplyTransforms
 from transforms.warehouse.sink import WarehouseSettings, WriteDeadLetters, WriteWarehouse
@@ -34,15 +35,20 @@ def warehouse_settings(url: str, config: Config, **backend) -> WarehouseSettings
 
 
 def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink: beam.PTransform,
-                dead_letter_sink: beam.PTransform, trust_event_received_at: bool = True) -> Graph:
+                dead_letter_sink: beam.PTransform, trust_event_received_at: bool = True,
+                streaming: bool = False) -> Graph:
     """source: PBegin -> PCollection[RawMessage]; event_sink: Events -> its dead letters;
-    dead_letter_sink: dead-letter records -> anything."""
+    dead_letter_sink: dead-letter records -> anything. streaming: messageIds seen within
+    config.dedupe_ttl_seconds are dropped as duplicates (Pub/Sub redelivers)."""
     messages = pipeline | "Read" >> source
     decoded = messages | "Decode" >> DecodeMessages(config.decode)
     normalized = decoded.events | "Normalize" >> NormalizeEvents(trust_event_received_at)
+    events = normalized.events
+    if streaming:
+        events = events | "Dedupe" >> DropRepeatedMessages(config.dedupe_ttl_seconds)
     # Every stage is always in the graph, even when unconfigured, so configuring it later keeps
     # every step name (Dataflow's --update matches steps by name).
-    checked = normalized.events | "Contracts" >> ValidateContracts(config.contracts or ContractSettings(""))
+    checked = events | "Contracts" >> ValidateContracts(config.contracts or ContractSettings(""))
     consented = checked.events | "Consent" >> ApplyConsent(config.consent)
     transformed = consented.events | "Transform" >> ApplyTransforms(config.transforms)
     write_failures = transformed.events | "Warehouse" >> event_sink
@@ -54,10 +60,11 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
 
 
 def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,
-                          trust_event_received_at: bool = True, **backend) -> Graph:
+                          trust_event_received_at: bool = True, streaming: bool = False, **backend) -> Graph:
     """The production wiring: events and dead letters into the warehouse at `warehouse_url`.
-    backend: bigquery_endpoint, bigquery_location."""
+    backend: bigquery_endpoint, bigquery_location, bigquery_write_method."""
     settings = warehouse_settings(warehouse_url, config, **backend)
-    return build_graph(pipeline, source, config, event_sink=WriteWarehouse(settings),
-                       dead_letter_sink=WriteDeadLetters(settings),
-                       trust_event_received_at=trust_event_received_at)
+    wait = config.max_buffering_seconds
+    return build_graph(pipeline, source, config, event_sink=WriteWarehouse(settings, streaming, wait),
+                       dead_letter_sink=WriteDeadLetters(settings, streaming, wait),
+                       trust_event_received_at=trust_event_received_at, streaming=streaming)

@@ -8,45 +8,60 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline import config as config_module
 from pipeline import contracts as contracts_module
 from pipeline import options as options_module
-from pipeline import sources, summary as summary_module
+from pipeline import sources, streaming, summary as summary_module
 from pipeline.config import Config
 from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph
 from transforms.rules import udf
+from transforms.warehouse import duckdb_backend
 
 
 class RunPlan(NamedTuple):
     """Everything checked before the graph is built."""
-    patterns: list
+    source: beam.PTransform    # PBegin -> RawMessage: files or Pub/Sub
+    streaming: bool
     config: Config
     warehouse_url: str
-    backend: dict              # the BigQuery options: endpoint, location
+    backend: dict              # the BigQuery options: endpoint, location, write method
     summary_path: str
+
+
+def _source(sluice_options, pipeline_options) -> tuple:
+    """(source transform, streaming) for the one input option given."""
+    given = [name for name in ("input_files", "input_subscription", "input_topic") if getattr(sluice_options, name)]
+    if len(given) != 1:
+        raise UsageError("give exactly one input: --input_files PATTERN, --input_subscription "
+                         "projects/P/subscriptions/S or --input_topic projects/P/topics/T"
+                         + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
+    if given[0] == "input_files":
+        return sources.ReadInputFiles(sources.check_input_files(sluice_options.input_files)), \
+            bool(pipeline_options.view_as(StandardOptions).streaming)
+    subscription, topic = sources.check_pubsub(sluice_options.input_subscription, sluice_options.input_topic)
+    pipeline_options.view_as(StandardOptions).streaming = True  # Pub/Sub is unbounded
+    return sources.ReadPubSubMessages(subscription, topic), True
 
 
 def check(sluice_options, pipeline_options) -> RunPlan:
     """Validate options and config; raise UsageError naming the first mistake."""
-    if not sluice_options.input_files:
-        raise UsageError("--input_files is required: a path, a glob or a comma-separated list "
-                         "of newline-delimited JSON files")
+    source, streaming = _source(sluice_options, pipeline_options)
     kind = options_module.parse_warehouse_url(sluice_options.warehouse)
     options_module.check_runner(pipeline_options, kind)
     config = contracts_module.load(config_module.load(sluice_options.config), sluice_options.config)
     config = with_udf(config, sluice_options.udf)
-    patterns = sources.check_input_files(sluice_options.input_files)
     backend = {}
     if kind == "bigquery":
         method = sluice_options.bigquery_write_method
         if method == "auto":
-            method = "insert_all" if pipeline_options.view_as(StandardOptions).streaming else "load"
+            method = "insert_all" if streaming else "load"
         backend = {"bigquery_endpoint": options_module.check_endpoint(sluice_options.bigquery_endpoint),
                    "bigquery_location": sluice_options.bigquery_location, "bigquery_write_method": method}
-    return RunPlan(patterns, config, sluice_options.warehouse, backend, sluice_options.summary_path)
+    return RunPlan(source, streaming, config, sluice_options.warehouse, backend, sluice_options.summary_path)
 
 
 def with_udf(config: Config, spec) -> Config:
@@ -60,20 +75,28 @@ def with_udf(config: Config, spec) -> Config:
     return config._replace(transforms=config.transforms._replace(udf=spec))
 
 
-def _runner(pipeline_options):
-    # Plain DirectRunner first tries to download the Prism runner; FnApiRunner runs in-process.
-    return None if pipeline_options.view_as(StandardOptions).runner else FnApiRunner()
+def _runner(pipeline_options, streaming: bool):
+    """Without --runner: FnApiRunner for batch, BundleBasedDirectRunner for streaming (plain
+    DirectRunner first tries to download the Prism runner)."""
+    if pipeline_options.view_as(StandardOptions).runner:
+        return None
+    return BundleBasedDirectRunner() if streaming else FnApiRunner()
 
 
 def run(argv: list) -> dict:
-    """Run a batch job; return its summary. Raises UsageError before building anything."""
+    """Run a job (batch: to the end; streaming: until SIGINT/SIGTERM); return its summary.
+    Raises UsageError before building anything."""
     sluice_options, pipeline_options = options_module.parse_args(argv)
     plan = check(sluice_options, pipeline_options)
-    pipeline = beam.Pipeline(runner=_runner(pipeline_options), options=pipeline_options)
-    build_warehouse_graph(pipeline, sources.ReadInputFiles(plan.patterns), plan.config, plan.warehouse_url,
-                          **plan.backend)
-    result = pipeline.run()
-    result.wait_until_finish()
+    pipeline = beam.Pipeline(runner=_runner(pipeline_options, plan.streaming), options=pipeline_options)
+    build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
+                          trust_event_received_at=not plan.streaming, streaming=plan.streaming, **plan.backend)
+    if plan.streaming:
+        result = streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
+                                             close=duckdb_backend.close_all)
+    else:
+        result = pipeline.run()
+        result.wait_until_finish()
     summary = summary_module.build(summary_module.counters_from_result(result))
     if plan.summary_path:
         summary_module.write(plan.summary_path, summary)

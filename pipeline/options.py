@@ -29,6 +29,12 @@ class SluiceOptions(PipelineOptions):
                            help="Newline-delimited JSON to read: a local path or gs:// URL, a glob, "
                                 "or a comma-separated list of them. `.gz` files are decompressed. "
                                 "Each line is one Segment event or a batch envelope {\"batch\": [...]}.")
+        group.add_argument("--input_subscription", metavar="projects/P/subscriptions/S",
+                           help="Read Segment events (or batch envelopes) from this Pub/Sub subscription; "
+                                "runs as a streaming job until stopped (Ctrl-C or SIGTERM locally).")
+        group.add_argument("--input_topic", metavar="projects/P/topics/T",
+                           help="Read from this Pub/Sub topic through a temporary subscription (as Beam does); "
+                                "streaming, like --input_subscription.")
         group = parser.add_argument_group("configuration")
         group.add_argument("--config", metavar="PATH",
                            help="YAML config file (local or gs://), validated against "

@@ -1,5 +1,6 @@
 """Input sources: each yields RawMessage, so every input shares one pipeline."""
 import os
+import re
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -7,6 +8,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import UsageError
 from transforms.messages import RawMessage
+from transforms.timeutil import format_time
 
 
 def split_patterns(spec: str) -> list:
@@ -58,3 +60,41 @@ class ReadInputFiles(beam.PTransform):
                 | "Match" >> fileio.MatchAll()
                 | "Open" >> fileio.ReadMatches()
                 | "ReadLines" >> beam.ParDo(ReadLinesFn()))
+
+
+_SUBSCRIPTION = re.compile(r"projects/[^/\s]+/subscriptions/[^/\s]{3,255}")
+_TOPIC = re.compile(r"projects/[^/\s]+/topics/[^/\s]{3,255}")
+
+
+def check_pubsub(subscription, topic) -> tuple:
+    """(subscription, topic), each checked for its full resource name; UsageError otherwise."""
+    if subscription and not _SUBSCRIPTION.fullmatch(subscription):
+        raise UsageError(f"--input_subscription {subscription!r}: expected projects/PROJECT/subscriptions/NAME")
+    if topic and not _TOPIC.fullmatch(topic):
+        raise UsageError(f"--input_topic {topic!r}: expected projects/PROJECT/topics/NAME")
+    return subscription, topic
+
+
+def to_raw_message(message, source: str) -> RawMessage:
+    """A PubsubMessage as a RawMessage: its publish time is the receive time (receivedAt),
+    its attributes are kept, its message id is its position (dead letters key on it)."""
+    published = message.publish_time
+    received_at = format_time(published) if published is not None else None
+    return RawMessage(message.data or b"", dict(message.attributes or {}), source, received_at,
+                      message.message_id)
+
+
+class ReadPubSubMessages(beam.PTransform):
+    """Messages of a subscription, or of a topic through a temporary subscription (as Beam's
+    ReadFromPubSub makes one), as RawMessages."""
+
+    def __init__(self, subscription=None, topic=None):
+        super().__init__()
+        self._subscription, self._topic = subscription, topic
+
+    def expand(self, pbegin):
+        source = "pubsub:" + (self._subscription or self._topic)
+        return (pbegin
+                | "Pull" >> beam.io.ReadFromPubSub(subscription=self._subscription, topic=self._topic,
+                                                   with_attributes=True)
+                | "AsRawMessages" >> beam.Map(to_raw_message, source))

@@ -21,7 +21,11 @@ def error_lines(result):
 
 @pytest.mark.parametrize("args, expected", [
     (["--input_file", "x"], "unrecognized option --input_file"),
-    ([], "--input_files is required"),
+    ([], "give exactly one input: --input_files PATTERN"),
+    (["--input_files", "x.jsonl", "--input_topic", "projects/p/topics/events"],
+     "(got --input_files, --input_topic)"),
+    (["--input_subscription", "events-sub"], "--input_subscription 'events-sub': expected projects/"),
+    (["--input_topic", "projects/p/subscriptions/s"], "--input_topic 'projects/p/subscriptions/s': expected"),
     (["--input_files", "/nonexistent/*.jsonl"], "no file matches /nonexistent/*.jsonl"),
     (["--input_files", str(SAMPLE), "--warehouse", "postgres://x"], "--warehouse 'postgres://x'"),
     (["--input_files", str(SAMPLE), "--warehouse", "duckdb:/x"], "duckdb:///relative/path.duckdb"),

@@ -70,6 +70,16 @@ def _release(path: str) -> None:
             del _DATABASES[path]
 
 
+def close_all() -> None:
+    """Close every shared connection (checkpointing each file): a stopped streaming run's
+    DoFns are not torn down, so the runner's caller closes the files."""
+    with _DATABASES_LOCK:
+        for path, db in list(_DATABASES.items()):
+            with db.lock:
+                db.conn.close()
+            del _DATABASES[path]
+
+
 @contextmanager
 def _registered(conn, name: str, table: pa.Table):
     """Expose an Arrow table to SQL as `name`. Unregistered only on success: inside an

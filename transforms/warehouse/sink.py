@@ -5,6 +5,7 @@ share the code) and each batch is written in bulk. Events the warehouse cannot t
 come back as `insert_failed` dead letters; events already stored are counted as the
 `duplicate` policy drop, so a re-run conserves without writing twice.
 """
+import time
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
@@ -99,17 +100,49 @@ class WriteDeadLettersFn(_WarehouseFn):
         self._count_calls()
 
 
+class Batches(beam.PTransform):
+    """Bounded batches. Batch runs: BatchElements (no shuffle). Streaming runs: GroupIntoBatches
+    over a few shard keys, written when a batch is full or has waited `max_wait` seconds, so a
+    quiet stream still lands within seconds and a busy one is written in bulk."""
+
+    def __init__(self, size: int, streaming: bool = False, max_wait: float = 5.0, shards: int = 4,
+                 min_size: int = None, clock=time.time):
+        super().__init__()
+        self._size, self._streaming, self._max_wait, self._shards = size, streaming, max_wait, shards
+        self._min_size = size if min_size is None else min_size
+        self._clock = clock  # processing time; tests pass TestStream's
+
+    def expand(self, elements):
+        if not self._streaming:
+            return elements | "BatchElements" >> beam.BatchElements(min_batch_size=self._min_size,
+                                                                      max_batch_size=self._size)
+        return (elements
+                | "Shard" >> beam.WithKeys(_ShardKey(self._shards))
+                | "GroupIntoBatches" >> beam.GroupIntoBatches(self._size, self._max_wait, self._clock)
+                | "DropKeys" >> beam.Values())
+
+
+class _ShardKey:
+    """Spreads elements over `shards` keys (each key's batches are written in order)."""
+
+    def __init__(self, shards: int):
+        self._shards, self._next = shards, 0
+
+    def __call__(self, element) -> int:
+        self._next = (self._next + 1) % self._shards
+        return self._next
+
+
 class WriteWarehouse(beam.PTransform):
     """Normalized Events -> warehouse tables; returns the `insert_failed` dead letters."""
 
-    def __init__(self, settings: WarehouseSettings):
+    def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0):
         super().__init__()
-        self._settings = settings
+        self._settings, self._streaming, self._max_wait = settings, streaming, max_wait
 
     def expand(self, events):
-        size = self._settings.batch_size
         return (events
-                | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+                | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait)
                 | "Write" >> beam.ParDo(WriteEventsFn(self._settings)).with_outputs(
                     WriteEventsFn.DEAD_LETTERS, main="written")).dead_letters
 
@@ -117,11 +150,11 @@ class WriteWarehouse(beam.PTransform):
 class WriteDeadLetters(beam.PTransform):
     """Dead-letter records -> the warehouse's `_dead_letters` table."""
 
-    def __init__(self, settings: WarehouseSettings):
+    def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0):
         super().__init__()
-        self._settings = settings
+        self._settings, self._streaming, self._max_wait = settings, streaming, max_wait
 
     def expand(self, records):
         return (records
-                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._settings.batch_size)
+                | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait, min_size=1)
                 | "Write" >> beam.ParDo(WriteDeadLettersFn(self._settings)))
