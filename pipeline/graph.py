@@ -60,11 +60,13 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
 
 
 def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,
-                          trust_event_received_at: bool = True, streaming: bool = False, **backend) -> Graph:
+                          trust_event_received_at: bool = True, streaming: bool = False, local: bool = True,
+                          **backend) -> Graph:
     """The production wiring: events and dead letters into the warehouse at `warehouse_url`.
+    local: the run is on Beam's local runners (streaming writes each bundle; see Batches).
     backend: bigquery_endpoint, bigquery_location, bigquery_write_method."""
     settings = warehouse_settings(warehouse_url, config, **backend)
-    wait = config.max_buffering_seconds
-    return build_graph(pipeline, source, config, event_sink=WriteWarehouse(settings, streaming, wait),
-                       dead_letter_sink=WriteDeadLetters(settings, streaming, wait),
+    wait, per_bundle = config.max_buffering_seconds, (not streaming) or local
+    return build_graph(pipeline, source, config, event_sink=WriteWarehouse(settings, streaming, wait, per_bundle),
+                       dead_letter_sink=WriteDeadLetters(settings, streaming, wait, per_bundle),
                        trust_event_received_at=trust_event_received_at, streaming=streaming)

@@ -83,17 +83,30 @@ def _runner(pipeline_options, streaming: bool):
     return BundleBasedDirectRunner() if streaming else FnApiRunner()
 
 
+def _progress_writer(path):
+    """A streaming run rewrites its summary file as it goes (every couple of seconds)."""
+    if not path:
+        return None
+
+    def write(result):
+        summary_module.write(path, summary_module.build(summary_module.counters_from_result(result)))
+    return write
+
+
 def run(argv: list) -> dict:
     """Run a job (batch: to the end; streaming: until SIGINT/SIGTERM); return its summary.
     Raises UsageError before building anything."""
     sluice_options, pipeline_options = options_module.parse_args(argv)
     plan = check(sluice_options, pipeline_options)
     pipeline = beam.Pipeline(runner=_runner(pipeline_options, plan.streaming), options=pipeline_options)
+    local = not pipeline_options.view_as(StandardOptions).runner
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
-                          trust_event_received_at=not plan.streaming, streaming=plan.streaming, **plan.backend)
+                          trust_event_received_at=not plan.streaming, streaming=plan.streaming, local=local,
+                          **plan.backend)
     if plan.streaming:
         result = streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
-                                             close=duckdb_backend.close_all)
+                                             close=duckdb_backend.close_all,
+                                             on_tick=_progress_writer(plan.summary_path))
     else:
         result = pipeline.run()
         result.wait_until_finish()
@@ -104,6 +117,13 @@ def run(argv: list) -> dict:
 
 
 def main(argv=None) -> int:
+    code = _main(argv)
+    if streaming.stopped_local_run.is_set():
+        streaming.exit_now(code)
+    return code
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help" in argv or "-h" in argv:
         print(options_module.help_text())

@@ -6,6 +6,7 @@ processing time, then a timer forgets it, so state stays bounded. The warehouse'
 dedupe (DuckDB's keys, BigQuery's insertIds, load-path lookups and views) still applies.
 """
 import time
+from typing import Any, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import BooleanCoder
@@ -51,5 +52,5 @@ class DropRepeatedMessages(beam.PTransform):
 
     def expand(self, events):
         return (events
-                | "ByMessageId" >> beam.Map(_by_message_id)
+                | "ByMessageId" >> beam.Map(_by_message_id).with_output_types(Tuple[str, Any])
                 | "DropSeen" >> beam.ParDo(DropSeenFn(self._ttl, self._clock)))

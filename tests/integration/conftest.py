@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from tests.integration.emulators import BigQueryEmulator
+from tests.integration.emulators import BigQueryEmulator, PubSubEmulator
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +25,9 @@ def bigquery_client(bigquery_emulator):
 def dataset_name():
     """A dataset of the test's own, so tests sharing the emulator never see each other's tables."""
     return "t_" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory):
+    with PubSubEmulator(tmp_path_factory.mktemp("pubsub")) as emulator:
+        yield emulator

@@ -7,6 +7,7 @@ each emulator gets a HOME of its own with the extensions copied in from that env
 """
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -42,6 +43,56 @@ def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 6
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.2)
     raise RuntimeError(f"emulator not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _sdk_root() -> Path:
+    """The Google Cloud SDK's folder (its Pub/Sub emulator ships inside it)."""
+    if os.environ.get("CLOUDSDK_ROOT"):
+        return Path(os.environ["CLOUDSDK_ROOT"])
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        raise EmulatorMissing("gcloud is not on PATH: the Pub/Sub emulator ships with the Google Cloud SDK")
+    return Path(gcloud).resolve().parent.parent
+
+
+class PubSubEmulator:
+    """`with PubSubEmulator(workdir) as ps:` -> ps.host ("127.0.0.1:PORT") for PUBSUB_EMULATOR_HOST."""
+
+    def __init__(self, workdir: Path, project: str = PROJECT):
+        self.workdir, self.project = Path(workdir), project
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self._process = None
+
+    def start(self) -> "PubSubEmulator":
+        command = _sdk_root() / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+        if not command.exists():
+            raise EmulatorMissing(f"{command} is missing: install the SDK's pubsub-emulator component")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / "pubsub-emulator.log"
+        # Its own session: the script starts a JVM, and stop() must end both.
+        self._process = subprocess.Popen([str(command), "--host=127.0.0.1", f"--port={self.port}"],
+                                         stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_for(f"http://{self.host}/", self._process, log)
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            try:
+                os.killpg(self._process.pid, signal.SIGTERM)
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+            except ProcessLookupError:
+                pass
+            self._process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 class BigQueryEmulator:

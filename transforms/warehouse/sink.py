@@ -6,7 +6,7 @@ come back as `insert_failed` dead letters; events already stored are counted as 
 `duplicate` policy drop, so a re-run conserves without writing twice.
 """
 import time
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -101,23 +101,31 @@ class WriteDeadLettersFn(_WarehouseFn):
 
 
 class Batches(beam.PTransform):
-    """Bounded batches. Batch runs: BatchElements (no shuffle). Streaming runs: GroupIntoBatches
-    over a few shard keys, written when a batch is full or has waited `max_wait` seconds, so a
-    quiet stream still lands within seconds and a busy one is written in bulk."""
+    """Bounded batches.
+
+    Batch runs, and streaming on the local runner: BatchElements, within each bundle (no
+    shuffle, no state). Beam's local streaming runner never fires GroupIntoBatches' buffering
+    timer (measured with Beam 2.77: a half-full batch waits forever), while its bundles are
+    small (one Pub/Sub pull, about 10 messages), so each bundle is written as it comes.
+    Streaming elsewhere (Dataflow): GroupIntoBatches over a few shard keys, written when a
+    batch is full or has waited `max_wait` seconds, so a quiet stream still lands within
+    seconds and a busy one is written in bulk."""
 
     def __init__(self, size: int, streaming: bool = False, max_wait: float = 5.0, shards: int = 4,
-                 min_size: int = None, clock=time.time):
+                 min_size: int = None, clock=time.time, per_bundle: bool = None):
         super().__init__()
         self._size, self._streaming, self._max_wait, self._shards = size, streaming, max_wait, shards
         self._min_size = size if min_size is None else min_size
         self._clock = clock  # processing time; tests pass TestStream's
+        self._per_bundle = not streaming if per_bundle is None else per_bundle
 
     def expand(self, elements):
-        if not self._streaming:
-            return elements | "BatchElements" >> beam.BatchElements(min_batch_size=self._min_size,
+        if self._per_bundle:
+            minimum = self._min_size if not self._streaming else 1
+            return elements | "BatchElements" >> beam.BatchElements(min_batch_size=minimum,
                                                                       max_batch_size=self._size)
         return (elements
-                | "Shard" >> beam.WithKeys(_ShardKey(self._shards))
+                | "Shard" >> beam.WithKeys(_ShardKey(self._shards)).with_output_types(Tuple[int, Any])
                 | "GroupIntoBatches" >> beam.GroupIntoBatches(self._size, self._max_wait, self._clock)
                 | "DropKeys" >> beam.Values())
 
@@ -136,13 +144,15 @@ class _ShardKey:
 class WriteWarehouse(beam.PTransform):
     """Normalized Events -> warehouse tables; returns the `insert_failed` dead letters."""
 
-    def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0):
+    def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0,
+                 per_bundle: bool = None):
         super().__init__()
-        self._settings, self._streaming, self._max_wait = settings, streaming, max_wait
+        self._settings, self._streaming, self._max_wait, self._per_bundle = settings, streaming, max_wait, per_bundle
 
     def expand(self, events):
         return (events
-                | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait)
+                | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait,
+                                     per_bundle=self._per_bundle)
                 | "Write" >> beam.ParDo(WriteEventsFn(self._settings)).with_outputs(
                     WriteEventsFn.DEAD_LETTERS, main="written")).dead_letters
 
@@ -150,11 +160,13 @@ class WriteWarehouse(beam.PTransform):
 class WriteDeadLetters(beam.PTransform):
     """Dead-letter records -> the warehouse's `_dead_letters` table."""
 
-    def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0):
+    def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0,
+                 per_bundle: bool = None):
         super().__init__()
-        self._settings, self._streaming, self._max_wait = settings, streaming, max_wait
+        self._settings, self._streaming, self._max_wait, self._per_bundle = settings, streaming, max_wait, per_bundle
 
     def expand(self, records):
         return (records
-                | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait, min_size=1)
+                | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait, min_size=1,
+                                     per_bundle=self._per_bundle)
                 | "Write" >> beam.ParDo(WriteDeadLettersFn(self._settings)))

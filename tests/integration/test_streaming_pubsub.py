@@ -1,0 +1,120 @@
+"""Streaming end to end: the real Pub/Sub emulator, `python -m pipeline --input_subscription`
+on the local streaming runner, into DuckDB and into the BigQuery emulator; stopped with
+SIGTERM, which must flush, exit within seconds and leave every event accounted for."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+
+import duckdb
+import pytest
+
+from tests.conftest import ROOT, rows
+from tests.integration.test_bigquery_warehouse import query
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+GOOD = [{"type": "track", "event": "Order Completed", "userId": "u1", "messageId": f"m{i}",
+         "properties": {"total": i}} for i in range(1, 6)]
+MESSAGES = ([(json.dumps(e).encode(), {}) for e in GOOD]
+            + [(json.dumps(GOOD[0]).encode(), {"redelivered": "yes"}),          # the same messageId again
+               (b"not json", {"origin": "test"}),
+               (json.dumps({"batch": [{"type": "identify", "userId": "u2", "messageId": "b1", "traits": {"plan": "pro"}},
+                                      {"type": "page", "userId": "u2", "messageId": "b2", "name": "Home"}]}).encode(), {}),
+               (json.dumps({"type": "track", "event": "X", "messageId": "anon"}).encode(), {})])
+EXPECTED = {"events": 10, "stored": 7, "dead_lettered": {"malformed_json": 1, "missing_identity": 1},
+            "dropped": {"duplicate": 1}}
+
+
+@pytest.fixture
+def subscription(pubsub_emulator, monkeypatch):
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    from google.cloud import pubsub_v1
+    name = uuid.uuid4().hex[:10]
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(pubsub_emulator.project, f"events-{name}")
+    path = subscriber.subscription_path(pubsub_emulator.project, f"sluice-{name}")
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(name=path, topic=topic)
+    yield publisher, topic, path
+    subscriber.close()
+
+
+def start(tmp_path, pubsub_emulator, subscription_path, *warehouse):
+    (tmp_path / "sluice.yaml").write_text("streaming:\n  max_buffering_seconds: 1\n")
+    env = {**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator.host}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "--input_subscription", subscription_path,
+                             "--config", str(tmp_path / "sluice.yaml"), "--summary_path", str(tmp_path / "s.json"),
+                             *warehouse], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_summary(tmp_path, process, done, timeout=120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            summary = json.loads((tmp_path / "s.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            summary = None
+        if summary and done(summary):
+            return summary
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError(f"the run did not get there in {timeout} s: {process.communicate()}")
+
+
+def stop(process, within=20.0) -> tuple:
+    began = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=within + 10)
+    return time.monotonic() - began, process.returncode, out.decode(), err.decode()
+
+
+def publish(publisher, topic):
+    for data, attributes in MESSAGES:
+        publisher.publish(topic, data, **attributes).result(timeout=30)
+
+
+def accounted(summary) -> bool:
+    return summary["events"] >= EXPECTED["events"] and summary["conservation"]["holds"]
+
+
+def test_pubsub_to_duckdb_stops_cleanly_with_everything_accounted_for(tmp_path, pubsub_emulator, subscription):
+    publisher, topic, path = subscription
+    process = start(tmp_path, pubsub_emulator, path, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb")
+    publish(publisher, topic)
+    wait_for_summary(tmp_path, process, accounted)
+    took, code, out, err = stop(process)
+    assert code == 0, err
+    assert took < 15, f"stopping took {took:.1f} s"
+    final = json.loads((tmp_path / "s.json").read_text())
+    assert {k: final[k] for k in EXPECTED} == EXPECTED and "conservation holds" in out
+    with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:  # complete on its own
+        tracks = rows(conn, "SELECT message_id, received_at FROM tracks ORDER BY 1")
+        letters = rows(conn, "SELECT error_type, attributes, source FROM _dead_letters ORDER BY 1")
+    assert [t["message_id"] for t in tracks] == [f"m{i}" for i in range(1, 6)]
+    today = datetime.now(timezone.utc).date()
+    assert {t["received_at"].astimezone(timezone.utc).date() for t in tracks} == {today}  # publish time
+    assert json.loads(letters[0]["attributes"]) == {"origin": "test"}
+    assert letters[0]["source"] == f"pubsub:{path}"
+
+
+def test_pubsub_to_bigquery_rows_arrive_while_it_runs(tmp_path, pubsub_emulator, subscription, bigquery_emulator,
+                                                     bigquery_client, dataset_name):
+    publisher, topic, path = subscription
+    process = start(tmp_path, pubsub_emulator, path, "--warehouse",
+                    f"bigquery://{bigquery_emulator.project}/{dataset_name}",
+                    "--bigquery_endpoint", bigquery_emulator.endpoint)
+    publish(publisher, topic)
+    wait_for_summary(tmp_path, process, accounted)
+    live = query(bigquery_client, f"SELECT count(*) AS n FROM `{dataset_name}.tracks`")[0]["n"]
+    took, code, out, err = stop(process)
+    assert code == 0, err
+    assert live == 5 and took < 15
+    final = json.loads((tmp_path / "s.json").read_text())
+    assert {k: final[k] for k in EXPECTED} == EXPECTED
+    assert final["api_calls"].get("tabledata.insertAll", 0) > 0 and "jobs.load" not in final["api_calls"]
