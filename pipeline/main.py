@@ -18,6 +18,7 @@ from pipeline import sources, streaming, summary as summary_module
 from pipeline.config import Config
 from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph
+from transforms import metrics
 from transforms.rules import udf
 from transforms.warehouse import duckdb_backend
 
@@ -88,8 +89,8 @@ def _progress_writer(path):
     if not path:
         return None
 
-    def write(result):
-        summary_module.write(path, summary_module.build(summary_module.counters_from_result(result)))
+    def write(_result):
+        summary_module.write(path, summary_module.build(metrics.in_process_counts()))
     return write
 
 
@@ -103,14 +104,16 @@ def run(argv: list) -> dict:
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
                           trust_event_received_at=not plan.streaming, streaming=plan.streaming, local=local,
                           **plan.backend)
-    if plan.streaming:
-        result = streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
-                                             close=duckdb_backend.close_all,
-                                             on_tick=_progress_writer(plan.summary_path))
+    if plan.streaming and local:
+        metrics.count_in_process()
+        streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
+                                    close=duckdb_backend.close_all, on_tick=_progress_writer(plan.summary_path))
+        counters = metrics.in_process_counts()
     else:
         result = pipeline.run()
         result.wait_until_finish()
-    summary = summary_module.build(summary_module.counters_from_result(result))
+        counters = summary_module.counters_from_result(result)
+    summary = summary_module.build(counters)
     if plan.summary_path:
         summary_module.write(plan.summary_path, summary)
     return summary

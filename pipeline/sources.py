@@ -62,16 +62,20 @@ class ReadInputFiles(beam.PTransform):
                 | "ReadLines" >> beam.ParDo(ReadLinesFn()))
 
 
-_SUBSCRIPTION = re.compile(r"projects/[^/\s]+/subscriptions/[^/\s]{3,255}")
-_TOPIC = re.compile(r"projects/[^/\s]+/topics/[^/\s]{3,255}")
+# Beam's own project-id rule (apache_beam.io.gcp.pubsub), checked here for a clear exit 2.
+_PROJECT = r"[a-z][-a-z0-9:.]{4,61}[a-z0-9]"
+_SUBSCRIPTION = re.compile(rf"projects/{_PROJECT}/subscriptions/[^/\s]{{3,255}}")
+_TOPIC = re.compile(rf"projects/{_PROJECT}/topics/[^/\s]{{3,255}}")
 
 
 def check_pubsub(subscription, topic) -> tuple:
     """(subscription, topic), each checked for its full resource name; UsageError otherwise."""
     if subscription and not _SUBSCRIPTION.fullmatch(subscription):
-        raise UsageError(f"--input_subscription {subscription!r}: expected projects/PROJECT/subscriptions/NAME")
+        raise UsageError(f"--input_subscription {subscription!r}: expected projects/PROJECT/subscriptions/NAME "
+                         "(a project id of 6-63 lower-case letters, digits and dashes)")
     if topic and not _TOPIC.fullmatch(topic):
-        raise UsageError(f"--input_topic {topic!r}: expected projects/PROJECT/topics/NAME")
+        raise UsageError(f"--input_topic {topic!r}: expected projects/PROJECT/topics/NAME "
+                         "(a project id of 6-63 lower-case letters, digits and dashes)")
     return subscription, topic
 
 

@@ -26,6 +26,7 @@ def error_lines(result):
      "(got --input_files, --input_topic)"),
     (["--input_subscription", "events-sub"], "--input_subscription 'events-sub': expected projects/"),
     (["--input_topic", "projects/p/subscriptions/s"], "--input_topic 'projects/p/subscriptions/s': expected"),
+    (["--input_subscription", "projects/demo/subscriptions/sluice"], "a project id of 6-63"),
     (["--input_files", "/nonexistent/*.jsonl"], "no file matches /nonexistent/*.jsonl"),
     (["--input_files", str(SAMPLE), "--warehouse", "postgres://x"], "--warehouse 'postgres://x'"),
     (["--input_files", str(SAMPLE), "--warehouse", "duckdb:/x"], "duckdb:///relative/path.duckdb"),
