@@ -76,10 +76,10 @@ def with_udf(config: Config, spec) -> Config:
     return config._replace(transforms=config.transforms._replace(udf=spec))
 
 
-def _runner(pipeline_options, streaming: bool):
-    """Without --runner: FnApiRunner for batch, BundleBasedDirectRunner for streaming (plain
-    DirectRunner first tries to download the Prism runner)."""
-    if pipeline_options.view_as(StandardOptions).runner:
+def _runner(local: bool, streaming: bool):
+    """Without --runner (local): FnApiRunner for batch, BundleBasedDirectRunner for streaming
+    (plain DirectRunner first tries to download the Prism runner)."""
+    if not local:
         return None
     return BundleBasedDirectRunner() if streaming else FnApiRunner()
 
@@ -99,8 +99,8 @@ def run(argv: list) -> dict:
     Raises UsageError before building anything."""
     sluice_options, pipeline_options = options_module.parse_args(argv)
     plan = check(sluice_options, pipeline_options)
-    pipeline = beam.Pipeline(runner=_runner(pipeline_options, plan.streaming), options=pipeline_options)
     local = not pipeline_options.view_as(StandardOptions).runner
+    pipeline = beam.Pipeline(runner=_runner(local, plan.streaming), options=pipeline_options)
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
                           trust_event_received_at=not plan.streaming, streaming=plan.streaming, local=local,
                           **plan.backend)

@@ -93,9 +93,6 @@ class BigQueryWarehouse:
         self.calls[kind] += 1
         return method(*args, retry=self.retry, **kwargs)
 
-    def _declared_for(self, table: str) -> dict:
-        return {**self.declared_types.get("*", {}), **self.declared_types.get(table, {})}
-
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
         result = WriteResult()
@@ -176,7 +173,7 @@ class BigQueryWarehouse:
     def _write_table(self, table: str, items: list, events: list, result: WriteResult) -> dict:
         cached = self._tables.schema(table)
         schema = (cached or planner.TableSchema(table)).copy()
-        schema.declare(self._declared_for(table))
+        schema.declare(planner.declared_for(self.declared_types, table))
         plan = planner.plan_rows(schema, [row for _, row in items], self.max_columns)
         try:
             if cached is None or plan.new_columns:

@@ -39,16 +39,21 @@ class BigQueryTables:
     def forget(self, table: str) -> None:
         _SCHEMAS.pop((self.project, self.dataset, table), None)
 
-    def read_schema(self, table: str):
-        """The table's schema from BigQuery (None when it does not exist), cached."""
+    def _fetch(self, table: str):
+        """The table as BigQuery has it now, or None when it does not exist."""
         try:
-            found = self._call("tables.get", self._client.get_table, self.ref(table))
+            return self._call("tables.get", self._client.get_table, self.ref(table))
         except exceptions.NotFound:
-            schema = None
-        else:
-            schema = bq.table_schema(table, found.schema)
+            return None
+
+    def _remember(self, table: str, found):
+        schema = None if found is None else bq.table_schema(table, found.schema)
         _SCHEMAS[(self.project, self.dataset, table)] = schema
         return schema
+
+    def read_schema(self, table: str):
+        """The table's schema from BigQuery (None when it does not exist), cached."""
+        return self._remember(table, self._fetch(table))
 
     def schema(self, table: str):
         key = (self.project, self.dataset, table)
@@ -56,18 +61,19 @@ class BigQueryTables:
 
     def evolve(self, table: str, plan) -> None:
         """Create the table, or add the plan's new columns; raise Replan if another worker
-        changed it in a way the plan did not expect."""
+        changed it in a way the plan did not expect. The table is read fresh once per attempt;
+        its etag makes a patch from it fail (412) if anyone changed the table since."""
         with _LOCK:
             for _ in range(_SCHEMA_ATTEMPTS):
-                current = self.read_schema(table)
+                found = self._fetch(table)
                 try:
-                    if current is None:
-                        self._create(table, list(planner.fixed_columns(table)) + plan.new_columns)
+                    if found is None:
+                        found = self._create(table, list(planner.fixed_columns(table)) + plan.new_columns)
                     else:
-                        missing = self._missing_columns(current, plan.new_columns)
+                        missing = self._missing_columns(bq.table_schema(table, found.schema), plan.new_columns)
                         if missing:
-                            self._add_columns(table, missing)
-                    self.read_schema(table)
+                            found = self._add_columns(table, found, missing)
+                    self._remember(table, found)
                     return
                 except (exceptions.Conflict, exceptions.PreconditionFailed):
                     continue  # someone else created or patched it first: look again
@@ -88,17 +94,19 @@ class BigQueryTables:
                 raise Replan()  # the name was taken meanwhile, for another value or type
         return missing
 
-    def _create(self, table: str, columns) -> None:
-        self._call("tables.insert", self._client.create_table, bq.new_table(self.ref(table), table, columns))
+    def _create(self, table: str, columns):
+        created = self._call("tables.insert", self._client.create_table, bq.new_table(self.ref(table), table, columns))
         self._create_view(table, columns)
+        return created
 
-    def _add_columns(self, table: str, columns) -> None:
-        found = self._call("tables.get", self._client.get_table, self.ref(table))
-        found.schema = list(found.schema) + [bq.field(c) for c in columns]  # etag set: a stale patch gets 412
+    def _add_columns(self, table: str, found, columns):
+        """`found` patched with `columns` (its etag set: a patch from a stale read gets 412)."""
+        found.schema = list(found.schema) + [bq.field(c) for c in columns]
         updated = self._call("tables.patch", self._client.update_table, found, ["schema"])
         if table == "users":
             self._replace_view("users_view", bq.users_view_sql(self.ref(table),
                                                                bq.table_schema(table, updated.schema).columns.values()))
+        return updated
 
     def _create_view(self, table: str, columns) -> None:
         if table == "users":
@@ -125,7 +133,6 @@ class BigQueryTables:
         with _LOCK:
             if self.read_schema(table) is None:
                 try:
-                    self._create(table, columns)
+                    self._remember(table, self._create(table, columns))
                 except exceptions.Conflict:
-                    pass  # created meanwhile by another worker
-                self.read_schema(table)
+                    self.read_schema(table)  # created meanwhile by another worker

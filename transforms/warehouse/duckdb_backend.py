@@ -174,7 +174,7 @@ class DuckDBWarehouse:
             loaded_at = datetime.now(timezone.utc)
             for table, table_rows in by_table.items():
                 schema = working[table] = (schemas.get(table) or planner.TableSchema(table)).copy()
-                schema.declare(self._declared_for(table))
+                schema.declare(planner.declared_for(self.declared_types, table))
                 if table == "users":
                     table_rows = planner.collapse_by_key(table_rows)
                 plan = planner.plan_rows(schema, table_rows, self.max_columns)
@@ -188,12 +188,6 @@ class DuckDBWarehouse:
             raise
         schemas.update(working)
         return result
-
-    def _declared_for(self, table: str) -> dict:
-        declared = self.declared_types
-        if table not in declared:
-            return declared.get("*", {})
-        return {**declared.get("*", {}), **declared[table]}
 
     def _split_duplicates(self, events, rows, result):
         """Keep events whose primary row is new; the rest are duplicates of stored events."""

@@ -69,6 +69,11 @@ def fixed_columns(table: str) -> tuple:
     return _EVENT_COLUMNS if table in _NON_EVENT_TABLES else _TRACK_COLUMNS
 
 
+def declared_for(declared_types: dict, table: str) -> dict:
+    """The column types contracts declare for `table`: the common ("*") ones, then its own."""
+    return {**declared_types.get("*", {}), **declared_types.get(table, {})}
+
+
 def key_column(table: str) -> str:
     return "id" if table == "users" else "message_id"
 
