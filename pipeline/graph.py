@@ -15,6 +15,7 @@ from transforms.contracts.stage import ValidateContracts
 from transforms.decode import DecodeMessages
 from transforms.dedupe import DropRepeatedMessages
 from transforms.normalize import NormalizeEvents
+from transforms.pubsub_publish import PublishDeadLetters
 from transforms.rules.stage import ApplyTransforms
 from transforms.warehouse.sink import WarehouseSettings, WriteDeadLetters, WriteWarehouse
 
@@ -61,12 +62,16 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
 
 def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,
                           trust_event_received_at: bool = True, streaming: bool = False, local: bool = True,
-                          **backend) -> Graph:
-    """The production wiring: events and dead letters into the warehouse at `warehouse_url`.
+                          dead_letter_topic: str = None, **backend) -> Graph:
+    """The production wiring: events and dead letters into the warehouse at `warehouse_url`
+    (and dead letters to `dead_letter_topic` too, when given).
     local: the run is on Beam's local runners (streaming writes each bundle; see Batches).
     backend: bigquery_endpoint, bigquery_location, bigquery_write_method."""
     settings = warehouse_settings(warehouse_url, config, **backend)
     wait, per_bundle = config.max_buffering_seconds, (not streaming) or local
-    return build_graph(pipeline, source, config, event_sink=WriteWarehouse(settings, streaming, wait, per_bundle),
-                       dead_letter_sink=WriteDeadLetters(settings, streaming, wait, per_bundle),
-                       trust_event_received_at=trust_event_received_at, streaming=streaming)
+    graph = build_graph(pipeline, source, config, event_sink=WriteWarehouse(settings, streaming, wait, per_bundle),
+                        dead_letter_sink=WriteDeadLetters(settings, streaming, wait, per_bundle),
+                        trust_event_received_at=trust_event_received_at, streaming=streaming)
+    if dead_letter_topic:
+        _ = graph.dead_letters | "PublishDeadLetters" >> PublishDeadLetters(dead_letter_topic)
+    return graph

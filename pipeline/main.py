@@ -31,6 +31,7 @@ class RunPlan(NamedTuple):
     warehouse_url: str
     backend: dict              # the BigQuery options: endpoint, location, write method
     summary_path: str
+    dead_letter_topic: str = None
 
 
 def _source(sluice_options, pipeline_options) -> tuple:
@@ -62,7 +63,9 @@ def check(sluice_options, pipeline_options) -> RunPlan:
             method = "insert_all" if streaming else "load"
         backend = {"bigquery_endpoint": options_module.check_endpoint(sluice_options.bigquery_endpoint),
                    "bigquery_location": sluice_options.bigquery_location, "bigquery_write_method": method}
-    return RunPlan(source, streaming, config, sluice_options.warehouse, backend, sluice_options.summary_path)
+    dead_letter_topic = sources.check_topic("dead_letter_topic", sluice_options.dead_letter_topic)
+    return RunPlan(source, streaming, config, sluice_options.warehouse, backend, sluice_options.summary_path,
+                   dead_letter_topic)
 
 
 def with_udf(config: Config, spec) -> Config:
@@ -103,7 +106,7 @@ def run(argv: list) -> dict:
     pipeline = beam.Pipeline(runner=_runner(local, plan.streaming), options=pipeline_options)
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
                           trust_event_received_at=not plan.streaming, streaming=plan.streaming, local=local,
-                          **plan.backend)
+                          dead_letter_topic=plan.dead_letter_topic, **plan.backend)
     if plan.streaming and local:
         metrics.count_in_process()
         streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,

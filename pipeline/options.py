@@ -60,6 +60,12 @@ class SluiceOptions(PipelineOptions):
         group.add_argument("--bigquery_location", metavar="LOCATION", default="US",
                            help="Where a missing BigQuery dataset is created (default %(default)s), e.g. EU, "
                                 "europe-west1.")
+        group = parser.add_argument_group("dead letters")
+        group.add_argument("--dead_letter_topic", metavar="projects/P/topics/T",
+                           help="Also publish every dead letter to this Pub/Sub topic (they still go to the "
+                                "warehouse's _dead_letters table): the original payload as the message data, the "
+                                "error fields (error_stage, error_type, error_message, source, ...) as attributes, "
+                                "error_details and the original attributes as JSON attributes.")
         group = parser.add_argument_group("reporting")
         group.add_argument("--summary_path", metavar="PATH",
                            help="Write the batch run's reconciliation summary here as JSON (local or gs://). "

@@ -79,6 +79,14 @@ def check_pubsub(subscription, topic) -> tuple:
     return subscription, topic
 
 
+def check_topic(option: str, topic):
+    """A topic option (--dead_letter_topic) checked for its full resource name; UsageError otherwise."""
+    if topic and not _TOPIC.fullmatch(topic):
+        raise UsageError(f"--{option} {topic!r}: expected projects/PROJECT/topics/NAME "
+                         "(a project id of 6-63 lower-case letters, digits and dashes)")
+    return topic
+
+
 def to_raw_message(message, source: str) -> RawMessage:
     """A PubsubMessage as a RawMessage: its publish time is the receive time (receivedAt),
     its attributes are kept, its message id is its position (dead letters key on it)."""

@@ -45,6 +45,7 @@ def build(counters: dict) -> dict:
         "dead_lettered": _by_prefix(counters, "dead_lettered."),
         "dropped": _by_prefix(counters, "dropped."),
         "forwarded": _by_prefix(counters, "forwarded."),
+        "published": _by_prefix(counters, "published."),
         "tables": _by_prefix(counters, "rows."),
         "type_conflicts": _by_prefix(counters, "type_conflicts."),
         "column_cap": _by_prefix(counters, "column_cap."),
@@ -79,7 +80,8 @@ def format_table(summary: dict) -> str:
     row("rows written", sum(summary["tables"].values()))
     for name, value in summary["tables"].items():
         row(name, value, 2)
-    for title, key in (("values kept in _unmapped (type)", "type_conflicts"),
+    for title, key in (("published to Pub/Sub", "published"),
+                       ("values kept in _unmapped (type)", "type_conflicts"),
                        ("values kept in _unmapped (cap)", "column_cap")):
         if summary[key]:
             row(title, sum(summary[key].values()))

@@ -7,6 +7,7 @@ Names are `<kind>` or `<kind>.<key>`:
   rows.<table>                               rows written per warehouse table
   type_conflicts.<table>, column_cap.<table> values kept in the table's `_unmapped` column
   stage.<stage>.<route>                      per-stage routing, for dashboards
+  published.<what>                           messages published to Pub/Sub (dead_letters)
 """
 import threading
 from collections import Counter

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GOOD = [{"type": "track", "event": "Order Completed", "userId": "u1", "messageId": f"m{i}",
          "properties": {"total": i}} for i in range(1, 51)]  # several pulls: several bundles
-MESSAGES = ([(json.dumps(e).encode(), {}) for e in GOOD]
+MESSAGES = ([(json.dumps(e).encode(), {"origin": "web"} if e["messageId"] == "m2" else {}) for e in GOOD]
             + [(json.dumps(GOOD[0]).encode(), {"redelivered": "yes"}),          # the same messageId again
                (b"not json", {"origin": "test"}),
                (json.dumps({"batch": [{"type": "identify", "userId": "u2", "messageId": "b1", "traits": {"plan": "pro"}},
@@ -41,6 +41,25 @@ def subscription(pubsub_emulator, monkeypatch):
     publisher.create_topic(name=topic)
     subscriber.create_subscription(name=path, topic=topic)
     yield publisher, topic, path
+    subscriber.close()
+
+
+@pytest.fixture
+def dead_letter_topic(pubsub_emulator, subscription):
+    """(topic, pull): a dead-letter topic with a subscription; pull() returns its messages."""
+    from google.cloud import pubsub_v1
+    publisher, _, _ = subscription
+    subscriber = pubsub_v1.SubscriberClient()
+    name = uuid.uuid4().hex[:10]
+    topic = publisher.topic_path(pubsub_emulator.project, f"dead-letters-{name}")
+    path = subscriber.subscription_path(pubsub_emulator.project, f"dead-letters-{name}")
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(name=path, topic=topic)
+
+    def pull():
+        response = subscriber.pull(subscription=path, max_messages=100, timeout=30)
+        return [m.message for m in response.received_messages]
+    yield topic, pull
     subscriber.close()
 
 
@@ -83,9 +102,12 @@ def accounted(summary) -> bool:
     return summary["events"] >= EXPECTED["events"] and summary["conservation"]["holds"]
 
 
-def test_pubsub_to_duckdb_stops_cleanly_with_everything_accounted_for(tmp_path, pubsub_emulator, subscription):
+def test_pubsub_to_duckdb_stops_cleanly_with_everything_accounted_for(tmp_path, pubsub_emulator, subscription,
+                                                                     dead_letter_topic):
     publisher, topic, path = subscription
-    process = start(tmp_path, pubsub_emulator, path, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb")
+    letters_topic, pull_letters = dead_letter_topic
+    process = start(tmp_path, pubsub_emulator, path, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                    "--dead_letter_topic", letters_topic)
     publish(publisher, topic)
     wait_for_summary(tmp_path, process, accounted)
     took, code, out, err = stop(process)
@@ -94,13 +116,23 @@ def test_pubsub_to_duckdb_stops_cleanly_with_everything_accounted_for(tmp_path, 
     final = json.loads((tmp_path / "s.json").read_text())
     assert {k: final[k] for k in EXPECTED} == EXPECTED and "conservation holds" in out
     with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:  # complete on its own
-        tracks = rows(conn, "SELECT message_id, received_at FROM tracks ORDER BY 1")
+        tracks = rows(conn, "SELECT message_id, received_at, _metadata FROM tracks ORDER BY 1")
         letters = rows(conn, "SELECT error_type, attributes, source FROM _dead_letters ORDER BY 1")
     assert sorted(t["message_id"] for t in tracks) == sorted(f"m{i}" for i in range(1, 51))
     today = datetime.now(timezone.utc).date()
     assert {t["received_at"].astimezone(timezone.utc).date() for t in tracks} == {today}  # publish time
     assert json.loads(letters[0]["attributes"]) == {"origin": "test"}
     assert letters[0]["source"] == f"pubsub:{path}"
+    metadata = {t["message_id"]: t["_metadata"] and json.loads(t["_metadata"]) for t in tracks}
+    assert metadata["m2"] == {"attributes": {"origin": "web"}} and metadata["m1"] is None
+    published = {m.attributes["error_type"]: m for m in pull_letters()}
+    assert sorted(published) == ["malformed_json", "missing_identity"]
+    assert published["malformed_json"].data == b"not json"
+    assert json.loads(published["malformed_json"].attributes["attributes"]) == {"origin": "test"}
+    assert json.loads(published["missing_identity"].data) == {"type": "track", "event": "X", "messageId": "anon"}
+    assert {k: published["missing_identity"].attributes[k] for k in ("error_stage", "source")} == \
+        {"error_stage": "normalize", "source": f"pubsub:{path}"}
+    assert final["published"] == {"dead_letters": 2}
 
 
 def test_pubsub_to_bigquery_rows_arrive_while_it_runs(tmp_path, pubsub_emulator, subscription, bigquery_emulator,

@@ -33,6 +33,8 @@ def error_lines(result):
     (["--input_files", str(SAMPLE), "--config", "/nonexistent.yaml"], "--config /nonexistent.yaml: cannot read"),
     (["--input_files", str(SAMPLE), "--direct_running_mode", "multi_processing"], "multi_processing"),
     (["--input_files", str(SAMPLE), "stray"], "unexpected argument 'stray'"),
+    (["--input_files", str(SAMPLE), "--dead_letter_topic", "dead-letters"],
+     "--dead_letter_topic 'dead-letters': expected projects/PROJECT/topics/NAME"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args, expected):
     result = sluice(*args)

@@ -96,7 +96,7 @@ class BigQueryWarehouse:
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
         result = WriteResult()
-        rows = [layout.table_rows(e.body, self.flatten_depth, e.violations) for e in events]
+        rows = [layout.table_rows(e.body, self.flatten_depth, e.violations, e.attributes) for e in events]
         events, rows = self._drop_repeats(events, rows, result)
         if self.write_method == "load":
             events, rows = self._drop_stored(events, rows, result)

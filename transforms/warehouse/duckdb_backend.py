@@ -137,7 +137,7 @@ class DuckDBWarehouse:
 
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
-        rows = [layout.table_rows(e.body, self.flatten_depth, e.violations) for e in events]
+        rows = [layout.table_rows(e.body, self.flatten_depth, e.violations, e.attributes) for e in events]
         with self._db.lock:
             try:
                 return self._write_with_replan(events, rows)

@@ -22,6 +22,7 @@ EVENT_POINTER = "$event"   # computed: the event's table name (Segment's `event`
 LOADED_AT = "$loaded_at"
 UNMAPPED = "$unmapped"
 VIOLATIONS = "$violations"  # contract violations recorded with the event (issue: contracts)
+METADATA = "$metadata"      # transport metadata: {"attributes": {...}} of a Pub/Sub message
 
 
 class TableRow(NamedTuple):
@@ -78,14 +79,18 @@ def _section(body: dict, key: str, max_depth: int) -> dict:
     return flatten(value, "/" + key + "/", 2, max_depth, {})
 
 
-def table_rows(body: dict, max_depth: int, violations=None) -> list:
-    """The warehouse rows for one normalized event, by Segment's layout."""
+def table_rows(body: dict, max_depth: int, violations=None, attributes=None) -> list:
+    """The warehouse rows for one normalized event, by Segment's layout. A message's transport
+    attributes (Pub/Sub) are kept whole as JSON in `_metadata`; file input has none, so its
+    tables get no such column."""
     kind = body["type"]
     message_id = body["messageId"]
     timestamp = body["timestamp"]
     common = _common(body, _SECTION[kind], max_depth)
     if violations:
         common[VIOLATIONS] = violations
+    if attributes:
+        common[METADATA] = {"attributes": attributes}
     if kind == "track":
         table = naming.table_name(body["event"])
         common[EVENT_POINTER] = table
