@@ -68,9 +68,10 @@ def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, war
     local: the run is on Beam's local runners (streaming writes each bundle; see Batches).
     backend: bigquery_endpoint, bigquery_location, bigquery_write_method."""
     settings = warehouse_settings(warehouse_url, config, **backend)
-    wait, per_bundle = config.max_buffering_seconds, (not streaming) or local
-    graph = build_graph(pipeline, source, config, event_sink=WriteWarehouse(settings, streaming, wait, per_bundle),
-                        dead_letter_sink=WriteDeadLetters(settings, streaming, wait, per_bundle),
+    wait, per_bundle, keep_open = config.max_buffering_seconds, (not streaming) or local, streaming and local
+    graph = build_graph(pipeline, source, config,
+                        event_sink=WriteWarehouse(settings, streaming, wait, per_bundle, keep_open),
+                        dead_letter_sink=WriteDeadLetters(settings, streaming, wait, per_bundle, keep_open),
                         trust_event_received_at=trust_event_received_at, streaming=streaming)
     if dead_letter_topic:
         _ = graph.dead_letters | "PublishDeadLetters" >> PublishDeadLetters(dead_letter_topic)

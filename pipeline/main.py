@@ -20,7 +20,7 @@ from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph
 from transforms import metrics
 from transforms.rules import udf
-from transforms.warehouse import duckdb_backend
+from transforms.warehouse import duckdb_backend, sink
 
 
 class RunPlan(NamedTuple):
@@ -97,6 +97,12 @@ def _progress_writer(path):
     return write
 
 
+def close_warehouses() -> None:
+    """After a local streaming run stops: the parked backends, then every DuckDB file."""
+    sink.close_idle_backends()
+    duckdb_backend.close_all()
+
+
 def run(argv: list) -> dict:
     """Run a job (batch: to the end; streaming: until SIGINT/SIGTERM); return its summary.
     Raises UsageError before building anything."""
@@ -110,7 +116,7 @@ def run(argv: list) -> dict:
     if plan.streaming and local:
         metrics.count_in_process()
         streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
-                                    close=duckdb_backend.close_all, on_tick=_progress_writer(plan.summary_path))
+                                    close=close_warehouses, on_tick=_progress_writer(plan.summary_path))
         counters = metrics.in_process_counts()
     else:
         result = pipeline.run()

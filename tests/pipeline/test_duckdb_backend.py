@@ -140,3 +140,28 @@ def test_dead_letters_are_stored_once(tmp_path):
     warehouse.close()
     assert query(tmp_path / "w.duckdb", "SELECT error_type, payload, payload_encoding, attributes FROM _dead_letters") == [
         ("malformed_json", "/3s=", "base64", '{"a":"1"}')]
+
+
+def test_kept_open_backends_are_reused_across_bundles_and_closed_at_the_stop(tmp_path):
+    """The local streaming runner tears DoFns down after every bundle: keep_open parks the
+    backend instead of closing it, the next setup takes it back, the stop closes it."""
+    from transforms.warehouse import duckdb_backend, sink
+    settings = sink.WarehouseSettings(f"duckdb:///{tmp_path}/w.duckdb")
+    first, second = sink.WriteDeadLettersFn(settings, keep_open=True), sink.WriteDeadLettersFn(settings, keep_open=True)
+    first.setup()
+    backend = first._backend
+    first.teardown()
+    second.setup()
+    assert second._backend is backend  # parked, not reopened
+    second.teardown()
+    assert str(tmp_path / "w.duckdb") in duckdb_backend._DATABASES  # still open while parked
+    sink.close_idle_backends()
+    assert str(tmp_path / "w.duckdb") not in duckdb_backend._DATABASES  # the file is closed
+
+
+def test_backends_not_kept_open_close_at_teardown(tmp_path):
+    from transforms.warehouse import duckdb_backend, sink
+    fn = sink.WriteDeadLettersFn(sink.WarehouseSettings(f"duckdb:///{tmp_path}/w.duckdb"))
+    fn.setup()
+    fn.teardown()
+    assert str(tmp_path / "w.duckdb") not in duckdb_backend._DATABASES

@@ -5,6 +5,7 @@ share the code) and each batch is written in bulk. Events the warehouse cannot t
 come back as `insert_failed` dead letters; events already stored are counted as the
 `duplicate` policy drop, so a re-run conserves without writing twice.
 """
+import threading
 import time
 from typing import Any, NamedTuple, Optional, Tuple
 
@@ -44,19 +45,52 @@ def open_backend(settings: WarehouseSettings):
     raise ValueError(f"unsupported warehouse URL {settings.url!r}")
 
 
-class _WarehouseFn(beam.DoFn):
-    """Opens the backend in setup() (never pickled with the DoFn), closes it in teardown()."""
+# Beam's local streaming runner sets a DoFn up and tears it down around every bundle of about
+# ten messages; reopening the warehouse each time (DuckDB: connect and read the schema tables;
+# BigQuery: clients and dataset lookups) took most of a bundle's time. With keep_open, teardown
+# parks the backend here and the next setup takes it back; close_idle_backends() closes them
+# when the run stops. Each backend serves one DoFn instance at a time.
+_IDLE_BACKENDS: dict = {}
+_IDLE_LOCK = threading.Lock()
 
-    def __init__(self, settings: WarehouseSettings):
-        self._settings = settings
+
+def _take_idle(settings: WarehouseSettings):
+    with _IDLE_LOCK:
+        idle = _IDLE_BACKENDS.get(repr(settings))
+        return idle.pop() if idle else None
+
+
+def _park(settings: WarehouseSettings, backend) -> None:
+    with _IDLE_LOCK:
+        _IDLE_BACKENDS.setdefault(repr(settings), []).append(backend)
+
+
+def close_idle_backends() -> None:
+    """Close every parked backend (a stopped local streaming run)."""
+    with _IDLE_LOCK:
+        parked = [b for idle in _IDLE_BACKENDS.values() for b in idle]
+        _IDLE_BACKENDS.clear()
+    for backend in parked:
+        backend.close()
+
+
+class _WarehouseFn(beam.DoFn):
+    """Opens the backend in setup() (never pickled with the DoFn), closes it in teardown();
+    keep_open: parks it for the next setup instead (see _IDLE_BACKENDS)."""
+
+    def __init__(self, settings: WarehouseSettings, keep_open: bool = False):
+        self._settings, self._keep_open = settings, keep_open
         self._backend = None
 
     def setup(self):
-        self._backend = open_backend(self._settings)
+        self._backend = (self._keep_open and _take_idle(self._settings)) or open_backend(self._settings)
 
     def teardown(self):
         if self._backend is not None:
-            self._backend.close()
+            if self._keep_open:
+                _park(self._settings, self._backend)
+            else:
+                self._backend.close()
             self._backend = None
 
     def _count_calls(self):
@@ -145,15 +179,16 @@ class WriteWarehouse(beam.PTransform):
     """Normalized Events -> warehouse tables; returns the `insert_failed` dead letters."""
 
     def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0,
-                 per_bundle: bool = None):
+                 per_bundle: bool = None, keep_open: bool = False):
         super().__init__()
         self._settings, self._streaming, self._max_wait, self._per_bundle = settings, streaming, max_wait, per_bundle
+        self._keep_open = keep_open  # local streaming: see _IDLE_BACKENDS
 
     def expand(self, events):
         return (events
                 | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait,
                                      per_bundle=self._per_bundle)
-                | "Write" >> beam.ParDo(WriteEventsFn(self._settings)).with_outputs(
+                | "Write" >> beam.ParDo(WriteEventsFn(self._settings, self._keep_open)).with_outputs(
                     WriteEventsFn.DEAD_LETTERS, main="written")).dead_letters
 
 
@@ -161,12 +196,13 @@ class WriteDeadLetters(beam.PTransform):
     """Dead-letter records -> the warehouse's `_dead_letters` table."""
 
     def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0,
-                 per_bundle: bool = None):
+                 per_bundle: bool = None, keep_open: bool = False):
         super().__init__()
         self._settings, self._streaming, self._max_wait, self._per_bundle = settings, streaming, max_wait, per_bundle
+        self._keep_open = keep_open  # local streaming: see _IDLE_BACKENDS
 
     def expand(self, records):
         return (records
                 | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait, min_size=1,
                                      per_bundle=self._per_bundle)
-                | "Write" >> beam.ParDo(WriteDeadLettersFn(self._settings)))
+                | "Write" >> beam.ParDo(WriteDeadLettersFn(self._settings, self._keep_open)))
