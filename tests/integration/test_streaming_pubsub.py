@@ -63,10 +63,10 @@ def dead_letter_topic(pubsub_emulator, subscription):
     subscriber.close()
 
 
-def start(tmp_path, pubsub_emulator, subscription_path, *warehouse):
+def start(tmp_path, pubsub_emulator, subscription_path, *warehouse, source_option="--input_subscription"):
     (tmp_path / "sluice.yaml").write_text("streaming:\n  max_buffering_seconds: 1\n")
     env = {**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator.host}
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "--input_subscription", subscription_path,
+    return subprocess.Popen([sys.executable, "-m", "pipeline", source_option, subscription_path,
                              "--config", str(tmp_path / "sluice.yaml"), "--summary_path", str(tmp_path / "s.json"),
                              *warehouse], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -150,3 +150,20 @@ def test_pubsub_to_bigquery_rows_arrive_while_it_runs(tmp_path, pubsub_emulator,
     final = json.loads((tmp_path / "s.json").read_text())
     assert {k: final[k] for k in EXPECTED} == EXPECTED
     assert final["api_calls"].get("tabledata.insertAll", 0) > 0 and "jobs.load" not in final["api_calls"]
+
+
+def test_a_topic_is_read_through_a_temporary_subscription(tmp_path, pubsub_emulator, subscription):
+    publisher, topic, _ = subscription
+    process = start(tmp_path, pubsub_emulator, topic, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                    source_option="--input_topic")
+    # A topic delivers only what is published after the subscription exists: wait for it.
+    deadline = time.monotonic() + 60
+    while len(list(publisher.list_topic_subscriptions(topic=topic))) < 2:
+        assert time.monotonic() < deadline and process.poll() is None, "no temporary subscription appeared"
+        time.sleep(0.2)
+    publish(publisher, topic)
+    wait_for_summary(tmp_path, process, accounted)
+    _, code, _, err = stop(process)
+    assert code == 0, err
+    final = json.loads((tmp_path / "s.json").read_text())
+    assert {k: final[k] for k in EXPECTED} == EXPECTED
