@@ -15,6 +15,7 @@ from transforms import dedupe
 from transforms.consent import ConsentSettings
 from transforms.contracts.model import ContractSettings
 from transforms.decode import DecodeLimits
+from transforms.destinations import model as destination_model
 from transforms.rules.actions import RuleError
 from transforms.rules.engine import TransformRules
 from transforms.rules.stage import TransformSettings
@@ -32,6 +33,7 @@ class Config(NamedTuple):
     transforms: TransformSettings = TransformSettings()
     max_buffering_seconds: float = 5.0   # streaming: a batch waits at most this long to be written
     dedupe_ttl_seconds: float = dedupe.DEFAULT_TTL_SECONDS  # streaming: messageIds remembered this long
+    destinations: tuple = ()             # transforms.destinations.model.Destination, in config order
 
 
 def key_path(parts) -> str:
@@ -75,21 +77,39 @@ def validate(document) -> Config:
         contracts = ContractSettings(contracts["directory"], (), contracts.get("unplanned", "allow"),
                                      contracts.get("violations", "allow"),
                                      tuple(sorted(contracts.get("overrides", {}).items())))
+    try:
+        destinations = destination_model.parse(document.get("destinations"))
+    except destination_model.DestinationError as exc:
+        raise UsageError(f"config: {exc.where}: {exc.message}") from None
     return Config(limits,
                   warehouse.get("max_columns_per_table", planner.DEFAULT_MAX_COLUMNS),
                   warehouse.get("flatten_depth", planner.DEFAULT_FLATTEN_DEPTH),
                   warehouse.get("batch_size", DEFAULT_BATCH_SIZE),
-                  contracts, _consent(document.get("consent")), _transforms(document.get("transforms")),
+                  contracts, _consent(document.get("consent"), destinations), _transforms(document.get("transforms")),
                   streaming.get("max_buffering_seconds", Config().max_buffering_seconds),
-                  streaming.get("dedupe_ttl_seconds", Config().dedupe_ttl_seconds))
+                  streaming.get("dedupe_ttl_seconds", Config().dedupe_ttl_seconds),
+                  destinations)
 
 
-def _consent(section) -> Optional[ConsentSettings]:
-    if section is None:
+def _consent(section, destinations: tuple) -> Optional[ConsentSettings]:
+    """The consent settings; every configured destination is routed here (its categories from
+    its own `consent` and from consent.destinations), so consent and the integrations object
+    decide each event's destinations even when the config has no consent section."""
+    if section is None and not destinations:
         return None
+    section = section or {}
+    by_name = {name: list(categories) for name, categories in section.get("destinations", {}).items()}
+    if destinations:
+        known = {d.name for d in destinations}
+        for name in by_name:
+            if name not in known:
+                raise UsageError(f"config: consent.destinations.{name}: no destination of that name "
+                                 f"(destinations: {', '.join(sorted(known))})")
+    for destination in destinations:
+        categories = by_name.setdefault(destination.name, [])
+        categories += [c for c in destination.consent if c not in categories]
     return ConsentSettings(section.get("missing_consent", "allow"), tuple(section.get("warehouse", ())),
-                           tuple((name, tuple(categories))
-                                 for name, categories in sorted(section.get("destinations", {}).items())))
+                           tuple((name, tuple(categories)) for name, categories in sorted(by_name.items())))
 
 
 def _transforms(rules) -> TransformSettings:

@@ -14,6 +14,7 @@ from transforms.contracts.model import ContractSettings
 from transforms.contracts.stage import ValidateContracts
 from transforms.decode import DecodeMessages
 from transforms.dedupe import DropRepeatedMessages
+from transforms.destinations.stage import ForwardToDestinations
 from transforms.normalize import NormalizeEvents
 from transforms.pubsub_publish import PublishDeadLetters
 from transforms.rules.stage import ApplyTransforms
@@ -37,10 +38,11 @@ def warehouse_settings(url: str, config: Config, **backend) -> WarehouseSettings
 
 def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink: beam.PTransform,
                 dead_letter_sink: beam.PTransform, trust_event_received_at: bool = True,
-                streaming: bool = False) -> Graph:
+                streaming: bool = False, local: bool = True) -> Graph:
     """source: PBegin -> PCollection[RawMessage]; event_sink: Events -> its dead letters;
     dead_letter_sink: dead-letter records -> anything. streaming: messageIds seen within
-    config.dedupe_ttl_seconds are dropped as duplicates (Pub/Sub redelivers)."""
+    config.dedupe_ttl_seconds are dropped as duplicates (Pub/Sub redelivers). local: Beam's
+    local runners (forwarding batches per bundle in local streaming; see its stage)."""
     messages = pipeline | "Read" >> source
     decoded = messages | "Decode" >> DecodeMessages(config.decode)
     normalized = decoded.events | "Normalize" >> NormalizeEvents(trust_event_received_at)
@@ -53,8 +55,10 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
     consented = checked.events | "Consent" >> ApplyConsent(config.consent)
     transformed = consented.events | "Transform" >> ApplyTransforms(config.transforms)
     write_failures = transformed.events | "Warehouse" >> event_sink
+    delivery_failures = ((transformed.events, transformed.forward_only) | "Forwardable" >> beam.Flatten()
+                         | "Forward" >> ForwardToDestinations(config.destinations, streaming, streaming and local))
     dead_letters = ((decoded.dead_letters, normalized.dead_letters, checked.dead_letters, consented.dead_letters,
-                     transformed.dead_letters, write_failures)
+                     transformed.dead_letters, write_failures, delivery_failures)
                     | "CollectDeadLetters" >> beam.Flatten())
     _ = dead_letters | "DeadLetters" >> dead_letter_sink
     return Graph(transformed.events, transformed.forward_only, dead_letters)
@@ -72,7 +76,7 @@ def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, war
     graph = build_graph(pipeline, source, config,
                         event_sink=WriteWarehouse(settings, streaming, wait, per_bundle, keep_open),
                         dead_letter_sink=WriteDeadLetters(settings, streaming, wait, per_bundle, keep_open),
-                        trust_event_received_at=trust_event_received_at, streaming=streaming)
+                        trust_event_received_at=trust_event_received_at, streaming=streaming, local=local)
     if dead_letter_topic:
         _ = graph.dead_letters | "PublishDeadLetters" >> PublishDeadLetters(dead_letter_topic)
     return graph

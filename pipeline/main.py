@@ -19,6 +19,7 @@ from pipeline.config import Config
 from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph
 from transforms import metrics
+from transforms.destinations import model as destination_model
 from transforms.rules import udf
 from transforms.warehouse import duckdb_backend, sink
 
@@ -56,6 +57,7 @@ def check(sluice_options, pipeline_options) -> RunPlan:
     options_module.check_runner(pipeline_options, kind)
     config = contracts_module.load(config_module.load(sluice_options.config), sluice_options.config)
     config = with_udf(config, sluice_options.udf)
+    check_destinations(config)
     backend = {}
     if kind == "bigquery":
         method = sluice_options.bigquery_write_method
@@ -66,6 +68,14 @@ def check(sluice_options, pipeline_options) -> RunPlan:
     dead_letter_topic = sources.check_topic("dead_letter_topic", sluice_options.dead_letter_topic)
     return RunPlan(source, streaming, config, sluice_options.warehouse, backend, sluice_options.summary_path,
                    dead_letter_topic)
+
+
+def check_destinations(config: Config) -> None:
+    """Secrets resolve and webhook hosts resolve to addresses they may reach, at launch."""
+    try:
+        destination_model.check_reachable(config.destinations)
+    except destination_model.DestinationError as exc:
+        raise UsageError(f"config: {exc.where}: {exc.message}") from None
 
 
 def with_udf(config: Config, spec) -> Config:

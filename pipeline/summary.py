@@ -3,6 +3,9 @@
 Conservation: every event unit (an event after batch splitting, or a message refused
 before it could be split) ends stored, dead-lettered, or dropped by a named policy:
     events == stored + sum(dead_lettered) + sum(dropped)
+and, per destination, every event consent let through is filtered out, delivered or
+dead-lettered (`delivery_failed`, one per destination, outside the sum above):
+    candidates == dropped_filter + delivered + failed
 """
 import json
 from collections import defaultdict
@@ -56,10 +59,34 @@ def build(counters: dict) -> dict:
         "not_forwarded": _nested({name.replace(".dropped_", "."): value for name, value
                                   in _by_prefix(counters, "destination.").items() if ".dropped_" in name}),
     }
+    summary["destinations"] = _destinations(counters)
     accounted = summary["stored"] + sum(summary["dead_lettered"].values()) + sum(summary["dropped"].values())
-    summary["conservation"] = {"holds": accounted == summary["events"],
+    by_destination = {name: d["candidates"] - d["dropped_filter"] - d["delivered"] - d["failed"]
+                      for name, d in summary["destinations"].items()}
+    summary["conservation"] = {"holds": accounted == summary["events"] and not any(by_destination.values()),
                                "unaccounted": summary["events"] - accounted}
+    if any(by_destination.values()):
+        summary["conservation"]["unaccounted_by_destination"] = {k: v for k, v in by_destination.items() if v}
     return summary
+
+
+_DESTINATION_COUNTS = ("candidates", "dropped_filter", "dropped_consent", "dropped_integrations", "failed",
+                       "requests", "retried", "latency_ms")
+
+
+def _destinations(counters: dict) -> dict:
+    """Per destination: what consent let through and what became of it, requests, retries,
+    mean request latency."""
+    names = {name.split(".")[1] for name in counters if name.startswith("destination.")}
+    names |= set(_by_prefix(counters, "forwarded."))
+    out = {}
+    for name in sorted(names):
+        counts = {kind: counters.get(f"destination.{name}.{kind}", 0) for kind in _DESTINATION_COUNTS}
+        counts["delivered"] = counters.get(f"forwarded.{name}", 0)
+        total_ms = counts.pop("latency_ms")
+        counts["latency_ms_mean"] = round(total_ms / counts["requests"], 1) if counts["requests"] else None
+        out[name] = counts
+    return out
 
 
 def format_table(summary: dict) -> str:
@@ -101,13 +128,17 @@ def format_table(summary: dict) -> str:
         for name, value in counts.items():
             if name != "applied":
                 row(name, value, 2)
-    for destination, counts in summary.get("not_forwarded", {}).items():
-        for reason, value in counts.items():
-            row(f"not forwarded to {destination} ({reason})", value)
+    for destination, counts in summary.get("destinations", {}).items():
+        row(f"destination {destination}: delivered", counts["delivered"])
+        for name in ("failed", "dropped_filter", "dropped_consent", "dropped_integrations", "requests", "retried"):
+            if counts[name]:
+                row(name, counts[name], 2)
     lines.append("-" * 44)
     conservation = summary["conservation"]
     verdict = ("holds: events = stored + dead-lettered + dropped" if conservation["holds"]
-               else f"BROKEN: {conservation['unaccounted']:,} events unaccounted for")
+               else f"BROKEN: {conservation['unaccounted']:,} events unaccounted for"
+               + "".join(f"; {n:,} for destination {d}"
+                         for d, n in conservation.get("unaccounted_by_destination", {}).items()))
     lines.append(f"conservation {verdict}")
     return "\n".join(lines)
 

@@ -52,3 +52,14 @@ def dead_lettered(stage: str, error_type: str, value: int = 1) -> None:
 
 def dropped(policy: str, value: int = 1) -> None:
     inc(f"dropped.{policy}", value)
+
+
+_distributions = {}
+
+
+def distribution(name: str, value: int) -> None:
+    """A Beam distribution (min, max, mean on Dataflow's monitoring); not in the summary."""
+    dist = _distributions.get(name)
+    if dist is None:
+        dist = _distributions[name] = Metrics.distribution(NAMESPACE, name)
+    dist.update(value)

@@ -1,0 +1,61 @@
+"""A real HTTP server on 127.0.0.1 that receives webhook batches, answering from a script:
+the first requests get the scripted statuses (with headers such as Retry-After), the rest 200."""
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
+
+
+class Request(NamedTuple):
+    at: float
+    path: str
+    headers: dict
+    body: bytes
+    status: int
+
+
+class Receiver:
+    def __init__(self, script=(), default_status: int = 200):
+        self.script = list(script)       # [(status, {header: value}), ...] for the first requests
+        self.default_status = default_status
+        self.requests: list = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    status, headers = receiver.script.pop(0) if receiver.script else (receiver.default_status, {})
+                    receiver.requests.append(Request(time.monotonic(), self.path, dict(self.headers), body, status))
+                answer = b'{"ok": true}' if status < 300 else b'{"error": "scripted"}'
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def accepted(self) -> list:
+        return [r for r in self.requests if 200 <= r.status < 300]
+
+    def delivered_payloads(self) -> list:
+        return [p for r in self.accepted() for p in json.loads(r.body)["batch"]]

@@ -1,0 +1,114 @@
+"""Whole jobs forwarding to a real HTTP server on 127.0.0.1: retries through 503 and 429 with
+Retry-After, batches within their limits, signed requests, exactly-once-or-dead-lettered."""
+import json
+from collections import Counter
+
+import duckdb
+import pytest
+import yaml
+
+from pipeline.main import run
+from tests.conftest import rows
+from tests.destinations.receiver import Receiver
+from transforms.deadletter import decode_payload
+from transforms.destinations import signing
+
+SECRET = "whsec-test-0123456789"
+TOKEN = "tok-abcdef-987654"
+
+
+def write_config(tmp_path, url, **overrides) -> str:
+    destination = {"name": "crm", "type": "webhook", "url": url, "allow_private_network": True,
+                   "headers": {"Authorization": {"env": "CRM_TOKEN", "prefix": "Bearer "}, "X-Team": "growth"},
+                   "signing_secret": {"env": "CRM_SIGNING_SECRET"},
+                   "types": ["track", "identify", "page"],
+                   "mapping": {"id": {"@path": "$.messageId"}, "type": {"@path": "$.type"},
+                               "event": {"@path": "$.event"}, "user": {"@path": "$.userId"}, "source": "sluice"},
+                   "batch": {"max_events": 3, "max_bytes": 1024, "max_wait_seconds": 1},
+                   "retry": {"max_attempts": 6, "initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.2}}
+    destination.update(overrides)
+    path = tmp_path / "sluice.yaml"
+    path.write_text(yaml.safe_dump({"destinations": [destination]}))
+    return str(path)
+
+
+@pytest.fixture
+def secrets_env(monkeypatch):
+    monkeypatch.setenv("CRM_TOKEN", TOKEN)
+    monkeypatch.setenv("CRM_SIGNING_SECRET", SECRET)
+
+
+def write_events(tmp_path) -> tuple:
+    """(input path, message ids the destination must get): tracks, identifies and pages go;
+    groups are not its type; one event opts out through `integrations`; one is invalid."""
+    events = ([{"type": "track", "event": f"Order {i}", "userId": f"u{i}", "messageId": f"t{i}",
+                "properties": {"total": i, "note": "x" * (i * 7)}} for i in range(30)]
+              + [{"type": "identify", "userId": f"u{i}", "messageId": f"i{i}", "traits": {"plan": "pro"}}
+                 for i in range(10)]
+              + [{"type": "page", "userId": "u1", "name": "Home", "messageId": f"p{i}"} for i in range(5)]
+              + [{"type": "group", "userId": "u1", "groupId": "g", "messageId": f"g{i}"} for i in range(5)]
+              + [{"type": "track", "event": "Private", "userId": "u1", "messageId": "opt-out",
+                  "integrations": {"crm": False}},
+                 {"type": "track", "messageId": "no-identity", "event": "X"}])
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return str(path), [e["messageId"] for e in events[:45]]
+
+
+def test_every_event_is_delivered_once_through_503s_and_a_429(tmp_path, secrets_env):
+    script = [(503, {}), (503, {}), (429, {"Retry-After": "1"})]
+    path, expected = write_events(tmp_path)
+    with Receiver(script) as receiver:
+        summary = run(["--input_files", path, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                       "--config", write_config(tmp_path, receiver.url)])
+    delivered = Counter(p["id"] for p in receiver.delivered_payloads())
+    assert delivered == Counter(expected)  # each exactly once
+    crm = summary["destinations"]["crm"]
+    assert (crm["delivered"], crm["failed"], crm["retried"]) == (45, 0, 3)
+    assert (crm["dropped_filter"], crm["dropped_integrations"]) == (5, 1) and summary["conservation"]["holds"]
+    for request in receiver.requests:
+        batch = json.loads(request.body)["batch"]
+        assert 1 <= len(batch) <= 3 and len(request.body) <= 1024
+        assert signing.verify(SECRET, request.headers["X-Sluice-Signature"], request.body)
+        assert request.headers["Authorization"] == f"Bearer {TOKEN}" and request.headers["X-Team"] == "growth"
+        assert all(p["source"] == "sluice" and ("event" in p) == (p["type"] == "track") for p in batch)
+    # The 429's Retry-After was honoured: its batch came back no sooner than a second later.
+    throttled = next(r for r in receiver.requests if r.status == 429)
+    retry = next(r for r in receiver.requests if r.at > throttled.at and
+                 r.headers["Idempotency-Key"] == throttled.headers["Idempotency-Key"])
+    assert retry.at - throttled.at >= 0.95
+
+
+def test_a_permanent_refusal_dead_letters_each_event_once_with_the_status(tmp_path, secrets_env):
+    path, expected = write_events(tmp_path)
+    with Receiver(default_status=400) as receiver:
+        summary = run(["--input_files", path, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                       "--config", write_config(tmp_path, receiver.url)])
+    crm = summary["destinations"]["crm"]
+    assert (crm["delivered"], crm["failed"]) == (0, 45)
+    assert crm["requests"] == len(receiver.requests) and crm["retried"] == 0  # 400 is not retried
+    with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
+        letters = rows(conn, "SELECT * FROM _dead_letters WHERE error_stage = 'forwarding'")
+    assert sorted(letter["message_id"] for letter in letters) == sorted(expected)
+    assert {letter["error_type"] for letter in letters} == {"delivery_failed"}
+    assert {letter["destination"] for letter in letters} == {"crm"}
+    assert all(json.loads(letter["error_details"])["status"] == 400 for letter in letters)
+    for letter in letters:  # replayable: the original event, not the mapped payload
+        original = json.loads(decode_payload(letter["payload"], letter["payload_encoding"]))
+        assert original["messageId"] == letter["message_id"] and "type" in original
+        assert TOKEN not in json.dumps(letter, default=str) and SECRET not in json.dumps(letter, default=str)
+    # the warehouse's own conservation is untouched by forwarding's dead letters
+    assert summary["stored"] + sum(summary["dead_lettered"].values()) + sum(summary["dropped"].values()) \
+        == summary["events"]
+
+
+def test_transient_failures_past_max_attempts_are_dead_letters(tmp_path, secrets_env):
+    path, _ = write_events(tmp_path)
+    with Receiver(default_status=503) as receiver:
+        summary = run(["--input_files", path, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                       "--config", write_config(tmp_path, receiver.url, retry={
+                           "max_attempts": 3, "initial_backoff_seconds": 0.01, "max_backoff_seconds": 0.02})])
+    crm = summary["destinations"]["crm"]
+    batches = {r.headers["Idempotency-Key"] for r in receiver.requests}
+    assert crm["requests"] == len(receiver.requests) == 3 * len(batches)
+    assert (crm["failed"], crm["delivered"]) == (45, 0) and summary["conservation"]["holds"]
