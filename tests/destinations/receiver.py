@@ -13,10 +13,11 @@ class Request(NamedTuple):
     headers: dict
     body: bytes
     status: int
+    client_port: int  # one port for many requests: the connection was kept alive
 
 
 class Receiver:
-    def __init__(self, script=(), default_status: int = 200):
+    def __init__(self, script=(), default_status: int = 200, echo_authorization: bool = False):
         self.script = list(script)       # [(status, {header: value}), ...] for the first requests
         self.default_status = default_status
         self.requests: list = []
@@ -30,8 +31,12 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver.lock:
                     status, headers = receiver.script.pop(0) if receiver.script else (receiver.default_status, {})
-                    receiver.requests.append(Request(time.monotonic(), self.path, dict(self.headers), body, status))
-                answer = b'{"ok": true}' if status < 300 else b'{"error": "scripted"}'
+                    receiver.requests.append(Request(time.monotonic(), self.path, dict(self.headers), body, status,
+                                                     self.client_address[1]))
+                answer = {"ok": True} if status < 300 else {"error": "scripted"}
+                if echo_authorization and status >= 300:  # as careless servers do
+                    answer["authorization"] = self.headers.get("Authorization")
+                answer = json.dumps(answer).encode()
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
