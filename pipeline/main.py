@@ -18,10 +18,10 @@ from pipeline import sources, streaming, summary as summary_module
 from pipeline.config import Config
 from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph
-from transforms import metrics
+from transforms import metrics, parking
 from transforms.destinations import model as destination_model
 from transforms.rules import udf
-from transforms.warehouse import duckdb_backend, sink
+from transforms.warehouse import duckdb_backend
 
 
 class RunPlan(NamedTuple):
@@ -108,8 +108,8 @@ def _progress_writer(path):
 
 
 def close_warehouses() -> None:
-    """After a local streaming run stops: the parked backends, then every DuckDB file."""
-    sink.close_idle_backends()
+    """After a local streaming run stops: the parked clients, then every DuckDB file."""
+    parking.close_all()
     duckdb_backend.close_all()
 
 

@@ -38,7 +38,7 @@ def secrets_env(monkeypatch):
     monkeypatch.setenv("CRM_SIGNING_SECRET", SECRET)
 
 
-def write_events(tmp_path) -> tuple:
+def write_events(tmp_path, destination: str = "crm") -> tuple:
     """(input path, message ids the destination must get): tracks, identifies and pages go;
     groups are not its type; one event opts out through `integrations`; one is invalid."""
     events = ([{"type": "track", "event": f"Order {i}", "userId": f"u{i}", "messageId": f"t{i}",
@@ -48,7 +48,7 @@ def write_events(tmp_path) -> tuple:
               + [{"type": "page", "userId": "u1", "name": "Home", "messageId": f"p{i}"} for i in range(5)]
               + [{"type": "group", "userId": "u1", "groupId": "g", "messageId": f"g{i}"} for i in range(5)]
               + [{"type": "track", "event": "Private", "userId": "u1", "messageId": "opt-out",
-                  "integrations": {"crm": False}},
+                  "integrations": {destination: False}},
                  {"type": "track", "messageId": "no-identity", "event": "X"}])
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in events))

@@ -3,6 +3,7 @@ on the local streaming runner, into DuckDB and into the BigQuery emulator; stopp
 SIGTERM, which must flush, exit within seconds and leave every event accounted for."""
 import json
 import os
+from collections import Counter
 import signal
 import subprocess
 import sys
@@ -63,8 +64,9 @@ def dead_letter_topic(pubsub_emulator, subscription):
     subscriber.close()
 
 
-def start(tmp_path, pubsub_emulator, subscription_path, *warehouse, source_option="--input_subscription"):
-    (tmp_path / "sluice.yaml").write_text("streaming:\n  max_buffering_seconds: 1\n")
+def start(tmp_path, pubsub_emulator, subscription_path, *warehouse, source_option="--input_subscription",
+          config: str = ""):
+    (tmp_path / "sluice.yaml").write_text("streaming:\n  max_buffering_seconds: 1\n" + config)
     env = {**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator.host}
     return subprocess.Popen([sys.executable, "-m", "pipeline", source_option, subscription_path,
                              "--config", str(tmp_path / "sluice.yaml"), "--summary_path", str(tmp_path / "s.json"),
@@ -167,3 +169,24 @@ def test_a_topic_is_read_through_a_temporary_subscription(tmp_path, pubsub_emula
     assert code == 0, err
     final = json.loads((tmp_path / "s.json").read_text())
     assert {k: final[k] for k in EXPECTED} == EXPECTED
+
+
+def test_streaming_forwards_each_event_once_to_a_webhook_through_failures(tmp_path, pubsub_emulator, subscription):
+    from tests.destinations.receiver import Receiver
+    publisher, topic, path = subscription
+    with Receiver([(503, {}), (429, {"Retry-After": "1"})]) as receiver:
+        destination = (f"destinations:\n  - {{name: crm, type: webhook, url: '{receiver.url}', "
+                       "allow_private_network: true, batch: {max_events: 4},"
+                       " retry: {initial_backoff_seconds: 0.05}, mapping: {id: {'@path': '$.messageId'}}}\n")
+        process = start(tmp_path, pubsub_emulator, path, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                        config=destination)
+        publish(publisher, topic)
+        summary = wait_for_summary(tmp_path, process, lambda s: accounted(s) and s["destinations"].get(
+            "crm", {}).get("delivered", 0) >= 52)
+        _, code, _, err = stop(process)
+    assert code == 0, err
+    delivered = Counter(p["id"] for p in receiver.delivered_payloads())
+    assert delivered == Counter([f"m{i}" for i in range(1, 51)] + ["b1", "b2"])  # each once; the dupe is not
+    assert all(len(json.loads(r.body)["batch"]) <= 4 for r in receiver.requests)
+    crm = summary["destinations"]["crm"]
+    assert (crm["delivered"], crm["failed"], crm["retried"]) == (52, 0, 2)

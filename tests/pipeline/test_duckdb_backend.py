@@ -145,6 +145,7 @@ def test_dead_letters_are_stored_once(tmp_path):
 def test_kept_open_backends_are_reused_across_bundles_and_closed_at_the_stop(tmp_path):
     """The local streaming runner tears DoFns down after every bundle: keep_open parks the
     backend instead of closing it, the next setup takes it back, the stop closes it."""
+    from transforms import parking
     from transforms.warehouse import duckdb_backend, sink
     settings = sink.WarehouseSettings(f"duckdb:///{tmp_path}/w.duckdb")
     first, second = sink.WriteDeadLettersFn(settings, keep_open=True), sink.WriteDeadLettersFn(settings, keep_open=True)
@@ -155,7 +156,7 @@ def test_kept_open_backends_are_reused_across_bundles_and_closed_at_the_stop(tmp
     assert second._backend is backend  # parked, not reopened
     second.teardown()
     assert str(tmp_path / "w.duckdb") in duckdb_backend._DATABASES  # still open while parked
-    sink.close_idle_backends()
+    parking.close_all()
     assert str(tmp_path / "w.duckdb") not in duckdb_backend._DATABASES  # the file is closed
 
 

@@ -58,3 +58,26 @@ def test_a_repeated_message_id_is_dropped_within_the_ttl_and_kept_after_it():
     with streaming_pipeline() as p:
         kept = p | stream | DropRepeatedMessages(ttl_seconds=60, clock=StartOfTestTime())
         assert_that(kept | beam.Map(lambda e: e.body["messageId"]), equal_to(["a", "b", "a"]))
+
+
+def test_forwarding_batches_per_destination_by_count_bytes_and_waiting_time():
+    from transforms.destinations.model import Batching, Destination
+    from transforms.destinations.stage import BatchWithStateFn, Delivery
+    destinations = (Destination("small", "webhook", "http://x", batch=Batching(3, 100_000, 5)),
+                    Destination("tight", "webhook", "http://x", batch=Batching(100, 1024, 5)))
+
+    def delivery(name, i, size=10):
+        return (name, 0), Delivery(name, b"x" * size, f"{name}{i}", None, 0.0)
+    stream = (TestStream()
+              .add_elements([TimestampedValue(delivery("small", i), 0) for i in range(7)]
+                            + [TimestampedValue(delivery("tight", i, 400), 0) for i in range(5)])
+              .advance_processing_time(10)   # past max_wait: the half-full batches go
+              .add_elements([TimestampedValue(delivery("small", i), 0) for i in range(7, 9)])
+              .advance_processing_time(10)
+              .advance_watermark_to_infinity())
+    with streaming_pipeline() as p:
+        batches = (p | stream | beam.ParDo(BatchWithStateFn(destinations, streaming=True, clock=StartOfTestTime()))
+                   | beam.MapTuple(lambda name, batch: (name, len(batch))))
+        # small: 3 + 3, then the waiting 1, then 2; tight: 1 KB holds two 401-byte payloads
+        assert_that(batches, equal_to([("small", 3), ("small", 3), ("small", 1), ("small", 2),
+                                       ("tight", 2), ("tight", 2), ("tight", 1)]))

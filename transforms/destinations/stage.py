@@ -26,7 +26,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import deadletter, jsonutil, metrics
+from transforms import deadletter, jsonutil, metrics, parking
 from transforms.destinations import mapping
 from transforms.destinations.delivery import deliver
 from transforms.destinations.model import Matcher
@@ -158,17 +158,21 @@ class BatchPerBundleFn(beam.DoFn):
 class DeliverBatchesFn(beam.DoFn):
     DEAD_LETTERS = "dead_letters"
 
-    def __init__(self, destinations: tuple):
-        self._destinations = destinations
+    def __init__(self, destinations: tuple, keep_open: bool = False):
+        self._destinations, self._keep_open = destinations, keep_open  # keep_open: see transforms.parking
         self._senders, self._by_name = None, None
 
     def setup(self):
         self._by_name = {d.name: d for d in self._destinations}
-        self._senders = {d.name: open_sender(d) for d in self._destinations}
+        self._senders = {d.name: (self._keep_open and parking.take(repr(d))) or open_sender(d)
+                         for d in self._destinations}
 
     def teardown(self):
-        for sender in (self._senders or {}).values():
-            sender.close()
+        for name, sender in (self._senders or {}).items():
+            if self._keep_open:
+                parking.park(repr(self._by_name[name]), sender)
+            else:
+                sender.close()
         self._senders = None
 
     def process(self, batch):
@@ -197,15 +201,18 @@ class DeliverBatchesFn(beam.DoFn):
 class ForwardToDestinations(beam.PTransform):
     """Events (with the destinations consent allows) -> delivered; returns the dead letters."""
 
-    def __init__(self, destinations: tuple, streaming: bool = False, per_bundle: bool = False):
+    def __init__(self, destinations: tuple, streaming: bool = False, local_streaming: bool = False):
+        """local_streaming: Beam's local streaming runner, whose timers do not fire and which
+        tears DoFns down after every bundle: batches per bundle, clients kept across bundles."""
         super().__init__()
-        self._destinations, self._streaming, self._per_bundle = destinations, streaming, per_bundle
+        self._destinations, self._streaming, self._local = destinations, streaming, local_streaming
 
     def expand(self, events):
         selected = (events | "SelectDeliveries" >> beam.ParDo(SelectDeliveriesFn(self._destinations))
                     .with_output_types(Tuple[Tuple[str, int], Any]))
-        batcher = BatchPerBundleFn(self._destinations) if self._per_bundle \
+        batcher = BatchPerBundleFn(self._destinations) if self._local \
             else BatchWithStateFn(self._destinations, self._streaming)
         batches = selected | "Batch" >> beam.ParDo(batcher)
-        return (batches | "Deliver" >> beam.ParDo(DeliverBatchesFn(self._destinations)).with_outputs(
-            DeliverBatchesFn.DEAD_LETTERS, main="delivered")).dead_letters
+        delivered = batches | "Deliver" >> beam.ParDo(DeliverBatchesFn(self._destinations, self._local)).with_outputs(
+            DeliverBatchesFn.DEAD_LETTERS, main="delivered")
+        return delivered.dead_letters

@@ -5,14 +5,13 @@ share the code) and each batch is written in bulk. Events the warehouse cannot t
 come back as `insert_failed` dead letters; events already stored are counted as the
 `duplicate` policy drop, so a re-run conserves without writing twice.
 """
-import threading
 import time
 from typing import Any, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
 
-from transforms import deadletter, gcpause, metrics
+from transforms import deadletter, gcpause, metrics, parking
 from transforms.messages import Rejection
 from transforms.warehouse import planner
 
@@ -45,50 +44,21 @@ def open_backend(settings: WarehouseSettings):
     raise ValueError(f"unsupported warehouse URL {settings.url!r}")
 
 
-# Beam's local streaming runner sets a DoFn up and tears it down around every bundle of about
-# ten messages; reopening the warehouse each time (DuckDB: connect and read the schema tables;
-# BigQuery: clients and dataset lookups) took most of a bundle's time. With keep_open, teardown
-# parks the backend here and the next setup takes it back; close_idle_backends() closes them
-# when the run stops. Each backend serves one DoFn instance at a time.
-_IDLE_BACKENDS: dict = {}
-_IDLE_LOCK = threading.Lock()
-
-
-def _take_idle(settings: WarehouseSettings):
-    with _IDLE_LOCK:
-        idle = _IDLE_BACKENDS.get(repr(settings))
-        return idle.pop() if idle else None
-
-
-def _park(settings: WarehouseSettings, backend) -> None:
-    with _IDLE_LOCK:
-        _IDLE_BACKENDS.setdefault(repr(settings), []).append(backend)
-
-
-def close_idle_backends() -> None:
-    """Close every parked backend (a stopped local streaming run)."""
-    with _IDLE_LOCK:
-        parked = [b for idle in _IDLE_BACKENDS.values() for b in idle]
-        _IDLE_BACKENDS.clear()
-    for backend in parked:
-        backend.close()
-
-
 class _WarehouseFn(beam.DoFn):
     """Opens the backend in setup() (never pickled with the DoFn), closes it in teardown();
-    keep_open: parks it for the next setup instead (see _IDLE_BACKENDS)."""
+    keep_open: parks it for the next setup instead (local streaming; see transforms.parking)."""
 
     def __init__(self, settings: WarehouseSettings, keep_open: bool = False):
         self._settings, self._keep_open = settings, keep_open
         self._backend = None
 
     def setup(self):
-        self._backend = (self._keep_open and _take_idle(self._settings)) or open_backend(self._settings)
+        self._backend = (self._keep_open and parking.take(repr(self._settings))) or open_backend(self._settings)
 
     def teardown(self):
         if self._backend is not None:
             if self._keep_open:
-                _park(self._settings, self._backend)
+                parking.park(repr(self._settings), self._backend)
             else:
                 self._backend.close()
             self._backend = None
@@ -182,7 +152,7 @@ class WriteWarehouse(beam.PTransform):
                  per_bundle: bool = None, keep_open: bool = False):
         super().__init__()
         self._settings, self._streaming, self._max_wait, self._per_bundle = settings, streaming, max_wait, per_bundle
-        self._keep_open = keep_open  # local streaming: see _IDLE_BACKENDS
+        self._keep_open = keep_open  # local streaming: see transforms.parking
 
     def expand(self, events):
         return (events
@@ -199,7 +169,7 @@ class WriteDeadLetters(beam.PTransform):
                  per_bundle: bool = None, keep_open: bool = False):
         super().__init__()
         self._settings, self._streaming, self._max_wait, self._per_bundle = settings, streaming, max_wait, per_bundle
-        self._keep_open = keep_open  # local streaming: see _IDLE_BACKENDS
+        self._keep_open = keep_open  # local streaming: see transforms.parking
 
     def expand(self, records):
         return (records
