@@ -71,7 +71,7 @@ def build(counters: dict) -> dict:
 
 
 _DESTINATION_COUNTS = ("candidates", "dropped_filter", "dropped_consent", "dropped_integrations", "failed",
-                       "requests", "retried", "latency_ms")
+                       "requests", "retried", "latency_us")
 
 
 def _destinations(counters: dict) -> dict:
@@ -83,8 +83,8 @@ def _destinations(counters: dict) -> dict:
     for name in sorted(names):
         counts = {kind: counters.get(f"destination.{name}.{kind}", 0) for kind in _DESTINATION_COUNTS}
         counts["delivered"] = counters.get(f"forwarded.{name}", 0)
-        total_ms = counts.pop("latency_ms")
-        counts["latency_ms_mean"] = round(total_ms / counts["requests"], 1) if counts["requests"] else None
+        total_us = counts.pop("latency_us")
+        counts["latency_ms_mean"] = round(total_us / counts["requests"] / 1000, 2) if counts["requests"] else None
         out[name] = counts
     return out
 

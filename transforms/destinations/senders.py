@@ -18,6 +18,14 @@ MAX_REDIRECTS = 3
 _FOLLOWED = (307, 308)  # they keep the method and body; 301/302/303 would turn a POST into a GET
 
 
+def _socket(address: str, port: int, timeout: float) -> socket.socket:
+    """http.client sends headers and body in two writes; without TCP_NODELAY the body waits for
+    the receiver's delayed ACK (measured: 40 ms per request on a kept-alive connection)."""
+    sock = socket.create_connection((address, port), timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """Connects to the checked address; the Host header stays the URL's host."""
 
@@ -26,7 +34,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self._address = target.address
 
     def connect(self):
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _socket(self._address, self.port, self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
@@ -35,7 +43,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self._address = target.address
 
     def connect(self):
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = _socket(self._address, self.port, self.timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 

@@ -11,16 +11,17 @@
 
 Counters per destination `d`: `destination.d.candidates` (events consent let through),
 `destination.d.dropped_filter`, `forwarded.d` (delivered), `destination.d.failed`,
-`destination.d.requests`, `destination.d.retried`, `destination.d.latency_ms` (sum; a
-distribution of the same name too). candidates == dropped_filter + forwarded + failed.
+`destination.d.requests`, `destination.d.retried`, `destination.d.latency_us` (the sum of
+request times; a distribution `destination.d.latency_ms` too). candidates == dropped_filter + forwarded + failed.
 """
 import hashlib
 import time
+from collections import Counter
 from typing import Any, NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.coders import VarIntCoder
+from apache_beam.coders import TupleCoder, VarIntCoder
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -51,22 +52,31 @@ def _shard(message_id: str) -> int:
 class SelectDeliveriesFn(beam.DoFn):
     def __init__(self, destinations: tuple):
         self._destinations = destinations
-        self._compiled = None
+        self._compiled, self._counts = None, None
 
     def setup(self):
-        self._compiled = [(d.name, Matcher(d), mapping.compile_mapping(d.mapping)) for d in self._destinations]
+        self._compiled = [(d.name, Matcher(d), mapping.compile_mapping(d.mapping),
+                           f"destination.{d.name}.candidates", f"destination.{d.name}.dropped_filter")
+                          for d in self._destinations]
+
+    def start_bundle(self):
+        self._counts = Counter()  # summed here, flushed once a bundle (a Beam counter per event costs)
+
+    def finish_bundle(self):
+        for name, value in self._counts.items():
+            metrics.inc(name, value)
 
     def process(self, event):
         allowed = event.destinations
         if not allowed:
             return
         now, message_id, slim = time.time(), event.body.get("messageId", ""), None
-        for name, matches, build in self._compiled:
+        for name, matches, build, candidates, filtered in self._compiled:
             if name not in allowed:
                 continue
-            metrics.inc(f"destination.{name}.candidates")
+            self._counts[candidates] += 1
             if not matches(event.body):
-                metrics.inc(f"destination.{name}.dropped_filter")
+                self._counts[filtered] += 1
                 continue
             slim = slim or event._replace(body={})
             yield (name, _shard(message_id)), Delivery(name, jsonutil.dumps(build(event.body)), message_id, slim, now)
@@ -85,8 +95,7 @@ class _Limits:
 class BatchWithStateFn(beam.DoFn):
     """Batches per (destination, shard) key in state; see the module docstring."""
     BUFFER = BagStateSpec("buffer", beam.coders.PickleCoder())
-    COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
-    SIZE = ReadModifyWriteStateSpec("size", VarIntCoder())
+    HELD = ReadModifyWriteStateSpec("held", TupleCoder((VarIntCoder(), VarIntCoder())))  # (events, bytes)
     WAITED = TimerSpec("waited", TimeDomain.REAL_TIME)
     END = TimerSpec("end", TimeDomain.WATERMARK)
 
@@ -96,35 +105,33 @@ class BatchWithStateFn(beam.DoFn):
         self._waits = {d.name: d.batch.max_wait_seconds for d in destinations}
 
     def process(self, element, w=beam.DoFn.WindowParam, buffer=beam.DoFn.StateParam(BUFFER),
-                count=beam.DoFn.StateParam(COUNT), size=beam.DoFn.StateParam(SIZE),
-                waited=beam.DoFn.TimerParam(WAITED), end=beam.DoFn.TimerParam(END)):
+                held=beam.DoFn.StateParam(HELD), waited=beam.DoFn.TimerParam(WAITED),
+                end=beam.DoFn.TimerParam(END)):
         (name, _), delivery = element
-        held, held_bytes = count.read() or 0, size.read() or 0
-        if self._limits.full_after(name, held, held_bytes, delivery):
-            yield from self._flush(name, buffer, count, size)
-            held, held_bytes = 0, 0
-        if held == 0:
+        count, size = held.read() or (0, 0)
+        if self._limits.full_after(name, count, size, delivery):
+            yield from self._flush(name, buffer, held)
+            count, size = 0, 0
+        if count == 0:
             end.set(w.max_timestamp())
             if self._streaming:
                 waited.set(self._clock() + self._waits[name])
         buffer.add(delivery)
-        count.write(held + 1)
-        size.write(held_bytes + len(delivery.payload) + 1)
+        held.write((count + 1, size + len(delivery.payload) + 1))
 
     @on_timer(WAITED)
     def on_waited(self, key=beam.DoFn.KeyParam, buffer=beam.DoFn.StateParam(BUFFER),
-                  count=beam.DoFn.StateParam(COUNT), size=beam.DoFn.StateParam(SIZE)):
-        yield from self._flush(key[0], buffer, count, size)
+                  held=beam.DoFn.StateParam(HELD)):
+        yield from self._flush(key[0], buffer, held)
 
     @on_timer(END)
-    def on_end(self, key=beam.DoFn.KeyParam, buffer=beam.DoFn.StateParam(BUFFER),
-               count=beam.DoFn.StateParam(COUNT), size=beam.DoFn.StateParam(SIZE)):
-        yield from self._flush(key[0], buffer, count, size)
+    def on_end(self, key=beam.DoFn.KeyParam, buffer=beam.DoFn.StateParam(BUFFER), held=beam.DoFn.StateParam(HELD)):
+        yield from self._flush(key[0], buffer, held)
 
     @staticmethod
-    def _flush(name, buffer, count, size):
+    def _flush(name, buffer, held):
         batch = list(buffer.read())
-        buffer.clear(), count.clear(), size.clear()
+        buffer.clear(), held.clear()
         if batch:
             yield name, batch
 
@@ -185,7 +192,7 @@ class DeliverBatchesFn(beam.DoFn):
                          on_retry=lambda _: metrics.inc(f"destination.{name}.retried"))
         metrics.inc(f"destination.{name}.requests", result.attempts)
         for seconds in result.latencies:
-            metrics.inc(f"destination.{name}.latency_ms", int(seconds * 1000))
+            metrics.inc(f"destination.{name}.latency_us", int(seconds * 1_000_000))
             metrics.distribution(f"destination.{name}.latency_ms", int(seconds * 1000))
         if result.delivered:
             metrics.inc(f"forwarded.{name}", len(deliveries))
