@@ -23,7 +23,8 @@ def write_config(tmp_path, url, **overrides) -> str:
                    "signing_secret": {"env": "CRM_SIGNING_SECRET"},
                    "types": ["track", "identify", "page"],
                    "mapping": {"id": {"@path": "$.messageId"}, "type": {"@path": "$.type"},
-                               "event": {"@path": "$.event"}, "user": {"@path": "$.userId"}, "source": "sluice"},
+                               "event": {"@path": "$.event"}, "user": {"@path": "$.userId"}, "source": "sluice",
+                               "note": {"@path": "$.properties.note"}},
                    "batch": {"max_events": 3, "max_bytes": 1024, "max_wait_seconds": 1},
                    "retry": {"max_attempts": 6, "initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.2}}
     destination.update(overrides)
@@ -42,7 +43,7 @@ def write_events(tmp_path, destination: str = "crm") -> tuple:
     """(input path, message ids the destination must get): tracks, identifies and pages go;
     groups are not its type; one event opts out through `integrations`; one is invalid."""
     events = ([{"type": "track", "event": f"Order {i}", "userId": f"u{i}", "messageId": f"t{i}",
-                "properties": {"total": i, "note": "x" * (i * 7)}} for i in range(30)]
+                "properties": {"total": i, "note": "x" * (i * 15)}} for i in range(30)]
               + [{"type": "identify", "userId": f"u{i}", "messageId": f"i{i}", "traits": {"plan": "pro"}}
                  for i in range(10)]
               + [{"type": "page", "userId": "u1", "name": "Home", "messageId": f"p{i}"} for i in range(5)]
@@ -72,6 +73,9 @@ def test_every_event_is_delivered_once_through_503s_and_a_429(tmp_path, secrets_
         assert signing.verify(SECRET, request.headers["X-Sluice-Signature"], request.body)
         assert request.headers["Authorization"] == f"Bearer {TOKEN}" and request.headers["X-Team"] == "growth"
         assert all(p["source"] == "sluice" and ("event" in p) == (p["type"] == "track") for p in batch)
+    # payloads of up to ~500 bytes: three would pass 1 KB, so the byte limit cut batches
+    assert max(len(r.body) for r in receiver.requests) > 700 and any(
+        len(json.loads(r.body)["batch"]) < 3 and len(r.body) + 500 > 1024 for r in receiver.requests)
     # The 429's Retry-After was honoured: its batch came back no sooner than a second later.
     throttled = next(r for r in receiver.requests if r.status == 429)
     retry = next(r for r in receiver.requests if r.at > throttled.at and

@@ -31,10 +31,11 @@ from transforms import deadletter, jsonutil, metrics, parking
 from transforms.destinations import mapping
 from transforms.destinations.delivery import deliver
 from transforms.destinations.model import Matcher
-from transforms.destinations.senders import open_sender
+from transforms.destinations.senders import batch_body, open_sender
 from transforms.messages import Rejection
 
 SHARDS = 4
+ENVELOPE = batch_body([])  # b'{"batch":[]}': the body's bytes besides the payloads and commas
 
 
 class Delivery(NamedTuple):
@@ -87,9 +88,12 @@ class _Limits:
         self._by_name = {d.name: d.batch for d in destinations}
 
     def full_after(self, name: str, count: int, size: int, delivery: Delivery) -> bool:
-        """Whether a batch of count/size cannot take `delivery` (a lone delivery always fits)."""
+        """Whether a batch of `count` payloads (`size`: their bytes plus one separator each)
+        cannot take `delivery`: the request body, {"batch":[...]}, would pass max_bytes. A lone
+        delivery always fits."""
         limits = self._by_name[name]
-        return count > 0 and (count + 1 > limits.max_events or size + len(delivery.payload) + 1 > limits.max_bytes)
+        return count > 0 and (count + 1 > limits.max_events
+                              or size + len(delivery.payload) + len(ENVELOPE) > limits.max_bytes)
 
 
 class BatchWithStateFn(beam.DoFn):
