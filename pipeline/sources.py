@@ -1,6 +1,7 @@
 """Input sources: each yields RawMessage, so every input shares one pipeline."""
 import os
 import re
+from datetime import datetime, timezone
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -37,14 +38,21 @@ class ReadLinesFn(beam.DoFn):
 
     Lines are bytes, so a line that is not UTF-8 reaches Decode and becomes a dead letter
     instead of failing the read; the line number makes each message's dead letter its own.
-    received_at stays unset: Decode stamps the read time.
+
+    received_at is the file's last modification time (when its data arrived), so an event
+    without times of its own gets the same receivedAt and timestamp on every re-run of a
+    backfill, and the warehouse finds it again (BigQuery's re-run check is pruned by
+    timestamp). Without a modification time Decode stamps the read time.
     """
 
     def process(self, readable_file):
-        source = "file:" + readable_file.metadata.path
+        metadata = readable_file.metadata
+        source = "file:" + metadata.path
+        modified = getattr(metadata, "last_updated_in_seconds", None)
+        received_at = format_time(datetime.fromtimestamp(modified, timezone.utc)) if modified else None
         with readable_file.open() as handle:  # decompresses .gz by extension
             for number, line in enumerate(iter(handle.readline, b""), 1):
-                yield RawMessage(line.rstrip(b"\r\n"), {}, source, None, str(number))
+                yield RawMessage(line.rstrip(b"\r\n"), {}, source, received_at, str(number))
 
 
 class ReadInputFiles(beam.PTransform):

@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from tests.integration.emulators import BigQueryEmulator, PubSubEmulator
+from tests.integration.emulators import BigQueryEmulator, GcsEmulator, PubSubEmulator
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +31,19 @@ def dataset_name():
 def pubsub_emulator(tmp_path_factory):
     with PubSubEmulator(tmp_path_factory.mktemp("pubsub")) as emulator:
         yield emulator
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    with GcsEmulator(tmp_path_factory.mktemp("gcs")) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, monkeypatch):
+    """(bucket name, client): a fresh bucket; STORAGE_EMULATOR_HOST set for this test and its children."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
+    client = gcs_emulator.client()
+    name = "sluice-" + uuid.uuid4().hex[:12]
+    client.create_bucket(name)
+    return name, client

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -135,6 +136,57 @@ class BigQueryEmulator:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+            self._process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class GcsEmulator:
+    """`with GcsEmulator(workdir) as gcs:` -> gcs.endpoint for STORAGE_EMULATOR_HOST.
+
+    PyPI's gcp-storage-emulator (a test dependency in setup.py), in memory, in its own process;
+    google-cloud-storage (and so Beam's gs:// filesystem) talks to it when STORAGE_EMULATOR_HOST
+    is set, with anonymous credentials."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._process = None
+
+    def start(self) -> "GcsEmulator":
+        command = Path(sys.executable).parent / "gcp-storage-emulator"
+        if not command.exists():
+            raise EmulatorMissing(f"{command} is missing: `make test` installs it (setup.py's test extra)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / "gcs-emulator.log"
+        self._process = subprocess.Popen([str(command), "start", "--host", "127.0.0.1", "--port", str(self.port),
+                                          "--in-memory"], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        _wait_for(f"{self.endpoint}/storage/v1/b", self._process, log)
+        return self
+
+    def client(self):
+        """A storage client on the emulator (the caller sets STORAGE_EMULATOR_HOST)."""
+        from google.cloud import storage
+        client = storage.Client.create_anonymous_client()
+        client.project = PROJECT
+        return client
+
+    def stop(self) -> None:
+        if self._process is not None:
+            try:
+                os.killpg(self._process.pid, signal.SIGTERM)
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+            except ProcessLookupError:
+                pass
             self._process = None
 
     def __enter__(self):

@@ -153,6 +153,16 @@ class BigQueryWarehouse:
         self.calls["jobs.query"] += 1
         return [row.message_id for row in self._client.query_and_wait(sql, job_config=config, retry=self.retry)]
 
+    def _stored_dead_letters(self, ids: list) -> set:
+        """Dead-letter ids already in _dead_letters (a backfill re-run reads the same bad lines).
+        Not pruned by time: a dead letter's failed_at differs run to run, and the table is small."""
+        from google.cloud import bigquery
+        config = bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", ids)])
+        sql = (f"SELECT DISTINCT dead_letter_id FROM `{self._tables.ref(planner.DEAD_LETTER_TABLE)}` "
+               "WHERE dead_letter_id IN UNNEST(@ids)")
+        self.calls["jobs.query"] += 1
+        return {row.dead_letter_id for row in self._client.query_and_wait(sql, job_config=config, retry=self.retry)}
+
     def _write(self, items: list, events: list, result: WriteResult) -> dict:
         """Write (event index, TableRow) items; return {event index: error} for refused ones."""
         by_table = defaultdict(list)
@@ -289,6 +299,11 @@ class BigQueryWarehouse:
         id: a re-read of the same bad line within the window is stored once."""
         table = planner.DEAD_LETTER_TABLE
         self._tables.ensure(table, [planner.Column(n, t, "$" + n) for n, t in planner.DEAD_LETTER_COLUMNS])
+        if self.write_method == "load":  # a batch run, maybe a re-run: insertIds only dedupe for a minute
+            stored = self._stored_dead_letters([r["dead_letter_id"] for r in records])
+            records = [r for r in records if r["dead_letter_id"] not in stored]
+            if not records:
+                return 0
         loaded_at = format_time(datetime.now(timezone.utc))
         rows = []
         for record in records:
