@@ -14,10 +14,10 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipeline import config as config_module
 from pipeline import contracts as contracts_module
 from pipeline import options as options_module
-from pipeline import sources, streaming, summary as summary_module
+from pipeline import replay, sources, streaming, summary as summary_module
 from pipeline.config import Config
 from pipeline.errors import UsageError
-from pipeline.graph import build_warehouse_graph
+from pipeline.graph import build_warehouse_graph, warehouse_settings
 from transforms import metrics, parking
 from transforms.destinations import model as destination_model
 from transforms.rules import udf
@@ -50,9 +50,10 @@ def _source(sluice_options, pipeline_options) -> tuple:
     return sources.ReadPubSubMessages(subscription, topic), True
 
 
-def check(sluice_options, pipeline_options) -> RunPlan:
-    """Validate options and config; raise UsageError naming the first mistake."""
-    source, streaming = _source(sluice_options, pipeline_options)
+def check(sluice_options, pipeline_options, replaying: bool = False) -> RunPlan:
+    """Validate options and config; raise UsageError naming the first mistake. replaying: a
+    replay run, a batch run whose source (dead letters) the caller sets on the plan."""
+    source, streaming = (None, False) if replaying else _source(sluice_options, pipeline_options)
     kind = options_module.parse_warehouse_url(sluice_options.warehouse)
     options_module.check_runner(pipeline_options, kind)
     config = contracts_module.load(config_module.load(sluice_options.config), sluice_options.config)
@@ -117,7 +118,10 @@ def run(argv: list) -> dict:
     """Run a job (batch: to the end; streaming: until SIGINT/SIGTERM); return its summary.
     Raises UsageError before building anything."""
     sluice_options, pipeline_options = options_module.parse_args(argv)
-    plan = check(sluice_options, pipeline_options)
+    return execute(check(sluice_options, pipeline_options), pipeline_options)
+
+
+def execute(plan: RunPlan, pipeline_options) -> dict:
     local = not pipeline_options.view_as(StandardOptions).runner
     pipeline = beam.Pipeline(runner=_runner(local, plan.streaming), options=pipeline_options)
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
@@ -138,6 +142,25 @@ def run(argv: list) -> dict:
     return summary
 
 
+def run_replay(argv: list) -> dict:
+    """`replay`: the dead letters a selection names, through the pipeline again; on success
+    they are recorded as replayed. The summary gains `replayed` (how many were recorded)."""
+    selection, files, rest = replay.parse_replay_args(argv)
+    run_id, started_at = replay.new_run()
+    selection = selection._replace(before=started_at)
+    sluice_options, pipeline_options = options_module.parse_args(rest)
+    if files:
+        sources.check_input_files(files)
+    plan = check(sluice_options, pipeline_options, replaying=True)
+    settings = warehouse_settings(plan.warehouse_url, plan.config, **plan.backend)
+    plan = plan._replace(source=replay.ReadDeadLetters(settings, selection, run_id, files))
+    summary = execute(plan, pipeline_options)
+    ids = replay.replayed_ids(settings, selection, files)
+    replay.record(settings, ids, run_id)
+    summary["replayed"] = len(ids)
+    return summary
+
+
 def main(argv=None) -> int:
     code = _main(argv)
     if streaming.stopped_local_run.is_set():
@@ -147,16 +170,19 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    replaying = bool(argv) and argv[0] == "replay"
     if "--help" in argv or "-h" in argv:
-        print(options_module.help_text())
+        print(replay.__doc__ if replaying else options_module.help_text())
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = run(argv)
+        summary = run_replay(argv[1:]) if replaying else run(argv)
     except UsageError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
     print(summary_module.format_table(summary))
+    if replaying:
+        print(f"replayed {summary['replayed']:,} dead letters (recorded in _replays)")
     if not summary["conservation"]["holds"]:
         print("sluice: error: conservation check failed; see the summary above", file=sys.stderr)
         return 1

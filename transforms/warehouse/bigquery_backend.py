@@ -20,6 +20,7 @@ never lost. An event's first row (tracks, identifies, pages, ...) is written bef
 other rows (its event table, users); only events whose first row landed get the others.
 """
 import io
+import json
 import logging
 import time
 import uuid
@@ -30,7 +31,7 @@ from google.api_core import exceptions
 
 from transforms import jsonutil
 from transforms.timeutil import format_time
-from transforms.warehouse import bigquery_schema as bq, layout, planner, retry
+from transforms.warehouse import bigquery_schema as bq, layout, planner, replays, retry
 from transforms.warehouse.bigquery_tables import BigQueryTables, Replan
 from transforms.warehouse.result import WriteResult
 
@@ -152,6 +153,60 @@ class BigQueryWarehouse:
                "WHERE message_id IN UNNEST(@keys) AND timestamp BETWEEN @low AND @high")
         self.calls["jobs.query"] += 1
         return [row.message_id for row in self._client.query_and_wait(sql, job_config=config, retry=self.retry)]
+
+    def select_dead_letters(self, selection) -> list:
+        """Dead-letter records (dicts, times as ISO strings) a replay selection names."""
+        from google.cloud import bigquery
+        self._tables.ensure(replays.REPLAYS_TABLE,
+                            [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
+        if self._tables.schema(planner.DEAD_LETTER_TABLE) is None:
+            return []
+        where, params = selection.where()
+        sql = (f"SELECT * FROM `{self._tables.ref(planner.DEAD_LETTER_TABLE)}` WHERE "
+               + where.replace(f"FROM {replays.REPLAYS_TABLE}", f"FROM `{self._tables.ref(replays.REPLAYS_TABLE)}`"))
+        query_params = [bigquery.ArrayQueryParameter(name, "STRING", value) if kind.startswith("ARRAY")
+                        else bigquery.ScalarQueryParameter(name, kind, value) for name, (kind, value) in params.items()]
+        self.calls["jobs.query"] += 1
+        rows = self._client.query_and_wait(sql, job_config=bigquery.QueryJobConfig(query_parameters=query_params),
+                                           retry=self.retry)
+        records = []
+        for row in rows:
+            record = dict(row.items())
+            for name in ("error_details", "attributes"):
+                if isinstance(record.get(name), str):
+                    record[name] = json.loads(record[name])
+            for name in ("received_at", "failed_at", "loaded_at"):
+                if isinstance(record.get(name), datetime):
+                    record[name] = format_time(record[name])
+            if selection.keeps_source(record.get("source")):
+                records.append(record)
+        return records
+
+    def replayed(self, ids: list) -> set:
+        """Which of these dead letters were replayed already."""
+        from google.cloud import bigquery
+        self._tables.ensure(replays.REPLAYS_TABLE,
+                            [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
+        if not ids:
+            return set()
+        config = bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", list(ids))])
+        sql = (f"SELECT DISTINCT dead_letter_id FROM `{self._tables.ref(replays.REPLAYS_TABLE)}` "
+               "WHERE dead_letter_id IN UNNEST(@ids)")
+        self.calls["jobs.query"] += 1
+        return {row.dead_letter_id for row in self._client.query_and_wait(sql, job_config=config, retry=self.retry)}
+
+    def record_replays(self, ids: list, run: str) -> int:
+        """Remember that these dead letters were replayed (insertAll, insertId = the id)."""
+        if not ids:
+            return 0
+        self._tables.ensure(replays.REPLAYS_TABLE,
+                            [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
+        now = format_time(datetime.now(timezone.utc))
+        rows = [{"dead_letter_id": i, "replayed_at": now, "replay_run": run} for i in ids]
+        refused = self._insert(replays.REPLAYS_TABLE, rows, list(ids), set())
+        if refused:
+            raise RuntimeError(f"BigQuery refused {len(refused)} replay records: {next(iter(refused.values()))}")
+        return len(rows)
 
     def _stored_dead_letters(self, ids: list) -> set:
         """Dead-letter ids already in _dead_letters (a backfill re-run reads the same bad lines).

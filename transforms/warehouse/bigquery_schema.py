@@ -39,6 +39,8 @@ def clustering(table: str) -> list:
         return ["id"]
     if table == planner.DEAD_LETTER_TABLE:
         return ["error_stage", "error_type"]
+    if table == "_replays":
+        return ["dead_letter_id"]
     names = {c.name for c in planner.fixed_columns(table)}
     return ["event", "user_id"] if "event" in names else ["user_id"]
 
@@ -46,7 +48,7 @@ def clustering(table: str) -> list:
 def new_table(ref: str, table: str, columns) -> bigquery.Table:
     """A table as Sluice creates it: partitioned by day on its time, clustered by event / user."""
     created = bigquery.Table(ref, schema=[field(c) for c in columns])
-    time_field = "failed_at" if table == planner.DEAD_LETTER_TABLE else "timestamp"
+    time_field = {planner.DEAD_LETTER_TABLE: "failed_at", "_replays": "replayed_at"}.get(table, "timestamp")
     created.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field=time_field)
     created.clustering_fields = clustering(table)
     created.description = "Written by Sluice; each column's description is the JSON pointer its values come from."

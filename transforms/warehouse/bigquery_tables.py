@@ -109,6 +109,8 @@ class BigQueryTables:
         return updated
 
     def _create_view(self, table: str, columns) -> None:
+        if table == "_replays":  # bookkeeping of replay runs: no view
+            return
         if table == "users":
             self._replace_view("users_view", bq.users_view_sql(self.ref(table), columns))
         else:

@@ -9,6 +9,7 @@ A batch is written in one transaction: existing keys are looked up, schema chang
 applied, then each table's rows are inserted as one Arrow table. If the transaction
 fails, the batch is retried one event at a time so one bad event cannot sink the rest.
 """
+import json
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from transforms.timeutil import format_time
-from transforms.warehouse import layout, planner
+from transforms.warehouse import layout, planner, replays
 from transforms.warehouse.result import WriteResult
 
 SQL_TYPES = {planner.BOOL: "BOOLEAN", planner.INT64: "BIGINT", planner.FLOAT64: "DOUBLE",
@@ -92,6 +93,18 @@ def _registered(conn, name: str, table: pa.Table):
 
 class _Replan(Exception):
     """A widening was refused after planning; plan the batch again without it."""
+
+
+def _as_record(row: dict) -> dict:
+    """A _dead_letters row as the dead-letter record it was written from."""
+    record = dict(row)
+    for name in ("error_details", "attributes"):
+        if isinstance(record.get(name), str):
+            record[name] = json.loads(record[name])
+    for name in ("received_at", "failed_at", "loaded_at"):
+        if isinstance(record.get(name), datetime):
+            record[name] = format_time(record[name])
+    return record
 
 
 def _time_or_none(value):
@@ -273,6 +286,46 @@ class DuckDBWarehouse:
                                      {"loaded_at": loaded_at}).fetchone()[0]
 
     # -- dead letters ------------------------------------------------------------------
+    def select_dead_letters(self, selection) -> list:
+        """Dead-letter records (dicts, times as ISO strings) a replay selection names."""
+        where, params = selection.where()
+        sql = f"SELECT * FROM {DEAD_LETTER_TABLE} WHERE " + where.replace("IN UNNEST(@error_types)",
+                                                                           "IN (SELECT unnest(@error_types))")
+        sql = sql.replace("@", "$")
+        with self._db.lock:
+            self._ensure_replays()
+            cursor = self._db.conn.execute(sql, {name: value for name, (_, value) in params.items()})
+            names = [d[0] for d in cursor.description]
+            found = [dict(zip(names, row)) for row in cursor.fetchall()]
+        return [_as_record(r) for r in found if selection.keeps_source(r["source"])]
+
+    def record_replays(self, ids: list, run: str) -> int:
+        """Remember that these dead letters were replayed (by run `run`)."""
+        if not ids:
+            return 0
+        table = pa.table({"dead_letter_id": pa.array(ids, pa.string()),
+                          "replayed_at": pa.array([datetime.now(timezone.utc)] * len(ids), pa.timestamp("us", "UTC")),
+                          "replay_run": pa.array([run] * len(ids), pa.string())})
+        with self._db.lock:
+            self._ensure_replays()
+            with _registered(self._db.conn, "_sluice_replays", table):
+                return self._db.conn.execute(f"INSERT OR IGNORE INTO {replays.REPLAYS_TABLE} BY NAME "
+                                             "SELECT * FROM _sluice_replays").fetchone()[0]
+
+    def replayed(self, ids: list) -> set:
+        """Which of these dead letters were replayed already."""
+        if not ids:
+            return set()
+        with self._db.lock:
+            self._ensure_replays()
+            rows = self._db.conn.execute(f"SELECT dead_letter_id FROM {replays.REPLAYS_TABLE} "
+                                         "WHERE dead_letter_id IN (SELECT unnest($ids))", {"ids": list(ids)}).fetchall()
+        return {row[0] for row in rows}
+
+    def _ensure_replays(self) -> None:
+        self._db.conn.execute(f"CREATE TABLE IF NOT EXISTS {replays.REPLAYS_TABLE} (dead_letter_id VARCHAR PRIMARY KEY, "
+                              "replayed_at TIMESTAMPTZ, replay_run VARCHAR)")
+
     def write_dead_letters(self, records: list) -> int:
         """Insert dead-letter records; the same dead letter read twice is stored once."""
         loaded_at = datetime.now(timezone.utc)

@@ -1,6 +1,6 @@
 """Backfills from gs:// on the GCS emulator: globs over date-partitioned folders, .gz files,
 batch envelopes and one-event-per-line files; a re-run over the same files stores nothing
-twice, in DuckDB and in the BigQuery emulator."""
+twice, in DuckDB and in the BigQuery emulator. And replay on the BigQuery emulator."""
 import gzip
 import json
 
@@ -76,3 +76,25 @@ def test_a_bigquery_backfill_from_gcs_reruns_without_duplicates(tmp_path, backfi
     assert (counts["n"], counts["d"]) == (22, 22)
     letters = query(bigquery_client, f"SELECT count(*) AS n FROM `{dataset_name}._dead_letters`")[0]["n"]
     assert letters == 1
+
+
+def test_replay_on_bigquery_stores_a_fixed_event_once(tmp_path, bigquery_emulator, bigquery_client, dataset_name):
+    """The replay path on the BigQuery emulator: select, replay, record in _replays."""
+    from pipeline.main import run_replay
+    from tests.replay.test_replay import CONTRACT, EVENTS
+    (tmp_path / "contracts" / "track").mkdir(parents=True)
+    contract = tmp_path / "contracts" / "track" / "order_completed.json"
+    contract.write_text(json.dumps(CONTRACT))
+    (tmp_path / "sluice.yaml").write_text("contracts:\n  directory: contracts\n  violations: block\n")
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in EVENTS))
+    common = ["--config", str(tmp_path / "sluice.yaml"), "--bigquery_endpoint", bigquery_emulator.endpoint,
+              "--warehouse", f"bigquery://{bigquery_emulator.project}/{dataset_name}"]
+    assert run(["--input_files", str(tmp_path / "events.jsonl"), *common])["dead_lettered"] == {"contract_violation": 2}
+    contract.write_text(json.dumps({"type": "object"}))
+    replayed = run_replay(common)
+    assert (replayed["replayed"], replayed["stored"]) == (2, 2)
+    assert run_replay(common)["replayed"] == 0
+    stored = query(bigquery_client, f"SELECT message_id FROM `{dataset_name}.order_completed` ORDER BY 1")
+    assert [r["message_id"] for r in stored] == ["good", "in-batch", "string-total"]
+    schema = bigquery_client.get_table(f"{dataset_name}._replays")
+    assert schema.clustering_fields == ["dead_letter_id"] and schema.time_partitioning.field == "replayed_at"

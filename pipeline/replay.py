@@ -1,0 +1,182 @@
+"""`python -m pipeline replay`: send dead letters' original payloads through the pipeline again,
+once their cause is fixed (a contract, the config, a destination).
+
+    python -m pipeline replay --warehouse URL [--config PATH] [--error_type T,T] [--since TIME]
+        [--until TIME] [--source GLOB] [--dead_letter_files PATTERN] [Beam options]
+
+Dead letters come from the warehouse's `_dead_letters` table, or from dead-letter files
+(newline-delimited JSON records, e.g. an export) with --dead_letter_files; both are read by
+the pipeline's workers, not here. Each record becomes the message it was: its payload bytes,
+its attributes plus `sluice_replay_of`, its source and receive time. A `delivery_failed`
+record is replayed to its destination only (its `integrations` narrowed to it).
+
+After the run succeeds, the replayed dead letters are recorded in `_replays`, and a later
+replay skips them. A record that fails again becomes a new dead letter with its new error
+(its position names this replay run, so it is a row of its own and can be replayed later).
+Only dead letters that failed before the replay started are selected.
+"""
+import argparse
+import json
+import uuid
+from datetime import datetime, timezone
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.errors import UsageError
+from transforms import deadletter
+from transforms.messages import RawMessage
+from transforms.timeutil import format_time, parse_time
+from transforms.warehouse.replays import Selection
+from transforms.warehouse.sink import open_backend
+
+REPLAY_ATTRIBUTE = "sluice_replay_of"
+
+
+def parse_replay_args(argv: list) -> tuple:
+    """(Selection without `before`, dead-letter file pattern or None, the remaining argv)."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline replay", add_help=False, allow_abbrev=False)
+    parser.add_argument("--error_type", default="")
+    parser.add_argument("--since")
+    parser.add_argument("--until")
+    parser.add_argument("--source")
+    parser.add_argument("--dead_letter_files")
+    known, rest = parser.parse_known_args(argv)
+    for name in ("input_files", "input_subscription", "input_topic"):
+        if any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in rest):
+            raise UsageError(f"--{name}: replay reads dead letters (from --warehouse, or --dead_letter_files)")
+    times = {}
+    for name in ("since", "until"):
+        value = getattr(known, name)
+        try:
+            times[name] = format_time(parse_time(value)) if value is not None else None
+        except ValueError:
+            raise UsageError(f"--{name} {value!r}: expected an ISO-8601 time such as 2026-11-25T00:00:00Z") from None
+    types = tuple(t.strip() for t in known.error_type.split(",") if t.strip())
+    selection = Selection("", types, times["since"], times["until"], known.source)
+    return selection, known.dead_letter_files, rest
+
+
+def to_raw_message(record: dict, run: str) -> RawMessage:
+    """The message a dead-letter record was made from, marked as this run's replay of it."""
+    data = deadletter.decode_payload(record["payload"], record.get("payload_encoding") or "utf-8")
+    if record.get("error_stage") == "forwarding" and record.get("destination"):
+        data = _only_to(data, record["destination"])
+    attributes = {**(record.get("attributes") or {}), REPLAY_ATTRIBUTE: record["dead_letter_id"]}
+    position = f"replay:{record['dead_letter_id']}:{run}"
+    return RawMessage(data, attributes, record.get("source") or "replay", record.get("received_at"), position)
+
+
+def _only_to(data: bytes, destination: str) -> bytes:
+    """The event with its integrations object narrowed to one destination."""
+    event = json.loads(data)
+    event["integrations"] = {"All": False, destination: True}
+    return json.dumps(event).encode("utf-8")
+
+
+class SelectDeadLettersFn(beam.DoFn):
+    """The selection, read from the warehouse by a worker, as RawMessages."""
+
+    def __init__(self, settings, selection: Selection, run: str):
+        self._settings, self._selection, self._run = settings, selection, run
+
+    def process(self, _):
+        backend = open_backend(self._settings)
+        try:
+            records = backend.select_dead_letters(self._selection)
+        finally:
+            backend.close()
+        for record in records:
+            yield to_raw_message(record, self._run)
+
+
+def read_records(handle):
+    """Dead-letter records of a file, as the warehouse would give them back: JSON columns as
+    objects (an export may hold them as strings), times in the canonical UTC form."""
+    for line in iter(handle.readline, b""):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        for name in ("attributes", "error_details"):
+            if isinstance(record.get(name), str):
+                record[name] = json.loads(record[name])
+        for name in ("received_at", "failed_at"):
+            if record.get(name):
+                record[name] = format_time(parse_time(str(record[name]).replace(" ", "T", 1)))
+        yield record
+
+
+def keeps(selection: Selection, record: dict) -> bool:
+    """A dead-letter file record against the selection (the warehouse applies it in SQL)."""
+    failed_at = record.get("failed_at") or ""
+    return ((not selection.error_types or record.get("error_type") in selection.error_types)
+            and (selection.since is None or failed_at >= selection.since)
+            and (selection.until is None or failed_at < selection.until)
+            and failed_at < selection.before and selection.keeps_source(record.get("source")))
+
+
+class ReadDeadLetterFilesFn(beam.DoFn):
+    """Records of dead-letter files in the selection and not replayed yet, as RawMessages."""
+
+    def __init__(self, settings, selection: Selection, run: str):
+        self._settings, self._selection, self._run = settings, selection, run
+
+    def process(self, readable_file):
+        with readable_file.open() as handle:
+            records = [r for r in read_records(handle) if keeps(self._selection, r)]
+        backend = open_backend(self._settings)
+        try:
+            done = backend.replayed([r["dead_letter_id"] for r in records])
+        finally:
+            backend.close()
+        for record in records:
+            if record["dead_letter_id"] not in done:
+                yield to_raw_message(record, self._run)
+
+
+class ReadDeadLetters(beam.PTransform):
+    """The dead letters to replay, as RawMessages: from the warehouse, or from files."""
+
+    def __init__(self, settings, selection: Selection, run: str, files: str = None):
+        super().__init__()
+        self._settings, self._selection, self._run, self._files = settings, selection, run, files
+
+    def expand(self, pbegin):
+        if self._files:
+            messages = (pbegin | "Patterns" >> beam.Create([self._files]) | "Match" >> fileio.MatchAll()
+                        | "Open" >> fileio.ReadMatches()
+                        | "ReadRecords" >> beam.ParDo(ReadDeadLetterFilesFn(self._settings, self._selection, self._run)))
+        else:
+            messages = (pbegin | "Start" >> beam.Create([None])
+                        | "Select" >> beam.ParDo(SelectDeadLettersFn(self._settings, self._selection, self._run)))
+        return messages | "Spread" >> beam.Reshuffle()
+
+
+def new_run() -> tuple:
+    """(run id, the replay's start time: only dead letters that failed before it are selected)."""
+    return uuid.uuid4().hex[:12], format_time(datetime.now(timezone.utc))
+
+
+def replayed_ids(settings, selection: Selection, files: str = None) -> list:
+    """After a successful run: the ids it replayed (the same selection, read again)."""
+    backend = open_backend(settings)
+    try:
+        if not files:
+            return [r["dead_letter_id"] for r in backend.select_dead_letters(selection)]
+        ids = []
+        for match in FileSystems.match([files])[0].metadata_list:
+            with FileSystems.open(match.path) as handle:
+                ids += [r["dead_letter_id"] for r in read_records(handle) if keeps(selection, r)]
+        done = backend.replayed(ids)
+        return [i for i in ids if i not in done]
+    finally:
+        backend.close()
+
+
+def record(settings, ids: list, run: str) -> int:
+    backend = open_backend(settings)
+    try:
+        return backend.record_replays(ids, run)
+    finally:
+        backend.close()

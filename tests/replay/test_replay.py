@@ -1,0 +1,108 @@
+"""`python -m pipeline replay`, end to end: an event blocked by its contract is replayed once
+the contract is fixed and is stored once; replayed dead letters are not replayed twice; a
+record that fails again is a new dead letter with its new error."""
+import json
+
+import duckdb
+import pytest
+
+from pipeline.main import main, run, run_replay
+from pipeline.errors import UsageError
+from tests.conftest import rows
+
+CONTRACT = {"type": "object", "properties": {"properties": {
+    "type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}}}
+EVENTS = [
+    {"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "good", "properties": {"total": 5}},
+    {"type": "track", "event": "Order Completed", "userId": "u2", "messageId": "string-total",
+     "properties": {"total": "12.50"}},
+    {"batch": [{"type": "track", "event": "Order Completed", "userId": "u3", "messageId": "in-batch",
+                "properties": {"total": "7"}}]},
+]
+
+
+@pytest.fixture
+def blocked(tmp_path):
+    """A run whose contract blocks string totals: (warehouse URL, config path, contract path)."""
+    (tmp_path / "contracts" / "track").mkdir(parents=True)
+    contract = tmp_path / "contracts" / "track" / "order_completed.json"
+    contract.write_text(json.dumps(CONTRACT))
+    config = tmp_path / "sluice.yaml"
+    config.write_text("contracts:\n  directory: contracts\n  violations: block\n")
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in EVENTS) + "{not json\n")
+    warehouse = f"duckdb:///{tmp_path}/w.duckdb"
+    summary = run(["--input_files", str(tmp_path / "events.jsonl"), "--config", str(config), "--warehouse", warehouse])
+    assert summary["dead_lettered"] == {"contract_violation": 2, "malformed_json": 1}
+    return warehouse, str(config), contract
+
+
+def table(tmp_path, sql):
+    with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
+        return rows(conn, sql)
+
+
+def test_fix_the_contract_replay_and_find_the_events_stored_once(tmp_path, blocked):
+    warehouse, config, contract = blocked
+    fixed = json.loads(json.dumps(CONTRACT))
+    fixed["properties"]["properties"]["properties"]["total"] = {"type": ["number", "string"]}
+    contract.write_text(json.dumps(fixed))
+    summary = run_replay(["--warehouse", warehouse, "--config", config, "--error_type", "contract_violation"])
+    assert summary["replayed"] == 2 and summary["stored"] == 2 and summary["conservation"]["holds"]
+    stored = table(tmp_path, "SELECT message_id, total FROM order_completed ORDER BY 1")
+    assert [r["message_id"] for r in stored] == ["good", "in-batch", "string-total"]
+    metadata = table(tmp_path, "SELECT _metadata FROM order_completed WHERE message_id = 'in-batch'")[0]["_metadata"]
+    assert json.loads(metadata)["attributes"]["sluice_replay_of"]  # where it came from
+    again = run_replay(["--warehouse", warehouse, "--config", config])
+    assert again["replayed"] == 1 and again["read"] == 1  # only the malformed line is left to replay
+    assert again["dead_lettered"] == {"malformed_json": 1}
+    assert table(tmp_path, "SELECT count(*) AS n FROM order_completed")[0]["n"] == 3  # stored once
+
+
+def test_a_record_that_fails_again_is_a_new_dead_letter_and_can_be_replayed_later(tmp_path, blocked):
+    warehouse, config, _ = blocked
+    first = run_replay(["--warehouse", warehouse, "--config", config, "--error_type", "contract_violation"])
+    assert first["replayed"] == 2 and first["dead_lettered"] == {"contract_violation": 2} and first["stored"] == 0
+    letters = table(tmp_path, "SELECT dead_letter_id, error_type FROM _dead_letters WHERE error_type = "
+                              "'contract_violation'")
+    replays = table(tmp_path, "SELECT dead_letter_id FROM _replays")
+    assert len(letters) == 4 and len(replays) == 2  # two originals, replayed; two new ones, not yet
+    second = run_replay(["--warehouse", warehouse, "--config", config, "--error_type", "contract_violation"])
+    assert second["replayed"] == 2 and second["read"] == 2  # the new ones, not the originals again
+
+
+def test_replay_filters_by_source_and_time(tmp_path, blocked):
+    warehouse, config, _ = blocked
+    nothing = run_replay(["--warehouse", warehouse, "--config", config, "--until", "2000-01-01T00:00:00Z"])
+    assert nothing["replayed"] == 0 and nothing["read"] == 0
+    elsewhere = run_replay(["--warehouse", warehouse, "--config", config, "--source", "file:/elsewhere/*"])
+    assert elsewhere["replayed"] == 0
+    here = run_replay(["--warehouse", warehouse, "--config", config, "--source", f"file:{tmp_path}/*"])
+    assert here["replayed"] == 3
+
+
+def test_replay_from_dead_letter_files(tmp_path, blocked):
+    warehouse, config, contract = blocked
+    records = table(tmp_path, "SELECT * FROM _dead_letters")
+    export = tmp_path / "letters.jsonl"
+    export.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+    contract.write_text(json.dumps({"type": "object"}))
+    summary = run_replay(["--warehouse", warehouse, "--config", config, "--dead_letter_files", str(export),
+                          "--error_type", "contract_violation"])
+    assert summary["replayed"] == 2 and summary["stored"] == 2
+    assert run_replay(["--warehouse", warehouse, "--config", config, "--dead_letter_files", str(export),
+                       "--error_type", "contract_violation"])["replayed"] == 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--input_files", "x.jsonl"], "--input_files: replay reads dead letters"),
+    (["--since", "yesterday"], "--since 'yesterday': expected an ISO-8601 time"),
+])
+def test_replay_mistakes_are_usage_errors(args, expected):
+    with pytest.raises(UsageError, match=expected):
+        run_replay(args)
+
+
+def test_the_command_line_dispatches_replay(tmp_path, blocked, capsys):
+    warehouse, config, _ = blocked
+    assert main(["replay", "--warehouse", warehouse, "--config", config, "--error_type", "malformed_json"]) == 0
+    assert "replayed 1 dead letters" in capsys.readouterr().out
