@@ -13,7 +13,7 @@ PYTHON313 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1
 BQ_EMULATOR := .emulators/bigquery
 BQ_STAMP := $(BQ_EMULATOR)/.installed
 
-.PHONY: demo test bench sample clean emulators
+.PHONY: demo test bench sample clean emulators template
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,27 @@ emulators: $(BQ_STAMP)
 
 test: $(STAMP) $(NODE_STAMP) $(BQ_STAMP)
 	$(PY) -m pytest
+
+# Dataflow flex template (templates/). Needs docker and gcloud (it cannot run in CI); e.g.
+#   make template PROJECT=my-project TEMPLATE_BUCKET=my-bucket
+# PROJECT: GCP project · REGION: Artifact Registry and Dataflow region · REPOSITORY: an Artifact
+# Registry Docker repository · TAG: image tag (default: the commit) · TEMPLATE_BUCKET: gets sluice.json
+PROJECT ?=
+REGION ?= us-central1
+REPOSITORY ?= sluice
+TAG ?= $(shell git describe --always --dirty)
+TEMPLATE_BUCKET ?=
+IMAGE := $(REGION)-docker.pkg.dev/$(PROJECT)/$(REPOSITORY)/sluice:$(TAG)
+TEMPLATE := gs://$(TEMPLATE_BUCKET)/sluice.json
+
+template: $(STAMP)
+	@test -n "$(PROJECT)" -a -n "$(TEMPLATE_BUCKET)" || { echo "make template: set PROJECT and TEMPLATE_BUCKET" >&2; exit 2; }
+	$(PY) -m pytest -q tests/template
+	DOCKER_BUILDKIT=1 docker build -f templates/Dockerfile -t $(IMAGE) .
+	docker push $(IMAGE)
+	gcloud dataflow flex-template build $(TEMPLATE) --project $(PROJECT) \
+		--image $(IMAGE) --sdk-language PYTHON --metadata-file templates/metadata.json
+	@echo "Template $(TEMPLATE); launch it with --parameters sdk_container_image=$(IMAGE)"
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --events $(N)

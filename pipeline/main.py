@@ -114,14 +114,15 @@ def close_warehouses() -> None:
     duckdb_backend.close_all()
 
 
-def run(argv: list) -> dict:
-    """Run a job (batch: to the end; streaming: until SIGINT/SIGTERM); return its summary.
-    Raises UsageError before building anything."""
+def run(argv: list):
+    """Run a job (batch: to the end; streaming: until SIGINT/SIGTERM); return its summary (None
+    for a flex template launch, see execute). Raises UsageError before building anything."""
     sluice_options, pipeline_options = options_module.parse_args(argv)
     return execute(check(sluice_options, pipeline_options), pipeline_options)
 
 
-def execute(plan: RunPlan, pipeline_options) -> dict:
+def execute(plan: RunPlan, pipeline_options):
+    """The run's summary; None when the runner only wrote the job (a flex template launch)."""
     local = not pipeline_options.view_as(StandardOptions).runner
     pipeline = beam.Pipeline(runner=_runner(local, plan.streaming), options=pipeline_options)
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
@@ -134,6 +135,10 @@ def execute(plan: RunPlan, pipeline_options) -> dict:
         counters = metrics.in_process_counts()
     else:
         result = pipeline.run()
+        if not getattr(result, "has_job", True):
+            # --template_location (the flex template launcher): the runner wrote the job for the
+            # launcher to start and submitted nothing, so there is nothing to wait for or count.
+            return None
         result.wait_until_finish()
         counters = summary_module.counters_from_result(result)
     summary = summary_module.build(counters)
@@ -155,6 +160,9 @@ def run_replay(argv: list) -> dict:
     settings = warehouse_settings(plan.warehouse_url, plan.config, **plan.backend)
     plan = plan._replace(source=replay.ReadDeadLetters(settings, selection, run_id, files))
     summary = execute(plan, pipeline_options)
+    if summary is None:
+        raise UsageError("replay records what it replayed once its job has finished: "
+                         "run it directly, not as a template (--template_location)")
     ids = replay.replayed_ids(settings, selection, files)
     replay.record(settings, ids, run_id)
     summary["replayed"] = len(ids)
@@ -180,6 +188,9 @@ def _main(argv=None) -> int:
     except UsageError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
+    if summary is None:
+        print("sluice: job written for the flex template launcher; its counters are in the Dataflow console")
+        return 0
     print(summary_module.format_table(summary))
     if replaying:
         print(f"replayed {summary['replayed']:,} dead letters (recorded in _replays)")
