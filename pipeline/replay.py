@@ -28,7 +28,7 @@ from pipeline.errors import UsageError
 from transforms import deadletter
 from transforms.messages import RawMessage
 from transforms.timeutil import format_time, parse_time
-from transforms.warehouse.replays import Selection
+from transforms.warehouse.replays import Selection, as_record
 from transforms.warehouse.sink import open_backend
 
 REPLAY_ATTRIBUTE = "sluice_replay_of"
@@ -97,11 +97,8 @@ def read_records(handle):
     for line in iter(handle.readline, b""):
         if not line.strip():
             continue
-        record = json.loads(line)
-        for name in ("attributes", "error_details"):
-            if isinstance(record.get(name), str):
-                record[name] = json.loads(record[name])
-        for name in ("received_at", "failed_at"):
+        record = as_record(json.loads(line))
+        for name in ("received_at", "failed_at"):  # text in a file: "2026-11-25 10:00:00+00:00" too
             if record.get(name):
                 record[name] = format_time(parse_time(str(record[name]).replace(" ", "T", 1)))
         yield record

@@ -47,3 +47,44 @@ def gcs_bucket(gcs_emulator, monkeypatch):
     name = "sluice-" + uuid.uuid4().hex[:12]
     client.create_bucket(name)
     return name, client
+
+
+class Topic:
+    """A topic with one subscription on the Pub/Sub emulator (PUBSUB_EMULATOR_HOST set)."""
+
+    def __init__(self, project: str, prefix: str):
+        from google.cloud import pubsub_v1
+        self.publisher, self.subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        self.path = self.publisher.topic_path(project, name)
+        self.subscription = self.subscriber.subscription_path(project, name)
+        self.publisher.create_topic(name=self.path)
+        self.subscriber.create_subscription(name=self.subscription, topic=self.path)
+
+    def pull_all(self, wait: float = 10) -> list:
+        """Every message waiting on the subscription, acknowledged."""
+        messages = []
+        while True:
+            response = self.subscriber.pull(subscription=self.subscription, max_messages=100, timeout=wait)
+            if not response.received_messages:
+                return messages
+            messages += [m.message for m in response.received_messages]
+            self.subscriber.acknowledge(subscription=self.subscription,
+                                        ack_ids=[m.ack_id for m in response.received_messages])
+
+    def close(self) -> None:
+        self.subscriber.close()
+
+
+@pytest.fixture
+def make_topic(pubsub_emulator, monkeypatch):
+    """make_topic(prefix) -> Topic; each closed after the test."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    made = []
+
+    def make(prefix: str) -> Topic:
+        made.append(Topic(pubsub_emulator.project, prefix))
+        return made[-1]
+    yield make
+    for topic in made:
+        topic.close()

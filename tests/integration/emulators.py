@@ -46,6 +46,20 @@ def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 6
     raise RuntimeError(f"emulator not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+def _stop_session(process) -> None:
+    """End an emulator started in a session of its own, and everything it started (a JVM)."""
+    if process is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
 def _sdk_root() -> Path:
     """The Google Cloud SDK's folder (its Pub/Sub emulator ships inside it)."""
     if os.environ.get("CLOUDSDK_ROOT"):
@@ -78,16 +92,8 @@ class PubSubEmulator:
         return self
 
     def stop(self) -> None:
-        if self._process is not None:
-            try:
-                os.killpg(self._process.pid, signal.SIGTERM)
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
-            except ProcessLookupError:
-                pass
-            self._process = None
+        _stop_session(self._process)
+        self._process = None
 
     def __enter__(self):
         return self.start()
@@ -178,16 +184,8 @@ class GcsEmulator:
         return client
 
     def stop(self) -> None:
-        if self._process is not None:
-            try:
-                os.killpg(self._process.pid, signal.SIGTERM)
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
-            except ProcessLookupError:
-                pass
-            self._process = None
+        _stop_session(self._process)
+        self._process = None
 
     def __enter__(self):
         return self.start()

@@ -1,8 +1,5 @@
 """--dead_letter_topic in a batch run (FnApiRunner) on the real Pub/Sub emulator: every dead
 letter stored in _dead_letters is also published, once, with its payload as the data."""
-import json
-import uuid
-
 import duckdb
 import pytest
 
@@ -15,31 +12,9 @@ pytestmark = pytest.mark.integration
 GOLDEN = ROOT / "tests" / "golden" / "extra-input.jsonl"
 
 
-@pytest.fixture
-def letters_topic(pubsub_emulator, monkeypatch):
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
-    from google.cloud import pubsub_v1
-    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    name = uuid.uuid4().hex[:10]
-    topic = publisher.topic_path(pubsub_emulator.project, f"dead-letters-{name}")
-    path = subscriber.subscription_path(pubsub_emulator.project, f"dead-letters-{name}")
-    publisher.create_topic(name=topic)
-    subscriber.create_subscription(name=path, topic=topic)
-
-    def pull_all():
-        messages = []
-        while True:
-            response = subscriber.pull(subscription=path, max_messages=100, timeout=10)
-            if not response.received_messages:
-                return messages
-            messages += [m.message for m in response.received_messages]
-            subscriber.acknowledge(subscription=path, ack_ids=[m.ack_id for m in response.received_messages])
-    yield topic, pull_all
-    subscriber.close()
-
-
-def test_a_batch_run_publishes_each_dead_letter_it_stores(tmp_path, letters_topic):
-    topic, pull_all = letters_topic
+def test_a_batch_run_publishes_each_dead_letter_it_stores(tmp_path, make_topic):
+    letters = make_topic("dead-letters")
+    topic, pull_all = letters.path, letters.pull_all
     warehouse = f"duckdb:///{tmp_path}/w.duckdb"
     summary = run(["--input_files", str(GOLDEN), "--warehouse", warehouse, "--dead_letter_topic", topic])
     with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:

@@ -46,22 +46,10 @@ def subscription(pubsub_emulator, monkeypatch):
 
 
 @pytest.fixture
-def dead_letter_topic(pubsub_emulator, subscription):
+def dead_letter_topic(make_topic):
     """(topic, pull): a dead-letter topic with a subscription; pull() returns its messages."""
-    from google.cloud import pubsub_v1
-    publisher, _, _ = subscription
-    subscriber = pubsub_v1.SubscriberClient()
-    name = uuid.uuid4().hex[:10]
-    topic = publisher.topic_path(pubsub_emulator.project, f"dead-letters-{name}")
-    path = subscriber.subscription_path(pubsub_emulator.project, f"dead-letters-{name}")
-    publisher.create_topic(name=topic)
-    subscriber.create_subscription(name=path, topic=topic)
-
-    def pull():
-        response = subscriber.pull(subscription=path, max_messages=100, timeout=30)
-        return [m.message for m in response.received_messages]
-    yield topic, pull
-    subscriber.close()
+    letters = make_topic("dead-letters")
+    return letters.path, letters.pull_all
 
 
 def start(tmp_path, pubsub_emulator, subscription_path, *warehouse, source_option="--input_subscription",

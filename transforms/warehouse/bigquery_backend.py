@@ -20,7 +20,6 @@ never lost. An event's first row (tracks, identifies, pages, ...) is written bef
 other rows (its event table, users); only events whose first row landed get the others.
 """
 import io
-import json
 import logging
 import time
 import uuid
@@ -169,18 +168,8 @@ class BigQueryWarehouse:
         self.calls["jobs.query"] += 1
         rows = self._client.query_and_wait(sql, job_config=bigquery.QueryJobConfig(query_parameters=query_params),
                                            retry=self.retry)
-        records = []
-        for row in rows:
-            record = dict(row.items())
-            for name in ("error_details", "attributes"):
-                if isinstance(record.get(name), str):
-                    record[name] = json.loads(record[name])
-            for name in ("received_at", "failed_at", "loaded_at"):
-                if isinstance(record.get(name), datetime):
-                    record[name] = format_time(record[name])
-            if selection.keeps_source(record.get("source")):
-                records.append(record)
-        return records
+        records = [replays.as_record(dict(row.items())) for row in rows]
+        return [r for r in records if selection.keeps_source(r.get("source"))]
 
     def replayed(self, ids: list) -> set:
         """Which of these dead letters were replayed already."""

@@ -9,7 +9,6 @@ A batch is written in one transaction: existing keys are looked up, schema chang
 applied, then each table's rows are inserted as one Arrow table. If the transaction
 fails, the batch is retried one event at a time so one bad event cannot sink the rest.
 """
-import json
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
@@ -93,18 +92,6 @@ def _registered(conn, name: str, table: pa.Table):
 
 class _Replan(Exception):
     """A widening was refused after planning; plan the batch again without it."""
-
-
-def _as_record(row: dict) -> dict:
-    """A _dead_letters row as the dead-letter record it was written from."""
-    record = dict(row)
-    for name in ("error_details", "attributes"):
-        if isinstance(record.get(name), str):
-            record[name] = json.loads(record[name])
-    for name in ("received_at", "failed_at", "loaded_at"):
-        if isinstance(record.get(name), datetime):
-            record[name] = format_time(record[name])
-    return record
 
 
 def _time_or_none(value):
@@ -297,7 +284,7 @@ class DuckDBWarehouse:
             cursor = self._db.conn.execute(sql, {name: value for name, (_, value) in params.items()})
             names = [d[0] for d in cursor.description]
             found = [dict(zip(names, row)) for row in cursor.fetchall()]
-        return [_as_record(r) for r in found if selection.keeps_source(r["source"])]
+        return [replays.as_record(r) for r in found if selection.keeps_source(r["source"])]
 
     def record_replays(self, ids: list, run: str) -> int:
         """Remember that these dead letters were replayed (by run `run`)."""

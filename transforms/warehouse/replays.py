@@ -7,8 +7,11 @@ Dead letters already in `_replays` are never selected. Both backends share the S
 source glob is applied in Python (BigQuery has no GLOB).
 """
 import fnmatch
+import json
+from datetime import datetime
 from typing import NamedTuple, Optional
 
+from transforms.timeutil import format_time
 from transforms.warehouse import planner
 
 REPLAYS_TABLE = "_replays"
@@ -41,3 +44,16 @@ class Selection(NamedTuple):
 
     def keeps_source(self, source) -> bool:
         return self.source is None or fnmatch.fnmatchcase(source or "", self.source)
+
+
+def as_record(row: dict) -> dict:
+    """A _dead_letters row as the dead-letter record it was written from: JSON columns as
+    objects (a backend may hand them back as strings), times in the canonical UTC form."""
+    record = dict(row)
+    for name in ("error_details", "attributes"):
+        if isinstance(record.get(name), str):
+            record[name] = json.loads(record[name])
+    for name in ("received_at", "failed_at", "loaded_at"):
+        if isinstance(record.get(name), datetime):
+            record[name] = format_time(record[name])
+    return record
