@@ -50,6 +50,13 @@ def _shard(message_id: str) -> int:
     return hashlib.blake2b(message_id.encode("utf-8", "surrogatepass"), digest_size=2).digest()[0] % SHARDS
 
 
+def _slim(event):
+    """The event as a delivery carries it: only what its dead letter needs (the original
+    payload, attributes, source, times), so less is pickled through the batching shuffle."""
+    return event._replace(body={}, original=None if event.payload is not None else event.original,
+                          violations=None, destinations=())
+
+
 class SelectDeliveriesFn(beam.DoFn):
     def __init__(self, destinations: tuple):
         self._destinations = destinations
@@ -79,7 +86,7 @@ class SelectDeliveriesFn(beam.DoFn):
             if not matches(event.body):
                 self._counts[filtered] += 1
                 continue
-            slim = slim or event._replace(body={})
+            slim = slim or _slim(event)
             yield (name, _shard(message_id)), Delivery(name, jsonutil.dumps(build(event.body)), message_id, slim, now)
 
 
