@@ -75,19 +75,27 @@ def _only_to(data: bytes, destination: str) -> bytes:
     return json.dumps(event).encode("utf-8")
 
 
-class SelectDeadLettersFn(beam.DoFn):
-    """The selection, read from the warehouse by a worker, as RawMessages."""
+class _WarehouseReaderFn(beam.DoFn):
+    """Opens the warehouse in setup() (never pickled with the DoFn), closes it in teardown()."""
 
     def __init__(self, settings, selection: Selection, run: str):
         self._settings, self._selection, self._run = settings, selection, run
+        self._backend = None
+
+    def setup(self):
+        self._backend = open_backend(self._settings)
+
+    def teardown(self):
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+class SelectDeadLettersFn(_WarehouseReaderFn):
+    """The selection, read from the warehouse by a worker, as RawMessages."""
 
     def process(self, _):
-        backend = open_backend(self._settings)
-        try:
-            records = backend.select_dead_letters(self._selection)
-        finally:
-            backend.close()
-        for record in records:
+        for record in self._backend.select_dead_letters(self._selection):
             yield to_raw_message(record, self._run)
 
 
@@ -113,20 +121,13 @@ def keeps(selection: Selection, record: dict) -> bool:
             and failed_at < selection.before and selection.keeps_source(record.get("source")))
 
 
-class ReadDeadLetterFilesFn(beam.DoFn):
+class ReadDeadLetterFilesFn(_WarehouseReaderFn):
     """Records of dead-letter files in the selection and not replayed yet, as RawMessages."""
-
-    def __init__(self, settings, selection: Selection, run: str):
-        self._settings, self._selection, self._run = settings, selection, run
 
     def process(self, readable_file):
         with readable_file.open() as handle:
             records = [r for r in read_records(handle) if keeps(self._selection, r)]
-        backend = open_backend(self._settings)
-        try:
-            done = backend.replayed([r["dead_letter_id"] for r in records])
-        finally:
-            backend.close()
+        done = self._backend.replayed([r["dead_letter_id"] for r in records])
         for record in records:
             if record["dead_letter_id"] not in done:
                 yield to_raw_message(record, self._run)
