@@ -60,6 +60,22 @@ def _stop_session(process) -> None:
         pass
 
 
+class _SessionEmulator:
+    """An emulator process in a session of its own: `with X(workdir) as emulator:` starts it
+    (subclasses define start()) and stops it with everything it started."""
+    _process = None
+
+    def stop(self) -> None:
+        _stop_session(self._process)
+        self._process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 def _sdk_root() -> Path:
     """The Google Cloud SDK's folder (its Pub/Sub emulator ships inside it)."""
     if os.environ.get("CLOUDSDK_ROOT"):
@@ -70,7 +86,7 @@ def _sdk_root() -> Path:
     return Path(gcloud).resolve().parent.parent
 
 
-class PubSubEmulator:
+class PubSubEmulator(_SessionEmulator):
     """`with PubSubEmulator(workdir) as ps:` -> ps.host ("127.0.0.1:PORT") for PUBSUB_EMULATOR_HOST."""
 
     def __init__(self, workdir: Path, project: str = PROJECT):
@@ -91,15 +107,6 @@ class PubSubEmulator:
         _wait_for(f"http://{self.host}/", self._process, log)
         return self
 
-    def stop(self) -> None:
-        _stop_session(self._process)
-        self._process = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 class BigQueryEmulator:
@@ -151,7 +158,7 @@ class BigQueryEmulator:
         self.stop()
 
 
-class GcsEmulator:
+class GcsEmulator(_SessionEmulator):
     """`with GcsEmulator(workdir) as gcs:` -> gcs.endpoint for STORAGE_EMULATOR_HOST.
 
     PyPI's gcp-storage-emulator (a test dependency in setup.py), in memory, in its own process;
@@ -183,12 +190,3 @@ class GcsEmulator:
         client.project = PROJECT
         return client
 
-    def stop(self) -> None:
-        _stop_session(self._process)
-        self._process = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
