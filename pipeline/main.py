@@ -150,7 +150,7 @@ def execute(plan: RunPlan, pipeline_options):
 def run_replay(argv: list) -> dict:
     """`replay`: the dead letters a selection names, through the pipeline again; on success
     they are recorded as replayed. The summary gains `replayed` (how many were recorded)."""
-    selection, files, rest = replay.parse_replay_args(argv)
+    selection, files, dry_run, rest = replay.parse_replay_args(argv)
     run_id, started_at = replay.new_run()
     selection = selection._replace(before=started_at)
     sluice_options, pipeline_options = options_module.parse_args(rest)
@@ -158,12 +158,14 @@ def run_replay(argv: list) -> dict:
         sources.check_input_files(files)
     plan = check(sluice_options, pipeline_options, replaying=True)
     settings = warehouse_settings(plan.warehouse_url, plan.config, **plan.backend)
+    if dry_run:
+        return {"dry_run": replay.describe(replay.selected(settings, selection, files))}
     plan = plan._replace(source=replay.ReadDeadLetters(settings, selection, run_id, files))
     summary = execute(plan, pipeline_options)
     if summary is None:
         raise UsageError("replay records what it replayed once its job has finished: "
                          "run it directly, not as a template (--template_location)")
-    ids = replay.replayed_ids(settings, selection, files)
+    ids = [r["dead_letter_id"] for r in replay.selected(settings, selection, files)]
     replay.record(settings, ids, run_id)
     summary["replayed"] = len(ids)
     return summary
@@ -190,6 +192,9 @@ def _main(argv=None) -> int:
         return 2
     if summary is None:
         print("sluice: job written for the flex template launcher; its counters are in the Dataflow console")
+        return 0
+    if "dry_run" in summary:
+        print(summary["dry_run"])
         return 0
     print(summary_module.format_table(summary))
     if replaying:

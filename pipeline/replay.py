@@ -2,7 +2,10 @@
 once their cause is fixed (a contract, the config, a destination).
 
     python -m pipeline replay --warehouse URL [--config PATH] [--error_type T,T] [--since TIME]
-        [--until TIME] [--source GLOB] [--dead_letter_files PATTERN] [Beam options]
+        [--until TIME] [--source GLOB] [--dead_letter_files PATTERN] [--dry_run] [Beam options]
+
+--dry_run prints how many dead letters the selection names, by error type and source, and
+replays nothing.
 
 Dead letters come from the warehouse's `_dead_letters` table, or from dead-letter files
 (newline-delimited JSON records, e.g. an export) with --dead_letter_files; both are read by
@@ -18,6 +21,7 @@ Only dead letters that failed before the replay started are selected.
 import argparse
 import json
 import uuid
+from collections import Counter
 from datetime import datetime, timezone
 
 import apache_beam as beam
@@ -35,13 +39,14 @@ REPLAY_ATTRIBUTE = "sluice_replay_of"
 
 
 def parse_replay_args(argv: list) -> tuple:
-    """(Selection without `before`, dead-letter file pattern or None, the remaining argv)."""
+    """(Selection without `before`, dead-letter file pattern or None, dry run?, the remaining argv)."""
     parser = argparse.ArgumentParser(prog="python -m pipeline replay", add_help=False, allow_abbrev=False)
     parser.add_argument("--error_type", default="")
     parser.add_argument("--since")
     parser.add_argument("--until")
     parser.add_argument("--source")
     parser.add_argument("--dead_letter_files")
+    parser.add_argument("--dry_run", action="store_true")
     known, rest = parser.parse_known_args(argv)
     for name in ("input_files", "input_subscription", "input_topic"):
         if any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in rest):
@@ -55,7 +60,7 @@ def parse_replay_args(argv: list) -> tuple:
             raise UsageError(f"--{name} {value!r}: expected an ISO-8601 time such as 2026-11-25T00:00:00Z") from None
     types = tuple(t.strip() for t in known.error_type.split(",") if t.strip())
     selection = Selection("", types, times["since"], times["until"], known.source)
-    return selection, known.dead_letter_files, rest
+    return selection, known.dead_letter_files, known.dry_run, rest
 
 
 def to_raw_message(record: dict, run: str) -> RawMessage:
@@ -156,20 +161,30 @@ def new_run() -> tuple:
     return uuid.uuid4().hex[:12], format_time(datetime.now(timezone.utc))
 
 
-def replayed_ids(settings, selection: Selection, files: str = None) -> list:
-    """After a successful run: the ids it replayed (the same selection, read again)."""
+def selected(settings, selection: Selection, files: str = None) -> list:
+    """The records the selection names now, read here (a dry run; after a successful run, the
+    ids it replayed: the same selection, read again)."""
     backend = open_backend(settings)
     try:
         if not files:
-            return [r["dead_letter_id"] for r in backend.select_dead_letters(selection)]
-        ids = []
+            return backend.select_dead_letters(selection)
+        records = []
         for match in FileSystems.match([files])[0].metadata_list:
             with FileSystems.open(match.path) as handle:
-                ids += [r["dead_letter_id"] for r in read_records(handle) if keeps(selection, r)]
-        done = backend.replayed(ids)
-        return [i for i in ids if i not in done]
+                records += [r for r in read_records(handle) if keeps(selection, r)]
+        done = backend.replayed([r["dead_letter_id"] for r in records])
+        return [r for r in records if r["dead_letter_id"] not in done]
     finally:
         backend.close()
+
+
+def describe(records: list) -> str:
+    """What a dry run would replay: counts by error type and by source."""
+    lines = [f"would replay {len(records):,} dead letters"]
+    for key in ("error_type", "source"):
+        counts = Counter(r.get(key) or "?" for r in records)
+        lines += [f"  {key} {value}: {count:,}" for value, count in counts.most_common()]
+    return "\n".join(lines)
 
 
 def record(settings, ids: list, run: str) -> int:

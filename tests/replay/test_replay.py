@@ -106,3 +106,12 @@ def test_the_command_line_dispatches_replay(tmp_path, blocked, capsys):
     warehouse, config, _ = blocked
     assert main(["replay", "--warehouse", warehouse, "--config", config, "--error_type", "malformed_json"]) == 0
     assert "replayed 1 dead letters" in capsys.readouterr().out
+
+
+def test_a_dry_run_counts_what_would_be_replayed_and_replays_nothing(tmp_path, blocked):
+    warehouse, config, _ = blocked
+    summary = run_replay(["--warehouse", warehouse, "--config", config, "--dry_run"])
+    assert summary["dry_run"].splitlines()[:3] == ["would replay 3 dead letters", "  error_type contract_violation: 2",
+                                                   "  error_type malformed_json: 1"]
+    assert table(tmp_path, "SELECT count(*) AS n FROM _replays")[0]["n"] == 0
+    assert run_replay(["--warehouse", warehouse, "--config", config])["replayed"] == 3  # still all there
