@@ -49,11 +49,16 @@ def backfill_bucket(gcs_bucket):
     return name
 
 
-def test_a_duckdb_backfill_from_gcs_reads_every_kind_of_file_and_reruns_without_duplicates(tmp_path, backfill_bucket):
+def test_a_duckdb_backfill_from_gcs_reads_every_kind_of_file_and_reruns_without_duplicates(tmp_path, backfill_bucket,
+                                                                                         gcs_bucket):
     args = ["--input_files", PATTERN.format(bucket=backfill_bucket), "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"]
-    first = run(args)
+    first = run(args + ["--summary_path", f"gs://{backfill_bucket}/runs/first.json"])
     assert {k: first[k] for k in EXPECTED} == EXPECTED and first["conservation"]["holds"]
-    second = run(args)
+    written = json.loads(gcs_bucket[1].bucket(backfill_bucket).blob("runs/first.json").download_as_bytes())
+    assert written == json.loads(json.dumps(first))  # the summary, on GCS
+    gcs_bucket[1].bucket(backfill_bucket).blob("config/sluice.yaml").upload_from_string(
+        b"warehouse:\n  batch_size: 3\n")  # a config on GCS too; small batches: many writes
+    second = run(args + ["--config", f"gs://{backfill_bucket}/config/sluice.yaml"])
     assert second["stored"] == 0 and second["dropped"].get("duplicate") == 23 and second["conservation"]["holds"]
     with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
         tracks = rows(conn, "SELECT message_id FROM tracks")
