@@ -1,10 +1,14 @@
 """A real HTTP server on 127.0.0.1 that receives webhook batches, answering from a script:
 the first requests get the scripted statuses (with headers such as Retry-After), the rest 200."""
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
+
+
+RESET = 0  # a scripted "status" for a connection dropped without an answer
 
 
 class Request(NamedTuple):
@@ -34,6 +38,10 @@ class Receiver:
                     status, headers = receiver.script.pop(0) if receiver.script else (receiver.default_status, {})
                     receiver.requests.append(Request(time.monotonic(), self.path, dict(self.headers), body, status,
                                                      self.client_address[1]))
+                if status == RESET:  # read it, answer nothing, drop the connection
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 answer = {"ok": True} if status < 300 else {"error": "scripted"}
                 if echo_authorization and status >= 300:  # as careless servers do
                     answer["authorization"] = self.headers.get("Authorization")
@@ -61,6 +69,7 @@ class Receiver:
         self.server.server_close()
 
     def accepted(self) -> list:
+        """Requests answered 2xx (a RESET request is not: it got no answer)."""
         return [r for r in self.requests if 200 <= r.status < 300]
 
     def delivered_payloads(self) -> list:

@@ -6,10 +6,11 @@ from collections import Counter
 import duckdb
 import pytest
 import yaml
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from pipeline.main import run
 from tests.conftest import rows
-from tests.destinations.receiver import Receiver
+from tests.destinations.receiver import RESET, Receiver
 from transforms.deadletter import decode_payload
 from transforms.destinations import signing
 
@@ -116,3 +117,29 @@ def test_transient_failures_past_max_attempts_are_dead_letters(tmp_path, secrets
     batches = {r.headers["Idempotency-Key"] for r in receiver.requests}
     assert crm["requests"] == len(receiver.requests) == 3 * len(batches)
     assert (crm["failed"], crm["delivered"]) == (45, 0) and summary["conservation"]["holds"]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(script=[RESET, 503, 400, RESET, 429, 200, 404], max_events=2)  # every kind of answer, for certain
+@given(script=st.lists(st.sampled_from([200, 200, 503, 500, 429, 408, 400, 404, RESET]), max_size=12),
+       max_events=st.integers(1, 7))
+def test_whatever_the_receiver_answers_each_event_is_delivered_once_or_dead_lettered_once(
+        tmp_path_factory, secrets_env, script, max_events):
+    """Random answers (resets included) and batch sizes: every event the destination takes ends
+    delivered exactly once (by messageId, counting 2xx answers only) or dead-lettered once,
+    never both, never neither."""
+    tmp_path = tmp_path_factory.mktemp("random")
+    path, expected = write_events(tmp_path)
+    with Receiver([(status, {}) for status in script]) as receiver:
+        summary = run(["--input_files", path, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                       "--config", write_config(tmp_path, receiver.url, batch={"max_events": max_events},
+                                                retry={"max_attempts": 3, "initial_backoff_seconds": 0.01,
+                                                       "max_backoff_seconds": 0.02})])
+    delivered = Counter(p["id"] for p in receiver.delivered_payloads())
+    with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
+        failed = Counter(r["message_id"] for r in rows(conn, "SELECT message_id FROM _dead_letters "
+                                                              "WHERE error_type = 'delivery_failed'"))
+    assert max(delivered.values(), default=1) == 1 and max(failed.values(), default=1) == 1
+    assert sorted(delivered + failed) == sorted(expected) and not set(delivered) & set(failed)
+    crm = summary["destinations"]["crm"]
+    assert (crm["delivered"], crm["failed"]) == (len(delivered), len(failed)) and summary["conservation"]["holds"]
