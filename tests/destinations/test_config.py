@@ -20,6 +20,8 @@ HOOK = "{name: crm, type: webhook, url: 'http://127.0.0.1:9/hook', allow_private
     (f"destinations:\n  - {HOOK}}}\n  - {HOOK}}}\n", "config: destinations[1].name: 'crm' is used by an earlier"),
     (f"destinations:\n  - {HOOK}, batch: {{max_events: 0}}}}\n", "config: destinations[0].batch.max_events: 0 is less"),
     (f"destinations:\n  - {HOOK}, colour: red}}\n", "config: destinations[0].colour: unknown key"),
+    (f"destinations:\n  - {HOOK}, body: event, batch: {{max_events: 5}}}}\n",
+     "config: destinations[0].batch.max_events: body: event sends one event per request"),
     (f"destinations:\n  - {HOOK}, mapping: {{x: {{'@path': properties.x}}}}}}\n",
      "config: destinations[0].mapping.x.@path: a path is"),
     (f"destinations:\n  - {HOOK}, when: {{path: x, op: nearly}}}}\n", "config: destinations[0].when.op: 'nearly' is not"),

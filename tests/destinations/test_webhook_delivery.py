@@ -29,6 +29,7 @@ def write_config(tmp_path, url, **overrides) -> str:
                    "batch": {"max_events": 3, "max_bytes": 1024, "max_wait_seconds": 1},
                    "retry": {"max_attempts": 6, "initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.2}}
     destination.update(overrides)
+    destination = {key: value for key, value in destination.items() if value is not None}
     path = tmp_path / "sluice.yaml"
     path.write_text(yaml.safe_dump({"destinations": [destination]}))
     return str(path)
@@ -143,3 +144,15 @@ def test_whatever_the_receiver_answers_each_event_is_delivered_once_or_dead_lett
     assert sorted(delivered + failed) == sorted(expected) and not set(delivered) & set(failed)
     crm = summary["destinations"]["crm"]
     assert (crm["delivered"], crm["failed"]) == (len(delivered), len(failed)) and summary["conservation"]["holds"]
+
+
+def test_body_event_sends_each_event_alone_as_segments_classic_webhooks_do(tmp_path, secrets_env):
+    path, expected = write_events(tmp_path)
+    with Receiver() as receiver:
+        summary = run(["--input_files", path, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                       "--config", write_config(tmp_path, receiver.url, body="event", batch={}, mapping=None)])
+    bodies = [json.loads(r.body) for r in receiver.requests]
+    assert sorted(b["messageId"] for b in bodies) == sorted(expected)  # the whole event, one per request
+    assert all("batch" not in b and b["type"] in ("track", "identify", "page") for b in bodies)
+    assert all(signing.verify(SECRET, r.headers["X-Sluice-Signature"], r.body) for r in receiver.requests)
+    assert summary["destinations"]["crm"]["requests"] == 45

@@ -35,6 +35,7 @@ class Destination(NamedTuple):
     kind: str                        # webhook | pubsub
     url: Optional[str] = None        # webhook
     method: str = "POST"
+    body: str = "batch"              # webhook: batch ({"batch": [...]}) or event (the payload alone)
     headers: tuple = ()              # ((name, value or SecretRef), ...)
     timeout_seconds: float = 10.0
     signing_secret: Optional[secrets.SecretRef] = None
@@ -92,16 +93,21 @@ def _parse_one(spec: dict, where: str) -> Destination:
     needed, foreign = ("url", "topic") if kind == "webhook" else ("topic", "url")
     if needed not in spec:
         raise DestinationError(f"{where}.{needed}", f"a {kind} destination needs a {needed}")
-    webhook_only = ("url", "method", "headers", "timeout_seconds", "signing_secret", "allow_private_network")
+    webhook_only = ("url", "method", "body", "headers", "timeout_seconds", "signing_secret", "allow_private_network")
     stray = [key for key in (webhook_only if kind == "pubsub" else ("topic",)) if key in spec]
     if stray:
         raise DestinationError(f"{where}.{stray[0]}", f"not a setting of a {kind} destination")
     if kind == "pubsub" and not _TOPIC.fullmatch(spec["topic"]):
         raise DestinationError(f"{where}.topic", "expected projects/PROJECT/topics/NAME")
     headers = tuple((key, secrets.parse(value) or value) for key, value in spec.get("headers", {}).items())
-    batch, retry = spec.get("batch", {}), spec.get("retry", {})
+    batch, retry = dict(spec.get("batch", {})), spec.get("retry", {})
+    if spec.get("body") == "event":  # one event per request
+        if batch.get("max_events", 1) != 1:
+            raise DestinationError(f"{where}.batch.max_events", "body: event sends one event per request; "
+                                                                "leave max_events out or set it to 1")
+        batch["max_events"] = 1
     destination = Destination(
-        spec["name"], kind, spec.get("url"), spec.get("method", "POST"), headers,
+        spec["name"], kind, spec.get("url"), spec.get("method", "POST"), spec.get("body", "batch"), headers,
         float(spec.get("timeout_seconds", 10.0)), secrets.parse(spec.get("signing_secret")),
         bool(spec.get("allow_private_network", False)), spec.get("topic"),
         tuple(spec["types"]) if "types" in spec else None, tuple(spec["events"]) if "events" in spec else None,

@@ -1,6 +1,7 @@
 """Senders: one attempt at delivering a batch, as a delivery.Outcome.
 
-WebhookSender posts `{"batch": [payload, ...]}` as JSON over a kept-alive connection to the
+WebhookSender posts `{"batch": [payload, ...]}` (or, with `body: event`, the one payload) as
+JSON over a kept-alive connection to the
 address netguard checked, signed when the destination has a signing secret, with an
 `Idempotency-Key` that is the same on every retry of a batch (a receiver can drop a retry
 whose first answer was lost). PubSubSender publishes one message per payload and, on a retry,
@@ -83,7 +84,7 @@ class WebhookSender:
 
     def attempt(self, payloads: list, idempotency_key: str):
         """A zero-argument callable making one attempt at the whole batch."""
-        body = batch_body(payloads)
+        body = payloads[0] if self._destination.body == "event" else batch_body(payloads)
         return lambda: self._send(body, idempotency_key)
 
     def _request_headers(self, body: bytes, key: str, same_host: bool) -> dict:
