@@ -127,7 +127,7 @@ class DecodeMessagesFn(beam.DoFn):
 
     def process(self, message: RawMessage):
         metrics.inc("read")
-        received_at = message.received_at or timeutil.now_iso()  # files: the read time
+        received_at = message.received_at or timeutil.now_iso()  # no transport time: the read time
         for outcome in decode_message(message, received_at, self._limits):
             metrics.inc("events")
             if isinstance(outcome, Event):

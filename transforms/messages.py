@@ -22,7 +22,7 @@ class Event(NamedTuple):
     payload: Optional[bytes]  # the message bytes when the message was this one event
     attributes: dict
     source: str
-    received_at: str          # transport receive time, or the read time for files
+    received_at: str          # transport receive time (publish time; a file's modification time), else the read time
     batch_index: Optional[int] = None  # position in a batch envelope
     position: Optional[str] = None     # the message's position in its source (RawMessage.position)
     violations: Optional[list] = None  # contract violations stored with the event (allow / omit)
