@@ -78,5 +78,5 @@ def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, war
                         dead_letter_sink=WriteDeadLetters(settings, streaming, wait, per_bundle, keep_open),
                         trust_event_received_at=trust_event_received_at, streaming=streaming, local=local)
     if dead_letter_topic:
-        _ = graph.dead_letters | "PublishDeadLetters" >> PublishDeadLetters(dead_letter_topic)
+        _ = graph.dead_letters | "PublishDeadLetters" >> PublishDeadLetters(dead_letter_topic, keep_open)
     return graph

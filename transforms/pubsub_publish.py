@@ -8,7 +8,7 @@ raises if one failed, so the runner retries the bundle: delivery is at least onc
 import apache_beam as beam
 import orjson
 
-from transforms import deadletter, metrics
+from transforms import deadletter, metrics, parking
 
 # Pub/Sub's limits on attributes (https://cloud.google.com/pubsub/quotas#resource_limits).
 MAX_ATTRIBUTE_VALUE_BYTES = 1024
@@ -47,15 +47,15 @@ def dead_letter_message(record: dict) -> tuple:
 
 
 class PublishFn(beam.DoFn):
-    """Publishes (data, attributes) pairs to one topic; counts `published.<counter>`."""
+    """Publishes (data, attributes) pairs to one topic; counts `published.<counter>`.
+    keep_open: the client is parked between bundles (local streaming; see transforms.parking)."""
 
-    def __init__(self, topic: str, counter: str):
-        self._topic, self._counter_name = topic, counter
+    def __init__(self, topic: str, counter: str, keep_open: bool = False):
+        self._topic, self._counter_name, self._keep_open = topic, counter, keep_open
         self._client, self._futures = None, []
 
     def setup(self):
-        from google.cloud import pubsub_v1
-        self._client = pubsub_v1.PublisherClient()
+        self._client = (self._keep_open and parking.take("publisher")) or _Publisher()
 
     def start_bundle(self):
         self._futures = []
@@ -73,18 +73,35 @@ class PublishFn(beam.DoFn):
 
     def teardown(self):
         if self._client is not None:
-            self._client.stop()
+            if self._keep_open:
+                parking.park("publisher", self._client)
+            else:
+                self._client.close()
             self._client = None
+
+
+class _Publisher:
+    """google-cloud-pubsub's PublisherClient (it honours PUBSUB_EMULATOR_HOST), with close()."""
+
+    def __init__(self):
+        from google.cloud import pubsub_v1
+        self._client = pubsub_v1.PublisherClient()
+
+    def publish(self, topic: str, data: bytes, **attributes):
+        return self._client.publish(topic, data, **attributes)
+
+    def close(self) -> None:
+        self._client.stop()
 
 
 class PublishDeadLetters(beam.PTransform):
     """Dead-letter records -> the topic, one message each (see dead_letter_message)."""
 
-    def __init__(self, topic: str):
+    def __init__(self, topic: str, keep_open: bool = False):
         super().__init__()
-        self._topic = topic
+        self._topic, self._keep_open = topic, keep_open
 
     def expand(self, records):
         return (records
                 | "AsMessages" >> beam.Map(dead_letter_message)
-                | "Publish" >> beam.ParDo(PublishFn(self._topic, "dead_letters")))
+                | "Publish" >> beam.ParDo(PublishFn(self._topic, "dead_letters", self._keep_open)))
