@@ -13,7 +13,7 @@ PYTHON313 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1
 BQ_EMULATOR := .emulators/bigquery
 BQ_STAMP := $(BQ_EMULATOR)/.installed
 
-.PHONY: demo test bench sample clean emulators template
+.PHONY: demo test bench bench-streaming bench-forwarding sample clean emulators template
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,14 @@ template: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --events $(N)
+
+# Pub/Sub emulator -> local streaming runner -> DuckDB: messages/s and publish-to-row latency.
+bench-streaming: $(STAMP)
+	$(PY) benchmarks/streaming.py
+
+# Forwarding to a local webhook with batching: events/s and the cost per event.
+bench-forwarding: $(STAMP)
+	$(PY) benchmarks/forwarding.py
 
 sample: $(STAMP)
 	$(PY) samples/generate.py samples/events.jsonl
