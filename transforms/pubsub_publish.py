@@ -12,7 +12,6 @@ from transforms import deadletter, metrics, parking
 
 # Pub/Sub's limits on attributes (https://cloud.google.com/pubsub/quotas#resource_limits).
 MAX_ATTRIBUTE_VALUE_BYTES = 1024
-MAX_ATTRIBUTES = 100
 # Dead-letter fields published as attributes; the payload is the message data.
 DEAD_LETTER_ATTRIBUTES = ("dead_letter_id", "error_stage", "error_type", "error_message", "message_id",
                           "source", "received_at", "failed_at", "pipeline_version", "destination")

@@ -1,6 +1,6 @@
 """The config's `destinations` section, checked and typed.
 
-Launch-time checks (`check_destinations`) name the key path of the first mistake: a webhook
+Launch-time checks (`check_reachable`) name the key path of the first mistake: a webhook
 without a url, a secret that cannot be read, a host that resolves to a private address
 without `allow_private_network`. Workers rebuild the compiled parts (matcher, mapping,
 secrets) from the same plain data in setup().
@@ -13,7 +13,6 @@ from transforms.destinations import mapping, netguard, secrets
 from transforms.destinations.delivery import RetryPolicy
 from transforms.rules.conditions import ConditionError, compile_condition
 
-EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 _TOPIC = re.compile(r"projects/[a-z][-a-z0-9:.]{4,61}[a-z0-9]/topics/[^/\s]{3,255}")
 
 
@@ -48,10 +47,6 @@ class Destination(NamedTuple):
     mapping: Optional[dict] = None
     batch: Batching = Batching()
     retry: RetryPolicy = RetryPolicy()
-
-    def secret_refs(self) -> list:
-        refs = [value for _, value in self.headers if isinstance(value, secrets.SecretRef)]
-        return refs + ([self.signing_secret] if self.signing_secret else [])
 
 
 class Matcher:
@@ -90,7 +85,7 @@ def parse(section) -> tuple:
 
 def _parse_one(spec: dict, where: str) -> Destination:
     kind = spec["type"]
-    needed, foreign = ("url", "topic") if kind == "webhook" else ("topic", "url")
+    needed = "url" if kind == "webhook" else "topic"
     if needed not in spec:
         raise DestinationError(f"{where}.{needed}", f"a {kind} destination needs a {needed}")
     webhook_only = ("url", "method", "body", "headers", "timeout_seconds", "signing_secret", "allow_private_network")

@@ -62,6 +62,8 @@ class WebhookSender:
     def __init__(self, destination):
         self._destination = destination
         self._headers, self._secret_values, self._signing_secret = {}, [], None
+        self._secret_headers = set()  # names of headers holding secrets: not sent to another host
+        self._host = netguard.split_url(destination.url)[1]
         self._conn, self._target = None, None
 
     def open(self) -> "WebhookSender":
@@ -70,6 +72,7 @@ class WebhookSender:
             if isinstance(value, secrets.SecretRef):
                 resolved = secrets.resolve(value)
                 self._secret_values += [resolved, resolved[len(value.prefix):]]
+                self._secret_headers.add(name)
                 value = resolved
             self._headers[name] = value
         if d.signing_secret:
@@ -90,8 +93,7 @@ class WebhookSender:
     def _request_headers(self, body: bytes, key: str, same_host: bool) -> dict:
         headers = {"Content-Type": "application/json", "User-Agent": f"sluice/{__version__}",
                    "Idempotency-Key": key}
-        secret_names = {name for name, value in self._destination.headers if isinstance(value, secrets.SecretRef)}
-        headers.update((k, v) for k, v in self._headers.items() if same_host or k not in secret_names)
+        headers.update((k, v) for k, v in self._headers.items() if same_host or k not in self._secret_headers)
         if self._signing_secret:
             headers[signing.HEADER] = signing.sign(self._signing_secret, body)
         return headers
@@ -103,15 +105,12 @@ class WebhookSender:
                 target = netguard.resolve(url, d.allow_private_network)
             except (ValueError, netguard.NetworkRefused) as exc:
                 return Outcome(False, None, False, f"refused: {exc}")
-            same_host = hop == 0 or target.host == self._target_host()
+            same_host = target.host == self._host
             outcome, location = self._exchange(target, body, key, same_host, persistent=hop == 0)
             if location is None:
                 return outcome
             url = location
         return Outcome(False, outcome.status, False, f"more than {MAX_REDIRECTS} redirects")
-
-    def _target_host(self) -> str:
-        return netguard.split_url(self._destination.url)[1]
 
     def _exchange(self, target, body: bytes, key: str, same_host: bool, persistent: bool) -> tuple:
         """(Outcome, redirect location or None)."""
