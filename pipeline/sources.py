@@ -1,6 +1,5 @@
 """Input sources: each yields RawMessage, so every input shares one pipeline."""
 import os
-import re
 from datetime import datetime, timezone
 
 import apache_beam as beam
@@ -8,6 +7,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import UsageError
+from transforms import pubsub_names
 from transforms.messages import RawMessage
 from transforms.timeutil import format_time
 
@@ -70,26 +70,18 @@ class ReadInputFiles(beam.PTransform):
                 | "ReadLines" >> beam.ParDo(ReadLinesFn()))
 
 
-# Beam's own project-id rule (apache_beam.io.gcp.pubsub), checked here for a clear exit 2.
-_PROJECT = r"[a-z][-a-z0-9:.]{4,61}[a-z0-9]"
-_SUBSCRIPTION = re.compile(rf"projects/{_PROJECT}/subscriptions/[^/\s]{{3,255}}")
-_TOPIC = re.compile(rf"projects/{_PROJECT}/topics/[^/\s]{{3,255}}")
-
-
 def check_pubsub(subscription, topic) -> tuple:
     """(subscription, topic), each checked for its full resource name; UsageError otherwise."""
-    if subscription and not _SUBSCRIPTION.fullmatch(subscription):
+    if subscription and not pubsub_names.SUBSCRIPTION.fullmatch(subscription):
         raise UsageError(f"--input_subscription {subscription!r}: expected projects/PROJECT/subscriptions/NAME "
                          "(a project id of 6-63 lower-case letters, digits and dashes)")
-    if topic and not _TOPIC.fullmatch(topic):
-        raise UsageError(f"--input_topic {topic!r}: expected projects/PROJECT/topics/NAME "
-                         "(a project id of 6-63 lower-case letters, digits and dashes)")
-    return subscription, topic
+    return subscription, check_topic("input_topic", topic)
 
 
 def check_topic(option: str, topic):
-    """A topic option (--dead_letter_topic) checked for its full resource name; UsageError otherwise."""
-    if topic and not _TOPIC.fullmatch(topic):
+    """A topic option (--input_topic, --dead_letter_topic) checked for its full resource name;
+    UsageError otherwise."""
+    if topic and not pubsub_names.TOPIC.fullmatch(topic):
         raise UsageError(f"--{option} {topic!r}: expected projects/PROJECT/topics/NAME "
                          "(a project id of 6-63 lower-case letters, digits and dashes)")
     return topic

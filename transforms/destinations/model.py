@@ -9,11 +9,11 @@ import fnmatch
 import re
 from typing import NamedTuple, Optional
 
+from transforms import pubsub_names
 from transforms.destinations import mapping, netguard, secrets
 from transforms.destinations.delivery import RetryPolicy
 from transforms.rules.conditions import ConditionError, compile_condition
 
-_TOPIC = re.compile(r"projects/[a-z][-a-z0-9:.]{4,61}[a-z0-9]/topics/[^/\s]{3,255}")
 
 
 class DestinationError(ValueError):
@@ -92,7 +92,7 @@ def _parse_one(spec: dict, where: str) -> Destination:
     stray = [key for key in (webhook_only if kind == "pubsub" else ("topic",)) if key in spec]
     if stray:
         raise DestinationError(f"{where}.{stray[0]}", f"not a setting of a {kind} destination")
-    if kind == "pubsub" and not _TOPIC.fullmatch(spec["topic"]):
+    if kind == "pubsub" and not pubsub_names.TOPIC.fullmatch(spec["topic"]):
         raise DestinationError(f"{where}.topic", "expected projects/PROJECT/topics/NAME")
     headers = tuple((key, secrets.parse(value) or value) for key, value in spec.get("headers", {}).items())
     batch, retry = dict(spec.get("batch", {})), spec.get("retry", {})
