@@ -5,14 +5,13 @@ without a url, a secret that cannot be read, a host that resolves to a private a
 without `allow_private_network`. Workers rebuild the compiled parts (matcher, mapping,
 secrets) from the same plain data in setup().
 """
-import fnmatch
-import re
 from typing import NamedTuple, Optional
 
 from transforms import pubsub_names
 from transforms.destinations import mapping, netguard, secrets
 from transforms.destinations.delivery import RetryPolicy
 from transforms.rules.conditions import ConditionError, compile_condition
+from transforms.rules.engine import compile_globs, in_scope
 
 
 
@@ -54,19 +53,11 @@ class Matcher:
 
     def __init__(self, destination: Destination):
         self._types = frozenset(destination.types) if destination.types else None
-        self._names = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in destination.events)) \
-            if destination.events else None
+        self._names = compile_globs(destination.events) if destination.events else None
         self._when = compile_condition(destination.when, "when") if destination.when else None
 
     def __call__(self, body: dict) -> bool:
-        kind = body.get("type")
-        if self._types is not None and kind not in self._types:
-            return False
-        if self._names is not None:
-            name = body.get("event") if kind == "track" else body.get("name") if kind in ("page", "screen") else None
-            if type(name) is not str or self._names.match(name) is None:
-                return False
-        return self._when is None or self._when(body)
+        return in_scope(body, self._types, self._names) and (self._when is None or self._when(body))
 
 
 def parse(section) -> tuple:

@@ -55,16 +55,29 @@ class Rule(NamedTuple):
     applied: str                 # "<name>.applied"
 
     def matches(self, body: dict, source: str) -> bool:
-        kind = body.get("type")
-        if self.types is not None and kind not in self.types:
+        if not in_scope(body, self.types, self.events):
             return False
-        if self.events is not None:
-            name = body.get("event") if kind == "track" else body.get("name") if kind in ("page", "screen") else None
-            if type(name) is not str or self.events.match(name) is None:
-                return False
         if self.sources is not None and self.sources.match(source or "") is None:
             return False
         return self.when is None or self.when(body)
+
+
+def in_scope(body: dict, types: Optional[frozenset], names: Optional[re.Pattern]) -> bool:
+    """An event against a scope's types and name globs (track: its event; page and screen: its
+    name; other types have no name, so a name scope never takes them). None: any."""
+    kind = body.get("type")
+    if types is not None and kind not in types:
+        return False
+    if names is not None:
+        name = body.get("event") if kind == "track" else body.get("name") if kind in ("page", "screen") else None
+        if type(name) is not str or names.match(name) is None:
+            return False
+    return True
+
+
+def compile_globs(patterns) -> re.Pattern:
+    """Shell-style globs (case-sensitive) as one anchored pattern."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in patterns))
 
 
 def _globs(value, where: str) -> Optional[re.Pattern]:
@@ -72,7 +85,7 @@ def _globs(value, where: str) -> Optional[re.Pattern]:
         return None
     if not isinstance(value, list) or not value or not all(isinstance(g, str) and g for g in value):
         raise RuleError(where, "expected a non-empty list of glob patterns")
-    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in value))
+    return compile_globs(value)
 
 
 def _types(value, where: str) -> Optional[frozenset]:
