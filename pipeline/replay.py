@@ -33,7 +33,7 @@ from transforms import deadletter
 from transforms.messages import RawMessage
 from transforms.timeutil import format_time, parse_time
 from transforms.warehouse.replays import Selection, as_record
-from transforms.warehouse.sink import open_backend
+from transforms.warehouse.sink import WarehouseFn, opened_backend
 
 REPLAY_ATTRIBUTE = "sluice_replay_of"
 
@@ -80,20 +80,12 @@ def _only_to(data: bytes, destination: str) -> bytes:
     return json.dumps(event).encode("utf-8")
 
 
-class _WarehouseReaderFn(beam.DoFn):
-    """Opens the warehouse in setup() (never pickled with the DoFn), closes it in teardown()."""
+class _WarehouseReaderFn(WarehouseFn):
+    """A worker's reader of the selection (the warehouse opened in setup(), by WarehouseFn)."""
 
     def __init__(self, settings, selection: Selection, run: str):
-        self._settings, self._selection, self._run = settings, selection, run
-        self._backend = None
-
-    def setup(self):
-        self._backend = open_backend(self._settings)
-
-    def teardown(self):
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+        super().__init__(settings)
+        self._selection, self._run = selection, run
 
 
 class SelectDeadLettersFn(_WarehouseReaderFn):
@@ -117,21 +109,12 @@ def read_records(handle):
         yield record
 
 
-def keeps(selection: Selection, record: dict) -> bool:
-    """A dead-letter file record against the selection (the warehouse applies it in SQL)."""
-    failed_at = record.get("failed_at") or ""
-    return ((not selection.error_types or record.get("error_type") in selection.error_types)
-            and (selection.since is None or failed_at >= selection.since)
-            and (selection.until is None or failed_at < selection.until)
-            and failed_at < selection.before and selection.keeps_source(record.get("source")))
-
-
 class ReadDeadLetterFilesFn(_WarehouseReaderFn):
     """Records of dead-letter files in the selection and not replayed yet, as RawMessages."""
 
     def process(self, readable_file):
         with readable_file.open() as handle:
-            records = [r for r in read_records(handle) if keeps(self._selection, r)]
+            records = [r for r in read_records(handle) if self._selection.keeps(r)]
         done = self._backend.replayed([r["dead_letter_id"] for r in records])
         for record in records:
             if record["dead_letter_id"] not in done:
@@ -164,18 +147,15 @@ def new_run() -> tuple:
 def selected(settings, selection: Selection, files: str = None) -> list:
     """The records the selection names now, read here (a dry run; after a successful run, the
     ids it replayed: the same selection, read again)."""
-    backend = open_backend(settings)
-    try:
+    with opened_backend(settings) as backend:
         if not files:
             return backend.select_dead_letters(selection)
         records = []
         for match in FileSystems.match([files])[0].metadata_list:
             with FileSystems.open(match.path) as handle:
-                records += [r for r in read_records(handle) if keeps(selection, r)]
+                records += [r for r in read_records(handle) if selection.keeps(r)]
         done = backend.replayed([r["dead_letter_id"] for r in records])
         return [r for r in records if r["dead_letter_id"] not in done]
-    finally:
-        backend.close()
 
 
 def describe(records: list) -> str:
@@ -188,8 +168,5 @@ def describe(records: list) -> str:
 
 
 def record(settings, ids: list, run: str) -> int:
-    backend = open_backend(settings)
-    try:
+    with opened_backend(settings) as backend:
         return backend.record_replays(ids, run)
-    finally:
-        backend.close()

@@ -156,8 +156,7 @@ class BigQueryWarehouse:
     def select_dead_letters(self, selection) -> list:
         """Dead-letter records (dicts, times as ISO strings) a replay selection names."""
         from google.cloud import bigquery
-        self._tables.ensure(replays.REPLAYS_TABLE,
-                            [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
+        self._ensure_replays()
         if self._tables.schema(planner.DEAD_LETTER_TABLE) is None:
             return []
         where, params = selection.where()
@@ -173,23 +172,18 @@ class BigQueryWarehouse:
 
     def replayed(self, ids: list) -> set:
         """Which of these dead letters were replayed already."""
-        from google.cloud import bigquery
+        self._ensure_replays()
+        return self._dead_letter_ids_in(replays.REPLAYS_TABLE, ids) if ids else set()
+
+    def _ensure_replays(self) -> None:
         self._tables.ensure(replays.REPLAYS_TABLE,
                             [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
-        if not ids:
-            return set()
-        config = bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", list(ids))])
-        sql = (f"SELECT DISTINCT dead_letter_id FROM `{self._tables.ref(replays.REPLAYS_TABLE)}` "
-               "WHERE dead_letter_id IN UNNEST(@ids)")
-        self.calls["jobs.query"] += 1
-        return {row.dead_letter_id for row in self._client.query_and_wait(sql, job_config=config, retry=self.retry)}
 
     def record_replays(self, ids: list, run: str) -> int:
         """Remember that these dead letters were replayed (insertAll, insertId = the id)."""
         if not ids:
             return 0
-        self._tables.ensure(replays.REPLAYS_TABLE,
-                            [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
+        self._ensure_replays()
         now = format_time(datetime.now(timezone.utc))
         rows = [{"dead_letter_id": i, "replayed_at": now, "replay_run": run} for i in ids]
         refused = self._insert(replays.REPLAYS_TABLE, rows, list(ids), set())
@@ -197,12 +191,12 @@ class BigQueryWarehouse:
             raise RuntimeError(f"BigQuery refused {len(refused)} replay records: {next(iter(refused.values()))}")
         return len(rows)
 
-    def _stored_dead_letters(self, ids: list) -> set:
-        """Dead-letter ids already in _dead_letters (a backfill re-run reads the same bad lines).
-        Not pruned by time: a dead letter's failed_at differs run to run, and the table is small."""
+    def _dead_letter_ids_in(self, table: str, ids: list) -> set:
+        """Which of these dead-letter ids `table` (_dead_letters, _replays) holds. Not pruned by
+        time: a dead letter's failed_at differs run to run, and these tables are small."""
         from google.cloud import bigquery
-        config = bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", ids)])
-        sql = (f"SELECT DISTINCT dead_letter_id FROM `{self._tables.ref(planner.DEAD_LETTER_TABLE)}` "
+        config = bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", list(ids))])
+        sql = (f"SELECT DISTINCT dead_letter_id FROM `{self._tables.ref(table)}` "
                "WHERE dead_letter_id IN UNNEST(@ids)")
         self.calls["jobs.query"] += 1
         return {row.dead_letter_id for row in self._client.query_and_wait(sql, job_config=config, retry=self.retry)}
@@ -344,7 +338,7 @@ class BigQueryWarehouse:
         table = planner.DEAD_LETTER_TABLE
         self._tables.ensure(table, [planner.Column(n, t, "$" + n) for n, t in planner.DEAD_LETTER_COLUMNS])
         if self.write_method == "load":  # a batch run, maybe a re-run: insertIds only dedupe for a minute
-            stored = self._stored_dead_letters([r["dead_letter_id"] for r in records])
+            stored = self._dead_letter_ids_in(table, [r["dead_letter_id"] for r in records])
             records = [r for r in records if r["dead_letter_id"] not in stored]
             if not records:
                 return 0

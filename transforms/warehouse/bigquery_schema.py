@@ -6,7 +6,7 @@ someone added by hand (no pointer) is kept out of the planner's way under its ow
 """
 from google.cloud import bigquery
 
-from transforms.warehouse import planner
+from transforms.warehouse import planner, replays
 
 FIELD_TYPES = {planner.BOOL: "BOOL", planner.INT64: "INT64", planner.FLOAT64: "FLOAT64",
                planner.STRING: "STRING", planner.TIMESTAMP: "TIMESTAMP", planner.JSON: "JSON"}
@@ -39,7 +39,7 @@ def clustering(table: str) -> list:
         return ["id"]
     if table == planner.DEAD_LETTER_TABLE:
         return ["error_stage", "error_type"]
-    if table == "_replays":
+    if table == replays.REPLAYS_TABLE:
         return ["dead_letter_id"]
     names = {c.name for c in planner.fixed_columns(table)}
     return ["event", "user_id"] if "event" in names else ["user_id"]
@@ -48,7 +48,7 @@ def clustering(table: str) -> list:
 def new_table(ref: str, table: str, columns) -> bigquery.Table:
     """A table as Sluice creates it: partitioned by day on its time, clustered by event / user."""
     created = bigquery.Table(ref, schema=[field(c) for c in columns])
-    time_field = {planner.DEAD_LETTER_TABLE: "failed_at", "_replays": "replayed_at"}.get(table, "timestamp")
+    time_field = {planner.DEAD_LETTER_TABLE: "failed_at", replays.REPLAYS_TABLE: "replayed_at"}.get(table, "timestamp")
     created.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field=time_field)
     created.clustering_fields = clustering(table)
     created.description = "Written by Sluice; each column's description is the JSON pointer its values come from."

@@ -11,7 +11,7 @@ from collections import Counter
 
 from google.api_core import exceptions
 
-from transforms.warehouse import bigquery_schema as bq, planner
+from transforms.warehouse import bigquery_schema as bq, planner, replays
 
 _SCHEMA_ATTEMPTS = 6        # re-read and re-patch a table this often on conflicting changes
 _LOCK = threading.RLock()   # schema changes of every backend in this process
@@ -109,7 +109,7 @@ class BigQueryTables:
         return updated
 
     def _create_view(self, table: str, columns) -> None:
-        if table == "_replays":  # bookkeeping of replay runs: no view
+        if table == replays.REPLAYS_TABLE:  # bookkeeping of replay runs: no view
             return
         if table == "users":
             self._replace_view("users_view", bq.users_view_sql(self.ref(table), columns))

@@ -45,6 +45,15 @@ class Selection(NamedTuple):
     def keeps_source(self, source) -> bool:
         return self.source is None or fnmatch.fnmatchcase(source or "", self.source)
 
+    def keeps(self, record: dict) -> bool:
+        """A dead-letter file's record against the selection: where() in Python, for files
+        (times canonical UTC strings, so they compare as text)."""
+        failed_at = record.get("failed_at") or ""
+        return ((not self.error_types or record.get("error_type") in self.error_types)
+                and (self.since is None or failed_at >= self.since)
+                and (self.until is None or failed_at < self.until)
+                and failed_at < self.before and self.keeps_source(record.get("source")))
+
 
 def as_record(row: dict) -> dict:
     """A _dead_letters row as the dead-letter record it was written from: JSON columns as

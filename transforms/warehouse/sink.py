@@ -6,6 +6,7 @@ come back as `insert_failed` dead letters; events already stored are counted as 
 `duplicate` policy drop, so a re-run conserves without writing twice.
 """
 import time
+from contextlib import contextmanager
 from typing import Any, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -44,7 +45,17 @@ def open_backend(settings: WarehouseSettings):
     raise ValueError(f"unsupported warehouse URL {settings.url!r}")
 
 
-class _WarehouseFn(beam.DoFn):
+@contextmanager
+def opened_backend(settings: WarehouseSettings):
+    """The backend, open for the block (the launcher's own reads and writes, e.g. replay's)."""
+    backend = open_backend(settings)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+class WarehouseFn(beam.DoFn):
     """Opens the backend in setup() (never pickled with the DoFn), closes it in teardown();
     keep_open: parks it for the next setup instead (local streaming; see transforms.parking)."""
 
@@ -70,7 +81,7 @@ class _WarehouseFn(beam.DoFn):
             metrics.inc(f"api_calls.{kind}", count)
 
 
-class WriteEventsFn(_WarehouseFn):
+class WriteEventsFn(WarehouseFn):
     DEAD_LETTERS = "dead_letters"
 
     def process(self, batch):
@@ -96,7 +107,7 @@ class WriteEventsFn(_WarehouseFn):
                 "warehouse", rejection, event, event.body.get("messageId")))
 
 
-class WriteDeadLettersFn(_WarehouseFn):
+class WriteDeadLettersFn(WarehouseFn):
     """Dead letters have nowhere further to go: a failure here fails the run, loudly."""
 
     def process(self, batch):
