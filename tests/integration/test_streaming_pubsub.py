@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import datetime, timezone
 
 import duckdb
@@ -32,17 +31,10 @@ EXPECTED = {"events": 55, "stored": 52, "dead_lettered": {"malformed_json": 1, "
 
 
 @pytest.fixture
-def subscription(pubsub_emulator, monkeypatch):
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
-    from google.cloud import pubsub_v1
-    name = uuid.uuid4().hex[:10]
-    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    topic = publisher.topic_path(pubsub_emulator.project, f"events-{name}")
-    path = subscriber.subscription_path(pubsub_emulator.project, f"sluice-{name}")
-    publisher.create_topic(name=topic)
-    subscriber.create_subscription(name=path, topic=topic)
-    yield publisher, topic, path
-    subscriber.close()
+def subscription(make_topic):
+    """(publisher, topic, subscription) the pipeline reads."""
+    events = make_topic("events")
+    return events.publisher, events.path, events.subscription
 
 
 @pytest.fixture
