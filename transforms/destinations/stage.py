@@ -12,7 +12,8 @@
 Counters per destination `d`: `destination.d.candidates` (events consent let through),
 `destination.d.dropped_filter`, `forwarded.d` (delivered), `destination.d.failed`,
 `destination.d.requests`, `destination.d.retried`, `destination.d.latency_us` (the sum of
-request times; a distribution `destination.d.latency_ms` too). candidates == dropped_filter + forwarded + failed.
+request times; a distribution `destination.d.latency_ms` too).
+candidates == dropped_filter + forwarded + failed.
 """
 import hashlib
 import time
@@ -111,7 +112,7 @@ class BatchWithStateFn(beam.DoFn):
     END = TimerSpec("end", TimeDomain.WATERMARK)
 
     def __init__(self, destinations: tuple, streaming: bool, clock=time.time):
-        self._destinations, self._streaming, self._clock = destinations, streaming, clock
+        self._streaming, self._clock = streaming, clock
         self._limits = _Limits(destinations)
         self._waits = {d.name: d.batch.max_wait_seconds for d in destinations}
 
