@@ -54,7 +54,8 @@ def build(counters: dict) -> dict:
         "column_cap": _by_prefix(counters, "column_cap."),
         "contracts": {key: counters.get(f"contracts.{key}", 0) for key in ("unplanned", "violations", "omitted")},
         "consent": {key: counters.get(f"consent.{key}", 0) for key in ("present", "missing")},
-        "transforms": _nested(_by_prefix(counters, "transforms.")),
+        "transforms": {rule: {"applied": 0, **counts}  # matched, applied (changed or dropped), ...
+                       for rule, counts in _nested(_by_prefix(counters, "transforms.")).items()},
         "api_calls": _by_prefix(counters, "api_calls."),
         "not_forwarded": _nested({name.replace(".dropped_", "."): value for name, value
                                   in _by_prefix(counters, "destination.").items() if ".dropped_" in name}),
@@ -124,9 +125,11 @@ def format_table(summary: dict) -> str:
         row("consent: with a consent object", consent["present"])
         row("consent: without one", consent["missing"])
     for rule, counts in summary.get("transforms", {}).items():
+        # applied: the events the rule changed (dropped, for drop_event); matched: in its scope
         row(f"rule {rule}: applied", counts.get("applied", 0))
+        row("of events matched", counts.get("matched", 0), 2)
         for name, value in counts.items():
-            if name != "applied":
+            if name not in ("applied", "matched"):
                 row(name, value, 2)
     for destination, counts in summary.get("destinations", {}).items():
         row(f"destination {destination}: delivered", counts["delivered"])

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from pipeline.summary import format_table
 from tests.conftest import rows, run_file_job
 
 SALT = "pepper-for-tests"
@@ -61,8 +62,14 @@ def test_consent_and_rules_route_every_event(tmp_path):
     assert summary["dropped"] == {"consent": 1, "filtered:drop-tests": 1}
     assert summary["dead_lettered"] == {"invalid_consent": 1}
     assert summary["consent"] == {"present": 5, "missing": 1}
-    assert summary["transforms"]["drop-tests"] == {"applied": 1}
-    assert summary["transforms"]["anonymize-ip"] == {"applied": 4}
+    assert summary["transforms"]["drop-tests"] == {"matched": 1, "applied": 1}
+    # four events reach the rule; the one without an IP address is left as it was
+    assert summary["transforms"]["anonymize-ip"] == {"matched": 4, "applied": 3}
+    assert summary["transforms"]["rename-signup"] == {"matched": 1, "applied": 1}
+    assert summary["transforms"]["hash-email"] == {"matched": 4, "applied": 1}  # only the identify has one
+    table = format_table(summary).splitlines()
+    at = table.index(next(line for line in table if line.startswith("rule anonymize-ip: applied")))
+    assert table[at].split()[-1] == "3" and table[at + 1].split() == ["of", "events", "matched", "4"]
     assert {r["message_id"] for r in rows(conn, "SELECT message_id FROM tracks")} == {"kept", "missing", "signup"}
     assert rows(conn, "SELECT event, event_text FROM sign_up") == [{"event": "sign_up", "event_text": "Sign Up"}]
     assert {r["context_ip"] for r in rows(conn, "SELECT context_ip FROM tracks")} == {"198.51.100.0", None}

@@ -7,6 +7,7 @@ import pytest
 
 from transforms.rules.actions import RuleError, anonymize
 from transforms.rules.engine import Filtered, TransformRules
+from transforms.rules.paths import identical
 
 SALT = "pepper-s3cret"
 
@@ -44,7 +45,7 @@ def test_rename_moves_skips_missing_and_counts_blocked():
                           "properties.plan": "traits.plan"}}, body, counts=counts)
     assert out == {"properties": {"plan": "pro"}, "context": {"traits": {"email": "a@example.com"}},
                    "traits": "blocked"}
-    assert counts == Counter({"r.applied": 1, "r.skipped": 1})
+    assert counts == Counter({"r.matched": 1, "r.applied": 1, "r.skipped": 1})
 
 
 @pytest.mark.parametrize("mapping, body, expected", [
@@ -71,7 +72,7 @@ def test_set_value_and_copy():
                        "context.none": {"copy": "properties.missing"}}}, body, counts=counts)
     assert out == {"properties": {"plan": "pro", "address": {"city": "Paris"}}, "traits": "text",
                    "context": {"plan": "pro+", "address": {"city": "Paris"}}}
-    assert counts == Counter({"r.applied": 1, "r.skipped": 1})
+    assert counts == Counter({"r.matched": 1, "r.applied": 1, "r.skipped": 1})
 
 
 def test_copied_and_constant_objects_are_independent():
@@ -144,7 +145,7 @@ def test_anonymize_ip(segment_examples):
               body, counts=counts)
     assert out == {"context": {"ip": None}, "properties": {
         "v4": "203.0.113.0", "v6": "2001:db8:85a3::", "zone": "2001:db8:85a3::", "mapped": "::ffff:203.0.113.0"}}
-    assert counts == Counter({"r.applied": 2, "r.invalid_ip_removed": 4})
+    assert counts == Counter({"r.matched": 2, "r.applied": 2, "r.invalid_ip_removed": 4})
 
 
 # --- drop_event, rename_event, enrich
@@ -152,7 +153,7 @@ def test_anonymize_ip(segment_examples):
 def test_drop_event(segment_examples):
     counts = Counter()
     assert run({"drop_event": True}, segment_examples[2], counts=counts) == Filtered("r")
-    assert counts == Counter({"r.applied": 1})
+    assert counts == Counter({"r.matched": 1, "r.applied": 1})  # a drop is what the rule does
     assert config_error([{"name": "r", "drop_event": "yes"}]).where == "transforms[0].drop_event"
 
 
@@ -209,7 +210,7 @@ IDENTIFY = {"type": "identify", "userId": "u", "traits": {"name": "Order Complet
 ])
 def test_rule_scope(scope, body, source, applies):
     out = run({**scope, "set": {"context.hit": {"value": True}}}, body, source, counts := Counter())
-    assert counts["r.applied"] == int(applies)
+    assert counts["r.matched"] == counts["r.applied"] == int(applies)
     assert (out.get("context") == {"hit": True}) is applies
 
 
@@ -219,7 +220,7 @@ def test_order_matters():
     counts = Counter()
     out = TransformRules([rename, tag]).apply(TRACK, "", counts)
     assert out == {"type": "track", "event": "Purchase", "properties": {"total": 30, "tagged": True}}
-    assert counts == Counter({"rename.applied": 1, "tag.applied": 1})
+    assert counts == Counter({"rename.matched": 1, "rename.applied": 1, "tag.matched": 1, "tag.applied": 1})
     assert TransformRules([tag, rename]).apply(TRACK, "", Counter())["properties"] == {"total": 30}
 
 
@@ -281,7 +282,7 @@ def test_segment_examples_are_never_written(segment_examples, salt_env):
     outputs = [rules.apply(e, "file:x", counts) for e in segment_examples]
     assert segment_examples == snapshot
     assert outputs[1]["properties"]["ip"] == "8.8.8.0" and "ip" not in outputs[1]["context"]
-    assert counts["ev.applied"] == sum(e["type"] == "track" for e in snapshot)
+    assert counts["ev.matched"] == counts["ev.applied"] == sum(e["type"] == "track" for e in snapshot)
 
 
 @pytest.mark.parametrize("address, expected", [
@@ -301,3 +302,65 @@ def test_enrichment_fills_a_null_target(segment_examples):
 def test_unknown_hash_keys_are_refused(salt_env):
     specs = [{"name": "h", "hash": {"paths": ["userId"], "salt_env": "SLUICE_TEST_SALT", "lowercse": True}}]
     assert config_error(specs).where == "transforms[0].hash.lowercse"
+
+
+# --- applied counts what a rule changed; matched, what it looked at
+
+def outcome(rule, body):
+    """(applied?, the body after the rule): the rule always matches here."""
+    counts = Counter()
+    out = run(rule, body, counts=counts)
+    assert counts["r.matched"] == 1
+    return counts["r.applied"], out
+
+
+@pytest.mark.parametrize("rule, body", [
+    ({"rename_event": "Registered"}, {"type": "track", "event": "Signed Up"}),
+    ({"rename": {"properties.a": "properties.b", "properties.x": "properties.y"}}, {"properties": {"a": 1}}),
+    ({"drop": ["properties.email", "properties.absent"]}, {"properties": {"email": "e", "plan": "pro"}}),
+    ({"set": {"properties.plan": {"value": "pro+"}}}, {"properties": {"plan": "pro"}}),
+    ({"set": {"properties.n": {"value": 1.0}}}, {"properties": {"n": 1}}),        # 1.0 is written over 1
+    ({"set": {"properties.b": {"value": True}}}, {"properties": {"b": 1}}),       # and True over 1
+    ({"set": {"context.traits": {"copy": "traits"}}}, {"traits": {"a": 1}, "context": {"traits": {"a": 2}}}),
+    ({"hash": {"paths": ["properties.email", "properties.absent"], "salt_env": "SLUICE_TEST_SALT"}},
+     {"properties": {"email": "e"}}),
+    ({"anonymize_ip": True}, {"context": {"ip": "203.0.113.77"}}),
+    ({"anonymize_ip": True}, {"context": {"ip": "not an ip"}}),                   # removed: a change
+    ({"enrich": "campaign"}, {"context": {"page": {"url": "https://x.example/?utm_source=a"}}}),
+])
+def test_a_rule_that_changes_the_event_is_applied(rule, body, salt_env):
+    applied, out = outcome(rule, body)
+    assert applied == 1 and not identical(out, body)
+
+
+@pytest.mark.parametrize("rule, body", [
+    ({"rename_event": "Registered"}, {"type": "track", "event": "Registered"}),   # the name already
+    ({"rename_event": "Registered"}, {"type": "identify", "userId": "u"}),         # no name to rename
+    ({"rename": {"properties.a": "properties.b"}}, {"properties": {"x": 1}}),     # source absent
+    ({"rename": {"properties.a": "traits.a"}}, {"properties": {"a": 1}, "traits": "text"}),  # blocked
+    ({"drop": ["properties.email", "context.ip"]}, {"properties": {"plan": "pro"}}),
+    ({"set": {"properties.plan": {"value": "pro"}}}, {"properties": {"plan": "pro"}}),
+    ({"set": {"properties.tags": {"value": {"a": [1, None]}}}}, {"properties": {"tags": {"a": [1, None]}}}),
+    ({"set": {"context.traits": {"copy": "traits"}}}, {"traits": {"a": 1}, "context": {"traits": {"a": 1}}}),
+    ({"set": {"context.x": {"copy": "properties.absent"}}}, {"properties": {}}),
+    ({"set": {"traits.x": {"value": 1}}}, {"traits": "text"}),                    # blocked: skipped
+    ({"hash": {"paths": ["properties.email"], "salt_env": "SLUICE_TEST_SALT"}}, {"properties": {"email": None}}),
+    ({"hash": {"paths": ["properties.email"], "salt_env": "SLUICE_TEST_SALT"}}, {"properties": {}}),
+    ({"anonymize_ip": True}, {"context": {"ip": "203.0.113.0"}}),                 # anonymized already
+    ({"anonymize_ip": True}, {"context": {"ip": None}}),
+    ({"anonymize_ip": True}, {"type": "track"}),
+    ({"enrich": "campaign"}, {"context": {"campaign": {"name": "c"},
+                                          "page": {"url": "https://x.example/?utm_source=a"}}}),
+    ({"enrich": "campaign"}, {"context": {"page": {"url": "https://x.example/"}}}),
+    ({"enrich": "user_agent"}, {"context": {}}),
+])
+def test_a_rule_that_leaves_the_event_as_it_was_matched_but_did_not_apply(rule, body, salt_env):
+    applied, out = outcome(rule, body)
+    assert applied == 0 and out == body
+
+
+def test_a_rule_that_changes_nothing_copies_nothing():
+    body = {"type": "track", "event": "A", "properties": {"plan": "pro"}, "context": {"ip": "203.0.113.0"}}
+    rules = TransformRules([{"name": "s", "set": {"properties.plan": {"value": "pro"}}},
+                            {"name": "ip", "anonymize_ip": True}, {"name": "ev", "rename_event": "A"}])
+    assert rules.apply(body, "", Counter()) is body  # no object on the path was copied

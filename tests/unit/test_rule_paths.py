@@ -4,7 +4,7 @@ import copy
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from transforms.rules.paths import MISSING, EventDoc, PathError, get, parse
+from transforms.rules.paths import MISSING, EventDoc, PathError, get, identical, parse
 
 
 @pytest.mark.parametrize("text, parts", [
@@ -74,6 +74,15 @@ def test_a_null_in_the_way_is_replaced_by_an_object():
     doc = EventDoc({"context": None})
     assert doc.set(("context", "page", "url"), "https://example.com") is True
     assert doc.root == {"context": {"page": {"url": "https://example.com"}}}
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("pro", "pro", True), (1, 1, True), (None, None, True), ({"a": [1, {"b": None}]}, {"a": [1, {"b": None}]}, True),
+    (1, 1.0, False), (True, 1, False), (0, False, False), ({"a": 1}, {"a": 1.0}, False), ([True], [1], False),
+    ({"a": 1}, {"a": 1, "b": 2}, False), ([1, 2], [2, 1], False), (MISSING, None, False), ("1", 1, False),
+])
+def test_identical_is_equality_of_values_and_types(a, b, same):
+    assert identical(a, b) is same and identical(b, a) is same
 
 
 # --- property: EventDoc behaves as in-place edits of a deep copy, and never writes its input

@@ -1,9 +1,13 @@
 """What a transformation rule does to one event, compiled from its config once per worker.
 
 Each builder takes the action's config value and the key path naming it (for errors) and
-returns `act(doc, counts) -> outcome`: APPLIED, or DROP for `drop_event`. Writes go
-through the EventDoc, so the event as it arrived is never changed. Values a rule cannot
-write (a non-object in the way) are left as they were and counted as `skipped`.
+returns `act(doc, counts) -> outcome`: True when it changed the event, False when it left
+it as it was (nothing at its paths, or the value already there), DROP for `drop_event`.
+The engine counts True and DROP as `<rule>.applied` (what the rule did) and every call
+as `<rule>.matched` (what it looked at). Writes go through the EventDoc, so the event as
+it arrived is never changed; a value that is already what the rule would write is not
+written again (no copy). Values a rule cannot write (a non-object in the way) are left as
+they were and counted as `skipped`.
 """
 import copy
 import hashlib
@@ -17,8 +21,7 @@ from transforms import jsonutil
 from transforms.rules import enrich, paths
 from transforms.rules.paths import MISSING
 
-APPLIED = "applied"
-DROP = "drop"
+DROP = "drop"  # truthy: a drop is counted as applied
 # Fields that drive routing, dedupe and time: Normalize owns them, rules may not write them.
 PROTECTED = frozenset(("type", "messageId", "timestamp", "originalTimestamp", "sentAt", "receivedAt", "event"))
 IDENTITY = frozenset(("userId", "anonymousId", "previousId", "groupId"))
@@ -58,11 +61,10 @@ def rename_event(name, where: str, rule_types) -> Callable:
 
     def act(doc, counts):
         kind = doc.root.get("type")
-        if kind == "track":
-            doc.set(("event",), name)
-        elif kind in ("page", "screen"):
-            doc.set(("name",), name)
-        return APPLIED
+        key = "event" if kind == "track" else "name" if kind in ("page", "screen") else None
+        if key is None or doc.root.get(key) == name:
+            return False
+        return doc.set((key,), name)
     return act
 
 
@@ -73,16 +75,19 @@ def rename(mapping, where: str) -> Callable:
              for old, new in mapping.items()]
 
     def act(doc, counts):
+        changed = False
         for old, new in moves:
             value = doc.get(old)
             if value is MISSING or old == new:
                 continue
             # Delete first: either path may lie inside the other (properties -> properties.old).
             doc.delete(old)
-            if not doc.set(new, value):
+            if doc.set(new, value):
+                changed = True
+            else:
                 doc.set(old, value)  # put it back where it was: nothing is lost
                 counts["skipped"] += 1
-        return APPLIED
+        return changed
     return act
 
 
@@ -90,9 +95,10 @@ def drop(value, where: str) -> Callable:
     targets = _path_list(value, where)
 
     def act(doc, counts):
+        changed = False
         for parts in targets:
-            doc.delete(parts)
-        return APPLIED
+            changed = doc.delete(parts) or changed
+        return changed
     return act
 
 
@@ -114,13 +120,16 @@ def set_values(mapping, where: str) -> Callable:
             writes.append((parts, source["value"], None))
 
     def act(doc, counts):
+        changed = False
         for parts, constant, origin in writes:
             value = constant if origin is None else doc.get(origin)
-            if value is MISSING:
+            if value is MISSING or paths.identical(doc.get(parts), value):
                 continue
-            if not doc.set(parts, copy.deepcopy(value) if isinstance(value, (dict, list)) else value):
+            if doc.set(parts, copy.deepcopy(value) if isinstance(value, (dict, list)) else value):
+                changed = True
+            else:
                 counts["skipped"] += 1
-        return APPLIED
+        return changed
     return act
 
 
@@ -169,11 +178,12 @@ def hash_values(spec, where: str) -> Callable:
         return hashlib.sha256(salt + data).hexdigest()
 
     def act(doc, counts):
+        changed = False
         for parts in targets:
             value = doc.get(parts)
             if value is not MISSING and value is not None:
-                doc.set(parts, digest(value))
-        return APPLIED
+                changed = doc.set(parts, digest(value)) or changed
+        return changed
     return act
 
 
@@ -210,16 +220,20 @@ def anonymize_ip(value, where: str) -> Callable:
     targets = _path_list(list(DEFAULT_IP_PATHS) if value is True else value, where)
 
     def act(doc, counts):
+        changed = False
         for parts in targets:
             address = doc.get(parts)
             if address is MISSING or address is None:
                 continue
             try:
-                doc.set(parts, anonymize(address))
+                anonymized = anonymize(address)
             except (ValueError, AttributeError):  # not an address: keeping it could leak one
-                doc.delete(parts)
+                changed = doc.delete(parts) or changed
                 counts["invalid_ip_removed"] += 1
-        return APPLIED
+                continue
+            if anonymized != address:  # an address anonymized already is left as it is
+                changed = doc.set(parts, anonymized) or changed
+        return changed
     return act
 
 
@@ -238,9 +252,11 @@ def enrichment(kind, where: str) -> Callable:
         def act(doc, counts):
             if doc.get(("context", "campaign"), None) is None:  # absent or null
                 campaign = enrich.campaign_from_url(doc.get(_CAMPAIGN_URL, None))
-                if campaign is not None and not doc.set(("context", "campaign"), campaign):
+                if campaign is not None:
+                    if doc.set(("context", "campaign"), campaign):
+                        return True
                     counts["skipped"] += 1
-            return APPLIED
+            return False
         return act
     if kind == "user_agent":
         parser = []  # built on first use: loading the rules costs time a launch check does not need
@@ -250,9 +266,11 @@ def enrichment(kind, where: str) -> Callable:
                 if not parser:
                     parser.append(enrich.UserAgentParser())
                 data = parser[0].user_agent_data(doc.get(_USER_AGENT, None))
-                if data is not None and not doc.set(("context", "userAgentData"), data):
+                if data is not None:
+                    if doc.set(("context", "userAgentData"), data):
+                        return True
                     counts["skipped"] += 1
-            return APPLIED
+            return False
         return act
     raise RuleError(where, "expected campaign or user_agent")
 

@@ -12,6 +12,10 @@ conditions.py). It has exactly one action:
 
 Rules see the event as the rules before them left it (a renamed event matches later
 rules by its new name). `drop_event` ends the event as the policy drop `filtered:<name>`.
+
+Counts per rule: `<name>.matched`, the events in its scope (the rule looked at them);
+`<name>.applied`, the events it changed (for `drop_event`: dropped). A rule whose paths
+are absent, or whose value is there already, matched the event but did not apply.
 """
 import fnmatch
 import re
@@ -49,10 +53,11 @@ class Rule(NamedTuple):
     events: Optional[re.Pattern]
     sources: Optional[re.Pattern]
     when: Optional[object]       # compiled condition: body -> bool
-    act: object                  # (doc, counts) -> APPLIED | DROP
+    act: object                  # (doc, counts) -> changed (bool) | DROP
     touches_identity: bool
     tally: object                # _RuleCounts: the action's counts under the rule's name
-    applied: str                 # "<name>.applied"
+    matched: str                 # "<name>.matched": events in the rule's scope
+    applied: str                 # "<name>.applied": events it changed (or dropped)
 
     def matches(self, body: dict, source: str) -> bool:
         if not in_scope(body, self.types, self.events):
@@ -126,7 +131,7 @@ def compile_rule(spec, where: str) -> Rule:
         raise RuleError(exc.where, exc.message) from None
     return Rule(name, types, _globs(spec.get("events"), f"{where}.events"),
                 _globs(spec.get("sources"), f"{where}.sources"), when, act, actions.touches_identity(spec),
-                _RuleCounts(name), name + ".applied")
+                _RuleCounts(name), name + ".matched", name + ".applied")
 
 
 class TransformRules:
@@ -146,19 +151,22 @@ class TransformRules:
 
     def apply(self, body: dict, source: str, counts: Counter) -> Union[dict, Filtered]:
         """The transformed body (a new object where anything changed; `body` is never written),
-        or Filtered. counts gets `<rule>.applied` and the actions' own counts."""
+        or Filtered. counts gets `<rule>.matched`, `<rule>.applied` and the actions' own counts."""
         if not self.rules:
             return body
         doc = EventDoc(body)
         for rule in self.rules:
             if not rule.matches(doc.root, source):
                 continue
-            counts[rule.applied] += 1
+            counts[rule.matched] += 1
             tally = rule.tally
             if tally.counts is not counts:
                 tally.counts = counts
-            if rule.act(doc, tally) is DROP:
-                return Filtered(rule.name)
+            outcome = rule.act(doc, tally)
+            if outcome:
+                counts[rule.applied] += 1
+                if outcome is DROP:
+                    return Filtered(rule.name)
         return doc.root
 
 

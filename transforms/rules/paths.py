@@ -46,6 +46,18 @@ def get(body: dict, parts: tuple, default=MISSING):
     return node
 
 
+def identical(a, b) -> bool:
+    """The same value of the same types all the way down: what writing `b` over `a` would
+    not change (1 and 1.0 differ here, and True and 1, unlike in Python's ==)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(identical(a[k], b[k]) for k in a)
+    if type(a) is list:
+        return len(a) == len(b) and all(map(identical, a, b))
+    return a == b
+
+
 class EventDoc:
     """One event body under edit. `root` is the current body; the input is never written."""
     __slots__ = ("root", "_owned")
