@@ -5,7 +5,9 @@ type, default config) and `transforms` (the same examples plus lines for consent
 kind of rule, with transforms/sluice.yaml). Regenerate the expected files after an intended
 change with
     SLUICE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/golden
-and review the diff like code.
+and review the diff like code. In that mode each case writes its file and fails (a run that
+only compares the output with what it just wrote proves nothing); re-run without
+SLUICE_UPDATE_GOLDEN to check.
 """
 import json
 import os
@@ -75,7 +77,13 @@ def test_golden_tables(tmp_path, monkeypatch, case):
     result = run_golden(tmp_path / "golden.duckdb", extra, config)
     actual = {"summary": result, "tables": dump(tmp_path / "golden.duckdb")}
     if os.environ.get("SLUICE_UPDATE_GOLDEN"):
-        expected_path.write_text(json.dumps(actual, indent=1, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+        # Never a pass: comparing the file just written with itself would prove nothing.
+        text = json.dumps(actual, indent=1, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+        changed = not expected_path.exists() or expected_path.read_text() != text
+        expected_path.write_text(text)
+        pytest.fail(f"SLUICE_UPDATE_GOLDEN: updated {expected_path.relative_to(HERE.parents[1])} "
+                    f"({'changed' if changed else 'no change'}); review the diff and re-run without "
+                    "SLUICE_UPDATE_GOLDEN", pytrace=False)
     expected = json.loads(expected_path.read_text())
     actual = json.loads(json.dumps(actual, default=str))
     assert actual["summary"] == expected["summary"]

@@ -6,6 +6,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.config import Config
 from pipeline.graph import build_graph
+from tests.pipeline import untouched
 from transforms.consent import ApplyConsent, ConsentSettings
 from transforms.decode import DecodeMessages
 from transforms.messages import Event, RawMessage
@@ -87,7 +88,30 @@ def test_apply_transforms_filters_rewrites_and_sends_unstored_events_to_forward_
                                    Event(b, b, None, {}, "test", NOW),
                                    Event(a, a, None, {}, "test", NOW, store=False, destinations=("crm",))]))
         out = events | ApplyTransforms(TransformSettings(rules))
-        assert_that(out.events | beam.Map(lambda e: (e.body["properties"], a["properties"])),
-                    equal_to([({"new": 1}, {"old": 1})]), label="stored")  # the input is never written
-        assert_that(out.forward_only | beam.Map(lambda e: e.destinations), equal_to([("crm",)]), label="forward")
+        assert_that(out.events | beam.Map(lambda e: e.body["properties"]), equal_to([{"new": 1}]), label="stored")
+        assert_that(out.forward_only | beam.Map(lambda e: (e.body["properties"], e.destinations)),
+                    equal_to([({"new": 1}, ("crm",))]), label="forward")
         assert_that(out.dead_letters, equal_to([]), label="dead")
+
+
+def test_apply_transforms_never_writes_into_its_input():
+    """The rules copy what they change: the body they were given (which shares its nested
+    objects with `original` and, downstream, with dead letters) is never written. Checked on
+    the objects the stage really received (see untouched.py): a check inside the pipeline
+    would compare a pickled copy with itself. As normalize does, each body is a new dict that
+    shares its nested objects with `original`."""
+    rules = ({"name": "rename", "rename": {"properties.old": "properties.new"}},
+             {"name": "set", "set": {"context.library.name": {"value": "x"}}},
+             {"name": "drop", "drop": ["properties.gone"]})
+    a = {"type": "track", "event": "A", "userId": "u", "messageId": "a", "timestamp": NOW, "receivedAt": NOW,
+         "properties": {"old": 1, "gone": 2, "kept": {"deep": [1]}}, "context": {"library": {"name": "js"}}}
+    with TestPipeline(runner=FnApiRunner()) as p:
+        given = p | beam.Create([Event(dict(a), a, None, {}, "test", NOW),
+                                 Event(dict(a), a, None, {}, "test", NOW, store=False, destinations=("crm",))])
+        out = given | untouched.Kept("transforms") | ApplyTransforms(TransformSettings(rules))
+        for name, changed in (("stored", out.events), ("forward", out.forward_only)):
+            assert_that(changed | f"Body{name}" >> beam.Map(lambda e: (e.body["properties"], e.body["context"])),
+                        equal_to([({"new": 1, "kept": {"deep": [1]}}, {"library": {"name": "x"}})]), label=name)
+            assert_that(changed | f"Seen{name}" >> untouched.seen_by("transforms"), equal_to([True]),
+                        label=f"seen {name}")
+    untouched.assert_untouched("transforms", 2)

@@ -1,11 +1,14 @@
 """What a person sees on the command line: one line naming the problem, exit status 2."""
+import argparse
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 
-from pipeline import config
+from pipeline import config, options
 from pipeline.errors import UsageError
 from tests.conftest import ROOT, SAMPLE
 
@@ -44,11 +47,26 @@ def test_usage_errors_are_one_line_and_exit_2(args, expected):
     assert "Traceback" not in result.stderr
 
 
+def sluice_option_actions() -> list:
+    """Every option Sluice defines, from the parser in pipeline/options.py (not a hand list)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    options.SluiceOptions._add_argparse_args(parser)
+    return [action for action in parser._actions if action.option_strings]
+
+
 def test_help_lists_every_option():
     result = sluice("--help")
-    assert result.returncode == 0
-    for option in ("--input_files", "--config", "--warehouse", "--summary_path", "--runner"):
-        assert option in result.stdout
+    assert result.returncode == 0, result.stderr
+    actions = sluice_option_actions()
+    assert len(actions) >= 10  # the derivation found the options, not an empty parser
+    flat = "".join(result.stdout.split())  # argparse wraps lines (and breaks at hyphens)
+    for action in actions:
+        help_text = (action.help or "") % {"default": action.default}
+        assert help_text.strip(), f"{action.option_strings[0]} has no help text"
+        for option in action.option_strings:
+            assert re.search(rf"^  {re.escape(option)}(?= |$)", result.stdout, re.M), f"{option} is not listed"
+        assert "".join(help_text.split()) in flat, f"{action.option_strings[0]}'s help is not shown"
+    assert "--runner" in result.stdout  # Beam's options pass through, named in the epilog
 
 
 def test_a_run_prints_the_summary_and_writes_json(tmp_path):
@@ -80,7 +98,29 @@ def test_config_mistakes_name_the_key(tmp_path, text, expected):
         config.load(str(path))
 
 
-def test_the_shipped_config_is_valid_and_shows_every_default(monkeypatch):
+def schema_defaults() -> list:
+    """(section, key, default) for every key of a config section that has a default in
+    schemas/config.schema.json (list items, such as destinations, are examples, not defaults)."""
+    import schemas
+    document = schemas.load("config.schema.json")
+    return [(section, key, spec["default"]) for section, node in sorted(document["properties"].items())
+            for key, spec in sorted(node.get("properties", {}).items()) if "default" in spec]
+
+
+# samples/sluice.yaml promises "every key shown with its default value" but has no `streaming`
+# section (found by this test; samples/ is not test code, so it is reported, not changed here).
+_SAMPLE_LACKS = pytest.mark.xfail(strict=True, reason="samples/sluice.yaml has no streaming section")
+
+
+@pytest.mark.parametrize("section, key, default", [
+    pytest.param(*entry, marks=_SAMPLE_LACKS if entry[0] == "streaming" else ()) for entry in schema_defaults()])
+def test_the_shipped_config_shows_every_default_key(section, key, default):
+    shown = yaml.safe_load((ROOT / "samples" / "sluice.yaml").read_text())
+    assert key in (shown.get(section) or {}), f"samples/sluice.yaml does not show {section}.{key}"
+    assert shown[section][key] == default, f"{section}.{key}: {shown[section][key]!r}, the default is {default!r}"
+
+
+def test_the_shipped_config_is_valid_and_its_values_are_the_defaults(monkeypatch):
     monkeypatch.setenv("SLUICE_HASH_SALT", "test-salt")
     loaded = config.load(str(ROOT / "samples" / "sluice.yaml"))
     assert loaded._replace(contracts=None, consent=None, transforms=config.Config().transforms) == config.Config()

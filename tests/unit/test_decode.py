@@ -92,3 +92,24 @@ def test_dead_letter_records_match_their_schema():
         validator.validate(record)
         assert deadletter.decode_payload(record["payload"], record["payload_encoding"]) == payload
         assert "\n" not in record["error_message"]
+
+
+def test_dead_letter_ids_are_fixed_vectors():
+    """The id is the dead-letter table's dedupe key (a re-run or a redelivery of the same failure
+    is one row): if its format changes, every failure of a re-run is stored again. These are the
+    first 32 hex digits of sha256(stage NUL error_type NUL source NUL position NUL payload),
+    computed once outside the project's code, e.g.
+        printf 'decode\\0malformed_json\\0file:x\\0001\\0{"a": 1}' | sha256sum | cut -c1-32
+    (`\\0001` is printf's NUL followed by the position 1). Change them on purpose only."""
+    from transforms import deadletter
+    from transforms.messages import Rejection
+
+    def letter_id(position):
+        return deadletter.make_record("decode", Rejection("malformed_json", "bad"), b'{"a": 1}', attributes={},
+                                      source="file:x", received_at=NOW, position=position)["dead_letter_id"]
+    assert letter_id("1") == "bcf085fba2874f2891d0d28717138d21"
+    assert letter_id("2") == "1d8f68fb8b27eb7d7a64c4e40ecfcffd"  # the same bad line twice: two dead letters
+    # An event from a batch envelope: its position is "<line>#<index>", its payload its own compact JSON.
+    event = Event({"type": "track"}, {"type": "track"}, None, {}, "file:x", NOW, batch_index=2, position="1")
+    record = deadletter.from_event("normalize", Rejection("missing_identity", "no id"), event)
+    assert record["dead_letter_id"] == "7fe8a310780bb20c41c0ab0ea5fda027"
