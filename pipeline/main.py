@@ -22,6 +22,7 @@ from transforms import metrics, parking
 from transforms.destinations import model as destination_model
 from transforms.rules import udf
 from transforms.warehouse import duckdb_backend
+from transforms.warehouse.sink import opened_backend
 
 
 class RunPlan(NamedTuple):
@@ -128,6 +129,10 @@ def execute(plan: RunPlan, pipeline_options):
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
                           trust_event_received_at=not plan.streaming, streaming=plan.streaming, local=local,
                           dead_letter_topic=plan.dead_letter_topic, **plan.backend)
+    # Once, at launch (also for a flex template launch, which runs nothing here): the dead-letter
+    # table (and BigQuery's view of it) exists from the first run, before anything has failed.
+    with opened_backend(warehouse_settings(plan.warehouse_url, plan.config, **plan.backend)) as backend:
+        backend.ensure_dead_letters()
     if plan.streaming and local:
         metrics.count_in_process()
         streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,

@@ -83,6 +83,18 @@ def test_the_segment_examples_land_with_dead_letters_and_views(tmp_path, bigquer
     assert users and all(u["id"] for u in users)
 
 
+def test_dead_letters_and_their_view_are_queryable_from_the_first_run(tmp_path, bigquery_emulator, bigquery_client,
+                                                                      dataset_name):
+    """A run with only good events leaves `_dead_letters` and `_dead_letters_view` empty, not
+    missing (the launcher creates them): a monitoring query works before anything has failed."""
+    summary = run_job(tmp_path, bigquery_emulator, dataset_name, [track("m1", total=10)])
+    assert summary["stored"] == 1 and summary["dead_lettered"] == {}
+    for name in ("_dead_letters", "_dead_letters_view"):
+        assert query(bigquery_client, f"SELECT count(*) AS n FROM `{dataset_name}.{name}`") == [{"n": 0}]
+    view = bigquery_client.get_table(f"{bigquery_emulator.project}.{dataset_name}._dead_letters_view")
+    assert view.table_type == "VIEW"
+
+
 def page(message_id, **properties):
     return {"type": "page", "name": "Home", "userId": "u1", "messageId": message_id,
             "timestamp": "2026-11-02T09:00:00Z", "properties": properties}

@@ -1,8 +1,12 @@
 """The DuckDB backend against a real database file."""
 import threading
 
+import apache_beam as beam
 import duckdb
+import pytest
 
+from pipeline.main import run
+from tests.conftest import run_file_job
 from transforms.messages import Event
 from transforms.normalize import normalize_event
 from transforms.warehouse.duckdb_backend import DuckDBWarehouse
@@ -166,3 +170,25 @@ def test_backends_not_kept_open_close_at_teardown(tmp_path):
     fn.setup()
     fn.teardown()
     assert str(tmp_path / "w.duckdb") not in duckdb_backend._DATABASES
+
+
+def test_dead_letters_are_queryable_from_the_first_run(tmp_path):
+    """A run with only good events leaves `_dead_letters` empty, not missing: a monitoring
+    query on it works before anything has failed."""
+    summary, conn = run_file_job(tmp_path, [{"type": "track", "event": "A", "userId": "u", "messageId": "m1"}], "")
+    assert summary["stored"] == 1 and summary["dead_lettered"] == {}
+    assert conn.execute("SELECT count(*) FROM _dead_letters").fetchall() == [(0,)]
+
+
+def test_the_launch_creates_dead_letters_before_the_job_runs(tmp_path, monkeypatch):
+    """The launcher does it (pipeline.main.execute), once: not left to a worker's setup."""
+    class NotRun(Exception):
+        pass
+
+    def not_run(pipeline, *args, **kwargs):
+        raise NotRun()
+    monkeypatch.setattr(beam.Pipeline, "run", not_run)
+    (tmp_path / "in.jsonl").write_text('{"type": "track", "event": "A", "userId": "u"}\n')
+    with pytest.raises(NotRun):
+        run(["--input_files", str(tmp_path / "in.jsonl"), "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"])
+    assert query(tmp_path / "w.duckdb", "SELECT count(*) FROM _dead_letters") == [(0,)]

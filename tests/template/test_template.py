@@ -6,6 +6,7 @@ distributions; the entry file runs the real pipeline locally on FnApiRunner.
 """
 import argparse
 import ast
+import contextlib
 import fnmatch
 import importlib.metadata
 import importlib.util
@@ -317,7 +318,31 @@ class Submitted(Exception):
     """Raised in place of DataflowRunner's submission: the graph got that far."""
 
 
-def test_a_dataflow_launch_builds_a_streaming_graph_that_serializes(monkeypatch):
+class LaunchWarehouse:
+    """Stands in for the warehouse the launcher opens (pipeline.main.opened_backend): there is no
+    Google here. Records what the launch asked of it."""
+
+    def __init__(self):
+        self.opened, self.ensured = [], 0
+
+    @contextlib.contextmanager
+    def __call__(self, settings):
+        self.opened.append(settings.url)
+        yield self
+
+    def ensure_dead_letters(self):
+        self.ensured += 1
+
+
+@pytest.fixture
+def launch_warehouse(monkeypatch):
+    import pipeline.main
+    warehouse = LaunchWarehouse()
+    monkeypatch.setattr(pipeline.main, "opened_backend", warehouse)
+    return warehouse
+
+
+def test_a_dataflow_launch_builds_a_streaming_graph_that_serializes(monkeypatch, launch_warehouse):
     """Up to the runner, offline: Sluice accepts the launch's arguments, builds the graph for
     DataflowRunner, and the graph turns into the runner API proto (every DoFn pickles)."""
     from pipeline.main import main
@@ -338,7 +363,7 @@ def test_a_dataflow_launch_builds_a_streaming_graph_that_serializes(monkeypatch)
     assert seen["options"].get_all_options()["sdk_container_image"].endswith("/sluice:1")
 
 
-def test_a_template_launch_exits_0_once_the_runner_has_written_the_job(monkeypatch):
+def test_a_template_launch_exits_0_once_the_runner_has_written_the_job(monkeypatch, launch_warehouse):
     from apache_beam.runners.dataflow.dataflow_metrics import DataflowMetrics
     from apache_beam.runners.dataflow.dataflow_runner import DataflowPipelineResult
 
@@ -352,6 +377,9 @@ def test_a_template_launch_exits_0_once_the_runner_has_written_the_job(monkeypat
     monkeypatch.setattr(GoogleCloudOptions, "validate", lambda self, validator: [])
     monkeypatch.setattr(beam.Pipeline, "run", run)
     assert main(launch_arguments()) == 0
+    # The launcher, not a worker, makes the dead-letter table (and its view) exist from the
+    # first run, once: a template launch too, although it runs nothing of the job here.
+    assert launch_warehouse.opened == ["bigquery://my-project/segment_events"] and launch_warehouse.ensured == 1
 
 
 # --- d. setup.py installs what a worker imports ------------------------------------------------

@@ -331,12 +331,20 @@ class BigQueryWarehouse:
         return []
 
     # -- dead letters ------------------------------------------------------------------
+    def ensure_dead_letters(self) -> None:
+        """`_dead_letters` and `_dead_letters_view` exist (created together if the table does
+        not), so a monitoring query on them works from the first run. The launcher calls this
+        once per run (pipeline.main.execute); a worker's check is one tables.get per process,
+        none where the launcher's cached schema is shared (local runs)."""
+        self._tables.ensure(planner.DEAD_LETTER_TABLE,
+                            [planner.Column(n, t, "$" + n) for n, t in planner.DEAD_LETTER_COLUMNS])
+
     def write_dead_letters(self, records: list) -> int:
         """Dead letters have nowhere further to go: a refusal here raises (the bundle fails
         and is retried), never drops them. insertAll with insertId = the dead letter's stable
         id: a re-read of the same bad line within the window is stored once."""
         table = planner.DEAD_LETTER_TABLE
-        self._tables.ensure(table, [planner.Column(n, t, "$" + n) for n, t in planner.DEAD_LETTER_COLUMNS])
+        self.ensure_dead_letters()
         if self.write_method == "load":  # a batch run, maybe a re-run: insertIds only dedupe for a minute
             stored = self._dead_letter_ids_in(table, [r["dead_letter_id"] for r in records])
             records = [r for r in records if r["dead_letter_id"] not in stored]

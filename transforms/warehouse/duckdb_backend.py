@@ -126,9 +126,7 @@ class DuckDBWarehouse:
         conn.execute(f"CREATE TABLE IF NOT EXISTS {COLUMNS_TABLE} (table_name VARCHAR, column_name VARCHAR, "
                      "column_type VARCHAR, source VARCHAR, added_at TIMESTAMPTZ, "
                      "PRIMARY KEY (table_name, column_name))")
-        columns = ", ".join(f"{quote(n)} {SQL_TYPES[t]}" + (" PRIMARY KEY" if n == "dead_letter_id" else "")
-                            for n, t in DEAD_LETTER_COLUMNS)
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} ({columns})")
+        self.ensure_dead_letters()
         registered = defaultdict(list)
         for table, name, kind, source in conn.execute(
                 f"SELECT table_name, column_name, column_type, source FROM {COLUMNS_TABLE} ORDER BY added_at, column_name").fetchall():
@@ -273,6 +271,15 @@ class DuckDBWarehouse:
                                      {"loaded_at": loaded_at}).fetchone()[0]
 
     # -- dead letters ------------------------------------------------------------------
+    def ensure_dead_letters(self) -> None:
+        """`_dead_letters` exists, empty until something fails (a monitoring query on it works
+        from the first run). Done when the file is opened; DuckDB needs no view: the primary
+        key keeps one row per dead letter."""
+        columns = ", ".join(f"{quote(n)} {SQL_TYPES[t]}" + (" PRIMARY KEY" if n == "dead_letter_id" else "")
+                            for n, t in DEAD_LETTER_COLUMNS)
+        with self._db.lock:
+            self._db.conn.execute(f"CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} ({columns})")
+
     def select_dead_letters(self, selection) -> list:
         """Dead-letter records (dicts, times as ISO strings) a replay selection names."""
         where, params = selection.where()
