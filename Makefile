@@ -1,4 +1,5 @@
 # Quick start: `make demo`, `make test`. Both create .venv when it is missing.
+# `make test-fast`: the suite without the emulators, Node or Python 3.13 (.venv only).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ PYTHON313 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1
 BQ_EMULATOR := .emulators/bigquery
 BQ_STAMP := $(BQ_EMULATOR)/.installed
 
-.PHONY: demo test bench bench-streaming bench-forwarding sample clean emulators template
+.PHONY: demo test test-fast check-prereqs bench bench-streaming bench-forwarding sample clean emulators template
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,8 +48,18 @@ $(BQ_STAMP): emulators/bigquery-requirements.txt
 
 emulators: $(BQ_STAMP)
 
-test: $(STAMP) $(NODE_STAMP) $(BQ_STAMP)
+# make test needs Java, the Cloud SDK's Pub/Sub emulator, Node/npm and Python 3.13: checked first
+# (make builds prerequisites in the order listed), one line per missing one (docs/testing.md).
+check-prereqs:
+	@PYTHON313="$(PYTHON313)" scripts/check-prereqs
+
+test: check-prereqs $(STAMP) $(NODE_STAMP) $(BQ_STAMP)
 	$(PY) -m pytest
+
+# Everything but the tests that start emulators (marked integration by tests/conftest.py) and
+# the TypeScript check (marked node): needs only .venv.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration and not node"
 
 # Dataflow flex template (templates/). Needs docker and gcloud (it cannot run in CI); e.g.
 #   make template PROJECT=my-project TEMPLATE_BUCKET=my-bucket

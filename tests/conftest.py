@@ -16,6 +16,21 @@ FIXTURES = ROOT / "tests" / "golden" / "segment-spec-examples.jsonl"
 SAMPLE = ROOT / "samples" / "events.jsonl"
 
 
+# What a test needs beyond .venv, by the fixture it uses (directly or through other fixtures):
+# the fixture's emulator marker, and `integration`. `make test-fast` deselects `integration` and
+# `node` (tests that need the pinned TypeScript compiler from node_modules: marked where they are).
+EMULATOR_FIXTURES = ("pubsub_emulator", "gcs_emulator", "bigquery_emulator")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = [name for name in EMULATOR_FIXTURES if name in getattr(item, "fixturenames", ())]
+        for name in used:
+            item.add_marker(name)
+        if used:
+            item.add_marker("integration")
+
+
 @pytest.fixture
 def segment_examples():
     """The Segment documentation's example payloads (CC BY 4.0), one dict per line."""

@@ -54,6 +54,7 @@ def mypy(directory):
 
 
 @pytest.mark.slow
+@pytest.mark.node
 def test_typescript_output_compiles_and_rejects_wrong_calls(tmp_path):
     (tmp_path / "tracking.ts").write_text(typegen.generate(CONTRACTS, "typescript"))
     (tmp_path / "usage.ts").write_text(TS_GOOD)
