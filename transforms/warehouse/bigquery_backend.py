@@ -1,6 +1,6 @@
 """The BigQuery warehouse: Sluice's own sink, tables created and widened as events need.
 
-Two write paths, chosen by --bigquery_write_method (see the README for the measurements):
+Two write paths, chosen by --bigquery_write_method (see docs/bigquery.md for the measurements):
 - `insert_all` (streaming runs): tabledata.insertAll with insertId = the event's message_id,
   so a retried request does not store a row twice (BigQuery drops repeated insertIds for
   about a minute; `<table>_view` keeps the newest row per message_id for the rest).
