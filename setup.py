@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "pipeline" / "__init__.py").read_text()).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "transforms" / "__init__.py").read_text()).group(1)
 
 # Runtime dependencies are pinned exactly: Dataflow workers install from this list
 # (--setup_file), so a worker must get what the tests ran against.

@@ -1,7 +1,7 @@
 """Sluice pipeline: options, config, graph builder and entry point."""
 import logging
 
-__version__ = "0.1.0"
+from transforms import __version__  # noqa: F401 - the release, defined beside the stages that stamp it
 
 # Importing apache_beam logs this on the root logger when apitools is not installed (Beam's
 # apache_beam.io.gcp.internal.clients.bigquery). Sluice writes BigQuery with

@@ -23,9 +23,9 @@ from collections import Counter
 from typing import NamedTuple, Optional, Union
 
 import apache_beam as beam
-from apache_beam import pvalue
 
-from transforms import deadletter, metrics
+from transforms import metrics
+from transforms.fallible import FallibleFn, apply_fallible
 from transforms.messages import Event, Rejection
 
 MISSING_POLICIES = ("allow", "deny")
@@ -123,8 +123,8 @@ _DENIED_BY_CONSENT = _CounterNames("consent")
 _DENIED_BY_INTEGRATIONS = _CounterNames("integrations")
 
 
-class ApplyConsentFn(beam.DoFn):
-    DEAD_LETTERS = "dead_letters"
+class ApplyConsentFn(FallibleFn):
+    STAGE = "consent"
 
     def __init__(self, settings: Optional[ConsentSettings]):
         self._settings = settings  # None: no consent section in the config, nothing to check
@@ -133,15 +133,13 @@ class ApplyConsentFn(beam.DoFn):
     def start_bundle(self):
         self._counts = Counter()  # per-event counters are summed here, flushed once a bundle
 
-    def process(self, event: Event):
+    def attempt(self, event: Event):
         if self._settings is None:
             yield event
             return
         decision = route(event.body, self._settings)
         if isinstance(decision, Rejection):
-            metrics.dead_lettered("consent", decision.error_type)
-            yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.from_event(
-                "consent", decision, event, event.body.get("messageId")))
+            yield self.dead_letter(decision, event, event.body.get("messageId"))
             return
         counts = self._counts
         counts["consent.present" if decision.consent_present else "consent.missing"] += 1
@@ -170,5 +168,4 @@ class ApplyConsent(beam.PTransform):
         self._settings = settings
 
     def expand(self, events):
-        return events | beam.ParDo(ApplyConsentFn(self._settings)).with_outputs(
-            ApplyConsentFn.DEAD_LETTERS, main="events")
+        return apply_fallible(events, ApplyConsentFn(self._settings))

@@ -6,11 +6,14 @@ event, or the event object as it appeared in its batch envelope.
 """
 import base64
 import hashlib
+import os
+import sys
+import traceback
 from datetime import datetime, timezone
 
-from pipeline import __version__
+from transforms import __version__
 from transforms import jsonutil
-from transforms.messages import Event, Rejection
+from transforms.messages import Event, RawMessage, Rejection
 from transforms.timeutil import format_time
 
 STAGES = ("decode", "normalize", "contracts", "consent", "transform", "warehouse", "forwarding")
@@ -73,3 +76,40 @@ def from_event(stage: str, rejection: Rejection, event: Event, message_id=None, 
     return make_record(stage, rejection._replace(details=details), event_payload(event),
                        attributes=event.attributes, source=event.source, received_at=event.received_at,
                        position=event.position, message_id=message_id, destination=destination)
+
+
+def last_line(exc: BaseException) -> str:
+    """The traceback's last line: `ValueError: bad value`."""
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+def raised_at(exc: BaseException) -> str:
+    """Where it was raised, `transforms/normalize.py:12 in _resolve_times`: the innermost frame,
+    its file as the import system finds it (without the worker's install path)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f"{_importable_path(frame.filename)}:{frame.lineno} in {frame.name}"
+
+
+def _importable_path(filename: str) -> str:
+    roots = sorted((p for p in sys.path if p and filename.startswith(p.rstrip(os.sep) + os.sep)), key=len)
+    return os.path.relpath(filename, roots[-1]) if roots else os.path.basename(filename)
+
+
+def internal_error(stage: str, exc: Exception) -> Rejection:
+    """What an unanticipated exception becomes: `internal_error`, with its type, message and line."""
+    where = raised_at(exc)
+    return Rejection("internal_error", f"unexpected error in {stage}: {last_line(exc)[:500]} (at {where})",
+                     {"exception_type": type(exc).__name__, "exception_message": str(exc)[:2000], "raised_at": where})
+
+
+def for_input(stage: str, rejection: Rejection, item) -> dict:
+    """The dead letter of one stage input: a RawMessage (before decoding) or an Event."""
+    if isinstance(item, RawMessage):
+        received_at = item.received_at or format_time(datetime.now(timezone.utc))  # as Decode stamps it
+        return make_record(stage, rejection, item.data, attributes=item.attributes, source=item.source,
+                           received_at=received_at, position=item.position)
+    message_id = item.body.get("messageId") if isinstance(item.body, dict) else None
+    return from_event(stage, rejection, item, message_id if isinstance(message_id, str) else None)

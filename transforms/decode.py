@@ -10,6 +10,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms import deadletter, jsonutil, metrics, timeutil
+from transforms.fallible import DEAD_LETTERS, FallibleFn, apply_fallible
 from transforms.messages import Event, RawMessage, Rejection
 
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024     # Segment's per-event limit
@@ -119,27 +120,32 @@ def _json_kind(value) -> str:
     return "a number"
 
 
-class DecodeMessagesFn(beam.DoFn):
-    DEAD_LETTERS = "dead_letters"
+class DecodeMessagesFn(FallibleFn):
+    STAGE = "decode"
 
     def __init__(self, limits: DecodeLimits):
         self._limits = limits
 
-    def process(self, message: RawMessage):
-        metrics.inc("read")
+    def attempt(self, message: RawMessage):
         received_at = message.received_at or timeutil.now_iso()  # no transport time: the read time
-        for outcome in decode_message(message, received_at, self._limits):
-            metrics.inc("events")
+        outcomes = list(decode_message(message, received_at, self._limits))
+        metrics.inc("read")  # counted once nothing can fail any more: see transforms.fallible
+        metrics.inc("events", len(outcomes))
+        for outcome in outcomes:
             if isinstance(outcome, Event):
                 yield outcome
             elif isinstance(outcome, Refused):
-                metrics.dead_lettered("decode", outcome.rejection.error_type)
-                rejection = outcome.rejection
-                yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.make_record(
-                    "decode", rejection, outcome.payload, attributes=message.attributes,
+                yield pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
+                    "decode", outcome.rejection, outcome.payload, attributes=message.attributes,
                     source=message.source, received_at=received_at, position=message.position))
             else:
                 metrics.dropped(outcome.policy)
+
+    def internal_errors(self, message: RawMessage, exc: Exception) -> list:
+        """A message that broke decoding is one event unit, like one refused before splitting."""
+        metrics.inc("read")
+        metrics.inc("events")
+        return super().internal_errors(message, exc)
 
 
 class DecodeMessages(beam.PTransform):
@@ -150,5 +156,4 @@ class DecodeMessages(beam.PTransform):
         self._limits = limits
 
     def expand(self, messages):
-        return messages | beam.ParDo(DecodeMessagesFn(self._limits)).with_outputs(
-            DecodeMessagesFn.DEAD_LETTERS, main="events")
+        return apply_fallible(messages, DecodeMessagesFn(self._limits))

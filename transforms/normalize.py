@@ -11,9 +11,9 @@ otherwise `timestamp` is the client's time, or `receivedAt` when the client sent
 import hashlib
 
 import apache_beam as beam
-from apache_beam import pvalue
 
-from transforms import deadletter, jsonutil, metrics
+from transforms import jsonutil
+from transforms.fallible import FallibleFn, apply_fallible
 from transforms.messages import Event, Rejection
 from transforms.timeutil import format_time, is_canonical_utc, parse_time
 
@@ -173,18 +173,17 @@ def revalidate(body: dict):
     return normalized
 
 
-class NormalizeEventsFn(beam.DoFn):
-    DEAD_LETTERS = "dead_letters"
+class NormalizeEventsFn(FallibleFn):
+    STAGE = "normalize"
 
     def __init__(self, trust_event_received_at: bool = True):
         self._trust = trust_event_received_at
 
-    def process(self, event: Event):
+    def attempt(self, event: Event):
         result = normalize_event(event.body, event.received_at, self._trust, event.original)
         if isinstance(result, Rejection):
-            metrics.dead_lettered("normalize", result.error_type)
             message_id = _identifier(event.body.get("messageId")) or derive_message_id(event.original)
-            yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.from_event("normalize", result, event, message_id))
+            yield self.dead_letter(result, event, message_id)
             return
         yield event._replace(body=result)
 
@@ -197,5 +196,4 @@ class NormalizeEvents(beam.PTransform):
         self._trust = trust_event_received_at
 
     def expand(self, events):
-        return events | beam.ParDo(NormalizeEventsFn(self._trust)).with_outputs(
-            NormalizeEventsFn.DEAD_LETTERS, main="events")
+        return apply_fallible(events, NormalizeEventsFn(self._trust))

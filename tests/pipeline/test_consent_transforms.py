@@ -103,7 +103,7 @@ def test_udf_outcomes_each_land_where_they_should(tmp_path):
     assert explode["error_message"] == "the UDF tests.pipeline.udfs:tag_plan raised: ValueError: cannot handle Explode"
     details = json.loads(explode["error_details"])
     assert details["exception"] == "ValueError: cannot handle Explode"
-    assert details["raised_at"].startswith("udfs.py:") and details["batch_index"] == 0
+    assert details["raised_at"].startswith("tests/pipeline/udfs.py:") and details["batch_index"] == 0
     # The UDF changed its copy before raising; the dead letter keeps the event as it arrived.
     assert json.loads(explode["payload"]) == envelope["batch"][0]
     assert "userId" in letters["no-identity"]["error_message"]

@@ -2,16 +2,16 @@
 and unplanned-and-blocked events to the dead letters, where they wait for a fixed
 contract and a replay."""
 import apache_beam as beam
-from apache_beam import pvalue
 
-from transforms import deadletter, metrics
+from transforms import metrics
 from transforms.contracts.enforce import ContractEnforcer
 from transforms.contracts.model import ContractSettings
+from transforms.fallible import FallibleFn, apply_fallible
 from transforms.messages import Event
 
 
-class ValidateContractsFn(beam.DoFn):
-    DEAD_LETTERS = "dead_letters"
+class ValidateContractsFn(FallibleFn):
+    STAGE = "contracts"
 
     def __init__(self, settings: ContractSettings):
         self._settings = settings  # plain schemas: compiled per worker in setup()
@@ -20,14 +20,12 @@ class ValidateContractsFn(beam.DoFn):
     def setup(self):
         self._enforcer = ContractEnforcer(self._settings)
 
-    def process(self, event: Event):
+    def attempt(self, event: Event):
         verdict = self._enforcer.check(event.body)
         if verdict.unplanned:
             metrics.inc("contracts.unplanned")
         if verdict.rejection is not None:
-            metrics.dead_lettered("contracts", verdict.rejection.error_type)
-            yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.from_event(
-                "contracts", verdict.rejection, event, event.body.get("messageId")))
+            yield self.dead_letter(verdict.rejection, event, event.body.get("messageId"))
             return
         if verdict.violations:
             metrics.inc("contracts.violations", len(verdict.violations))
@@ -47,5 +45,4 @@ class ValidateContracts(beam.PTransform):
         self._settings = settings
 
     def expand(self, events):
-        return events | beam.ParDo(ValidateContractsFn(self._settings)).with_outputs(
-            ValidateContractsFn.DEAD_LETTERS, main="events")
+        return apply_fallible(events, ValidateContractsFn(self._settings))

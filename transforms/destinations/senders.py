@@ -11,7 +11,7 @@ import http.client
 import socket
 import ssl
 
-from pipeline import __version__
+from transforms import __version__
 from transforms.destinations import netguard, secrets, signing
 from transforms.destinations.delivery import Outcome, classify, parse_retry_after
 

@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms import deadletter, jsonutil, metrics, normalize
+from transforms.fallible import FallibleFn, apply_fallible
 from transforms.messages import Event, Rejection
 from transforms.rules import udf as udf_module
 from transforms.rules.engine import Filtered, TransformRules
@@ -31,8 +32,8 @@ class _Failed(Exception):
         self.rejection = rejection
 
 
-class ApplyTransformsFn(beam.DoFn):
-    DEAD_LETTERS = "dead_letters"
+class ApplyTransformsFn(FallibleFn):
+    STAGE = "transform"
     FORWARD_ONLY = "forward_only"
 
     def __init__(self, settings: TransformSettings):
@@ -46,13 +47,11 @@ class ApplyTransformsFn(beam.DoFn):
     def start_bundle(self):
         self._counts = Counter()  # summed per bundle: a Beam counter per event per rule is costly
 
-    def process(self, event: Event):
+    def attempt(self, event: Event):
         try:
             body = self._transform(event)
         except _Failed as failed:
-            metrics.dead_lettered("transform", "transform_failed")
-            yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.from_event(
-                "transform", failed.rejection, event, event.body.get("messageId")))
+            yield self.dead_letter(failed.rejection, event, event.body.get("messageId"))
             return
         if body is None:
             return
@@ -105,9 +104,9 @@ class ApplyTransformsFn(beam.DoFn):
 
 
 def _exception(where: str, what: str, exc: Exception, **details) -> Rejection:
-    line = udf_module.last_line(exc)
+    line = deadletter.last_line(exc)
     return Rejection("transform_failed", f"{what}: {line}",
-                     {"failed_in": where, "exception": line, "raised_at": udf_module.innermost_frame(exc), **details})
+                     {"failed_in": where, "exception": line, "raised_at": deadletter.raised_at(exc), **details})
 
 
 def _still_valid(body: dict, what: str, **details) -> dict:
@@ -126,5 +125,4 @@ class ApplyTransforms(beam.PTransform):
         self._settings = settings
 
     def expand(self, events):
-        return events | beam.ParDo(ApplyTransformsFn(self._settings)).with_outputs(
-            ApplyTransformsFn.DEAD_LETTERS, ApplyTransformsFn.FORWARD_ONLY, main="events")
+        return apply_fallible(events, ApplyTransformsFn(self._settings), ApplyTransformsFn.FORWARD_ONLY)

@@ -7,8 +7,9 @@ or with `--extra_package`.
 """
 import importlib
 import pickle
-import traceback
 from typing import Callable
+
+from transforms.deadletter import last_line
 
 
 class UdfError(ValueError):
@@ -30,20 +31,6 @@ def load(spec: str) -> Callable:
     if not callable(function):
         raise UdfError(f"{spec!r}: {module_name} has no function {attribute}")
     return function
-
-
-def last_line(exc: BaseException) -> str:
-    """The traceback's last line: `ValueError: bad value`."""
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()
-
-
-def innermost_frame(exc: BaseException) -> str:
-    """Where it was raised: `file.py:12 in function`."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    frame = frames[-1]
-    return f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
 
 
 def private_copy(body: dict) -> dict:

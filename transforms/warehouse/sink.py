@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam import pvalue
 
-from transforms import deadletter, gcpause, metrics, parking
+from transforms import gcpause, metrics, parking
+from transforms.fallible import FallibleFn, apply_fallible
 from transforms.messages import Rejection
 from transforms.warehouse import planner
 
@@ -81,12 +81,15 @@ class WarehouseFn(beam.DoFn):
             metrics.inc(f"api_calls.{kind}", count)
 
 
-class WriteEventsFn(WarehouseFn):
-    DEAD_LETTERS = "dead_letters"
+class WriteEventsFn(WarehouseFn, FallibleFn):
+    STAGE = "warehouse"
 
-    def process(self, batch):
+    def attempt(self, batch):
         with gcpause.paused():
             result = self._backend.write_events(batch)
+        refused = [self.dead_letter(Rejection("insert_failed", f"the warehouse refused the event: {error}"),
+                                    event, event.body.get("messageId"))
+                   for event, error in result.failed]
         self._count_calls()
         metrics.inc("stored", len(result.stored))
         metrics.inc("stage.warehouse.stored", len(result.stored))
@@ -100,11 +103,10 @@ class WriteEventsFn(WarehouseFn):
         for table, count in result.capped.items():
             if count:
                 metrics.inc(f"column_cap.{table}", count)
-        for event, error in result.failed:
-            metrics.dead_lettered("warehouse", "insert_failed")
-            rejection = Rejection("insert_failed", f"the warehouse refused the event: {error}")
-            yield pvalue.TaggedOutput(self.DEAD_LETTERS, deadletter.from_event(
-                "warehouse", rejection, event, event.body.get("messageId")))
+        return refused
+
+    def failed_inputs(self, batch) -> list:
+        return list(batch)
 
 
 class WriteDeadLettersFn(WarehouseFn):
@@ -166,11 +168,10 @@ class WriteWarehouse(beam.PTransform):
         self._keep_open = keep_open  # local streaming: see transforms.parking
 
     def expand(self, events):
-        return (events
-                | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait,
-                                     per_bundle=self._per_bundle)
-                | "Write" >> beam.ParDo(WriteEventsFn(self._settings, self._keep_open)).with_outputs(
-                    WriteEventsFn.DEAD_LETTERS, main="written")).dead_letters
+        batches = events | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait,
+                                               per_bundle=self._per_bundle)
+        return apply_fallible(batches, WriteEventsFn(self._settings, self._keep_open), main="written",
+                              label="Write").dead_letters
 
 
 class WriteDeadLetters(beam.PTransform):
