@@ -8,13 +8,14 @@ from typing import NamedTuple
 import apache_beam as beam
 
 from pipeline.config import Config
+from pipeline.runners import LOCAL_BATCH, Runner
 from transforms.consent import ApplyConsent
 from transforms.contracts import columns
 from transforms.contracts.model import ContractSettings
 from transforms.contracts.stage import ValidateContracts
 from transforms.decode import DecodeMessages
 from transforms.dedupe import DropRepeatedMessages
-from transforms.destinations.stage import ForwardToDestinations
+from transforms.destinations.stage import ForwardToDestinations, SelectDeliveries
 from transforms.normalize import NormalizeEvents
 from transforms.pubsub_publish import PublishDeadLetters
 from transforms.rules.stage import ApplyTransforms
@@ -23,7 +24,7 @@ from transforms.warehouse.sink import WarehouseSettings, WriteDeadLetters, Write
 
 class Graph(NamedTuple):
     events: beam.PCollection        # transformed events, as they go to the warehouse
-    forward_only: beam.PCollection  # events consent keeps from the warehouse but lets a destination have
+    forwardable: beam.PCollection   # events some destination may have (stored or not)
     dead_letters: beam.PCollection  # every stage's dead-letter records
 
 
@@ -38,11 +39,11 @@ def warehouse_settings(url: str, config: Config, **backend) -> WarehouseSettings
 
 def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink: beam.PTransform,
                 dead_letter_sink: beam.PTransform, trust_event_received_at: bool = True,
-                streaming: bool = False, local: bool = True) -> Graph:
+                streaming: bool = False, runner: Runner = LOCAL_BATCH) -> Graph:
     """source: PBegin -> PCollection[RawMessage]; event_sink: Events -> its dead letters;
     dead_letter_sink: dead-letter records -> anything. streaming: messageIds seen within
-    config.dedupe_ttl_seconds are dropped as duplicates (Pub/Sub redelivers). local: Beam's
-    local runners (forwarding batches per bundle in local streaming; see its stage)."""
+    config.dedupe_ttl_seconds are dropped as duplicates (Pub/Sub redelivers). runner: what the
+    runner does (pipeline.runners): whether forwarding may wait on timers."""
     messages = pipeline | "Read" >> source
     decoded = messages | "Decode" >> DecodeMessages(config.decode)
     normalized = decoded.events | "Normalize" >> NormalizeEvents(trust_event_received_at)
@@ -55,28 +56,31 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
     consented = checked.events | "Consent" >> ApplyConsent(config.consent)
     transformed = consented.events | "Transform" >> ApplyTransforms(config.transforms)
     write_failures = transformed.events | "Warehouse" >> event_sink
-    delivery_failures = ((transformed.events, transformed.forward_only) | "Forwardable" >> beam.Flatten()
-                         | "Forward" >> ForwardToDestinations(config.destinations, streaming, streaming and local))
+    selected = transformed.forwardable | "Forwardable" >> SelectDeliveries(config.destinations)
+    delivery_failures = selected.deliveries | "Forward" >> ForwardToDestinations(
+        config.destinations, timers=streaming and runner.timers, keep_open=not runner.reuses_dofns)
     dead_letters = ((decoded.dead_letters, normalized.dead_letters, checked.dead_letters, consented.dead_letters,
-                     transformed.dead_letters, write_failures, delivery_failures)
+                     transformed.dead_letters, write_failures, selected.dead_letters, delivery_failures)
                     | "CollectDeadLetters" >> beam.Flatten())
     _ = dead_letters | "DeadLetters" >> dead_letter_sink
-    return Graph(transformed.events, transformed.forward_only, dead_letters)
+    return Graph(transformed.events, transformed.forwardable, dead_letters)
 
 
 def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,
-                          trust_event_received_at: bool = True, streaming: bool = False, local: bool = True,
-                          dead_letter_topic: str = None, **backend) -> Graph:
+                          trust_event_received_at: bool = True, streaming: bool = False,
+                          runner: Runner = LOCAL_BATCH, dead_letter_topic: str = None, **backend) -> Graph:
     """The production wiring: events and dead letters into the warehouse at `warehouse_url`
     (and dead letters to `dead_letter_topic` too, when given).
-    local: the run is on Beam's local runners (streaming writes each bundle; see Batches).
     backend: bigquery_endpoint, bigquery_location, bigquery_write_method."""
     settings = warehouse_settings(warehouse_url, config, **backend)
-    wait, per_bundle, keep_open = config.max_buffering_seconds, (not streaming) or local, streaming and local
+    # Without processing-time timers (Beam's local runners) a batch cannot wait for company:
+    # each bundle is written as it comes (see transforms.warehouse.sink.Batches).
+    wait, per_bundle, keep_open = config.max_buffering_seconds, not (streaming and runner.timers), \
+        not runner.reuses_dofns
     graph = build_graph(pipeline, source, config,
                         event_sink=WriteWarehouse(settings, streaming, wait, per_bundle, keep_open),
                         dead_letter_sink=WriteDeadLetters(settings, streaming, wait, per_bundle, keep_open),
-                        trust_event_received_at=trust_event_received_at, streaming=streaming, local=local)
+                        trust_event_received_at=trust_event_received_at, streaming=streaming, runner=runner)
     if dead_letter_topic:
         _ = graph.dead_letters | "PublishDeadLetters" >> PublishDeadLetters(dead_letter_topic, keep_open)
     return graph

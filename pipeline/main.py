@@ -8,13 +8,11 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
-from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline import config as config_module
 from pipeline import contracts as contracts_module
 from pipeline import options as options_module
-from pipeline import replay, sources, streaming, summary as summary_module
+from pipeline import replay, runners, sources, streaming, summary as summary_module
 from pipeline.config import Config
 from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph, warehouse_settings
@@ -34,9 +32,10 @@ class RunPlan(NamedTuple):
     backend: dict              # the BigQuery options: endpoint, location, write method
     summary_path: str
     dead_letter_topic: str = None
+    runner: runners.Runner = runners.LOCAL_BATCH
 
 
-def _source(sluice_options, pipeline_options) -> tuple:
+def _source(sluice_options, pipeline_options, runner: runners.Runner) -> tuple:
     """(source transform, streaming) for the one input option given."""
     given = [name for name in ("input_files", "input_subscription", "input_topic") if getattr(sluice_options, name)]
     if len(given) != 1:
@@ -44,19 +43,22 @@ def _source(sluice_options, pipeline_options) -> tuple:
                          "projects/P/subscriptions/S or --input_topic projects/P/topics/T"
                          + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
     if given[0] == "input_files":
-        return sources.ReadInputFiles(sources.check_input_files(sluice_options.input_files)), \
+        return sources.ReadInputFiles(sources.check_input_files(sluice_options.input_files),
+                                      redistribute=runner.distributed), \
             bool(pipeline_options.view_as(StandardOptions).streaming)
     subscription, topic = sources.check_pubsub(sluice_options.input_subscription, sluice_options.input_topic)
-    pipeline_options.view_as(StandardOptions).streaming = True  # Pub/Sub is unbounded
     return sources.ReadPubSubMessages(subscription, topic), True
 
 
 def check(sluice_options, pipeline_options, replaying: bool = False) -> RunPlan:
     """Validate options and config; raise UsageError naming the first mistake. replaying: a
     replay run, a batch run whose source (dead letters) the caller sets on the plan."""
-    source, streaming = (None, False) if replaying else _source(sluice_options, pipeline_options)
+    if not replaying and (sluice_options.input_subscription or sluice_options.input_topic):
+        pipeline_options.view_as(StandardOptions).streaming = True  # Pub/Sub is unbounded
+    runner = runners.resolve(pipeline_options)
+    source, streaming = (None, False) if replaying else _source(sluice_options, pipeline_options, runner)
     kind = options_module.parse_warehouse_url(sluice_options.warehouse)
-    options_module.check_runner(pipeline_options, kind)
+    options_module.check_runner(pipeline_options, kind, runner.name)
     config = contracts_module.load(config_module.load(sluice_options.config), sluice_options.config)
     config = with_udf(config, sluice_options.udf)
     check_destinations(config)
@@ -69,7 +71,7 @@ def check(sluice_options, pipeline_options, replaying: bool = False) -> RunPlan:
                    "bigquery_location": sluice_options.bigquery_location, "bigquery_write_method": method}
     dead_letter_topic = sources.check_topic("dead_letter_topic", sluice_options.dead_letter_topic)
     return RunPlan(source, streaming, config, sluice_options.warehouse, backend, sluice_options.summary_path,
-                   dead_letter_topic)
+                   dead_letter_topic, runner)
 
 
 def check_destinations(config: Config) -> None:
@@ -89,14 +91,6 @@ def with_udf(config: Config, spec) -> Config:
     except udf.UdfError as exc:
         raise UsageError(f"--udf {exc}") from None
     return config._replace(transforms=config.transforms._replace(udf=spec))
-
-
-def _runner(local: bool, streaming: bool):
-    """Without --runner (local): FnApiRunner for batch, BundleBasedDirectRunner for streaming
-    (plain DirectRunner first tries to download the Prism runner)."""
-    if not local:
-        return None
-    return BundleBasedDirectRunner() if streaming else FnApiRunner()
 
 
 def _progress_writer(path):
@@ -124,16 +118,15 @@ def run(argv: list):
 
 def execute(plan: RunPlan, pipeline_options):
     """The run's summary; None when the runner only wrote the job (a flex template launch)."""
-    local = not pipeline_options.view_as(StandardOptions).runner
-    pipeline = beam.Pipeline(runner=_runner(local, plan.streaming), options=pipeline_options)
+    pipeline = beam.Pipeline(runner=plan.runner.runner, options=pipeline_options)
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
-                          trust_event_received_at=not plan.streaming, streaming=plan.streaming, local=local,
+                          trust_event_received_at=not plan.streaming, streaming=plan.streaming, runner=plan.runner,
                           dead_letter_topic=plan.dead_letter_topic, **plan.backend)
     # Once, at launch (also for a flex template launch, which runs nothing here): the dead-letter
     # table (and BigQuery's view of it) exists from the first run, before anything has failed.
     with opened_backend(warehouse_settings(plan.warehouse_url, plan.config, **plan.backend)) as backend:
         backend.ensure_dead_letters()
-    if plan.streaming and local:
+    if plan.streaming and plan.runner.in_process:
         metrics.count_in_process()
         streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
                                     close=close_warehouses, on_tick=_progress_writer(plan.summary_path))

@@ -7,7 +7,7 @@ and drop a mistyped `--input_file`, leaving the run to fail later and further fr
 import argparse
 import re
 
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from pipeline.errors import UsageError
 
@@ -129,13 +129,13 @@ def check_endpoint(url):
     return url.rstrip("/")
 
 
-def check_runner(options: PipelineOptions, warehouse_kind: str) -> None:
-    """DuckDB is embedded in this process: refuse runners that would write from elsewhere."""
+def check_runner(options: PipelineOptions, warehouse_kind: str, runner_name: str) -> None:
+    """DuckDB is embedded in this process: refuse runners that would write from elsewhere
+    (runner_name: the runner that will run, see pipeline.runners)."""
     if warehouse_kind != "duckdb":
         return
-    runner = options.view_as(StandardOptions).runner or ""
-    if "Dataflow" in str(runner):
-        raise UsageError("--runner DataflowRunner cannot write to an embedded DuckDB file; "
+    if runner_name not in ("FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
+        raise UsageError(f"--runner {runner_name} cannot write to an embedded DuckDB file; "
                          "use a local runner or another --warehouse")
     if options.view_as(DirectOptions).direct_running_mode == "multi_processing":
         raise UsageError("--direct_running_mode=multi_processing cannot share one DuckDB file between "

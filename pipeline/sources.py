@@ -56,18 +56,26 @@ class ReadLinesFn(beam.DoFn):
 
 
 class ReadInputFiles(beam.PTransform):
-    """Newline-delimited JSON files (globs, comma-separated lists, .gz) as RawMessages."""
+    """Newline-delimited JSON files (globs, comma-separated lists, .gz) as RawMessages.
 
-    def __init__(self, patterns: list):
+    redistribute: spread the lines over the workers after reading (a Reshuffle). A file is
+    read by one worker, line by line (its line numbers are the messages' positions, which
+    derived message ids and dead-letter ids rest on); without the Reshuffle everything after
+    the read would be fused to that worker too, and one large backfill file would use one
+    machine. On Beam's local runner it would only hold every line in memory, so it is left out
+    there (pipeline.runners says which runner distributes)."""
+
+    def __init__(self, patterns: list, redistribute: bool = False):
         super().__init__()
-        self._patterns = list(patterns)
+        self._patterns, self._redistribute = list(patterns), redistribute
 
     def expand(self, pbegin):
-        return (pbegin
-                | "Patterns" >> beam.Create(self._patterns)
-                | "Match" >> fileio.MatchAll()
-                | "Open" >> fileio.ReadMatches()
-                | "ReadLines" >> beam.ParDo(ReadLinesFn()))
+        lines = (pbegin
+                 | "Patterns" >> beam.Create(self._patterns)
+                 | "Match" >> fileio.MatchAll()
+                 | "Open" >> fileio.ReadMatches()
+                 | "ReadLines" >> beam.ParDo(ReadLinesFn()).with_output_types(RawMessage))
+        return lines | "Redistribute" >> beam.Reshuffle() if self._redistribute else lines
 
 
 def check_pubsub(subscription, topic) -> tuple:

@@ -6,7 +6,7 @@ processing time, then a timer forgets it, so state stays bounded. The warehouse'
 dedupe (DuckDB's keys, BigQuery's insertIds, load-path lookups and views) still applies.
 """
 import time
-from typing import Any, Tuple
+from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.coders import BooleanCoder
@@ -14,6 +14,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
 from transforms import metrics
+from transforms.messages import Event
 
 DEFAULT_TTL_SECONDS = 3600
 
@@ -52,5 +53,5 @@ class DropRepeatedMessages(beam.PTransform):
 
     def expand(self, events):
         return (events
-                | "ByMessageId" >> beam.Map(_by_message_id).with_output_types(Tuple[str, Any])
+                | "ByMessageId" >> beam.Map(_by_message_id).with_output_types(Tuple[str, Event])
                 | "DropSeen" >> beam.ParDo(DropSeenFn(self._ttl, self._clock)))

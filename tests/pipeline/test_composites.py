@@ -77,7 +77,7 @@ def test_apply_consent_marks_routes_and_dead_letters_malformed_consent():
                     label="dead")
 
 
-def test_apply_transforms_filters_rewrites_and_sends_unstored_events_to_forward_only():
+def test_apply_transforms_filters_rewrites_and_sends_events_with_destinations_to_forwardable():
     rules = ({"name": "drop-b", "events": ["B"], "drop_event": True},
              {"name": "rename", "rename": {"properties.old": "properties.new"}})
     a = {"type": "track", "event": "A", "userId": "u", "messageId": "a", "properties": {"old": 1},
@@ -86,11 +86,13 @@ def test_apply_transforms_filters_rewrites_and_sends_unstored_events_to_forward_
     with TestPipeline(runner=FnApiRunner()) as p:
         events = (p | beam.Create([Event(a, a, None, {}, "test", NOW),
                                    Event(b, b, None, {}, "test", NOW),
-                                   Event(a, a, None, {}, "test", NOW, store=False, destinations=("crm",))]))
+                                   Event(a, a, None, {}, "test", NOW, store=False, destinations=("crm",)),
+                                   Event({**a, "messageId": "c"}, a, None, {}, "test", NOW, destinations=("crm",))]))
         out = events | ApplyTransforms(TransformSettings(rules))
-        assert_that(out.events | beam.Map(lambda e: e.body["properties"]), equal_to([{"new": 1}]), label="stored")
-        assert_that(out.forward_only | beam.Map(lambda e: (e.body["properties"], e.destinations)),
-                    equal_to([({"new": 1}, ("crm",))]), label="forward")
+        assert_that(out.events | beam.Map(lambda e: e.body["properties"]), equal_to([{"new": 1}] * 2), label="stored")
+        # forwarding reads one output: the stored event with a destination and the unstored one
+        assert_that(out.forwardable | beam.Map(lambda e: (e.body["messageId"], e.store, e.destinations)),
+                    equal_to([("a", False, ("crm",)), ("c", True, ("crm",))]), label="forward")
         assert_that(out.dead_letters, equal_to([]), label="dead")
 
 
@@ -109,7 +111,7 @@ def test_apply_transforms_never_writes_into_its_input():
         given = p | beam.Create([Event(dict(a), a, None, {}, "test", NOW),
                                  Event(dict(a), a, None, {}, "test", NOW, store=False, destinations=("crm",))])
         out = given | untouched.Kept("transforms") | ApplyTransforms(TransformSettings(rules))
-        for name, changed in (("stored", out.events), ("forward", out.forward_only)):
+        for name, changed in (("stored", out.events), ("forward", out.forwardable)):
             assert_that(changed | f"Body{name}" >> beam.Map(lambda e: (e.body["properties"], e.body["context"])),
                         equal_to([({"new": 1, "kept": {"deep": [1]}}, {"library": {"name": "x"}})]), label=name)
             assert_that(changed | f"Seen{name}" >> untouched.seen_by("transforms"), equal_to([True]),

@@ -1,27 +1,81 @@
-"""Dataflow's --update matches steps by name: the graph's top-level step names are fixed, and
-configuring a stage (contracts, rules, destinations) must not add, drop or rename one."""
+"""Dataflow's --update matches steps by name: the graph's step names are fixed, and configuring a
+stage (contracts, rules, destinations) must not add, drop or rename one. The graph's shape
+follows the runner that runs it (pipeline.runners), not whether --runner was typed."""
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline import runners
 from pipeline.config import validate
+from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph
-from pipeline.sources import ReadPubSubMessages
+from pipeline.sources import ReadInputFiles, ReadPubSubMessages
 
 STEPS = ["Read", "Decode", "Normalize", "Dedupe", "Contracts", "Consent", "Transform", "Warehouse",
          "Forwardable", "Forward", "CollectDeadLetters", "DeadLetters"]
 
+# The steps inside them, on Dataflow, streaming. A rename here breaks --update of running jobs.
+NESTED_STREAMING = [
+    "Read/Pull", "Read/AsRawMessages", "Decode/ParDo(DecodeMessagesFn)", "Normalize/ParDo(NormalizeEventsFn)",
+    "Dedupe/ByMessageId", "Dedupe/DropSeen", "Contracts/ParDo(ValidateContractsFn)",
+    "Consent/ParDo(ApplyConsentFn)", "Transform/ParDo(ApplyTransformsFn)", "Warehouse/Batch", "Warehouse/Write",
+    "Forwardable/SelectDeliveries", "Forward/BatchAndRetry", "DeadLetters/Batch", "DeadLetters/Write"]
 
-def top_level_steps(config, **kwargs) -> list:
-    p = beam.Pipeline(options=PipelineOptions(["--streaming"]))
-    build_warehouse_graph(p, ReadPubSubMessages("projects/demo-project/subscriptions/s"), config,
-                          "bigquery://demo-project/ds", streaming=True, local=False, **kwargs)
+CONFIGURED = {"consent": {"warehouse": ["analytics"]},
+              "transforms": [{"name": "strip", "drop": ["context.ip"]}],
+              "destinations": [{"name": "crm", "type": "webhook", "url": "https://hooks.example.com/x"}]}
+
+
+def graph(config, args=("--streaming", "--runner", "DataflowRunner"), **kwargs) -> beam.Pipeline:
+    runner = runners.resolve(PipelineOptions(list(args)))
+    streaming = "--streaming" in args
+    p = beam.Pipeline(options=PipelineOptions(["--streaming"] if streaming else []))
+    source = (ReadPubSubMessages("projects/demo-project/subscriptions/s") if streaming
+              else ReadInputFiles(["events.jsonl"], redistribute=runner.distributed))
+    build_warehouse_graph(p, source, config, "bigquery://demo-project/ds", streaming=streaming, runner=runner,
+                          **kwargs)
+    return p
+
+
+def top_level_steps(p) -> list:
     return [t.full_label for t in p.transforms_stack[0].parts]
 
 
+def nested_steps(p) -> list:
+    return [inner.full_label for outer in p.transforms_stack[0].parts for inner in outer.parts]
+
+
 def test_step_names_are_the_same_however_the_pipeline_is_configured():
-    bare = validate({})
-    configured = validate({"consent": {"warehouse": ["analytics"]},
-                           "transforms": [{"name": "strip", "drop": ["context.ip"]}],
-                           "destinations": [{"name": "crm", "type": "webhook", "url": "https://hooks.example.com/x"}]})
+    bare, configured = graph(validate({})), graph(validate(CONFIGURED))
     assert top_level_steps(bare) == top_level_steps(configured) == STEPS
-    assert top_level_steps(bare, dead_letter_topic="projects/demo-project/topics/t") == STEPS + ["PublishDeadLetters"]
+    assert nested_steps(bare) == nested_steps(configured) == NESTED_STREAMING
+    with_topic = graph(validate({}), dead_letter_topic="projects/demo-project/topics/t")
+    assert top_level_steps(with_topic) == STEPS + ["PublishDeadLetters"]
+
+
+def test_beams_local_streaming_runner_gets_the_graph_without_timers_whether_or_not_runner_is_given():
+    """Its processing-time timers never fire: forwarding batches per bundle and retries on lanes."""
+    for args in (("--streaming",), ("--streaming", "--runner", "DirectRunner"),
+                 ("--streaming", "--runner", "BundleBasedDirectRunner")):
+        steps = nested_steps(graph(validate(CONFIGURED), args))
+        assert [s for s in steps if s.startswith("Forward/")] == ["Forward/Batch", "Forward/Deliver"], args
+
+
+def test_a_backfill_is_redistributed_after_reading_where_the_runner_distributes_work():
+    on_dataflow = nested_steps(graph(validate({}), ("--runner", "DataflowRunner")))
+    assert [s for s in on_dataflow if s.startswith("Read/")] == [
+        "Read/Patterns", "Read/Match", "Read/Open", "Read/ReadLines", "Read/Redistribute"]
+    # One process: a Reshuffle would only hold every line in memory (FnApiRunner materializes it).
+    local = nested_steps(graph(validate({}), ()))
+    assert [s for s in local if s.startswith("Read/")] == ["Read/Patterns", "Read/Match", "Read/Open",
+                                                           "Read/ReadLines"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--runner", "DirectRunnr"), "--runner DirectRunnr: Unexpected pipeline runner"),
+    (("--runner", "FnApiRunner", "--streaming"), "--runner FnApiRunner cannot run a streaming job"),
+])
+def test_runner_mistakes_are_usage_errors(args, expected):
+    with pytest.raises(UsageError) as caught:
+        runners.resolve(PipelineOptions(list(args)))
+    assert str(caught.value).startswith(expected)

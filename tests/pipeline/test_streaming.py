@@ -1,5 +1,7 @@
 """Streaming logic under TestStream on the local streaming runner: batches by count and by
-time, and messageId dedupe with a time-to-live."""
+time, messageId dedupe with a time-to-live, and forwarding's batching and retries in state."""
+import json
+
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
@@ -7,7 +9,13 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
+from tests.destinations.receiver import Receiver
 from transforms.dedupe import DropRepeatedMessages
+from transforms.destinations.deliveries import Delivery
+from transforms.destinations.delivery import RetryPolicy
+from transforms.destinations.model import Batching, Destination
+from transforms.destinations.retrying import BatchAndRetryFn
+from transforms.fallible import DEAD_LETTERS
 from transforms.messages import Event
 from transforms.warehouse.sink import Batches
 
@@ -60,24 +68,106 @@ def test_a_repeated_message_id_is_dropped_within_the_ttl_and_kept_after_it():
         assert_that(kept | beam.Map(lambda e: e.body["messageId"]), equal_to(["a", "b", "a"]))
 
 
-def test_forwarding_batches_per_destination_by_count_bytes_and_waiting_time():
-    from transforms.destinations.model import Batching, Destination
-    from transforms.destinations.stage import BatchWithStateFn, Delivery
-    destinations = (Destination("small", "webhook", "http://x", batch=Batching(3, 100_000, 5)),
-                    Destination("tight", "webhook", "http://x", batch=Batching(100, 1024, 5)))
+class Clock:
+    """A processing-time clock standing still at `now` (TestStream's own time moves the timers)."""
 
-    def delivery(name, i, size=10):
-        return (name, 0), Delivery(name, b"x" * size, f"{name}{i}", None, 0.0)
-    stream = (TestStream()
-              .add_elements([TimestampedValue(delivery("small", i), 0) for i in range(7)]
-                            + [TimestampedValue(delivery("tight", i, 400), 0) for i in range(5)])
-              .advance_processing_time(10)   # past max_wait: the half-full batches go
-              .add_elements([TimestampedValue(delivery("small", i), 0) for i in range(7, 9)])
-              .advance_processing_time(10)
-              .advance_watermark_to_infinity())
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def delivery(name, i, size=10):
+    """A keyed delivery whose payload is a JSON string of `size` bytes."""
+    payload = b'"' + f"{name}{i}".encode().ljust(size - 2, b"x") + b'"'
+    return TimestampedValue(((name, 0), Delivery(name, payload, f"{name}{i}", 0.0, payload, {}, "test", NOW)), 0)
+
+
+def webhook(name, receiver, max_events=100, max_bytes=100_000, retry=RetryPolicy(6, 0.5, 8.0, 600)):
+    return Destination(name, "webhook", receiver.url, allow_private_network=True,
+                       batch=Batching(max_events, max_bytes, 5), retry=retry)
+
+
+def forward_in_state(stream, destinations, clock=StartOfTestTime()) -> list:
+    """The stateful forwarding DoFn (streaming where timers fire) over `stream`; its dead letters."""
+    dead = []
     with streaming_pipeline() as p:
-        batches = (p | stream | beam.ParDo(BatchWithStateFn(destinations, streaming=True, clock=StartOfTestTime()))
-                   | beam.MapTuple(lambda name, batch: (name, len(batch))))
-        # small: 3 + 3, then the waiting 1, then 2; tight: 1 KB holds two 401-byte payloads
-        assert_that(batches, equal_to([("small", 3), ("small", 3), ("small", 1), ("small", 2),
-                                       ("tight", 2), ("tight", 2), ("tight", 1)]))
+        letters = (p | stream | beam.ParDo(BatchAndRetryFn(destinations, clock=clock, rand=lambda: 1.0))
+                   .with_outputs(DEAD_LETTERS, main="delivered")).dead_letters
+        letters | beam.Map(Collected(dead).add)
+    return dead
+
+
+class Collected:
+    """Elements appended to a list of the test's (FnApi-free: the local runner shares the process)."""
+    _lists = {}
+
+    def __init__(self, target: list):
+        self._id = id(target)
+        Collected._lists[self._id] = target
+
+    def add(self, element):
+        Collected._lists[self._id].append(element)
+
+
+def batch_sizes(receiver) -> list:
+    return [len(json.loads(r.body)["batch"]) for r in receiver.accepted()]
+
+
+def test_forwarding_in_state_batches_by_count_bytes_and_waiting_time():
+    with Receiver() as small, Receiver() as tight:
+        stream = (TestStream()
+                  .add_elements([delivery("small", i) for i in range(7)]
+                                + [delivery("tight", i, 400) for i in range(5)])
+                  .advance_processing_time(10)   # past max_wait: the half-full batches go
+                  .add_elements([delivery("small", i) for i in range(7, 9)])
+                  .advance_processing_time(10)
+                  .advance_watermark_to_infinity())
+        dead = forward_in_state(stream, (webhook("small", small, max_events=3), webhook("tight", tight, max_bytes=1024)))
+        assert dead == []
+        # small: 3 + 3, then the waiting 1, then 2; tight: 1 KB holds two 400-byte payloads
+        assert batch_sizes(small) == [3, 3, 1, 2]
+        assert batch_sizes(tight) == [2, 2, 1]
+        assert sorted(small.delivered_payloads()) == sorted(f"small{i}".ljust(8, "x") for i in range(9))
+
+
+def test_a_destination_that_is_down_waits_in_state_while_another_is_delivered():
+    """Three 503s: the batch is retried on timers, never by sleeping, so the healthy
+    destination's batch goes out before the failing one's first retry."""
+    with Receiver(script=[(503, {})] * 3) as down, Receiver() as up:
+        stream = (TestStream().add_elements([delivery("down", 0), delivery("up", 0)]))
+        for _ in range(5):
+            stream = stream.advance_processing_time(10)   # the wait, then each retry's timer
+        stream = stream.advance_watermark_to_infinity()
+        dead = forward_in_state(stream, (webhook("down", down), webhook("up", up)))
+        assert dead == []
+        assert [r.status for r in down.requests] == [503, 503, 503, 200]
+        assert len({r.headers["Idempotency-Key"] for r in down.requests}) == 1  # one batch, retried
+        assert down.delivered_payloads() == ["down0".ljust(8, "x")] and up.delivered_payloads() == ["up0".ljust(8, "x")]
+        assert up.requests[0].at < down.requests[1].at
+
+
+def test_a_batch_out_of_attempts_is_dead_lettered_once_per_event():
+    with Receiver(default_status=503) as down:
+        stream = TestStream().add_elements([delivery("down", 0), delivery("down", 1)])
+        for _ in range(4):
+            stream = stream.advance_processing_time(10)
+        dead = forward_in_state(stream.advance_watermark_to_infinity(),
+                                (webhook("down", down, retry=RetryPolicy(3, 0.5, 8.0, 600)),))
+        assert len(down.requests) == 3
+        assert sorted((d["message_id"], d["error_type"], d["error_details"]["attempts"]) for d in dead) == [
+            ("down0", "delivery_failed", 3), ("down1", "delivery_failed", 3)]
+
+
+def test_a_drain_gives_waiting_batches_one_last_attempt_then_dead_letters_them():
+    """The window ends (a drain) while one batch waits for its retry and another is open."""
+    with Receiver(default_status=503) as down:
+        stream = (TestStream().add_elements([delivery("down", 0), delivery("down", 1)])
+                  .advance_watermark_to_infinity())
+        # max_events 1: the second delivery cuts the first batch, which fails and waits (its
+        # retry is due after the stream has ended, at clock 100 + backoff); the second is open.
+        dead = forward_in_state(stream, (webhook("down", down, max_events=1),), clock=Clock(100.0))
+        assert len(down.requests) == 3  # the first batch twice (its try, its last chance), the second once
+        assert sorted(d["message_id"] for d in dead) == ["down0", "down1"]
+        assert all("gave up: the window ended" in d["error_message"] for d in dead)

@@ -159,7 +159,8 @@ def test_regexes_say_what_the_code_says():
 
 def warehouse_on_dataflow(url: str) -> None:
     """What main.check() does with --warehouse when the runner is Dataflow."""
-    options_module.check_runner(PipelineOptions(["--runner=DataflowRunner"]), options_module.parse_warehouse_url(url))
+    options_module.check_runner(PipelineOptions(["--runner=DataflowRunner"]), options_module.parse_warehouse_url(url),
+                                "DataflowRunner")
 
 
 # --- b. the Dockerfile against the repository and setup.py ------------------------------------

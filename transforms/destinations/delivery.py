@@ -11,6 +11,8 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple, Optional
 
+from transforms import deadletter
+
 TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 
 
@@ -28,6 +30,7 @@ class Outcome(NamedTuple):
     transient: bool
     detail: str                     # one line for a person (no secrets)
     retry_after: Optional[float] = None  # seconds the receiver asked us to wait
+    internal: bool = False          # the sender itself raised (a bug, not the receiver's answer)
 
 
 class Result(NamedTuple):
@@ -61,22 +64,47 @@ def backoff(attempt: int, policy: RetryPolicy, rand=random.random) -> float:
     return ceiling * rand()
 
 
+def attempt(send) -> Outcome:
+    """One call of send(); an exception it did not anticipate is a permanent, internal failure
+    (the batch's events become internal_error dead letters), never a failed bundle."""
+    try:
+        return send()
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        return Outcome(False, None, False, f"the sender raised {deadletter.last_line(exc)} "
+                                           f"(at {deadletter.raised_at(exc)})", internal=True)
+
+
+def next_wait(outcome: Outcome, attempts: int, policy: RetryPolicy, age: float, rand=random.random):
+    """Seconds to wait before the next attempt, or None when the batch is settled: delivered,
+    failed for good, out of attempts, or the wait would take it past max_age (age: the batch's
+    age now, in seconds)."""
+    if outcome.ok or not outcome.transient or attempts >= policy.max_attempts:
+        return None
+    wait = outcome.retry_after if outcome.retry_after is not None else backoff(attempts, policy, rand)
+    return None if age + wait > policy.max_age_seconds else wait
+
+
+def final(outcome: Outcome, attempts: int, policy: RetryPolicy) -> Outcome:
+    """The outcome a settled batch is reported with: why retrying stopped, when it did early."""
+    if outcome.ok or not outcome.transient or attempts >= policy.max_attempts:
+        return outcome
+    return outcome._replace(detail=f"{outcome.detail}; gave up: the next try would be past max_age_seconds "
+                                   f"({policy.max_age_seconds:g})")
+
+
 def deliver(send, policy: RetryPolicy, born: float, clock=time.monotonic, sleep=time.sleep,
             rand=random.random, on_retry=lambda outcome: None) -> Result:
     """Call send() -> Outcome until it succeeds, fails permanently, or runs out of attempts or
-    age. `born`: clock() when the batch's first event was ready (its age counts from there)."""
-    latencies, attempt = [], 0
+    age, sleeping between attempts (on the caller's thread: see the forwarding stage for who
+    calls this). `born`: clock() when the batch's first event was ready."""
+    latencies, attempts = [], 0
     while True:
-        attempt += 1
+        attempts += 1
         began = clock()
-        outcome = send()
+        outcome = attempt(send)
         latencies.append(clock() - began)
-        if outcome.ok or not outcome.transient or attempt >= policy.max_attempts:
-            return Result(outcome.ok, attempt, outcome, tuple(latencies))
-        wait = outcome.retry_after if outcome.retry_after is not None else backoff(attempt, policy, rand)
-        if clock() + wait - born > policy.max_age_seconds:
-            return Result(False, attempt, outcome._replace(
-                detail=f"{outcome.detail}; gave up: the next try would be past max_age_seconds "
-                       f"({policy.max_age_seconds:g})"), tuple(latencies))
+        wait = next_wait(outcome, attempts, policy, clock() - born, rand)
+        if wait is None:
+            return Result(outcome.ok, attempts, final(outcome, attempts, policy), tuple(latencies))
         on_retry(outcome)
         sleep(wait)

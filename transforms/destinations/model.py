@@ -25,6 +25,7 @@ class Batching(NamedTuple):
     max_events: int = 100
     max_bytes: int = 512_000
     max_wait_seconds: float = 5.0
+    shards: int = 4          # batches of this destination in flight at once (see the forwarding stage)
 
 
 class Destination(NamedTuple):
@@ -99,7 +100,8 @@ def _parse_one(spec: dict, where: str) -> Destination:
         tuple(spec["types"]) if "types" in spec else None, tuple(spec["events"]) if "events" in spec else None,
         spec.get("when"), tuple(spec.get("consent", ())), spec.get("mapping"),
         Batching(batch.get("max_events", Batching().max_events), batch.get("max_bytes", Batching().max_bytes),
-                 float(batch.get("max_wait_seconds", Batching().max_wait_seconds))),
+                 float(batch.get("max_wait_seconds", Batching().max_wait_seconds)),
+                 batch.get("shards", Batching().shards)),
         RetryPolicy(retry.get("max_attempts", RetryPolicy().max_attempts),
                     float(retry.get("initial_backoff_seconds", RetryPolicy().initial_backoff_seconds)),
                     float(retry.get("max_backoff_seconds", RetryPolicy().max_backoff_seconds)),

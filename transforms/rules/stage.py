@@ -1,8 +1,9 @@
 """The Transform stage: the config's declarative rules, then the optional Python UDF.
 
-Outputs: `events` (to the warehouse, and to forwarding where consent allows),
-`forward_only` (events consent keeps out of the warehouse but lets a destination have;
-counted as the `consent` drop here, once, after the rules had their say), `dead_letters`
+Outputs: `events` (to the warehouse), `forwardable` (every event some destination may have,
+stored or not: the forwarding branch reads only this, so it never needs all events merged;
+an event consent keeps out of the warehouse is counted as the `consent` drop here, once,
+after the rules had their say), `dead_letters`
 (`transform_failed`: a UDF that raised or returned no event, rules or a UDF that left an
 event invalid). Drops by rule are `filtered:<rule>`, by the UDF `udf`.
 """
@@ -34,7 +35,7 @@ class _Failed(Exception):
 
 class ApplyTransformsFn(FallibleFn):
     STAGE = "transform"
-    FORWARD_ONLY = "forward_only"
+    FORWARDABLE = "forwardable"
 
     def __init__(self, settings: TransformSettings):
         self._settings = settings
@@ -61,7 +62,8 @@ class ApplyTransformsFn(FallibleFn):
             yield event
         else:
             self._counts["dropped.consent"] += 1
-            yield pvalue.TaggedOutput(self.FORWARD_ONLY, event)
+        if event.destinations:
+            yield pvalue.TaggedOutput(self.FORWARDABLE, event)
 
     def _transform(self, event: Event):
         """The transformed body, or None when a rule or the UDF dropped the event."""
@@ -118,11 +120,11 @@ def _still_valid(body: dict, what: str, **details) -> dict:
 
 
 class ApplyTransforms(beam.PTransform):
-    """Event -> Event (`events`), `forward_only` and `dead_letters`."""
+    """Event -> Event (`events`), `forwardable` and `dead_letters`."""
 
     def __init__(self, settings: TransformSettings = TransformSettings()):
         super().__init__()
         self._settings = settings
 
     def expand(self, events):
-        return apply_fallible(events, ApplyTransformsFn(self._settings), ApplyTransformsFn.FORWARD_ONLY)
+        return apply_fallible(events, ApplyTransformsFn(self._settings), ApplyTransformsFn.FORWARDABLE)

@@ -13,7 +13,7 @@ import apache_beam as beam
 
 from transforms import gcpause, metrics, parking
 from transforms.fallible import FallibleFn, apply_fallible
-from transforms.messages import Rejection
+from transforms.messages import EventCoder, JsonCoder, Rejection
 from transforms.warehouse import planner
 
 DEFAULT_BATCH_SIZE = 5000
@@ -126,12 +126,15 @@ class Batches(beam.PTransform):
     small (one Pub/Sub pull, about 10 messages), so each bundle is written as it comes.
     Streaming elsewhere (Dataflow): GroupIntoBatches over a few shard keys, written when a
     batch is full or has waited `max_wait` seconds, so a quiet stream still lands within
-    seconds and a busy one is written in bulk."""
+    seconds and a busy one is written in bulk. GroupIntoBatches keeps what it buffers in
+    state with a coder of Beam's choosing (it pickles a NamedTuple), so elements are buffered as
+    bytes of `coder`, an encoding of Sluice's own that the next version can read (--update)."""
 
     def __init__(self, size: int, streaming: bool = False, max_wait: float = 5.0, shards: int = 4,
-                 min_size: int = None, clock=time.time, per_bundle: bool = None):
+                 min_size: int = None, clock=time.time, per_bundle: bool = None, coder=None):
         super().__init__()
         self._size, self._streaming, self._max_wait, self._shards = size, streaming, max_wait, shards
+        self._coder = coder or _AsIs()
         self._min_size = size if min_size is None else min_size
         self._clock = clock  # processing time; tests pass TestStream's
         self._per_bundle = not streaming if per_bundle is None else per_bundle
@@ -142,20 +145,36 @@ class Batches(beam.PTransform):
             return elements | "BatchElements" >> beam.BatchElements(min_batch_size=minimum,
                                                                       max_batch_size=self._size)
         return (elements
-                | "Shard" >> beam.WithKeys(_ShardKey(self._shards)).with_output_types(Tuple[int, Any])
+                | "Shard" >> beam.Map(_ShardKey(self._shards, self._coder.encode)).with_output_types(Tuple[int, Any])
                 | "GroupIntoBatches" >> beam.GroupIntoBatches(self._size, self._max_wait, self._clock)
-                | "DropKeys" >> beam.Values())
+                | "DropKeys" >> beam.Map(_decode_all, self._coder.decode))
 
 
 class _ShardKey:
-    """Spreads elements over `shards` keys (each key's batches are written in order)."""
+    """Spreads elements over `shards` keys (each key's batches are written in order), encoded."""
 
-    def __init__(self, shards: int):
-        self._shards, self._next = shards, 0
+    def __init__(self, shards: int, encode):
+        self._shards, self._encode, self._next = shards, encode, 0
 
-    def __call__(self, element) -> int:
+    def __call__(self, element) -> tuple:
         self._next = (self._next + 1) % self._shards
-        return self._next
+        return self._next, self._encode(element)
+
+
+def _decode_all(keyed_batch, decode) -> list:
+    return [decode(item) for item in keyed_batch[1]]
+
+
+class _AsIs:
+    """No encoding: elements Beam's own coders carry as they are (ints, in tests)."""
+
+    @staticmethod
+    def encode(element):
+        return element
+
+    @staticmethod
+    def decode(element):
+        return element
 
 
 class WriteWarehouse(beam.PTransform):
@@ -169,7 +188,7 @@ class WriteWarehouse(beam.PTransform):
 
     def expand(self, events):
         batches = events | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait,
-                                               per_bundle=self._per_bundle)
+                                               per_bundle=self._per_bundle, coder=EventCoder())
         return apply_fallible(batches, WriteEventsFn(self._settings, self._keep_open), main="written",
                               label="Write").dead_letters
 
@@ -186,5 +205,5 @@ class WriteDeadLetters(beam.PTransform):
     def expand(self, records):
         return (records
                 | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait, min_size=1,
-                                     per_bundle=self._per_bundle)
+                                     per_bundle=self._per_bundle, coder=JsonCoder())
                 | "Write" >> beam.ParDo(WriteDeadLettersFn(self._settings, self._keep_open)))
