@@ -18,6 +18,10 @@ the front half runs with and without benchmarks/realistic-rules.yaml (consent fo
 warehouse and two destinations, ten rules of every kind); the difference is the two
 stages' cost per event. Each rule's own cost is also timed outside Beam.
 
+Peak memory: `python -m pipeline` runs in a process of its own over inputs of two sizes
+(--memory-events, default 100,000 and 1,000,000 events) and its peak resident memory is
+printed for each, with their ratio: memory must stay flat as the input grows (target 1.3).
+
 Two reference points, measured in the same run, say where a faster Sluice could come from:
   front half:    read, decode and normalize, with the warehouse sink replaced by a no-op;
   storage floor: DuckDB alone writing the rows Sluice wrote (same tables, keys, batch
@@ -26,6 +30,7 @@ Two reference points, measured in the same run, say where a faster Sluice could 
 import argparse
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -220,6 +225,33 @@ def report_rules(path: str, tmp: str) -> None:
         print(f"    {name:<28}{cost:6.2f}")
 
 
+def peak_memory(path: str, warehouse: str) -> tuple:
+    """(peak resident memory in MB, seconds) of `python -m pipeline` over `path`, in a process of
+    its own (the figure a user sees, with nothing of this process's own data in it)."""
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", "--input_files", path, "--warehouse", warehouse],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"sluice failed on {path}: {child.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
+
+
+def report_memory(sizes: list, tmp: str) -> None:
+    """Peak memory of a whole run at two (or more) input sizes: it must not grow with the input."""
+    print("peak memory of `python -m pipeline` into DuckDB (its own process):")
+    peaks = []
+    for size in sizes:
+        path = os.path.join(tmp, f"memory-{size}.jsonl")
+        write_input(path, size)
+        megabytes, seconds = peak_memory(path, f"duckdb:///{tmp}/memory-{size}.duckdb")
+        os.remove(path)
+        peaks.append(megabytes)
+        print(f"  {size:>10,} events: {megabytes:7.0f} MB peak  ({size / seconds:,.0f} events/s with start-up)")
+    print(f"  ratio largest/smallest: {peaks[-1] / peaks[0]:.2f}  (target <= 1.30)")
+
+
 def run_sluice(path: str, warehouse: str, config: Config) -> tuple:
     start = time.perf_counter()
     p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
@@ -233,10 +265,15 @@ def run_sluice(path: str, warehouse: str, config: Config) -> tuple:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--only", choices=("all", "rules"), default="all",
-                        help="rules: only the consent and transformations measurement")
+    parser.add_argument("--only", choices=("all", "rules", "memory"), default="all",
+                        help="rules: only the consent and transformations measurement; memory: only peak memory")
+    parser.add_argument("--memory-events", default="100000,1000000",
+                        help="input sizes (comma-separated) whose peak memory is compared (default %(default)s)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.only == "memory":
+            report_memory([int(n) for n in args.memory_events.split(",")], tmp)
+            return
         path = os.path.join(tmp, "events.jsonl")
         messages, events = write_input(path, args.events)
         size_mb = os.path.getsize(path) / 1e6
@@ -272,6 +309,8 @@ def main():
         print(f"  enforcer alone, outside Beam:                      {checked / seconds:10,.0f} events/s  "
               f"{seconds / checked * 1e6:5.2f} us/event")
         report_rules(path, tmp)
+        os.remove(path)
+        report_memory([int(n) for n in args.memory_events.split(",")], tmp)
 
 
 if __name__ == "__main__":
