@@ -23,7 +23,7 @@ from transforms.consent import ApplyConsent
 from transforms.contracts.model import ContractSettings
 from transforms.contracts.stage import ValidateContracts
 from transforms.decode import DecodeMessages
-from transforms.destinations.stage import ForwardToDestinations
+from transforms.destinations.stage import ForwardToDestinations, SelectDeliveries
 from transforms.messages import RawMessage
 from transforms.normalize import NormalizeEvents
 from transforms.warehouse.sink import WarehouseSettings, WriteWarehouse
@@ -239,11 +239,13 @@ def forwarding_config(tmp_path, url: str) -> Config:
 
 def run_forwarding(config: Config, bodies, expected_letters: list):
     """Decode, Normalize, Consent (it routes each event to the destinations it may go to), then
-    ForwardToDestinations; asserts its dead letters are `expected_letters`."""
+    SelectDeliveries and ForwardToDestinations; asserts the dead letters are `expected_letters`."""
     with TestPipeline(runner=FnApiRunner()) as p:
         routed = normalized_events(p, bodies) | ApplyConsent(config.consent)
         assert_that(routed.dead_letters, equal_to([]), label="consent takes every event")
-        failed = routed.events | ForwardToDestinations(config.destinations)
+        selected = routed.events | SelectDeliveries(config.destinations)
+        assert_that(selected.dead_letters, equal_to([]), label="selection fails nothing")
+        failed = selected.deliveries | ForwardToDestinations(config.destinations)
         assert_that(failed | beam.Map(lambda r: (*letter_summary(r), r["destination"], r["error_details"]["status"])),
                     equal_to(expected_letters), label="dead letters")
 
