@@ -71,7 +71,7 @@ def settle(name: str, deliveries: list, last: Outcome, attempts: int) -> list:
         metrics.inc(f"forwarded.{name}", len(deliveries))
         return []
     metrics.inc(f"destination.{name}.failed", len(deliveries))
-    details = {"destination": name, "status": last.status, "attempts": attempts}
+    details = {"destination": name, "status": last.status, "attempts": attempts, **(last.internal or {})}
     rejection = Rejection("internal_error" if last.internal else "delivery_failed", f"{name}: {last.detail}", details)
     return [pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(d, rejection)) for d in deliveries]
 

@@ -30,7 +30,7 @@ class Outcome(NamedTuple):
     transient: bool
     detail: str                     # one line for a person (no secrets)
     retry_after: Optional[float] = None  # seconds the receiver asked us to wait
-    internal: bool = False          # the sender itself raised (a bug, not the receiver's answer)
+    internal: Optional[dict] = None  # the sender itself raised (a bug, not the receiver's answer): what and where
 
 
 class Result(NamedTuple):
@@ -70,8 +70,8 @@ def attempt(send) -> Outcome:
     try:
         return send()
     except Exception as exc:  # noqa: BLE001 - see the docstring
-        return Outcome(False, None, False, f"the sender raised {deadletter.last_line(exc)} "
-                                           f"(at {deadletter.raised_at(exc)})", internal=True)
+        error = deadletter.internal_error("forwarding", exc)
+        return Outcome(False, None, False, error.message, internal=error.details)
 
 
 def next_wait(outcome: Outcome, attempts: int, policy: RetryPolicy, age: float, rand=random.random):
