@@ -20,6 +20,7 @@ from transforms.rules.actions import RuleError
 from transforms.rules.engine import TransformRules
 from transforms.rules.stage import TransformSettings
 from transforms.warehouse import planner
+from transforms.warehouse.duckdb_backend import DEFAULT_MEMORY_LIMIT_MB
 from transforms.warehouse.sink import DEFAULT_BATCH_SIZE
 
 
@@ -34,6 +35,7 @@ class Config(NamedTuple):
     max_buffering_seconds: float = 5.0   # streaming: a batch waits at most this long to be written
     dedupe_ttl_seconds: float = dedupe.DEFAULT_TTL_SECONDS  # streaming: messageIds remembered this long
     destinations: tuple = ()             # transforms.destinations.model.Destination, in config order
+    duckdb_memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB  # the embedded warehouse's memory budget
 
 
 def key_path(parts) -> str:
@@ -88,7 +90,7 @@ def validate(document) -> Config:
                   contracts, _consent(document.get("consent"), destinations), _transforms(document.get("transforms")),
                   streaming.get("max_buffering_seconds", Config().max_buffering_seconds),
                   streaming.get("dedupe_ttl_seconds", Config().dedupe_ttl_seconds),
-                  destinations)
+                  destinations, warehouse.get("duckdb_memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB))
 
 
 def _consent(section, destinations: tuple) -> Optional[ConsentSettings]:

@@ -24,6 +24,7 @@ from pipeline.config import Config
 from pipeline.graph import build_warehouse_graph
 from tests.conftest import FIXTURES
 from transforms.messages import RawMessage
+from transforms.warehouse.duckdb_backend import KEYS_TABLE
 
 HERE = Path(__file__).parent
 RECEIVED = "2026-11-23T12:00:00.000000Z"
@@ -48,6 +49,9 @@ def dump(path) -> dict:
         tables = [r[0] for r in conn.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
         out = {}
         for table in tables:
+            if table == KEYS_TABLE:  # one opaque 128-bit key per stored event: their count says enough
+                out[table] = [{"keys": conn.execute(f"SELECT count(DISTINCT key) FROM {table}").fetchone()[0]}]
+                continue
             cursor = conn.execute(f'SELECT * FROM "{table}"')
             names = [d[0] for d in cursor.description]
             rows = [{n: (v.isoformat() if hasattr(v, "isoformat") else v) for n, v in zip(names, row)

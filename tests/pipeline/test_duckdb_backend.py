@@ -5,11 +5,14 @@ import apache_beam as beam
 import duckdb
 import pytest
 
+from pipeline.config import validate
+from pipeline.graph import warehouse_settings
 from pipeline.main import run
 from tests.conftest import run_file_job
 from transforms.messages import Event
 from transforms.normalize import normalize_event
-from transforms.warehouse.duckdb_backend import DuckDBWarehouse
+from transforms.warehouse.duckdb_backend import KEYS_TABLE, DuckDBWarehouse
+from transforms.warehouse.sink import opened_backend
 
 NOW = "2026-11-23T10:00:00.000000Z"
 
@@ -53,6 +56,43 @@ def test_rewriting_the_same_events_adds_nothing(tmp_path):
     assert (len(first.stored), len(first.duplicates)) == (2, 1)
     assert (len(second.stored), len(second.duplicates)) == (0, 3)
     assert query(tmp_path / "w.duckdb", "SELECT message_id, a FROM order_completed ORDER BY 1") == [("m1", 1), ("m2", 2)]
+
+
+def test_stored_events_are_keyed_by_128_bit_numbers_and_no_event_table_has_an_index(tmp_path):
+    """An index lives in memory and grows with the warehouse: the stored events' keys are one
+    narrow column instead; users keep their primary key (identifies are upserted by user id)."""
+    warehouse = open_warehouse(tmp_path)
+    warehouse.write_events([track("m1", {"a": 1}), event({"type": "identify", "userId": "u", "messageId": "i1"})])
+    warehouse.close()
+    constraints = query(tmp_path / "w.duckdb", "SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+                                               "WHERE constraint_type = 'PRIMARY KEY' ORDER BY 1")
+    keyed = {table: columns for table, columns in constraints if not table.startswith("_sluice_columns")}
+    assert keyed == {"_dead_letters": ["dead_letter_id"], "users": ["id"]}
+    assert query(tmp_path / "w.duckdb", f"SELECT count(*), typeof(any_value(key)) FROM {KEYS_TABLE}") == [(2, "UHUGEINT")]
+
+
+def test_the_connection_writes_within_the_configured_memory_budget(tmp_path):
+    """DuckDB would cache up to most of the machine's memory: the run's memory would grow with
+    the warehouse (see DEFAULT_MEMORY_LIMIT_MB)."""
+    config = validate({"warehouse": {"duckdb_memory_limit_mb": 48}})
+    for settings, expected in ((warehouse_settings(f"duckdb:///{tmp_path}/a.duckdb", config), "45.7 MiB"),
+                               (warehouse_settings(f"duckdb:///{tmp_path}/b.duckdb", validate({})), "122.0 MiB")):
+        with opened_backend(settings) as backend:  # as DuckDB reports 48 MB and the default 128 MB
+            assert backend._db.conn.execute("SELECT current_setting('memory_limit')").fetchone()[0] == expected
+
+
+def test_a_warehouse_from_before_the_key_index_gets_it_from_its_tables_and_stores_nothing_twice(tmp_path):
+    warehouse = open_warehouse(tmp_path)
+    events = [track("m1", {"a": 1}), track("m2", {"a": 2}), event({"type": "page", "userId": "u", "messageId": "p1"})]
+    warehouse.write_events(events)
+    warehouse.close()
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as conn:  # as the previous release left it
+        conn.execute(f"DROP TABLE {KEYS_TABLE}")
+    warehouse = open_warehouse(tmp_path)
+    again = warehouse.write_events(events + [track("m3", {"a": 3})])
+    warehouse.close()
+    assert ([e.body["messageId"] for e in again.stored], len(again.duplicates)) == (["m3"], 3)
+    assert query(tmp_path / "w.duckdb", f"SELECT count(*) FROM {KEYS_TABLE}") == [(4,)]
 
 
 def test_widening_and_refused_widening(tmp_path):

@@ -25,6 +25,11 @@ VIOLATIONS = "$violations"  # contract violations recorded with the event (issue
 METADATA = "$metadata"      # transport metadata: {"attributes": {...}} of a Pub/Sub message
 
 
+# The table of each event's first row, keyed by message_id: an event is stored once its row
+# there is (the warehouses' dedupe looks only here).
+PRIMARY_TABLES = ("tracks", "identifies", "pages", "screens", "groups", "aliases")
+
+
 class TableRow(NamedTuple):
     table: str
     key: str                     # dedupe key value (message_id; users: the user id)

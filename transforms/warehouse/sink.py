@@ -28,14 +28,16 @@ class WarehouseSettings(NamedTuple):
     bigquery_endpoint: Optional[str] = None  # an emulator's URL; None: Google's API
     bigquery_location: str = "US"
     bigquery_write_method: str = "insert_all"  # or "load" (pipeline.main picks by --streaming)
+    duckdb_memory_limit_mb: Optional[int] = None  # the embedded warehouse's memory budget; None: its default
 
 
 def open_backend(settings: WarehouseSettings):
     """The backend for a warehouse URL; called in DoFn.setup(), never while building the graph."""
     if settings.url.startswith("duckdb:///"):
         from transforms.warehouse.duckdb_backend import DuckDBWarehouse
+        memory = {"memory_limit_mb": settings.duckdb_memory_limit_mb} if settings.duckdb_memory_limit_mb else {}
         return DuckDBWarehouse(settings.url[len("duckdb:///"):], settings.max_columns,
-                               settings.flatten_depth, settings.declared_types).open()
+                               settings.flatten_depth, settings.declared_types, **memory).open()
     if settings.url.startswith("bigquery://"):
         from transforms.warehouse.bigquery_backend import BigQueryWarehouse
         project, dataset = settings.url[len("bigquery://"):].split("/", 1)
