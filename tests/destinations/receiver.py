@@ -1,5 +1,6 @@
 """A real HTTP server on 127.0.0.1 that receives webhook batches, answering from a script:
-the first requests get the scripted statuses (with headers such as Retry-After), the rest 200."""
+the first requests get the scripted statuses (with headers such as Retry-After), the rest 200;
+or 503 to everything for a while (an outage)."""
 import json
 import socket
 import threading
@@ -21,9 +22,12 @@ class Request(NamedTuple):
 
 
 class Receiver:
-    def __init__(self, script=(), default_status: int = 200, echo_authorization: bool = False):
+    def __init__(self, script=(), default_status: int = 200, echo_authorization: bool = False,
+                 unavailable_seconds: float = 0.0):
         self.script = list(script)       # [(status, {header: value}), ...] for the first requests
         self.default_status = default_status
+        self.unavailable_seconds = unavailable_seconds  # 503 to everything for this long after the first request
+        self.first_request_at = None
         self.requests: list = []
         self.lock = threading.Lock()
         receiver = self
@@ -36,6 +40,10 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver.lock:
                     status, headers = receiver.script.pop(0) if receiver.script else (receiver.default_status, {})
+                    now = time.monotonic()
+                    receiver.first_request_at = receiver.first_request_at or now
+                    if now - receiver.first_request_at < receiver.unavailable_seconds:
+                        status, headers = 503, {}
                     receiver.requests.append(Request(time.monotonic(), self.path, dict(self.headers), body, status,
                                                      self.client_address[1]))
                 if status == RESET:  # read it, answer nothing, drop the connection

@@ -9,6 +9,8 @@ A batch is written in one transaction: existing keys are looked up, schema chang
 applied, then each table's rows are inserted as one Arrow table. If the transaction
 fails, the batch is retried one event at a time so one bad event cannot sink the rest.
 """
+import logging
+import os
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
@@ -21,6 +23,8 @@ import pyarrow as pa
 from transforms.timeutil import format_time
 from transforms.warehouse import layout, planner, replays
 from transforms.warehouse.result import WriteResult
+
+_LOG = logging.getLogger(__name__)
 
 SQL_TYPES = {planner.BOOL: "BOOLEAN", planner.INT64: "BIGINT", planner.FLOAT64: "DOUBLE",
              planner.STRING: "VARCHAR", planner.TIMESTAMP: "TIMESTAMPTZ", planner.JSON: "JSON"}
@@ -47,19 +51,31 @@ def quote(name: str) -> str:
 
 # DuckDB caches what it reads and writes up to its memory limit, by default 80% of the
 # machine's memory, so a run's memory would grow with the warehouse it writes (measured: 336 MB
-# at 100,000 events, 521 MB at 1,000,000). Sluice's own connection gets a fixed budget instead
-# (`warehouse.duckdb_memory_limit_mb`); what it evicts is in the file, and what an operation
-# needs beyond it spills to `<file>.tmp`.
-DEFAULT_MEMORY_LIMIT_MB = 128
+# at 100,000 events, 521 MB at 1,000,000). Sluice's own connection starts with a small budget
+# instead (`warehouse.duckdb_memory_limit_mb`): what DuckDB evicts is in the file already. A
+# write that needs more (a batch adding a thousand columns does) raises it, doubling, up to
+# DuckDB's own default; the batch is then written again, so the budget never costs an event.
+DEFAULT_MEMORY_LIMIT_MB = 64
+_MEMORY_CEILING_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 8 // 10 >> 20
 
 
 class _SharedDatabase:
     def __init__(self, path: str, memory_limit_mb: int):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.memory_limit_mb = memory_limit_mb
         self.conn = duckdb.connect(path, config={"memory_limit": f"{memory_limit_mb}MB"})
         self.lock = threading.RLock()
         self.refs = 0
         self.schemas = None  # table name -> TableSchema, loaded on first use
+
+    def raise_memory_limit(self) -> bool:
+        """Double the budget (see DEFAULT_MEMORY_LIMIT_MB); False when it cannot grow."""
+        if self.memory_limit_mb >= _MEMORY_CEILING_MB:
+            return False
+        self.memory_limit_mb = min(self.memory_limit_mb * 2, _MEMORY_CEILING_MB)
+        self.conn.execute(f"SET memory_limit = '{self.memory_limit_mb}MB'")
+        _LOG.warning("DuckDB needed more memory for a write: its budget is now %d MB", self.memory_limit_mb)
+        return True
 
 
 _DATABASES = {}
@@ -186,11 +202,14 @@ class DuckDBWarehouse:
         return result
 
     def _write_with_replan(self, events, rows):
-        while True:  # ends: each _Replan adds a column to no_widen, which is never widened again
-            try:
+        while True:  # ends: each _Replan adds a column to no_widen, which is never widened again,
+            try:     # and the memory budget stops growing at its ceiling
                 return self._write_batch(events, rows)
             except _Replan:
                 continue
+            except duckdb.OutOfMemoryException:
+                if not self._db.raise_memory_limit():
+                    raise
 
     def _write_batch(self, events, rows) -> WriteResult:
         conn, schemas = self._db.conn, self._db.schemas
