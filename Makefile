@@ -59,7 +59,7 @@ test: check-prereqs $(STAMP) $(NODE_STAMP) $(BQ_STAMP)
 # Everything but the tests that start emulators (marked integration by tests/conftest.py) and
 # the TypeScript check (marked node): needs only .venv.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not integration and not node"
+	$(PY) -m pytest -n 2 -m "not integration and not node"
 
 # Dataflow flex template (templates/). Needs docker and gcloud (it cannot run in CI); e.g.
 #   make template PROJECT=my-project TEMPLATE_BUCKET=my-bucket

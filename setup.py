@@ -39,6 +39,7 @@ setup(
     package_data={"schemas": ["*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.15",
+                             "pytest-xdist==3.8.0",  # make test-fast runs on both cores
                              "mypy==2.4.1",  # type-checks the generated tracking code
                              "gcp-storage-emulator==2026.7.19"]},  # gs:// backfills, started by the tests
     entry_points={"console_scripts": ["sluice = pipeline.main:main"]},

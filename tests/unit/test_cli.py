@@ -1,6 +1,9 @@
 """What a person sees on the command line: one line naming the problem, exit status 2."""
 import argparse
+import contextlib
+import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,10 +13,26 @@ import yaml
 
 from pipeline import config, options
 from pipeline.errors import UsageError
+from pipeline.main import main
 from tests.conftest import ROOT, SAMPLE
 
 
 def sluice(*args, cwd=ROOT):
+    """`python -m pipeline ARGS`: main(), what the console script and `-m pipeline` call, in this
+    process (a new interpreter importing Beam costs 2 s a case); its exit status and output."""
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], code, out.getvalue(), err.getvalue())
+
+
+def sluice_process(*args, cwd=ROOT):
+    """The same as a process of its own: what a shell sees, start-up included."""
     return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=120)
 
@@ -38,6 +57,9 @@ def error_lines(result):
     (["--input_files", str(SAMPLE), "stray"], "unexpected argument 'stray'"),
     (["--input_files", str(SAMPLE), "--dead_letter_topic", "dead-letters"],
      "--dead_letter_topic 'dead-letters': expected projects/PROJECT/topics/NAME"),
+    (["--input_files", str(SAMPLE), "--runner", "DirectRunnr"], "--runner DirectRunnr: Unexpected pipeline runner"),
+    (["--input_files", str(SAMPLE), "--runner", "DataflowRunner"],
+     "--runner DataflowRunner cannot write to an embedded DuckDB file"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args, expected):
     result = sluice(*args)
@@ -45,6 +67,12 @@ def test_usage_errors_are_one_line_and_exit_2(args, expected):
     lines = error_lines(result)
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_usage_error_in_a_shell_is_one_line_and_exit_status_2():
+    result = sluice_process("--input_files", str(SAMPLE), "--runner", "DirectRunnr")
+    assert result.returncode == 2 and error_lines(result) == [line for line in result.stderr.splitlines() if line]
+    assert error_lines(result)[0].startswith("sluice: error: --runner DirectRunnr: Unexpected pipeline runner")
 
 
 def sluice_option_actions() -> list:
@@ -73,8 +101,8 @@ def test_a_run_prints_the_summary_and_writes_json(tmp_path):
     events = tmp_path / "in.jsonl"
     events.write_text('{"type":"track","event":"A","userId":"u"}\nnot json\n')
     summary = tmp_path / "summary.json"
-    result = sluice("--input_files", str(events), "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
-                    "--summary_path", str(summary))
+    result = sluice_process("--input_files", str(events), "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                            "--summary_path", str(summary))
     assert result.returncode == 0, result.stderr
     assert "conservation holds" in result.stdout
     written = json.loads(summary.read_text())
