@@ -17,15 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-os.environ.setdefault("NO_GCE_CHECK", "true")
 
+import pipeline  # noqa: E402,F401 - before Beam: it silences Beam's apitools notice
+import apache_beam as beam  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: E402
+
+os.environ.setdefault("NO_GCE_CHECK", "true")
 from throughput import write_input  # noqa: E402
 from pipeline import summary  # noqa: E402
 from pipeline.config import Config  # noqa: E402

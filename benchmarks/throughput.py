@@ -37,14 +37,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import apache_beam as beam
 import orjson
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "samples"))
+
+import pipeline  # noqa: E402,F401 - before Beam: it silences Beam's apitools notice
+import apache_beam as beam  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: E402
 
 from generate import generate  # noqa: E402
 from pipeline import summary  # noqa: E402
