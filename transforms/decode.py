@@ -126,20 +126,24 @@ class DecodeMessagesFn(FallibleFn):
     def __init__(self, limits: DecodeLimits):
         self._limits = limits
 
-    def attempt(self, message: RawMessage):
+    def attempt(self, message: RawMessage) -> list:
         received_at = message.received_at or timeutil.now_iso()  # no transport time: the read time
         outcomes = list(decode_message(message, received_at, self._limits))
-        metrics.inc("read")  # counted once nothing can fail any more: see transforms.fallible
-        metrics.inc("events", len(outcomes))
+        outputs, drops = [], []
         for outcome in outcomes:
             if isinstance(outcome, Event):
-                yield outcome
+                outputs.append(outcome)
             elif isinstance(outcome, Refused):
-                yield pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
+                outputs.append(pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
                     "decode", outcome.rejection, outcome.payload, attributes=message.attributes,
-                    source=message.source, received_at=received_at, position=message.position))
+                    source=message.source, received_at=received_at, position=message.position)))
             else:
-                metrics.dropped(outcome.policy)
+                drops.append(outcome.policy)
+        metrics.inc("read")  # counted once nothing can fail any more: see transforms.fallible
+        metrics.inc("events", len(outcomes))
+        for policy in drops:
+            metrics.dropped(policy)
+        return outputs
 
     def internal_errors(self, message: RawMessage, exc: Exception) -> list:
         """A message that broke decoding is one event unit, like one refused before splitting."""
