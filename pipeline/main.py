@@ -159,12 +159,15 @@ def run_replay(argv: list) -> dict:
     if dry_run:
         return {"dry_run": replay.describe(replay.selected(settings, selection, files))}
     plan = plan._replace(source=replay.ReadDeadLetters(settings, selection, run_id, files))
-    summary = execute(plan, pipeline_options)
-    if summary is None:
-        raise UsageError("replay records what it replayed once its job has finished: "
-                         "run it directly, not as a template (--template_location)")
-    ids = [r["dead_letter_id"] for r in replay.selected(settings, selection, files)]
-    replay.record(settings, ids, run_id)
+    # The lease, from before the workers select until what they replayed is recorded: another
+    # replay started meanwhile would select the same dead letters (it exits 2 naming this one).
+    with replay.leased(settings, selection, run_id, files):
+        summary = execute(plan, pipeline_options)
+        if summary is None:
+            raise UsageError("replay records what it replayed once its job has finished: "
+                             "run it directly, not as a template (--template_location)")
+        ids = [r["dead_letter_id"] for r in replay.selected(settings, selection, files)]
+        replay.record(settings, ids, run_id)
     summary["replayed"] = len(ids)
     return summary
 

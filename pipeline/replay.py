@@ -17,11 +17,21 @@ After the run succeeds, the replayed dead letters are recorded in `_replays`, an
 replay skips them. A record that fails again becomes a new dead letter with its new error
 (its position names this replay run, so it is a row of its own and can be replayed later).
 Only dead letters that failed before the replay started are selected.
+
+One replay at a time per warehouse: a replay takes the warehouse's replay lease before it
+reads anything, and while another replay holds it, exits 2 naming that one (its run id, start,
+host and pid). A replay that stopped without giving its lease up (killed, its machine gone)
+holds it for at most LEASE_SECONDS more.
 """
 import argparse
 import json
+import logging
+import os
+import socket
+import threading
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import apache_beam as beam
@@ -36,6 +46,9 @@ from transforms.warehouse.replays import Selection, as_record
 from transforms.warehouse.sink import WarehouseFn, opened_backend
 
 REPLAY_ATTRIBUTE = "sluice_replay_of"
+# A running replay renews its lease every LEASE_SECONDS / 4; one that stops renewing (killed, its
+# machine gone) leaves a lease that lapses this long after the last renewal.
+LEASE_SECONDS = 600
 
 
 def parse_replay_args(argv: list) -> tuple:
@@ -170,3 +183,57 @@ def describe(records: list) -> str:
 def record(settings, ids: list, run: str) -> int:
     with opened_backend(settings) as backend:
         return backend.record_replays(ids, run)
+
+
+def _lease_selection(selection: Selection, files: str = None) -> str:
+    """The selection as the lease records it (JSON), for whoever finds the lease taken."""
+    return json.dumps({**selection._asdict(), "error_types": list(selection.error_types),
+                       "dead_letter_files": files}, sort_keys=True)
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+@contextmanager
+def leased(settings, selection: Selection, run: str, files: str = None, seconds: int = LEASE_SECONDS):
+    """Hold the warehouse's replay lease for the block (renewed meanwhile, released at the end,
+    also when the block fails: a failed run records nothing and can be run again at once).
+    Raises UsageError naming the replay holding it. Conservative: any live replay of the same
+    warehouse holds it, whatever its selection."""
+    with opened_backend(settings) as backend:
+        other = backend.take_replay_lease(run, holder_name(), _lease_selection(selection, files), seconds)
+    if other is not None:
+        raise UsageError(f"replay: another replay (run {other.run}, started {other.started_at} by {other.holder}) "
+                         f"is replaying dead letters of this warehouse; wait for it to end, then run again (if it "
+                         f"has stopped, its lease lapses at {other.expires_at})")
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(settings, run, seconds, stop), name=f"replay-lease-{run}",
+                               daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        try:
+            with opened_backend(settings) as backend:
+                backend.release_replay_lease(run)
+        except Exception as exc:  # noqa: BLE001 -- must not hide the run's own outcome; the lease lapses
+            logging.getLogger(__name__).warning("replay %s: releasing its lease failed (%s); it lapses within "
+                                                "%d seconds", run, exc, seconds)
+
+
+def _renew(settings, run: str, seconds: int, stop: threading.Event) -> None:
+    """Renew the lease until told to stop. A failed renewal is only logged: the lease lasts
+    `seconds`, so the next attempts have time; one the run has lost is logged as lost."""
+    log = logging.getLogger(__name__)
+    while not stop.wait(seconds / 4):
+        try:
+            with opened_backend(settings) as backend:
+                if not backend.renew_replay_lease(run, seconds):
+                    log.warning("replay %s: its lease lapsed and may be another replay's now: that replay "
+                                "can select dead letters this one is replaying", run)
+                    return
+        except Exception as exc:  # noqa: BLE001 -- any failure: keep the run going, try again later
+            log.warning("replay %s: renewing its lease failed (%s); trying again", run, exc)

@@ -191,6 +191,79 @@ class BigQueryWarehouse:
             raise RuntimeError(f"BigQuery refused {len(refused)} replay records: {next(iter(refused.values()))}")
         return len(rows)
 
+    # -- the replay lease (transforms.warehouse.replays) -------------------------------
+    _LEASE_ATTEMPTS = 5
+
+    def take_replay_lease(self, run: str, holder: str, selection: str, seconds: int):
+        """Take the warehouse's replay lease for `seconds`: None when taken, else the Lease of
+        the live replay that holds it. Writes are DML only: rows sent by insertAll could not be
+        updated for half an hour. A conflict with a concurrent UPDATE (BigQuery retries those
+        itself three times first) is settled by reading the lease again."""
+        from google.cloud import bigquery
+        self._ensure_leases()
+        self._lease_dml(replays.SEED_LEASE)
+        params = [bigquery.ScalarQueryParameter("run", "STRING", run),
+                  bigquery.ScalarQueryParameter("holder", "STRING", holder),
+                  bigquery.ScalarQueryParameter("selection", "STRING", selection),
+                  bigquery.ScalarQueryParameter("seconds", "INT64", int(seconds))]
+        for _ in range(self._LEASE_ATTEMPTS):
+            try:
+                if self._lease_dml(replays.TAKE_LEASE, params):
+                    return None
+            except exceptions.BadRequest as exc:
+                if "concurrent update" not in str(exc):
+                    raise
+            holder = self._lease_holder()
+            if holder is not None:
+                return holder
+            # Neither ours nor anyone's: its holder released it (or lost it to a conflict) meanwhile.
+        raise RuntimeError(f"could not take the replay lease in {self._LEASE_ATTEMPTS} attempts "
+                           "(every one conflicted with another replay's)")
+
+    def renew_replay_lease(self, run: str, seconds: int) -> bool:
+        """Move the lease's expiry `seconds` from now; False when `run` no longer holds it."""
+        from google.cloud import bigquery
+        return bool(self._lease_dml(replays.RENEW_LEASE, [bigquery.ScalarQueryParameter("run", "STRING", run),
+                                                          bigquery.ScalarQueryParameter("seconds", "INT64",
+                                                                                        int(seconds))]))
+
+    def release_replay_lease(self, run: str) -> None:
+        """Give the lease up, if `run` still holds it (an expired one may be someone else's now)."""
+        from google.cloud import bigquery
+        self._lease_dml(replays.RELEASE_LEASE, [bigquery.ScalarQueryParameter("run", "STRING", run)])
+
+    def replay_lease_holder(self):
+        """The Lease of the live replay holding the lease, or None."""
+        self._ensure_leases()
+        return self._lease_holder()
+
+    def _lease_holder(self):
+        rows = [dict(row.items()) for row in self._lease_query(replays.HOLDER)]
+        return replays.Lease.from_row(rows[0]) if rows else None
+
+    def _ensure_leases(self) -> None:
+        """`_replay_leases` exists: a few rows, not partitioned (not through BigQueryTables,
+        whose layouts partition by a time the lease has not always got)."""
+        from google.cloud import bigquery
+        table = bigquery.Table(self._tables.ref(replays.LEASES_TABLE),
+                               schema=[bigquery.SchemaField(n, bq.FIELD_TYPES[t]) for n, t in replays.LEASES_COLUMNS])
+        self._call("tables.insert", self._client.create_table, table, exists_ok=True)
+
+    def _lease_sql(self, template: str) -> str:
+        return template.format(table=f"`{self._tables.ref(replays.LEASES_TABLE)}`", now="CURRENT_TIMESTAMP()",
+                               expires="TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL @seconds SECOND)")
+
+    def _lease_query(self, template: str, params: list = ()):
+        from google.cloud import bigquery
+        config = bigquery.QueryJobConfig(query_parameters=[
+            bigquery.ScalarQueryParameter("key", "STRING", replays.LEASE_KEY), *params])
+        self.calls["jobs.query"] += 1
+        return self._client.query_and_wait(self._lease_sql(template), job_config=config, retry=self.retry)
+
+    def _lease_dml(self, template: str, params: list = ()) -> int:
+        """Run one lease statement; how many rows it changed."""
+        return self._lease_query(template, params).num_dml_affected_rows or 0
+
     def _dead_letter_ids_in(self, table: str, ids: list) -> set:
         """Which of these dead-letter ids `table` (_dead_letters, _replays) holds. Not pruned by
         time: a dead letter's failed_at differs run to run, and these tables are small."""

@@ -367,6 +367,43 @@ class DuckDBWarehouse:
         self._db.conn.execute(f"CREATE TABLE IF NOT EXISTS {replays.REPLAYS_TABLE} (dead_letter_id VARCHAR PRIMARY KEY, "
                               "replayed_at TIMESTAMPTZ, replay_run VARCHAR)")
 
+    # The replay lease (transforms.warehouse.replays): across processes DuckDB lets one process
+    # write the file anyway; within one, the shared lock makes each statement a clean swap.
+    def take_replay_lease(self, run: str, holder: str, selection: str, seconds: int):
+        """Take the warehouse's replay lease for `seconds`: None when taken, else the Lease of
+        the live replay that holds it."""
+        with self._db.lock:
+            self._lease_execute(replays.SEED_LEASE)
+            if self._lease_execute(replays.TAKE_LEASE, run=run, holder=holder, selection=selection,
+                                   seconds=int(seconds)).fetchone()[0]:
+                return None
+            return self.replay_lease_holder()
+
+    def renew_replay_lease(self, run: str, seconds: int) -> bool:
+        """Move the lease's expiry `seconds` from now; False when `run` no longer holds it."""
+        with self._db.lock:
+            return bool(self._lease_execute(replays.RENEW_LEASE, run=run, seconds=int(seconds)).fetchone()[0])
+
+    def release_replay_lease(self, run: str) -> None:
+        """Give the lease up, if `run` still holds it (an expired one may be someone else's now)."""
+        with self._db.lock:
+            self._lease_execute(replays.RELEASE_LEASE, run=run)
+
+    def replay_lease_holder(self):
+        """The Lease of the live replay holding the lease, or None."""
+        with self._db.lock:
+            cursor = self._lease_execute(replays.HOLDER)
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+        return replays.Lease.from_row(rows[0]) if rows else None
+
+    def _lease_execute(self, template: str, **params):
+        self._db.conn.execute(f"CREATE TABLE IF NOT EXISTS {replays.LEASES_TABLE} (lease_key VARCHAR PRIMARY KEY, "
+                              "run VARCHAR, holder VARCHAR, selection VARCHAR, started_at TIMESTAMPTZ, "
+                              "expires_at TIMESTAMPTZ)")
+        sql = template.format(table=replays.LEASES_TABLE, now="now()", expires="now() + to_seconds(@seconds)")
+        return self._db.conn.execute(sql.replace("@", "$"), {"key": replays.LEASE_KEY, **params})
+
     def write_dead_letters(self, records: list) -> int:
         """Insert dead-letter records; the same dead letter read twice is stored once."""
         loaded_at = datetime.now(timezone.utc)

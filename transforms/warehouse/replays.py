@@ -5,6 +5,12 @@ A selection: error types, a failed_at range, a source glob, and `before` (the re
 dead letters written during the replay, such as a record failing again, are not part of it).
 Dead letters already in `_replays` are never selected. Both backends share the SQL; the
 source glob is applied in Python (BigQuery has no GLOB).
+
+And the replay lease (`_replay_leases`): one replay at a time per warehouse, so two replays
+started together cannot both select, and replay, the same dead letters. The lease is one row
+(lease_key 'replay') naming its holder; taking it is one conditional UPDATE (a compare and
+swap), renewing and releasing are UPDATEs guarded by the holder's run id. Times are the
+warehouse's own clock (the SQL's `{now}`), so no client clock decides who holds it.
 """
 import fnmatch
 import json
@@ -17,6 +23,43 @@ from transforms.warehouse import planner
 REPLAYS_TABLE = "_replays"
 REPLAYS_COLUMNS = (("dead_letter_id", planner.STRING), ("replayed_at", planner.TIMESTAMP),
                    ("replay_run", planner.STRING))
+
+
+LEASES_TABLE = "_replay_leases"
+LEASES_COLUMNS = (("lease_key", planner.STRING), ("run", planner.STRING), ("holder", planner.STRING),
+                  ("selection", planner.STRING), ("started_at", planner.TIMESTAMP), ("expires_at", planner.TIMESTAMP))
+LEASE_KEY = "replay"  # one lease per warehouse: overlap between selections is not worked out, any replay waits
+
+# The lease SQL for both backends: `{table}` the table's reference, `{now}` the warehouse's
+# current time, `{expires}` that plus @seconds; parameters @name (DuckDB's backend turns them into $name).
+# Seeding is idempotent, but on BigQuery two concurrent INSERTs never conflict, so a first-ever
+# pair of replays may seed two rows: harmless, because taking updates every row of the key and
+# only when none of them names a live holder.
+SEED_LEASE = ("INSERT INTO {table} (lease_key) SELECT @key FROM (SELECT 1) AS one "
+              "WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE lease_key = @key)")
+_LIVE = "lease_key = @key AND run IS NOT NULL AND expires_at > {now}"
+# The compare and swap. On BigQuery, concurrent UPDATEs of one table conflict: the later one is
+# run again on the newer snapshot (by BigQuery, or by the backend) and then updates nothing.
+TAKE_LEASE = ("UPDATE {table} SET run = @run, holder = @holder, selection = @selection, started_at = {now}, "
+              "expires_at = {expires} WHERE lease_key = @key AND NOT EXISTS (SELECT 1 FROM {table} WHERE " + _LIVE + ")")
+RENEW_LEASE = "UPDATE {table} SET expires_at = {expires} WHERE lease_key = @key AND run = @run"
+RELEASE_LEASE = ("UPDATE {table} SET run = NULL, holder = NULL, selection = NULL, started_at = NULL, "
+                 "expires_at = NULL WHERE lease_key = @key AND run = @run")
+HOLDER = ("SELECT run, holder, selection, started_at, expires_at FROM {table} WHERE " + _LIVE
+          + " ORDER BY started_at LIMIT 1")
+
+
+class Lease(NamedTuple):
+    """Who holds the replay lease: a run id, host/pid, its selection (JSON) and its times."""
+    run: str
+    holder: str
+    selection: str
+    started_at: str
+    expires_at: str
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Lease":
+        return cls(*(format_time(row[name]) if isinstance(row[name], datetime) else row[name] for name in cls._fields))
 
 
 class Selection(NamedTuple):
