@@ -245,9 +245,19 @@ class BigQueryWarehouse:
         """`_replay_leases` exists: a few rows, not partitioned (not through BigQueryTables,
         whose layouts partition by a time the lease has not always got)."""
         from google.cloud import bigquery
-        table = bigquery.Table(self._tables.ref(replays.LEASES_TABLE),
-                               schema=[bigquery.SchemaField(n, bq.FIELD_TYPES[t]) for n, t in replays.LEASES_COLUMNS])
-        self._call("tables.insert", self._client.create_table, table, exists_ok=True)
+        ref = self._tables.ref(replays.LEASES_TABLE)
+        try:
+            self._call("tables.get", self._client.get_table, ref)
+            return
+        except exceptions.NotFound:
+            pass
+        table = bigquery.Table(ref, schema=[bigquery.SchemaField(n, bq.FIELD_TYPES[t]) for n, t in replays.LEASES_COLUMNS])
+        try:
+            self._call("tables.insert", self._client.create_table, table, exists_ok=True)
+        except exceptions.BadRequest:
+            # Two replays creating it together: BigQuery answers the later one 409 (exists_ok),
+            # the emulator may answer 400 (its catalog's commit conflict). Either way it exists now.
+            self._call("tables.get", self._client.get_table, ref)
 
     def _lease_sql(self, template: str) -> str:
         return template.format(table=f"`{self._tables.ref(replays.LEASES_TABLE)}`", now="CURRENT_TIMESTAMP()",
