@@ -43,6 +43,8 @@ def test_destination_mistakes_name_the_key(tmp_path, text, expected):
      "config: destinations[0].url: 127.0.0.1 resolves to 127.0.0.1, a private, loopback or link-local address; "
      "set allow_private_network: true"),
     ("{name: crm, type: webhook, url: 'https://169.254.169.254/latest'}", "169.254.169.254, a private"),
+    ("{name: crm, type: webhook, url: 'https://[2002:a9fe:a9fe::1]/latest'}",
+     "2002:a9fe:a9fe::1 (6to4 for 169.254.169.254), a private"),
     ("{name: crm, type: webhook, url: 'ftp://127.0.0.1/x', allow_private_network: true}",
      "config: destinations[0].url: 'ftp://127.0.0.1/x' is not an http:// or https:// URL"),
     (f"{HOOK}, signing_secret: {{env: SLUICE_NO_SUCH_SECRET}}}}",

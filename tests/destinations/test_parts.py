@@ -113,6 +113,23 @@ def test_only_public_addresses_count_as_public(address, public):
     assert netguard.is_public(address) is public
 
 
+@pytest.mark.parametrize("address, embedded", [
+    ("2002:7f00:1::1", "6to4 for 127.0.0.1"), ("2002:a00:1::1", "6to4 for 10.0.0.1"),
+    ("2002:a9fe:a9fe::1", "6to4 for 169.254.169.254"), ("64:ff9b::7f00:1", "NAT64 for 127.0.0.1"),
+    ("64:ff9b::a9fe:a9fe", "NAT64 for 169.254.169.254"), ("::ffff:10.0.0.1", "IPv4-mapped for 10.0.0.1")])
+def test_an_ipv6_address_is_judged_by_the_ipv4_address_it_embeds(address, embedded):
+    assert not netguard.is_public(address)
+    assert netguard.refusal(address) == f"{address} ({embedded}), a private, loopback or link-local address"
+
+
+@pytest.mark.parametrize("address, form", [
+    ("2001:0:a00:1:0:0:80ff:fffe", "Teredo"),  # server 10.0.0.1, client 127.0.0.1 (stored inverted)
+    ("64:ff9b:1::7f00:1", "local-use NAT64"), ("::7f00:1", "IPv4-compatible")])
+def test_ipv6_forms_leading_where_the_guard_cannot_see_are_refused(address, form):
+    assert not netguard.is_public(address)
+    assert f"{address}, a{'n' if form[0] == 'I' else ''} {form} address" in netguard.refusal(address)
+
+
 def fake_dns(table):
     """getaddrinfo answering from a table, shaped like the real one."""
     def getaddrinfo(host, port, type=0):
@@ -133,6 +150,12 @@ def test_a_name_resolving_to_a_private_address_is_refused_unless_allowed():
         netguard.resolve("https://user:pw@hooks.example.com/", False, getaddrinfo=dns)
 
 
+def test_a_name_resolving_to_6to4_for_loopback_is_refused():
+    dns = fake_dns({"tunnel.example.com": "2002:7f00:1::1"})
+    with pytest.raises(netguard.NetworkRefused, match=r"resolves to 2002:7f00:1::1 \(6to4 for 127.0.0.1\), a private"):
+        netguard.resolve("https://tunnel.example.com/", False, getaddrinfo=dns)
+
+
 def test_secrets_come_from_the_environment_or_a_file_and_are_redacted(tmp_path):
     (tmp_path / "token").write_text("s3cr3t-file\n")
     assert secrets.resolve(secrets.SecretRef(env="T", prefix="Bearer "), {"T": "abc123"}) == "Bearer abc123"
@@ -140,6 +163,18 @@ def test_secrets_come_from_the_environment_or_a_file_and_are_redacted(tmp_path):
     with pytest.raises(secrets.SecretError, match="environment variable MISSING is not set"):
         secrets.resolve(secrets.SecretRef(env="MISSING"), {})
     assert secrets.redact("bad token abc123 given", ["abc123"]) == "bad token [redacted] given"
+
+
+def test_an_excerpt_redacts_before_it_cuts_and_drops_a_secret_cut_by_the_read_bound():
+    token = "tok-echoed-123456"
+    echo = "e" * 190 + " " + token + " more"
+    assert secrets.excerpt(echo, [token], 200) == "e" * 190 + " [redacted"  # 200 characters, no token
+    # An answer read up to a bound can end inside a secret; squeezing its blank space would
+    # bring that start into the excerpt.
+    read = " " * 65000 + "error: " + token[:9]
+    assert secrets.excerpt(read, [token], 200, cut_short=True) == "error:"
+    assert secrets.excerpt(read, [token], 200) == "error: " + token[:9]  # why cut_short is needed
+    assert secrets.excerpt("line one\n\tline two", [], 200) == "line one line two"
 
 
 def test_a_matcher_takes_types_name_globs_and_a_condition():

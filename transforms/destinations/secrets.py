@@ -52,3 +52,25 @@ def redact(text: str, secrets) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "[redacted]")
     return text
+
+
+def excerpt(text: str, secrets, limit: int, cut_short: bool = False) -> str:
+    """At most `limit` characters of a server's answer, on one line, with every secret redacted.
+
+    Redacts first and cuts after: cutting first can split an echoed secret and leave its start
+    (13 of a 17-character token, when the echo began near the limit) where redact no longer
+    recognises it. `cut_short`: `text` is only the start of the answer (it was read up to a
+    bound), so its end may be the start of a secret; that end is dropped first."""
+    if cut_short:
+        text = _drop_partial_secret_at_end(text, secrets)
+    return " ".join(redact(text, secrets).split())[:limit]
+
+
+def _drop_partial_secret_at_end(text: str, secrets) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            for length in range(len(secret) - 1, 0, -1):
+                if text.endswith(secret[:length]):
+                    text = text[:-length]
+                    break
+    return text
