@@ -251,7 +251,8 @@ class BigQueryWarehouse:
             return
         except exceptions.NotFound:
             pass
-        table = bigquery.Table(ref, schema=[bigquery.SchemaField(n, bq.FIELD_TYPES[t]) for n, t in replays.LEASES_COLUMNS])
+        table = bigquery.Table(ref, schema=[bigquery.SchemaField(n, bq.FIELD_TYPES[t])
+                                            for n, t in replays.LEASES_COLUMNS])
         try:
             self._call("tables.insert", self._client.create_table, table, exists_ok=True)
         except exceptions.BadRequest:

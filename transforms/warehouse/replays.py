@@ -41,7 +41,8 @@ _LIVE = "lease_key = @key AND run IS NOT NULL AND expires_at > {now}"
 # The compare and swap. On BigQuery, concurrent UPDATEs of one table conflict: the later one is
 # run again on the newer snapshot (by BigQuery, or by the backend) and then updates nothing.
 TAKE_LEASE = ("UPDATE {table} SET run = @run, holder = @holder, selection = @selection, started_at = {now}, "
-              "expires_at = {expires} WHERE lease_key = @key AND NOT EXISTS (SELECT 1 FROM {table} WHERE " + _LIVE + ")")
+              "expires_at = {expires} WHERE lease_key = @key "
+              "AND NOT EXISTS (SELECT 1 FROM {table} WHERE " + _LIVE + ")")
 RENEW_LEASE = "UPDATE {table} SET expires_at = {expires} WHERE lease_key = @key AND run = @run"
 RELEASE_LEASE = ("UPDATE {table} SET run = NULL, holder = NULL, selection = NULL, started_at = NULL, "
                  "expires_at = NULL WHERE lease_key = @key AND run = @run")
