@@ -39,9 +39,9 @@ _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")       # RFC 4291, deprecated; :
 
 
 def _embedded(ip: ipaddress.IPv6Address):
-    """(form, the IPv4 address it stands for), (form, None) for a form refused outright, or
-    None for an IPv6 address that is only itself. IPv4-mapped is tested before ::/96, which
-    holds it."""
+    """(form, the IPv4 address it stands for), (description, None) for a form refused
+    outright, or None for an IPv6 address that is only itself. IPv4-mapped is tested before
+    ::/96, which holds it."""
     if ip.ipv4_mapped is not None:
         return "IPv4-mapped", ip.ipv4_mapped
     if ip.sixtofour is not None:
