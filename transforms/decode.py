@@ -3,6 +3,8 @@
 Outcomes of `decode_message`, one per event unit (so `events` can be conserved):
 an Event, a Rejection with the payload it refers to, or a policy drop name.
 A message refused before it could be split (not JSON, too large) is one event unit.
+A batch envelope's top-level string `source` (the collector writes its source's name there)
+becomes the source of its events and of their dead letters, in place of the transport's.
 """
 from typing import Iterator, NamedTuple, Union
 
@@ -29,6 +31,7 @@ class Refused(NamedTuple):
     rejection: Rejection
     payload: bytes                 # what the dead letter keeps: the message, or the batch member
     batch_index: Union[int, None] = None
+    source: Union[str, None] = None  # the envelope's source, when it names one (else the message's)
 
 
 class Dropped(NamedTuple):
@@ -63,6 +66,9 @@ def decode_message(message: RawMessage, received_at: str, limits: DecodeLimits) 
         yield Refused(Rejection("malformed_json", f"not valid JSON: {exc}"), message.data)
         return
     if isinstance(obj, dict) and "batch" in obj and "type" not in obj:
+        named = obj.get("source")
+        if isinstance(named, str) and named:  # the collector's source name: events and dead letters carry it
+            message = message._replace(source=named)
         yield from _split_batch(obj, message, received_at, limits, len(data))
         return
     if not isinstance(obj, dict):
@@ -82,7 +88,7 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
     members = envelope["batch"]
     if not isinstance(members, list):
         yield Refused(Rejection("invalid_batch", f'"batch" must be an array of events, got {_json_kind(members)}'),
-                      message.data)
+                      message.data, source=message.source)
         return
     if not members:
         yield Dropped("empty_batch")
@@ -92,7 +98,7 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
     for index, member in enumerate(members):
         if not isinstance(member, dict):
             yield Refused(Rejection("not_an_object", f"batch member must be a JSON object, got {_json_kind(member)}",
-                                    {"batch_index": index}), jsonutil.dumps(member), index)
+                                    {"batch_index": index}), jsonutil.dumps(member), index, message.source)
             continue
         if check_each:
             member_size = len(jsonutil.dumps(member))
@@ -100,7 +106,7 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
                 yield Refused(Rejection("payload_too_large",
                                         f"event is {member_size} bytes, over the {limits.max_event_bytes}-byte limit",
                                         {"size_bytes": member_size, "limit_bytes": limits.max_event_bytes,
-                                         "batch_index": index}), jsonutil.dumps(member), index)
+                                         "batch_index": index}), jsonutil.dumps(member), index, message.source)
                 continue
         body = member
         if defaults:
@@ -136,7 +142,7 @@ class DecodeMessagesFn(FallibleFn):
             elif isinstance(outcome, Refused):
                 outputs.append(pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
                     "decode", outcome.rejection, outcome.payload, attributes=message.attributes,
-                    source=message.source, received_at=received_at, position=message.position)))
+                    source=outcome.source or message.source, received_at=received_at, position=message.position)))
             else:
                 drops.append(outcome.policy)
         metrics.inc("read")  # counted once nothing can fail any more: see transforms.fallible

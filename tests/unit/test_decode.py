@@ -113,3 +113,37 @@ def test_dead_letter_ids_are_fixed_vectors():
     event = Event({"type": "track"}, {"type": "track"}, None, {}, "file:x", NOW, batch_index=2, position="1")
     record = deadletter.from_event("normalize", Rejection("missing_identity", "no id"), event)
     assert record["dead_letter_id"] == "7fe8a310780bb20c41c0ab0ea5fda027"
+
+
+def test_a_batch_envelope_names_the_source_of_its_events_and_dead_letters():
+    """The collector writes its source's name as the envelope's `source`: events and the dead
+    letters of the batch carry it instead of the transport's ("file:x")."""
+    envelope = {"batch": [{"type": "track", "event": "A", "userId": "u", "source": "web"}, 7],
+                "source": "web", "receivedAt": "2026-11-23T10:00:00.000Z"}
+    event, refused = decode(json.dumps(envelope).encode())
+    assert event.source == "web" and event.body["source"] == "web"  # the event's own field is kept
+    assert isinstance(refused, Refused) and refused.source == "web"
+    [invalid] = decode(b'{"batch": {"type": "track"}, "source": "web"}')
+    assert invalid.rejection.error_type == "invalid_batch" and invalid.source == "web"
+
+
+@pytest.mark.parametrize("named", [None, "", 3, {"name": "web"}])
+def test_without_a_string_source_the_transport_names_it(named):
+    envelope = {"batch": [{"type": "track", "event": "A", "userId": "u"}, "x"]}
+    if named is not None:
+        envelope["source"] = named
+    event, refused = decode(json.dumps(envelope).encode())
+    assert event.source == "file:x" and refused.source == "file:x"
+    [single] = decode(b'{"type": "track", "event": "A", "userId": "u", "source": "web"}')
+    assert single.source == "file:x"  # only a batch envelope names the source
+
+
+def test_decode_dead_letters_carry_the_envelope_source():
+    from apache_beam import pvalue
+
+    from transforms.decode import DecodeMessagesFn
+    fn = DecodeMessagesFn(DecodeLimits())
+    data = json.dumps({"batch": [{"type": "track", "event": "A", "userId": "u"}, [1]], "source": "web"}).encode()
+    event, letter = fn.attempt(RawMessage(data, {}, "file:x", NOW, "1"))
+    assert event.source == "web"
+    assert isinstance(letter, pvalue.TaggedOutput) and letter.value["source"] == "web"
