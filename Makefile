@@ -14,7 +14,7 @@ PYTHON313 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1
 BQ_EMULATOR := .emulators/bigquery
 BQ_STAMP := $(BQ_EMULATOR)/.installed
 
-.PHONY: demo test test-fast check-prereqs bench bench-streaming bench-forwarding sample clean emulators template
+.PHONY: demo test test-fast check-prereqs chromium bench bench-streaming bench-forwarding sample clean emulators template
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,10 +31,23 @@ demo: $(STAMP)
 	@echo "  $(PY) -m pipeline.query $(DEMO_WAREHOUSE) \"SELECT event_text, count(*) AS n FROM tracks GROUP BY 1 ORDER BY n DESC\""
 	@echo "  $(PY) -m pipeline.query $(DEMO_WAREHOUSE) \"SELECT error_type, error_message, payload FROM _dead_letters LIMIT 10\""
 
-# TypeScript's compiler, pinned in package-lock.json: the tests compile the generated tracking code.
+# Pinned in package-lock.json: TypeScript's compiler (the tests compile the generated tracking
+# code), @segment/analytics-node and @segment/analytics-next (the collector tests send with them;
+# analytics.js is the latter's dist/umd/standalone.js, served to chromium by the tests).
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(NODE_STAMP)
+
+# Debian's chromium: the browser the collector tests load analytics.js in (driven by playwright
+# with executable_path=/usr/bin/chromium; playwright's own browser download is never used).
+# Installed with apt when absent (CI runs as root); the stamp is the binary itself.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "make: $(CHROMIUM) missing and no apt-get: install Debian's chromium package" >&2; exit 1; }
+	apt-get install -y --no-install-recommends chromium || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+
+chromium: $(CHROMIUM)
 
 # The integration tests' emulators, installed from pinned lists into their own environments;
 # the tests start and stop them on 127.0.0.1 (tests/integration/emulators.py).
@@ -53,13 +66,13 @@ emulators: $(BQ_STAMP)
 check-prereqs:
 	@PYTHON313="$(PYTHON313)" scripts/check-prereqs
 
-test: check-prereqs $(STAMP) $(NODE_STAMP) $(BQ_STAMP)
+test: check-prereqs $(STAMP) $(NODE_STAMP) $(BQ_STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
-# Everything but the tests that start emulators (marked integration by tests/conftest.py) and
-# the TypeScript check (marked node): needs only .venv.
+# Everything but the tests that start emulators (marked integration by tests/conftest.py), those
+# that run Node (marked node) and those that drive chromium (marked browser): needs only .venv.
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 -m "not integration and not node"
+	$(PY) -m pytest -n 2 -m "not integration and not node and not browser"
 
 # Dataflow flex template (templates/). Needs docker and gcloud (it cannot run in CI); e.g.
 #   make template PROJECT=my-project TEMPLATE_BUCKET=my-bucket
