@@ -71,7 +71,8 @@ def validate(document) -> Config:
     warehouse = document.get("warehouse", {})
     streaming = document.get("streaming", {})
     limits = DecodeLimits(decode.get("max_event_bytes", DecodeLimits().max_event_bytes),
-                          decode.get("max_batch_bytes", DecodeLimits().max_batch_bytes))
+                          decode.get("max_batch_bytes", DecodeLimits().max_batch_bytes),
+                          decode.get("max_depth", DecodeLimits().max_depth))
     if limits.max_batch_bytes < limits.max_event_bytes:
         raise UsageError("config: decode.max_batch_bytes: must not be smaller than decode.max_event_bytes")
     contracts = document.get("contracts")
