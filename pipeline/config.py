@@ -36,6 +36,7 @@ class Config(NamedTuple):
     dedupe_ttl_seconds: float = dedupe.DEFAULT_TTL_SECONDS  # streaming: messageIds remembered this long
     destinations: tuple = ()             # transforms.destinations.model.Destination, in config order
     duckdb_memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB  # the embedded warehouse's memory budget
+    max_new_columns_per_batch: int = planner.DEFAULT_MAX_NEW_COLUMNS
 
 
 def key_path(parts) -> str:
@@ -91,7 +92,8 @@ def validate(document) -> Config:
                   contracts, _consent(document.get("consent"), destinations), _transforms(document.get("transforms")),
                   streaming.get("max_buffering_seconds", Config().max_buffering_seconds),
                   streaming.get("dedupe_ttl_seconds", Config().dedupe_ttl_seconds),
-                  destinations, warehouse.get("duckdb_memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB))
+                  destinations, warehouse.get("duckdb_memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB),
+                  warehouse.get("max_new_columns_per_batch", planner.DEFAULT_MAX_NEW_COLUMNS))
 
 
 def _consent(section, destinations: tuple) -> Optional[ConsentSettings]:
