@@ -6,7 +6,6 @@ distributions; the entry file runs the real pipeline locally on FnApiRunner.
 """
 import argparse
 import ast
-import contextlib
 import fnmatch
 import importlib.metadata
 import importlib.util
@@ -320,26 +319,28 @@ class Submitted(Exception):
 
 
 class LaunchWarehouse:
-    """Stands in for the warehouse the launcher opens (pipeline.main.opened_backend): there is no
+    """Stands in for the warehouse the launcher opens (pipeline.main.open_backend): there is no
     Google here. Records what the launch asked of it."""
 
     def __init__(self):
-        self.opened, self.ensured = [], 0
+        self.opened, self.ensured, self.closed = [], 0, 0
 
-    @contextlib.contextmanager
     def __call__(self, settings):
         self.opened.append(settings.url)
-        yield self
+        return self
 
     def ensure_dead_letters(self):
         self.ensured += 1
+
+    def close(self):
+        self.closed += 1
 
 
 @pytest.fixture
 def launch_warehouse(monkeypatch):
     import pipeline.main
     warehouse = LaunchWarehouse()
-    monkeypatch.setattr(pipeline.main, "opened_backend", warehouse)
+    monkeypatch.setattr(pipeline.main, "open_backend", warehouse)
     return warehouse
 
 
@@ -381,6 +382,7 @@ def test_a_template_launch_exits_0_once_the_runner_has_written_the_job(monkeypat
     # The launcher, not a worker, makes the dead-letter table (and its view) exist from the
     # first run, once: a template launch too, although it runs nothing of the job here.
     assert launch_warehouse.opened == ["bigquery://my-project/segment_events"] and launch_warehouse.ensured == 1
+    assert launch_warehouse.closed == 1
 
 
 # --- d. setup.py installs what a worker imports ------------------------------------------------

@@ -15,6 +15,7 @@ nothing has filled yet.
 """
 import logging
 import os
+import re
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
@@ -63,11 +64,43 @@ DEFAULT_MEMORY_LIMIT_MB = 64
 _MEMORY_CEILING_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 8 // 10 >> 20
 
 
+class WarehouseInUse(RuntimeError):
+    """Another process has the DuckDB file open (DuckDB lets one process write a file, and no
+    other process read it meanwhile); the message names that process."""
+
+    def __init__(self, path: str, holder: str):
+        super().__init__(f"{path} is open in another process ({holder}); DuckDB lets one process "
+                         "use a file while it writes: wait for that one to end")
+        self.path, self.holder = path, holder
+
+
+def connect(path: str, **options):
+    """duckdb.connect, with WarehouseInUse for a file another process holds."""
+    try:
+        return duckdb.connect(path, **options)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        raise WarehouseInUse(path, _holder(str(exc))) from None
+
+
+def _holder(message: str) -> str:
+    """`PID 123: python -m pipeline ...` from DuckDB's lock error, as far as it can be told."""
+    match = re.search(r"PID (\d+)", message)
+    if not match:
+        return "an unknown process"
+    try:
+        command = Path(f"/proc/{match.group(1)}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        command = ""
+    return f"PID {match.group(1)}" + (f": {command[:200]}" if command else "")
+
+
 class _SharedDatabase:
     def __init__(self, path: str, memory_limit_mb: int):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.memory_limit_mb = memory_limit_mb
-        self.conn = duckdb.connect(path, config={"memory_limit": f"{memory_limit_mb}MB"})
+        self.conn = connect(path, config={"memory_limit": f"{memory_limit_mb}MB"})
         self.lock = threading.RLock()
         self.refs = 0
         self.schemas = None  # table name -> TableSchema, loaded on first use
