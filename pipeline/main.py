@@ -207,6 +207,9 @@ def _main(argv=None) -> int:
     except UsageError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
+    except duckdb_backend.WarehouseInUse as exc:  # opened before the launcher's check (replay's reads)
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
     if summary is None:
         print("sluice: job written for the flex template launcher; its counters are in the Dataflow console")
         return 0
