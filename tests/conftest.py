@@ -53,7 +53,8 @@ def loopback_only(monkeypatch):
     refusal as an ordinary network failure. Tests of the webhook guard may so use public
     addresses as data: a bug that dials one fails here instead of reaching it."""
     attempts = []
-    real_getaddrinfo, real_connect, real_connect_ex = socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
 
     def getaddrinfo(host, *args, **kwargs):
         if host not in LOOPBACK_NAMES and not (isinstance(host, str) and _loopback(host)):

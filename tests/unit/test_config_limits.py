@@ -111,7 +111,8 @@ def test_a_few_aliases_for_repeated_settings_still_work(tmp_path):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("consent:\n  warehouse: &a [*a]\n", "config: consent.warehouse[0] (line 2): the alias *a is inside its own anchor"),
+    ("consent:\n  warehouse: &a [*a]\n",
+     "config: consent.warehouse[0] (line 2): the alias *a is inside its own anchor"),
     ("transforms:\n  - name: r\n    set:\n      properties.x: {value: &a {loop: *a}}\n",
      "config: transforms[0].set.properties.x.value.loop (line 4): the alias *a is inside its own anchor"),
 ])
@@ -174,7 +175,8 @@ def test_uniqueness_of_a_long_list_of_the_wrong_things_is_not_computed(tmp_path)
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("consent:\n  warehouse: [analytics, ads, analytics]\n", "config: consent.warehouse: 'analytics' is listed more than once"),
+    ("consent:\n  warehouse: [analytics, ads, analytics]\n",
+     "config: consent.warehouse: 'analytics' is listed more than once"),
     ("consent:\n  destinations: {hook: [a, a]}\n", "config: consent.destinations.hook: 'a' is listed more than once"),
 ])
 def test_a_repeated_name_is_still_refused(tmp_path, text, expected):
@@ -219,7 +221,8 @@ def rule(i: int) -> dict:
 def test_one_rule_past_the_maximum_is_refused_with_its_key(tmp_path):
     text = yaml.safe_dump({"transforms": [rule(i) for i in range(config.MAX_RULES + 1)]})
     line = refused(tmp_path, text)
-    assert line == f"sluice: error: config: transforms: at most {config.MAX_RULES:,} allowed, found {config.MAX_RULES + 1:,}"
+    assert line == (f"sluice: error: config: transforms: at most {config.MAX_RULES:,} allowed, "
+                    f"found {config.MAX_RULES + 1:,}")
 
 
 def test_one_destination_past_the_maximum_is_refused_with_its_key(tmp_path):
