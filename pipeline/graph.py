@@ -34,7 +34,8 @@ def warehouse_settings(url: str, config: Config, **backend) -> WarehouseSettings
     if config.contracts is not None:
         declared = columns.declared_types(config.contracts.contracts, config.flatten_depth, [])
     return WarehouseSettings(url, config.max_columns_per_table, config.flatten_depth, config.batch_size, declared,
-                             duckdb_memory_limit_mb=config.duckdb_memory_limit_mb, **backend)
+                             duckdb_memory_limit_mb=config.duckdb_memory_limit_mb,
+                             max_new_columns=config.max_new_columns_per_batch, **backend)
 
 
 def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink: beam.PTransform,

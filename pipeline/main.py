@@ -4,6 +4,7 @@
 """
 import logging
 import sys
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -20,7 +21,7 @@ from transforms import metrics, parking
 from transforms.destinations import model as destination_model
 from transforms.rules import udf
 from transforms.warehouse import duckdb_backend
-from transforms.warehouse.sink import opened_backend
+from transforms.warehouse.sink import open_backend
 
 
 class RunPlan(NamedTuple):
@@ -116,29 +117,44 @@ def run(argv: list):
     return execute(check(sluice_options, pipeline_options), pipeline_options)
 
 
+@contextmanager
+def launch_backend(plan: RunPlan):
+    """The warehouse, opened by the launcher and held for the whole run: an embedded DuckDB file
+    is then this process's until the run ends (another process on it is refused, not
+    interleaved), and one that another process holds is a usage error before anything runs."""
+    try:
+        backend = open_backend(warehouse_settings(plan.warehouse_url, plan.config, **plan.backend))
+    except duckdb_backend.WarehouseInUse as exc:
+        raise UsageError(f"--warehouse {plan.warehouse_url}: {exc}") from None
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
 def execute(plan: RunPlan, pipeline_options):
     """The run's summary; None when the runner only wrote the job (a flex template launch)."""
     pipeline = beam.Pipeline(runner=plan.runner.runner, options=pipeline_options)
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
                           trust_event_received_at=not plan.streaming, streaming=plan.streaming, runner=plan.runner,
                           dead_letter_topic=plan.dead_letter_topic, **plan.backend)
-    # Once, at launch (also for a flex template launch, which runs nothing here): the dead-letter
-    # table (and BigQuery's view of it) exists from the first run, before anything has failed.
-    with opened_backend(warehouse_settings(plan.warehouse_url, plan.config, **plan.backend)) as backend:
+    with launch_backend(plan) as backend:
+        # At launch (also for a flex template launch, which runs nothing here): the dead-letter
+        # table (and BigQuery's view of it) exists from the first run, before anything has failed.
         backend.ensure_dead_letters()
-    if plan.streaming and plan.runner.in_process:
-        metrics.count_in_process()
-        streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
-                                    close=close_warehouses, on_tick=_progress_writer(plan.summary_path))
-        counters = metrics.in_process_counts()
-    else:
-        result = pipeline.run()
-        if not getattr(result, "has_job", True):
-            # --template_location (the flex template launcher): the runner wrote the job for the
-            # launcher to start and submitted nothing, so there is nothing to wait for or count.
-            return None
-        result.wait_until_finish()
-        counters = summary_module.counters_from_result(result)
+        if plan.streaming and plan.runner.in_process:
+            metrics.count_in_process()
+            streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
+                                        close=close_warehouses, on_tick=_progress_writer(plan.summary_path))
+            counters = metrics.in_process_counts()
+        else:
+            result = pipeline.run()
+            if not getattr(result, "has_job", True):
+                # --template_location (the flex template launcher): the runner wrote the job for the
+                # launcher to start and submitted nothing, so there is nothing to wait for or count.
+                return None
+            result.wait_until_finish()
+            counters = summary_module.counters_from_result(result)
     summary = summary_module.build(counters)
     if plan.summary_path:
         summary_module.write(plan.summary_path, summary)
@@ -189,6 +205,9 @@ def _main(argv=None) -> int:
     try:
         summary = run_replay(argv[1:]) if replaying else run(argv)
     except UsageError as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+    except duckdb_backend.WarehouseInUse as exc:  # opened before the launcher's check (replay's reads)
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
     if summary is None:

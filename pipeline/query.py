@@ -9,6 +9,7 @@ import duckdb
 
 from pipeline.errors import UsageError
 from pipeline.options import parse_warehouse_url
+from transforms.warehouse import duckdb_backend
 
 _OVERVIEW = """
 SELECT table_name AS "table", estimated_size AS "rows", column_count AS "columns"
@@ -28,7 +29,10 @@ def main(argv=None) -> int:
         return 2
     path = argv[0][len("duckdb:///"):]
     try:
-        conn = duckdb.connect(path, read_only=True)
+        conn = duckdb_backend.connect(path, read_only=True)
+    except duckdb_backend.WarehouseInUse as exc:
+        print(f"sluice.query: error: {exc}", file=sys.stderr)
+        return 2
     except duckdb.Error as exc:
         print(f"sluice.query: error: cannot open {path}: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,8 @@
 """Shared fixtures. Nothing here reaches beyond 127.0.0.1."""
+import ipaddress
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,55 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(name)
         if used:
             item.add_marker("integration")
+
+
+# The names and addresses a test may resolve or dial in this process (its subprocesses, the
+# emulators and pipelines it starts, are given only 127.0.0.1 URLs).
+LOOPBACK_NAMES = (None, "localhost", "127.0.0.1", "::1", b"localhost", b"127.0.0.1", b"::1")
+
+
+def _loopback(address) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Every test in this process resolves only loopback names and dials only loopback
+    addresses: anything else is refused before it leaves (ConnectionRefusedError, as a closed
+    port would answer) and fails the test at its end, even where the code under test took the
+    refusal as an ordinary network failure. Tests of the webhook guard may so use public
+    addresses as data: a bug that dials one fails here instead of reaching it."""
+    attempts = []
+    real_getaddrinfo = socket.getaddrinfo
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in LOOPBACK_NAMES and not (isinstance(host, str) and _loopback(host)):
+            attempts.append(f"resolve {host!r}")
+            raise socket.gaierror(socket.EAI_NONAME, f"tests resolve only loopback names, not {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def refused(sock, address) -> bool:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or _loopback(str(address[0])):
+            return False
+        attempts.append(f"connect to {address!r}")
+        return True
+
+    def connect(sock, address):
+        if refused(sock, address):
+            raise ConnectionRefusedError(f"tests dial only loopback addresses, not {address!r}")
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        return 111 if refused(sock, address) else real_connect_ex(sock, address)  # ECONNREFUSED
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield attempts
+    assert not attempts, f"this test reached beyond loopback: {attempts}"
 
 
 @pytest.fixture

@@ -20,6 +20,10 @@ class JSONError(ValueError):
     """The payload is not valid JSON; the message says why, for a person."""
 
 
+class TooDeep(JSONError):
+    """Valid JSON nested deeper than a parser (or the limit) allows."""
+
+
 def _reject_constant(name):
     raise JSONError(f"{name} is not valid JSON")
 
@@ -35,7 +39,7 @@ def _loads_exact(data: bytes):
     try:
         value = json.loads(data, parse_constant=_reject_constant, parse_float=_strict_float)
     except RecursionError as exc:
-        raise JSONError("nesting too deep") from exc
+        raise TooDeep("nesting too deep") from exc
     except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise JSONError(str(exc)) from exc
     try:  # lone surrogates parse in the stdlib but cannot be written as UTF-8
@@ -43,7 +47,7 @@ def _loads_exact(data: bytes):
     except UnicodeEncodeError as exc:
         raise JSONError("string contains a lone UTF-16 surrogate") from exc
     except RecursionError as exc:
-        raise JSONError("nesting too deep") from exc
+        raise TooDeep("nesting too deep") from exc
     return value
 
 
@@ -54,7 +58,24 @@ def loads(data: bytes):
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise JSONError(str(exc)) from exc
+        raise (TooDeep if "depth limit" in str(exc) else JSONError)(str(exc)) from exc
+
+
+def deeper_than(value, limit: int, data: bytes = None) -> bool:
+    """Whether objects and arrays nest more than `limit` levels in `value` (the top level counts
+    as one). `data`, the JSON text, answers at C speed when it holds no more than `limit`
+    brackets in all, which is every ordinary event; otherwise the value is walked, without
+    recursion (the point is to refuse what would overflow a recursive walk)."""
+    if data is not None and data.count(b"{") + data.count(b"[") <= limit:
+        return False
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if type(node) is dict else node if type(node) is list else ()
+        stack.extend((child, depth + 1) for child in children if type(child) in (dict, list))
+    return False
 
 
 def dumps(value, sort_keys: bool = False) -> bytes:

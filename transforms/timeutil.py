@@ -4,13 +4,18 @@ from datetime import datetime, timezone
 
 
 def parse_time(value) -> datetime:
-    """ISO-8601 string to an aware UTC datetime; naive times are taken as UTC."""
+    """ISO-8601 string to an aware UTC datetime; naive times are taken as UTC. Fractions finer
+    than a microsecond are cut (what every warehouse's timestamp holds). ValueError for anything
+    else, a time outside years 1-9999 once in UTC included."""
     if not isinstance(value, str):
         raise ValueError(f"expected an ISO-8601 string, got {type(value).__name__}")
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC
+        raise ValueError(f"{value[:40]} is outside years 1-9999 in UTC") from None
 
 
 def format_time(value: datetime) -> str:

@@ -246,3 +246,33 @@ def test_the_launch_creates_dead_letters_before_the_job_runs(tmp_path, monkeypat
     with pytest.raises(NotRun):
         run(["--input_files", str(tmp_path / "in.jsonl"), "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"])
     assert query(tmp_path / "w.duckdb", "SELECT count(*) FROM _dead_letters") == [(0,)]
+
+
+@pytest.fixture
+def file_held_by_another_process(tmp_path):
+    """A DuckDB file open for writing in a process of its own, as a second Sluice run holds it."""
+    import subprocess
+    import sys
+    path = tmp_path / "w.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+                               "print('ready', flush=True); sys.stdin.read()", str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "ready"
+    yield path, holder.pid
+    holder.stdin.close()
+    holder.wait(timeout=30)
+
+
+def test_a_run_on_a_file_another_process_holds_is_one_line_and_exit_2(file_held_by_another_process, capsys):
+    from pipeline.main import main
+    from pipeline.query import main as query_main
+    path, pid = file_held_by_another_process
+    events = path.parent / "in.jsonl"
+    events.write_text('{"type":"track","event":"A","userId":"u"}\n')
+    assert main(["--input_files", str(events), "--warehouse", f"duckdb:///{path}"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"sluice: error: --warehouse duckdb:///{path}: {path} is open in another process "
+                           f"(PID {pid}: ") and "import duckdb" in line  # the holder's command line
+    assert query_main([f"duckdb:///{path}"]) == 2  # a person's query is refused the same way
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("sluice.query: error: ") and f"(PID {pid}: " in line

@@ -6,7 +6,6 @@ distributions; the entry file runs the real pipeline locally on FnApiRunner.
 """
 import argparse
 import ast
-import contextlib
 import fnmatch
 import importlib.metadata
 import importlib.util
@@ -15,7 +14,6 @@ import os
 import posixpath
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,16 +35,8 @@ PARAMETERS = {p["name"]: p for p in METADATA["parameters"]}
 SETUP_PY = (ROOT / "setup.py").read_text(encoding="utf-8")
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Graph building for Dataflow must not reach Google: any name but a loopback one fails."""
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in (None, "localhost", "127.0.0.1", "::1"):
-            raise OSError(f"test_template: refused to resolve {host}")
-        return real(host, *args, **kwargs)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+# Graph building for Dataflow must not reach Google: tests/conftest.py's loopback_only refuses
+# any name but a loopback one, and fails the test that tried.
 
 
 # --- a. metadata.json against SluiceOptions -------------------------------------------------
@@ -320,26 +310,28 @@ class Submitted(Exception):
 
 
 class LaunchWarehouse:
-    """Stands in for the warehouse the launcher opens (pipeline.main.opened_backend): there is no
+    """Stands in for the warehouse the launcher opens (pipeline.main.open_backend): there is no
     Google here. Records what the launch asked of it."""
 
     def __init__(self):
-        self.opened, self.ensured = [], 0
+        self.opened, self.ensured, self.closed = [], 0, 0
 
-    @contextlib.contextmanager
     def __call__(self, settings):
         self.opened.append(settings.url)
-        yield self
+        return self
 
     def ensure_dead_letters(self):
         self.ensured += 1
+
+    def close(self):
+        self.closed += 1
 
 
 @pytest.fixture
 def launch_warehouse(monkeypatch):
     import pipeline.main
     warehouse = LaunchWarehouse()
-    monkeypatch.setattr(pipeline.main, "opened_backend", warehouse)
+    monkeypatch.setattr(pipeline.main, "open_backend", warehouse)
     return warehouse
 
 
@@ -381,6 +373,7 @@ def test_a_template_launch_exits_0_once_the_runner_has_written_the_job(monkeypat
     # The launcher, not a worker, makes the dead-letter table (and its view) exist from the
     # first run, once: a template launch too, although it runs nothing of the job here.
     assert launch_warehouse.opened == ["bigquery://my-project/segment_events"] and launch_warehouse.ensured == 1
+    assert launch_warehouse.closed == 1
 
 
 # --- d. setup.py installs what a worker imports ------------------------------------------------

@@ -147,3 +147,36 @@ def test_decode_dead_letters_carry_the_envelope_source():
     event, letter = fn.attempt(RawMessage(data, {}, "file:x", NOW, "1"))
     assert event.source == "web"
     assert isinstance(letter, pvalue.TaggedOutput) and letter.value["source"] == "web"
+
+
+def deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth, limit, fits", [
+    (2, 4, True),     # the event (1) and properties (2) and x (3+): 1 + 1 + 2 = 4 levels
+    (3, 4, False),
+    (1024, 64, False),  # orjson itself refuses past 1,024 levels: still too_deep, not malformed_json
+    (3000, 64, False),
+])
+def test_nesting_past_the_limit_is_too_deep(depth, limit, fits):
+    data = ('{"type":"track","event":"A","userId":"u","properties":{"x":%s}}' % deep(depth)).encode()
+    outcomes = decode(data, DecodeLimits(max_depth=limit))
+    if fits:
+        assert isinstance(outcomes[0], Event)
+    else:
+        [refused] = outcomes
+        assert (refused.rejection.error_type, refused.payload) == ("too_deep", data)
+        assert refused.rejection.details == {"limit": limit}
+
+
+def test_a_too_deep_batch_is_refused_whole_and_its_envelope_levels_do_not_count():
+    member = '{"type":"track","event":"A","userId":"u","properties":{"x":%s}}'
+    within = ('{"batch":[%s]}' % (member % deep(2))).encode()
+    assert [type(o) for o in decode(within, DecodeLimits(max_depth=4))] == [Event]
+    beyond = ('{"batch":[%s,%s]}' % (member % deep(1), member % deep(3))).encode()
+    [refused] = decode(beyond, DecodeLimits(max_depth=4))
+    assert (refused.rejection.error_type, refused.payload, refused.batch_index) == ("too_deep", beyond, None)
+    # an envelope's context is merged into every member: it counts at the member's depth
+    merged = ('{"batch":[%s],"context":{"a":{"b":{"c":{}}}}}' % (member % deep(1))).encode()
+    assert only_error(merged, DecodeLimits(max_depth=4)) == "too_deep"

@@ -50,12 +50,13 @@ class BigQueryWarehouse:
     def __init__(self, project: str, dataset: str, endpoint: str = None, location: str = "US",
                  max_columns: int = planner.DEFAULT_MAX_COLUMNS, flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH,
                  declared_types=None, write_method: str = "insert_all", retry_deadline: float = 120.0,
-                 lag_deadline: float = 120.0):
+                 lag_deadline: float = 120.0, max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS):
         if write_method not in WRITE_METHODS:
             raise ValueError(f"write_method must be one of {WRITE_METHODS}")
         self.project, self.dataset, self.endpoint, self.location = project, dataset, endpoint, location
         self.write_method = write_method
         self.max_columns = min(max_columns, bq.MAX_COLUMNS)
+        self.max_new_columns = max_new_columns
         self.flatten_depth = flatten_depth
         self.declared_types = declared_types or {}
         self.retry = retry.policy(retry_deadline)
@@ -306,7 +307,7 @@ class BigQueryWarehouse:
         cached = self._tables.schema(table)
         schema = (cached or planner.TableSchema(table)).copy()
         schema.declare(planner.declared_for(self.declared_types, table))
-        plan = planner.plan_rows(schema, [row for _, row in items], self.max_columns)
+        plan = planner.plan_rows(schema, [row for _, row in items], self.max_columns, self.max_new_columns)
         try:
             if cached is None or plan.new_columns:
                 self._tables.evolve(table, plan)

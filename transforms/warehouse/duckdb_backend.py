@@ -5,12 +5,17 @@ connection per file (refcounted), and a lock serializes schema changes and inser
 bundles on several threads write safely. Runs that would put writers in other processes
 are refused at launch (pipeline.options).
 
-A batch is written in one transaction: existing keys are looked up, schema changes
-applied, then each table's rows are inserted as one Arrow table. If the transaction
-fails, the batch is retried one event at a time so one bad event cannot sink the rest.
+A batch's keys are looked up and its rows planned; schema changes are then committed on their
+own, a new table in one CREATE TABLE, new columns a few ALTERs per transaction (DuckDB keeps a
+version of the table per ALTER until the transaction ends: 2,000 in one took 1.2 GB); then the
+rows of every table and the keys of the stored events go in one transaction, each table's rows
+as one Arrow table. If that fails, the batch is retried one event at a time so one bad event
+cannot sink the rest. A schema change that outlives a failed batch is harmless: a column
+nothing has filled yet.
 """
 import logging
 import os
+import re
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
@@ -59,11 +64,43 @@ DEFAULT_MEMORY_LIMIT_MB = 64
 _MEMORY_CEILING_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 8 // 10 >> 20
 
 
+class WarehouseInUse(RuntimeError):
+    """Another process has the DuckDB file open (DuckDB lets one process write a file, and no
+    other process read it meanwhile); the message names that process."""
+
+    def __init__(self, path: str, holder: str):
+        super().__init__(f"{path} is open in another process ({holder}); DuckDB lets one process "
+                         "use a file while it writes: wait for that one to end")
+        self.path, self.holder = path, holder
+
+
+def connect(path: str, **options):
+    """duckdb.connect, with WarehouseInUse for a file another process holds."""
+    try:
+        return duckdb.connect(path, **options)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        raise WarehouseInUse(path, _holder(str(exc))) from None
+
+
+def _holder(message: str) -> str:
+    """`PID 123: python -m pipeline ...` from DuckDB's lock error, as far as it can be told."""
+    match = re.search(r"PID (\d+)", message)
+    if not match:
+        return "an unknown process"
+    try:
+        command = Path(f"/proc/{match.group(1)}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        command = ""
+    return f"PID {match.group(1)}" + (f": {command[:200]}" if command else "")
+
+
 class _SharedDatabase:
     def __init__(self, path: str, memory_limit_mb: int):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.memory_limit_mb = memory_limit_mb
-        self.conn = duckdb.connect(path, config={"memory_limit": f"{memory_limit_mb}MB"})
+        self.conn = connect(path, config={"memory_limit": f"{memory_limit_mb}MB"})
         self.lock = threading.RLock()
         self.refs = 0
         self.schemas = None  # table name -> TableSchema, loaded on first use
@@ -123,6 +160,21 @@ def _registered(conn, name: str, table: pa.Table):
     conn.unregister(name)
 
 
+# New columns per schema transaction: each ALTER keeps a version of the table until its
+# transaction ends (measured with 2,000: 1.2 GB in one transaction, 100 MB one by one, 200 MB
+# a hundred at a time), and each commit costs a write of its own.
+_COLUMNS_PER_TRANSACTION = 25
+
+
+def _by_table(kept: list) -> dict:
+    """{table: [TableRow, ...]} of the kept events' rows, in order."""
+    by_table = defaultdict(list)
+    for event_rows in kept:
+        for row in event_rows:
+            by_table[row.table].append(row)
+    return by_table
+
+
 class _Replan(Exception):
     """A widening was refused after planning; plan the batch again without it."""
 
@@ -135,8 +187,10 @@ def _time_or_none(value):
 class DuckDBWarehouse:
     def __init__(self, path: str, max_columns: int = planner.DEFAULT_MAX_COLUMNS,
                  flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH, declared_types=None,
-                 memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB):
+                 memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB,
+                 max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS):
         self.path = str(Path(path).resolve())
+        self.max_new_columns = max_new_columns
         self.memory_limit_mb = memory_limit_mb
         self.max_columns = max_columns
         self.flatten_depth = flatten_depth
@@ -163,11 +217,7 @@ class DuckDBWarehouse:
                      "PRIMARY KEY (table_name, column_name))")
         self.ensure_dead_letters()
         self._ensure_keys()
-        registered = defaultdict(list)
-        for table, name, kind, source in conn.execute(
-                f"SELECT table_name, column_name, column_type, source FROM {COLUMNS_TABLE} ORDER BY added_at, column_name").fetchall():
-            registered[table].append(planner.Column(name, kind, source))
-        self._db.schemas = {t: planner.TableSchema(t, cols) for t, cols in registered.items()}
+        self._db.schemas = self._registered_schemas()
 
     def _ensure_keys(self):
         """The stored events' keys; a warehouse written before they existed (its event tables
@@ -212,24 +262,25 @@ class DuckDBWarehouse:
                     raise
 
     def _write_batch(self, events, rows) -> WriteResult:
-        conn, schemas = self._db.conn, self._db.schemas
+        conn = self._db.conn
         result = WriteResult()
-        working = {}
+        kept, keys = self._split_duplicates(events, rows, result)
+        plans = {}
+        for table, table_rows in _by_table(kept).items():
+            schema = (self._db.schemas.get(table) or planner.TableSchema(table)).copy()
+            schema.declare(planner.declared_for(self.declared_types, table))
+            if table == "users":
+                table_rows = planner.collapse_by_key(table_rows)
+            plans[table] = schema, planner.plan_rows(schema, table_rows, self.max_columns, self.max_new_columns)
+        for table, (schema, plan) in plans.items():
+            self._evolve(table, schema, plan)
+        loaded_at = datetime.now(timezone.utc)
         conn.execute("BEGIN TRANSACTION")
         try:
-            kept = self._split_duplicates(events, rows, result)
-            by_table = defaultdict(list)
-            for event_rows in kept:
-                for row in event_rows:
-                    by_table[row.table].append(row)
-            loaded_at = datetime.now(timezone.utc)
-            for table, table_rows in by_table.items():
-                schema = working[table] = (schemas.get(table) or planner.TableSchema(table)).copy()
-                schema.declare(planner.declared_for(self.declared_types, table))
-                if table == "users":
-                    table_rows = planner.collapse_by_key(table_rows)
-                plan = planner.plan_rows(schema, table_rows, self.max_columns)
-                self._evolve(table, schema, plan)
+            if keys:
+                with _registered(conn, "_sluice_new_keys", pa.table({"k": pa.array(keys, pa.string())})):
+                    conn.execute(f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM _sluice_new_keys")
+            for table, (schema, plan) in plans.items():
                 result.rows[table] += self._insert(table, schema, plan, loaded_at)
                 result.type_conflicts[table] += plan.type_conflicts
                 result.capped[table] += plan.capped
@@ -237,56 +288,97 @@ class DuckDBWarehouse:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        schemas.update(working)
         return result
 
-    def _split_duplicates(self, events, rows, result):
-        """Keep events whose primary row is new; the rest are duplicates of stored events. The
-        kept events' keys are recorded, in the batch's transaction."""
+    def _split_duplicates(self, events, rows, result) -> tuple:
+        """(the rows of events whose primary row is new, their keys); the rest are duplicates
+        of stored events."""
         primaries = [f"{event_rows[0].table}:{event_rows[0].key}" for event_rows in rows]
-        conn = self._db.conn
-        with _registered(conn, "_sluice_batch_keys", pa.table({"k": pa.array(primaries, pa.string())})):
-            existing = {r[0] for r in conn.execute(
+        with _registered(self._db.conn, "_sluice_batch_keys", pa.table({"k": pa.array(primaries, pa.string())})):
+            existing = {r[0] for r in self._db.conn.execute(
                 f"SELECT b.k FROM _sluice_batch_keys b JOIN {KEYS_TABLE} s ON s.key = {_KEY.format('b.k')}").fetchall()}
-        kept, seen = [], set()
+        kept, seen = [], {}
         for event, event_rows, primary in zip(events, rows, primaries):
             if primary in existing or primary in seen:
                 result.duplicates.append(event)
                 continue
-            seen.add(primary)
+            seen[primary] = True
             kept.append(event_rows)
             result.stored.append(event)
-        if seen:
-            with _registered(conn, "_sluice_new_keys", pa.table({"k": pa.array(list(seen), pa.string())})):
-                conn.execute(f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM _sluice_new_keys")
-        return kept
+        return kept, list(seen)
 
     def _evolve(self, table, schema, plan):
+        """Commit `plan`'s schema changes to `table`, and then take `schema` as the table's. On
+        failure the table's schema is read back from what was committed."""
+        try:
+            if table not in self._db.schemas:
+                self._create(table, list(planner.fixed_columns(table)) + plan.new_columns)
+            else:
+                for name in plan.widened:
+                    self._widen(table, name)
+                for start in range(0, len(plan.new_columns), _COLUMNS_PER_TRANSACTION):
+                    self._add_columns(table, plan.new_columns[start:start + _COLUMNS_PER_TRANSACTION])
+        except BaseException:
+            refused = self._db.schemas[table].no_widen if table in self._db.schemas else set()
+            self._db.schemas.pop(table, None)
+            self._db.schemas.update(self._registered_schemas(table))
+            if table in self._db.schemas:  # what the backend refused to widen stays refused
+                self._db.schemas[table].no_widen |= refused
+            raise
+        self._db.schemas[table] = schema
+
+    def _create(self, table, columns):
+        key = planner.key_column(table) if table == "users" else None  # users are upserted by id
+        spec = ", ".join(f"{quote(c.name)} {SQL_TYPES[c.type]}" + (" PRIMARY KEY" if c.name == key else "")
+                         for c in columns)
+        with self._transaction() as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({spec})")
+            self._register_columns(table, columns)
+
+    def _widen(self, table, name):
         conn = self._db.conn
-        now = datetime.now(timezone.utc)
-        if table not in self._db.schemas:
-            key = planner.key_column(table) if table == "users" else None  # users are upserted by id
-            columns = ", ".join(f"{quote(c.name)} {SQL_TYPES[c.type]}" + (" PRIMARY KEY" if c.name == key else "")
-                                for c in planner.fixed_columns(table))
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({columns})")
-            self._register_columns(table, planner.fixed_columns(table), now)
-        for name in plan.widened:
-            over = conn.execute(f"SELECT count(*) FROM {quote(table)} WHERE abs({quote(name)}) > {_EXACT_FLOAT}"
-                                ).fetchone()[0]
-            if over:  # existing integers would lose digits as doubles: keep the column INT64
-                self._db.schemas[table].no_widen.add(name)
-                raise _Replan()
+        over = conn.execute(f"SELECT count(*) FROM {quote(table)} WHERE abs({quote(name)}) > {_EXACT_FLOAT}"
+                            ).fetchone()[0]
+        if over:  # existing integers would lose digits as doubles: keep the column INT64
+            self._db.schemas[table].no_widen.add(name)
+            raise _Replan()
+        with self._transaction() as conn:
             conn.execute(f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(name)} TYPE DOUBLE")
             conn.execute(f"UPDATE {COLUMNS_TABLE} SET column_type = ? WHERE table_name = ? AND column_name = ?",
                          [planner.FLOAT64, table, name])
-        for column in plan.new_columns:
-            conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column.name)} {SQL_TYPES[column.type]}")
-        self._register_columns(table, plan.new_columns, now)
 
-    def _register_columns(self, table, columns, now):
+    def _add_columns(self, table, columns):
+        with self._transaction() as conn:
+            for column in columns:
+                conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column.name)} {SQL_TYPES[column.type]}")
+            self._register_columns(table, columns)
+
+    @contextmanager
+    def _transaction(self):
+        conn = self._db.conn
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _register_columns(self, table, columns):
         if columns:
+            now = datetime.now(timezone.utc)
             self._db.conn.executemany(f"INSERT INTO {COLUMNS_TABLE} VALUES (?, ?, ?, ?, ?)",
                                       [[table, c.name, c.type, c.source, now] for c in columns])
+
+    def _registered_schemas(self, table=None) -> dict:
+        """{table: TableSchema} as `_sluice_columns` records them (of one table, or all)."""
+        registered = defaultdict(list)
+        where, args = ("WHERE table_name = ?", [table]) if table else ("", [])
+        for name, column, kind, source in self._db.conn.execute(
+                f"SELECT table_name, column_name, column_type, source FROM {COLUMNS_TABLE} {where} "
+                "ORDER BY added_at, column_name", args).fetchall():
+            registered[name].append(planner.Column(column, kind, source))
+        return {t: planner.TableSchema(t, columns) for t, columns in registered.items()}
 
     def _insert(self, table, schema, plan, loaded_at) -> int:
         """One bulk insert of the planned columns (columns without a value are left out)."""

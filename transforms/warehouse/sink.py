@@ -29,6 +29,7 @@ class WarehouseSettings(NamedTuple):
     bigquery_location: str = "US"
     bigquery_write_method: str = "insert_all"  # or "load" (pipeline.main picks by --streaming)
     duckdb_memory_limit_mb: Optional[int] = None  # the embedded warehouse's memory budget; None: its default
+    max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS  # columns one batch may add to a table
 
 
 def open_backend(settings: WarehouseSettings):
@@ -37,13 +38,14 @@ def open_backend(settings: WarehouseSettings):
         from transforms.warehouse.duckdb_backend import DuckDBWarehouse
         memory = {"memory_limit_mb": settings.duckdb_memory_limit_mb} if settings.duckdb_memory_limit_mb else {}
         return DuckDBWarehouse(settings.url[len("duckdb:///"):], settings.max_columns,
-                               settings.flatten_depth, settings.declared_types, **memory).open()
+                               settings.flatten_depth, settings.declared_types,
+                               max_new_columns=settings.max_new_columns, **memory).open()
     if settings.url.startswith("bigquery://"):
         from transforms.warehouse.bigquery_backend import BigQueryWarehouse
         project, dataset = settings.url[len("bigquery://"):].split("/", 1)
         return BigQueryWarehouse(project, dataset, settings.bigquery_endpoint, settings.bigquery_location,
                                  settings.max_columns, settings.flatten_depth, settings.declared_types,
-                                 settings.bigquery_write_method).open()
+                                 settings.bigquery_write_method, max_new_columns=settings.max_new_columns).open()
     raise ValueError(f"unsupported warehouse URL {settings.url!r}")
 
 
