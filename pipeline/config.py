@@ -5,6 +5,7 @@ before any graph is built. Reading is bounded (docs/configuration.md#limits): th
 size, how deep it nests and how many values it holds once YAML aliases are expanded, so a
 small file cannot make the launch run for minutes (an alias bomb) or overflow the stack.
 """
+import ipaddress
 import reprlib
 from typing import NamedTuple, Optional
 
@@ -13,12 +14,14 @@ import yaml
 from apache_beam.io.filesystems import FileSystems
 
 import schemas
+from collector.settings import CollectorLimits, CollectorSettings, RateLimit, Source
 from pipeline.errors import UsageError
 from transforms import dedupe
 from transforms.consent import ConsentSettings
 from transforms.contracts.model import ContractSettings
 from transforms.decode import DecodeLimits
 from transforms.destinations import model as destination_model
+from transforms.destinations import secrets
 from transforms.rules.actions import RuleError
 from transforms.rules.engine import TransformRules
 from transforms.rules.stage import TransformSettings
@@ -49,6 +52,7 @@ class Config(NamedTuple):
     destinations: tuple = ()             # transforms.destinations.model.Destination, in config order
     duckdb_memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB  # the embedded warehouse's memory budget
     max_new_columns_per_batch: int = planner.DEFAULT_MAX_NEW_COLUMNS
+    collector: CollectorSettings = CollectorSettings()  # write keys may be unread: see resolve_collector
 
 
 def key_path(parts) -> str:
@@ -72,6 +76,8 @@ _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxoth
 def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         return "unknown key"
+    if "write_key" in error.absolute_path:  # the value may be a key: never echoed
+        return "must be a non-empty string or a secret {env: VAR} / {file: PATH}"
     if error.validator in ("maxItems", "maxProperties"):
         return f"at most {error.validator_value:,} allowed, found {len(error.instance):,}"
     whole = repr(error.instance)
@@ -133,7 +139,8 @@ def validate(document) -> Config:
                   streaming.get("max_buffering_seconds", Config().max_buffering_seconds),
                   streaming.get("dedupe_ttl_seconds", Config().dedupe_ttl_seconds),
                   destinations, warehouse.get("duckdb_memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB),
-                  warehouse.get("max_new_columns_per_batch", planner.DEFAULT_MAX_NEW_COLUMNS))
+                  warehouse.get("max_new_columns_per_batch", planner.DEFAULT_MAX_NEW_COLUMNS),
+                  collector=_collector(document))
 
 
 def _consent(section, destinations: tuple) -> Optional[ConsentSettings]:
@@ -155,6 +162,64 @@ def _consent(section, destinations: tuple) -> Optional[ConsentSettings]:
         categories += [c for c in destination.consent if c not in categories]
     return ConsentSettings(section.get("missing_consent", "allow"), tuple(section.get("warehouse", ())),
                            tuple((name, tuple(categories)) for name, categories in sorted(by_name.items())))
+
+
+def _collector(document) -> CollectorSettings:
+    """The `sources:` and `collector:` sections typed and checked. A write key given as
+    {env}/{file} stays a SecretRef here (a batch run of the same config needs none of them):
+    resolve_collector reads it when the collector starts."""
+    section = document.get("collector", {})
+    default = CollectorLimits()
+    limits = CollectorLimits(section.get("max_event_bytes", default.max_event_bytes),
+                             section.get("max_request_bytes", default.max_request_bytes),
+                             section.get("max_batch_events", default.max_batch_events),
+                             tuple(section.get("trusted_proxies", ())))
+    if limits.max_request_bytes < limits.max_event_bytes:
+        raise UsageError("config: collector.max_request_bytes: must not be smaller than collector.max_event_bytes")
+    for index, proxy in enumerate(limits.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise UsageError(f"config: collector.trusted_proxies[{index}]: {proxy!r} is not an IP address "
+                             f"or network (CIDR)") from None
+    sources, names = [], {}
+    for index, spec in enumerate(document.get("sources", ())):
+        name = spec["name"]
+        if name in names:
+            raise UsageError(f"config: sources[{index}].name: {name} is already the name of sources[{names[name]}]")
+        names[name] = index
+        rate = spec.get("rate_limit", {})
+        sources.append(Source(name, secrets.parse(spec["write_key"]) or spec["write_key"], spec.get("enabled", True),
+                              RateLimit(float(rate.get("events_per_second", RateLimit().events_per_second)),
+                                        rate.get("burst", RateLimit().burst)),
+                              tuple(spec.get("allowed_origins", Source("", "").allowed_origins))))
+    _unique_write_keys(sources)
+    return CollectorSettings(tuple(sources), limits)
+
+
+def resolve_collector(settings: CollectorSettings, environ=None) -> CollectorSettings:
+    """The settings with every write key read (from its environment variable or file), for the
+    collector to start with; UsageError naming the key path when one cannot be read (the
+    message names the variable or file, never a value)."""
+    sources = []
+    for index, source in enumerate(settings.sources):
+        if isinstance(source.write_key, secrets.SecretRef):
+            try:
+                source = source._replace(write_key=secrets.resolve(source.write_key, environ))
+            except secrets.SecretError as exc:
+                raise UsageError(f"config: sources[{index}].write_key: {exc}") from None
+        sources.append(source)
+    _unique_write_keys(sources)
+    return settings._replace(sources=tuple(sources))
+
+
+def _unique_write_keys(sources) -> None:
+    seen = {}
+    for index, source in enumerate(sources):
+        if source.write_key in seen:
+            raise UsageError(f"config: sources[{index}].write_key: the same write key as "
+                             f"sources[{seen[source.write_key]}] (each source needs its own)")
+        seen[source.write_key] = index
 
 
 def _transforms(rules) -> TransformSettings:
