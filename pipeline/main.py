@@ -161,6 +161,47 @@ def execute(plan: RunPlan, pipeline_options):
     return summary
 
 
+class FileLoads:
+    """The embedded collector's loads (`serve --warehouse duckdb:///PATH`): the batch job over
+    files it is given, again and again in one process. Options and config are checked once, at
+    start, so every load runs with what the collector was started with; the warehouse is held
+    open (DuckDB's lock on the file) from start to close(), so no other process writes it
+    meanwhile and each run reuses the open connection and its cached schemas. argv: the batch
+    job's options without an input (--config, --warehouse, --udf, Beam's)."""
+
+    def __init__(self, argv: list):
+        sluice_options, self.pipeline_options = options_module.parse_args(argv)
+        if sluice_options.input_files or sluice_options.input_subscription or sluice_options.input_topic:
+            raise UsageError("the embedded loader reads the collector's spool: give no --input_* option")
+        if options_module.parse_warehouse_url(sluice_options.warehouse) != "duckdb":
+            raise UsageError(f"--warehouse {sluice_options.warehouse}: embedded mode loads a DuckDB file "
+                             "(duckdb:///PATH); to send to BigQuery, use --sink and a pipeline job")
+        if self.pipeline_options.view_as(StandardOptions).streaming:
+            raise UsageError("the embedded loader runs batch jobs over closed spool files: leave out --streaming")
+        # replaying=True: a run whose source the caller sets (here: the files of each load)
+        self.plan = check(sluice_options, self.pipeline_options, replaying=True)._replace(summary_path=None)
+        self.settings = warehouse_settings(self.plan.warehouse_url, self.plan.config, **self.plan.backend)
+        self.path = self.plan.warehouse_url[len("duckdb:///"):]
+        self.limits = self.plan.config.decode
+        try:
+            self._held = open_backend(self.settings)
+        except duckdb_backend.WarehouseInUse as exc:
+            raise UsageError(f"--warehouse {self.plan.warehouse_url}: {exc}") from None
+
+    def __call__(self, files: list) -> dict:
+        """One batch run over exactly these files; its summary. Raises what the run raises."""
+        return execute(self.plan._replace(source=sources.ReadInputFiles(list(files))), self.pipeline_options)
+
+    def cursor(self):
+        """A DuckDB connection of its own to the held warehouse, for reads while loads run."""
+        return self._held.cursor()
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+
 def run_replay(argv: list) -> dict:
     """`replay`: the dead letters a selection names, through the pipeline again; on success
     they are recorded as replayed. The summary gains `replayed` (how many were recorded)."""
