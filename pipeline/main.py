@@ -238,6 +238,9 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":   # the collection API: options, errors and exit codes of its own
+        from pipeline import serve
+        return serve.main(argv[1:])
     replaying = bool(argv) and argv[0] == "replay"
     if "--help" in argv or "-h" in argv:
         print(replay.__doc__ if replaying else options_module.help_text())

@@ -1,0 +1,208 @@
+"""The collector's server process: uvicorn (httptools + uvloop, one worker) serving
+collector.app, with the bounds slow and hostile clients need, and a drain on SIGTERM/SIGINT.
+
+uvicorn was chosen over granian by benchmarks/collector.py (docs/benchmarks.md, "Collector"):
+on one core, answering a bare 200, uvicorn 14,583 requests/s against granian's 13,877 at batch
+1 and 4,972 against 3,848 at batch 100, with similar latency; uvicorn's protocol is Python we
+can extend (the header deadline below), granian's is Rust we cannot.
+
+Bounds (uvicorn has none of the first three by itself):
+- header deadline: a request's line and headers must arrive within HEADER_TIMEOUT seconds of
+  its first byte (of the connection being opened, for the first request); a client sending
+  headers byte by byte is disconnected then;
+- body deadline: the body within BODY_TIMEOUT seconds of the headers;
+- request line + headers at most MAX_HEADER_BYTES: past it 431 and the connection closed;
+- an idle keep-alive connection is closed after KEEP_ALIVE_TIMEOUT seconds;
+- at most MAX_CONNECTIONS connections at once (uvicorn's limit_concurrency: past it requests
+  are answered 503, which SDKs retry), BACKLOG connections waiting to be accepted;
+- bodies: at most max_request_bytes each and the app's body budget in all (collector.app).
+
+Shutdown (SIGTERM or SIGINT): /ready answers 503, the listening socket is closed (no new
+connections), idle connections are closed, requests in flight finish (their answers carry
+`Connection: close`) for at most DRAIN_SECONDS, then `sink.close()` makes every accepted record
+durable and handed off (embedded mode: loaded into the warehouse), and the process exits 0.
+A second SIGINT stops waiting for requests in flight.
+"""
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+import socket
+import threading
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from collector.app import App
+from collector.settings import CollectorSettings
+from collector.sinks import Sink
+
+log = logging.getLogger("sluice.collector")
+
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 30.0
+KEEP_ALIVE_TIMEOUT = 5
+MAX_HEADER_BYTES = 16 * 1024
+MAX_CONNECTIONS = 16384
+BACKLOG = 4096
+DRAIN_SECONDS = 8           # Cloud Run's grace period is 10 s: 8 for requests, the rest for the sink
+
+_TOO_LARGE = (b'{"success":false,"code":"headers_too_large","message":"the request line and headers '
+              b'are over %d bytes"}' % MAX_HEADER_BYTES)
+_TOO_LARGE_ANSWER = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                     b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_TOO_LARGE)) + _TOO_LARGE
+
+
+class BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header deadline, a body deadline and a header size
+    bound (see the module docstring)."""
+
+    header_timeout, body_timeout, max_header_bytes = HEADER_TIMEOUT, BODY_TIMEOUT, MAX_HEADER_BYTES
+
+    def connection_made(self, transport):
+        self._deadline = None
+        self._header_bytes = 0
+        self._refused = False
+        super().connection_made(transport)
+        self._arm(self.header_timeout)
+
+    def _arm(self, seconds: float):
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self):
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self):
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc):
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.transport.is_closing():
+            super().send_400_response(msg)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        if self._deadline is None:
+            self._arm(self.header_timeout)
+
+    def _count(self, size: int):
+        self._header_bytes += size
+        if self._header_bytes > self.max_header_bytes and not self._refused:
+            self._refused = True
+            self._disarm()
+            self.transport.write(_TOO_LARGE_ANSWER)
+            self.transport.close()
+            raise ConnectionAbortedError("headers too large")   # stops the parser; answered above
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._arm(self.body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that a signal only starts the drain: uvicorn re-raises the
+    signal after its own shutdown, which would kill the process before the sink is closed."""
+
+    def __init__(self, config, app: App):
+        super().__init__(config)
+        self.collector_app = app
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig, frame):
+        if not self.should_exit:
+            log.warning("collector: %s received: draining (no new connections, requests in flight "
+                        "finish, then the sink is closed)", signal.Signals(sig).name)
+        self.collector_app.draining = True
+        super().handle_exit(sig, frame)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _raise_file_limit():
+    """Each connection is a file descriptor: take the hard limit, so MAX_CONNECTIONS can be met."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+
+
+async def serve(settings: CollectorSettings, sink: Sink, host: str, port: int, describe_sink: str,
+                on_listening=None) -> int:
+    """Run the collector until SIGTERM/SIGINT; 0 once drained and the sink closed."""
+    _raise_file_limit()
+    app = App(settings, sink)
+    sock = listening_socket(host, port)
+    config = uvicorn.Config(
+        app, loop="none", http=BoundedProtocol, ws="none", lifespan="off", interface="asgi3",
+        access_log=False, log_level="warning", log_config=None, proxy_headers=False, server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT, limit_concurrency=MAX_CONNECTIONS, backlog=BACKLOG,
+        timeout_graceful_shutdown=DRAIN_SECONDS)
+    server = _Server(config, app)
+    await sink.start()
+    try:
+        address = sock.getsockname()
+        where = f"http://[{address[0]}]:{address[1]}" if sock.family == socket.AF_INET6 else \
+            f"http://{address[0]}:{address[1]}"
+        names = ", ".join(s.name + ("" if s.enabled else " (disabled)") for s in settings.sources) or "none"
+        log.info("collector listening on %s, sink %s, sources: %s", where, describe_sink, names)
+        if on_listening:
+            on_listening(app, address)
+        await server.serve(sockets=[sock])
+    finally:
+        app.draining = True
+        log.info("collector: requests drained; closing the sink %s", describe_sink)
+        await sink.close()
+    log.info("collector stopped")
+    return 0
+
+
+def run(settings: CollectorSettings, sink: Sink, host: str, port: int, describe_sink: str) -> int:
+    import uvloop
+    return uvloop.run(serve(settings, sink, host, port, describe_sink))
