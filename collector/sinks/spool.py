@@ -236,7 +236,8 @@ class SpoolSink(Sink):
         self._started = True
         self._ager = asyncio.get_running_loop().create_task(self._age_files())
 
-    async def put(self, records: list) -> None:
+    async def put(self, records: list, attributes: Optional[list] = None) -> None:
+        """`attributes` is ignored: the record's envelope holds source and receivedAt."""
         size = check_records(records)
         if not self._started or self._closing:
             raise SinkUnavailable("the spool is closed" if self._closing else "the spool is not started")
@@ -433,7 +434,8 @@ class GcsSink(Sink):
         self._bucket = self._client.bucket(self.bucket_name)
         self._started = True
 
-    async def put(self, records: list) -> None:
+    async def put(self, records: list, attributes: Optional[list] = None) -> None:
+        """`attributes` is ignored: the record's envelope holds source and receivedAt."""
         size = check_records(records)
         if not self._started or self._closing:
             raise SinkUnavailable("the sink is closed" if self._closing else "the sink is not started")
