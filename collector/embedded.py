@@ -36,7 +36,7 @@ from collector.sinks import Sink, SinkUnavailable
 from transforms.decode import DecodeLimits, decode_message
 from transforms.messages import RawMessage
 
-_LOG = logging.getLogger(__name__)
+_LOG = logging.getLogger("sluice.collector.embedded")  # under the collector's logger: its INFO lines show
 
 LOADED_DIR = "loaded"
 ROTATE_SECONDS = 2.0            # the embedded spool's age rotation (the plan's "embedded: 2 s")
@@ -81,6 +81,7 @@ class Totals:
     unbalanced_runs: int = 0  # runs whose conservation failed (logged as errors)
     run_seconds: float = 0.0
     last_run_seconds: float = 0.0
+    last_lag_seconds: float = 0.0  # from the oldest file's last write to the end of its run
     last_error: Optional[str] = None
 
     @property
@@ -183,6 +184,7 @@ class EmbeddedLoader:
     def _run(self, files: list) -> bool:
         started = time.perf_counter()
         try:
+            written = min(os.stat(p).st_mtime for p in files)
             counts = [count_file(p, self._limits) for p in files]
             summary = self._load(files)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the files for a retry
@@ -207,6 +209,7 @@ class EmbeddedLoader:
             t.dropped.update(summary.get("dropped", {}))
             t.run_seconds += elapsed
             t.last_run_seconds = elapsed
+            t.last_lag_seconds = max(0.0, time.time() - written)
         self._pending = (max(0, self._pending[0] - len(files)), self._pending[1])
         return True
 
@@ -270,6 +273,7 @@ class EmbeddedLoader:
                     "dead_lettered": dict(t.dead_lettered), "dropped": dict(t.dropped),
                     "unaccounted": t.unaccounted, "unbalanced_runs": t.unbalanced_runs,
                     "run_seconds": round(t.run_seconds, 3), "last_run_seconds": round(t.last_run_seconds, 3),
+                    "last_lag_seconds": round(t.last_lag_seconds, 3),
                     "last_error": t.last_error, "pending_files": self._pending[0],
                     "pending_bytes": self._pending[1], "failing_files": len(self._failing)}
 
@@ -319,7 +323,7 @@ class EmbeddedSink(Sink):
     async def close(self) -> None:
         await self.spool.close()
         await asyncio.to_thread(self.loader.stop, self._stop_timeout)
-        _LOG.warning("%s", self.loader.report())
+        _LOG.info("%s", self.loader.report())
         loaded = self.loader.totals()["lines"]
         if loaded != self.records + self.backlog:
             _LOG.error("embedded loader: %d requests accepted here and %d left by a previous run, %d loaded",
@@ -327,3 +331,46 @@ class EmbeddedSink(Sink):
 
     def totals(self) -> dict:
         return {**self.loader.totals(), "accepted_records": self.records, "backlog_records": self.backlog}
+
+
+class LoaderMetrics:
+    """The loader's totals as Prometheus metrics, read at each scrape: register it in the
+    collector's registry (`app.metrics.registry.register(LoaderMetrics(sink))`)."""
+
+    def __init__(self, sink: EmbeddedSink):
+        self._sink = sink
+
+    def describe(self):
+        return []  # read at collect time only (the registry must not collect while registering)
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        t = self._sink.totals()
+        prefix = "sluice_embedded_"
+        yield CounterMetricFamily(prefix + "runs", "Pipeline runs that loaded spool files", t["runs"])
+        yield CounterMetricFamily(prefix + "failed_runs", "Pipeline runs that failed (their files retried)",
+                                  t["failed_runs"])
+        yield CounterMetricFamily(prefix + "files_loaded", "Spool files loaded", t["files"])
+        yield CounterMetricFamily(prefix + "records_accepted", "Records (requests) this process put in the spool",
+                                  t["accepted_records"])
+        yield CounterMetricFamily(prefix + "records_loaded", "Records (spool lines) loaded", t["lines"])
+        yield CounterMetricFamily(prefix + "events_loaded", "Events the loaded spool files held", t["events_in_files"])
+        outcomes = CounterMetricFamily(prefix + "events", "Loaded events by outcome: stored, dead_lettered "
+                                       "(by error type), dropped (by policy)", labels=["outcome", "reason"])
+        outcomes.add_metric(["stored", ""], t["stored"])
+        for reason, value in sorted(t["dead_lettered"].items()):
+            outcomes.add_metric(["dead_lettered", reason], value)
+        for reason, value in sorted(t["dropped"].items()):
+            outcomes.add_metric(["dropped", reason], value)
+        yield outcomes
+        yield GaugeMetricFamily(prefix + "unaccounted_events", "Loaded events neither stored, dead-lettered nor "
+                                "dropped (conservation: 0)", t["unaccounted"])
+        yield GaugeMetricFamily(prefix + "pending_files", "Closed spool files waiting to be loaded", t["pending_files"])
+        yield GaugeMetricFamily(prefix + "pending_bytes", "Bytes of the closed spool files waiting", t["pending_bytes"])
+        yield GaugeMetricFamily(prefix + "failing_files", "Spool files whose last run failed (retried with backoff)",
+                                t["failing_files"])
+        yield CounterMetricFamily(prefix + "run_seconds", "Time spent in pipeline runs", t["run_seconds"])
+        yield GaugeMetricFamily(prefix + "last_run_seconds", "Duration of the last successful run",
+                                t["last_run_seconds"])
+        yield GaugeMetricFamily(prefix + "lag_seconds", "At the last successful run's end: the time since its "
+                                "oldest file was last written", t["last_lag_seconds"])
