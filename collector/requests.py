@@ -209,7 +209,8 @@ def parse(data: bytes):
             data.decode("utf-8")
         except UnicodeDecodeError as bad:
             raise Refusal(400, "invalid_utf8", f"the body is not UTF-8 (byte {bad.start})") from None
-        raise Refusal(400, "malformed_json", "the body is not valid JSON: " + " ".join(str(exc).split())[:200]) from None
+        reason = " ".join(str(exc).split())[:200]
+        raise Refusal(400, "malformed_json", "the body is not valid JSON: " + reason) from None
     if type(body) is not dict:
         raise Refusal(400, "not_an_object", f"the body must be a JSON object, got {_kind(body)}")
     return body
