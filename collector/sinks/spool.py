@@ -248,7 +248,11 @@ class SpoolSink(Sink):
         if not self._started or self._closing:
             return False
         if self._healthy:
-            return True
+            try:
+                stats = os.statvfs(self.directory)  # a full disk is not ready before a put fails
+            except OSError:
+                return False
+            return stats.f_bavail * stats.f_frsize >= self.min_free_bytes
         loop = asyncio.get_running_loop()
         at, answer = self._probed
         if loop.time() - at < 0.5:  # a probe at most twice a second, however often /ready is asked

@@ -179,7 +179,7 @@ def test_kill_9_under_load_loses_no_acknowledged_record(tmp_path):
     writer.wait()
     acked += [line.decode().strip() for line in writer.stdout.read().splitlines()]
     writer.stdout.close()
-    assert len(acked) >= 3000 and list(tmp_path.glob("*.open"))
+    assert len(acked) >= 3000  # (nearly always with a file left open: unless killed between two files)
 
     async def restart():
         sink = SpoolSink(tmp_path)
@@ -329,3 +329,18 @@ def test_a_stalled_disk_and_a_backlog_answer_unavailable(tmp_path, monkeypatch):
     run(main())
     # timed-out puts may still land (at least once); refused ones never do
     assert len(spooled(tmp_path)) < 30
+
+
+def test_a_nearly_full_disk_is_not_ready(tmp_path):
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    roomy, cramped = SpoolSink(tmp_path), SpoolSink(tmp_path, min_free_bytes=free * 2)
+
+    async def main():
+        assert not await roomy.ready()  # not started
+        await roomy.start()
+        await cramped.start()
+        answers = await roomy.ready(), await cramped.ready()
+        await roomy.close()
+        await cramped.close()
+        return answers
+    assert run(main()) == (True, False)
