@@ -26,6 +26,7 @@ analytics.js can honour a 429's Retry-After. Refusals that name no source (400, 
 the key is known) echo the origin: they hold nothing but the refusal.
 """
 import asyncio
+import inspect
 import ipaddress
 import logging
 import time
@@ -36,7 +37,7 @@ import orjson
 
 from collector.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, UNKNOWN_SOURCE, Metrics
 from collector.ratelimit import RateLimiter
-from collector.requests import Refusal, Request, basic_user, find_source, handle, route
+from collector.requests import Refusal, Request, basic_user, find_source, handle, received_at, route
 from collector.settings import CollectorSettings
 from collector.sinks import Sink, SinkUnavailable
 
@@ -66,6 +67,8 @@ class App:
         # Other POST endpoints of the same process (embedded mode: /_sluice/query): path ->
         # `async (client, headers, body) -> (status, headers dict, body)`; bodies read as events' are.
         self.routes = dict(routes or {})
+        # Sinks that publish attributes (Pub/Sub: source, received_at, content_type) take them.
+        self._attributes = "attributes" in inspect.signature(sink.put).parameters
         self.metrics = metrics or Metrics()
         self.limiter = limiter or RateLimiter()
         self.max_bytes = settings.limits.max_request_bytes
@@ -132,7 +135,8 @@ class App:
             client = scope.get("client")
             request = Request("POST", path, scope["query_string"].decode("latin-1"), headers, body,
                               client[0] if client else "")
-            accepted = handle(request, self.settings, datetime.now(timezone.utc))
+            now = datetime.now(timezone.utc)
+            accepted = handle(request, self.settings, now)
         finally:
             self.body_bytes -= len(body)
         source = accepted.source
@@ -146,7 +150,12 @@ class App:
                 self.limiter.take(source, accepted.events)
                 started = time.perf_counter()
                 try:
-                    await self.sink.put([accepted.record])
+                    if self._attributes:
+                        await self.sink.put([accepted.record], [{
+                            "source": name, "received_at": received_at(now),
+                            "content_type": headers.get("content-type", "")}])
+                    else:
+                        await self.sink.put([accepted.record])
                 except SinkUnavailable as exc:
                     raise Refusal(503, "sink_unavailable", "the collector cannot store events now; "
                                   "send them again later", {"retry-after": str(max(1, int(exc.retry_after)))}) \

@@ -67,12 +67,11 @@ def parse_args(argv: list) -> argparse.Namespace:
 def _sink(url: str):
     """(the sink for --sink URL, how the start line names it)."""
     if url.startswith("pubsub:"):
-        from collector.sinks.pubsub import PubSubSink, parse_topic
+        from collector.sinks.pubsub import PubSubSink
         try:
-            topic = parse_topic(url)
-        except ValueError as exc:
-            raise UsageError(f"--sink {url!r}: {exc}") from None
-        return PubSubSink(topic), url
+            return PubSubSink(url), url
+        except ValueError:
+            raise UsageError(f"--sink {url!r}: expected pubsub://projects/PROJECT/topics/TOPIC") from None
     if url.startswith("gs://"):
         from collector.sinks.spool import GcsSink
         try:
@@ -119,9 +118,9 @@ def _serve(args) -> int:
     import uvloop
 
     from collector import server
+    sink, described = _sink(args.sink) if args.sink is not None else (None, None)  # checked before the config
     _, settings = settings_of(args.config)
-    if args.sink is not None:
-        sink, described = _sink(args.sink)
+    if sink is not None:
         return uvloop.run(server.serve(settings, sink, args.host, args.port, described))
     return _serve_embedded(args, settings)
 

@@ -1,0 +1,443 @@
+"""`python -m pipeline serve` as a process of its own on 127.0.0.1, sent real HTTP: every
+endpoint, CORS, the body and header bounds, slow clients, many clients, the drain on SIGTERM,
+a sink that fails, and kill -9 under load."""
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.collector.serving import ROOT, basic, request, spool_lines, write_config
+
+EVENT = {"type": "track", "event": "Order Completed", "userId": "u-1", "properties": {"total": 12.5}}
+
+
+def address(url: str) -> tuple:
+    parts = urlsplit(url)
+    return parts.hostname, parts.port
+
+
+def raw_exchange(url: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes on a fresh connection; everything the server answers until it closes
+    or a full answer with Content-Length has arrived."""
+    with socket.create_connection(address(url), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_answer(sock)
+
+
+def read_answer(sock) -> bytes:
+    received = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
+        head, sep, body = received.partition(b"\r\n\r\n")
+        if sep:
+            found = re.search(rb"content-length: *(\d+)", head, re.I)
+            if found and len(body) >= int(found.group(1)):
+                return received
+
+
+def track(url: str, key: str = "key-server", event: dict = None, headers: dict = None, path: str = "/v1/track"):
+    body = json.dumps(event or {**EVENT, "messageId": str(uuid.uuid4())}).encode()
+    return request(url + path, "POST", body, {"Authorization": basic(key), "Content-Type": "application/json",
+                                              **(headers or {})})
+
+
+# ---------------------------------------------------------------- endpoints
+
+def test_events_are_acknowledged_once_in_the_spool_and_the_start_line_names_sources_not_keys(collector):
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    status, _, body = track(collector.url, event={**EVENT, "messageId": ids[0]})
+    assert (status, json.loads(body)) == (200, {"success": True})
+    status, _, _ = request(collector.url + "/v1/batch", "POST",
+                           json.dumps({"writeKey": "key-server", "batch": [{**EVENT, "messageId": i}
+                                                                           for i in ids[1:]]}).encode(),
+                           {"Content-Type": "application/json"})
+    assert status == 200
+    assert collector.stop() == 0
+    records = spool_lines(collector.spool)
+    assert [e["messageId"] for r in records for e in r["batch"]] == ids
+    assert {r["source"] for r in records} == {"server"}
+    assert not list(collector.spool.glob("*.open")), "close() leaves no open spool file"
+    log = collector.log()
+    assert "sources: web, server, tight, off (disabled)" in log and "spool" in log
+    assert "key-" not in log
+
+
+def test_refusals_are_json_with_their_status(collector):
+    status, _, body = track(collector.url, key="key-unknown")
+    assert status == 401 and json.loads(body)["code"] == "invalid_write_key"
+    assert track(collector.url, key="key-off")[0] == 403
+    status, _, body = request(collector.url + "/v1/track", "POST", b"{not json", {"Authorization": basic("key-server")})
+    assert status == 400 and json.loads(body)["success"] is False
+    assert request(collector.url + "/v1/nowhere", "POST", b"{}")[0] == 404
+    assert request(collector.url + "/v1/track", "PUT", b"{}")[0] == 405
+    assert request(collector.url + "/v1/m", "POST", b'{"series": []}')[0] == 200
+
+
+def test_rate_limit_429_with_retry_after(collector):
+    statuses = [track(collector.url, key="key-tight")[0] for _ in range(8)]
+    assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
+    status, headers, body = track(collector.url, key="key-tight")
+    assert status == 429 and int(headers["retry-after"]) >= 1 and "x-ratelimit-reset" in headers
+
+
+def test_health_ready_metrics(collector):
+    assert request(collector.url + "/health")[0] == 200
+    status, _, body = request(collector.url + "/ready")
+    assert (status, json.loads(body)) == (200, {"ready": True})
+    track(collector.url)
+    track(collector.url, key="key-unknown")
+    request(collector.url + "/v1/track", "POST", b"x" * 600_000, {"Authorization": basic("key-server")})
+    for _ in range(7):
+        track(collector.url, key="key-tight")
+    status, headers, body = request(collector.url + "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert 'sluice_collector_requests_total{source="server",status="200"} 1.0' in text
+    assert 'sluice_collector_events_accepted_total{source="server"} 1.0' in text
+    assert 'sluice_collector_request_bytes_total{source="server"}' in text
+    assert re.search(r'sluice_collector_refused_total\{code="invalid_write_key",status="401"\} 1.0', text)
+    assert re.search(r'sluice_collector_refused_total\{code="request_too_large",status="413"\} 1.0', text)
+    assert re.search(r'sluice_collector_refused_total\{code="rate_limited",status="429"\} [12].0', text)
+    assert "sluice_collector_handoff_seconds_bucket" in text and "sluice_collector_handoff_seconds_count 6.0" in text
+    assert "key-" not in text
+
+
+def test_analytics_js_settings_point_back_at_the_collector(collector):
+    host, port = address(collector.url)
+    status, headers, body = request(collector.url + "/v1/projects/key-web/settings",
+                                    headers={"Origin": "https://shop.example.com"})
+    settings = json.loads(body)
+    assert status == 200
+    assert settings["integrations"]["Segment.io"] == {"apiKey": "key-web", "apiHost": f"{host}:{port}/v1",
+                                                     "protocol": "http"}
+    assert settings["metrics"]["sampleRate"] == 0
+    assert headers["access-control-allow-origin"] == "https://shop.example.com"
+    assert request(collector.url + "/v1/projects/key-unknown/settings")[0] == 401
+    assert request(collector.url + "/v1/projects/key-off/settings")[0] == 403
+    assert request(collector.url + "/v1/projects/key-web/settings", headers={"Origin": "https://evil.example"})[0] == 403
+
+
+def test_rudderstack_source_config(collector):
+    status, _, body = request(collector.url + "/sourceConfig/?p=npm&v=3.0&writeKey=key-server")
+    source = json.loads(body)["source"]
+    assert status == 200 and source["id"] == "server" and source["enabled"] is True
+    assert source["config"] == {} and source["destinations"] == []
+    status, _, body = request(collector.url + "/sourceConfig/", headers={"Authorization": basic("key-server")})
+    assert status == 200
+    assert request(collector.url + "/sourceConfig/?writeKey=nope")[0] == 401
+
+
+def test_cors_preflight_is_permissive_and_the_origin_is_enforced_on_the_request(collector):
+    status, headers, _ = request(collector.url + "/v1/t", "OPTIONS", headers={
+        "Origin": "https://anywhere.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,x-retry-count"})
+    assert status == 204
+    assert headers["access-control-allow-origin"] == "https://anywhere.example"
+    allowed = {h.strip().lower() for h in headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "x-retry-count"} <= allowed
+    assert "POST" in headers["access-control-allow-methods"] and int(headers["access-control-max-age"]) > 0
+    # web allows only https://shop.example.com
+    status, headers, _ = track(collector.url, key="key-web", path="/v1/t",
+                               headers={"Origin": "https://shop.example.com", "Content-Type": "text/plain"})
+    assert status == 200 and headers["access-control-allow-origin"] == "https://shop.example.com"
+    assert "retry-after" in headers["access-control-expose-headers"].lower()
+    status, _, body = track(collector.url, key="key-web", path="/v1/t", headers={"Origin": "https://evil.example"})
+    assert status == 403 and json.loads(body)["code"] == "origin_not_allowed"
+    # server allows any origin; a request without Origin (a server-side SDK) is not concerned
+    assert track(collector.url, headers={"Origin": "https://evil.example"})[1]["access-control-allow-origin"] == "*"
+    assert track(collector.url, key="key-web")[0] == 200
+    assert collector.stop() == 0
+    assert [r["source"] for r in spool_lines(collector.spool)] == ["web", "server", "web"]
+
+
+# ---------------------------------------------------------------- bounds and slow clients
+
+def test_413_before_the_rest_of_the_body_is_read(collector):
+    """Content-Length over the limit: answered at once, the connection closed, unread. Chunked,
+    with no length: answered once the limit is passed, while the client is still sending."""
+    head = (f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('key-server')}\r\n"
+            f"Content-Type: application/json\r\n")
+    with socket.create_connection(address(collector.url), timeout=10) as sock:
+        sock.sendall((head + "Content-Length: 100000000\r\n\r\n").encode() + b"{" * 1000)
+        answer = read_answer(sock)
+        assert answer.startswith(b"HTTP/1.1 413") and b"request_too_large" in answer
+        assert sock.recv(10) == b""   # closed
+    with socket.create_connection(address(collector.url), timeout=10) as sock:
+        sock.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode())
+        sent, answer = 0, b""
+        sock.settimeout(0.05)
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        while sent < 50_000_000:
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += 65536
+            try:
+                answer += sock.recv(65536)
+            except socket.timeout:
+                continue
+            if answer:
+                break
+        sock.settimeout(10)
+        try:
+            answer += read_answer(sock)
+        except ConnectionResetError:
+            pass
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert sent < 2_000_000, f"the server read {sent:,} bytes before answering 413"
+    assert track(collector.url)[0] == 200
+
+
+def test_headers_are_bounded(collector):
+    answer = raw_exchange(collector.url, b"GET /health HTTP/1.1\r\nHost: x\r\n" +
+                          b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000) for i in range(40)) + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431")
+    assert request(collector.url + "/health")[0] == 200
+
+
+def test_a_client_sending_headers_byte_by_byte_is_timed_out(collector):
+    """The header deadline (collector.server.HEADER_TIMEOUT, 10 s) cuts a slowloris client,
+    and the collector serves others meanwhile."""
+    data = f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('key-server')}\r\n".encode() + b"X-Slow: " + b"a" * 200
+    started = time.monotonic()
+    with socket.create_connection(address(collector.url), timeout=30) as sock:
+        closed_after = None
+        for byte in data:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - started
+                break
+            sock.settimeout(0.1)
+            try:
+                if sock.recv(100) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                closed_after = time.monotonic() - started
+                break
+            assert request(collector.url + "/health", timeout=2)[0] == 200 if byte == ord("\n") else True
+            if time.monotonic() - started > 25:
+                break
+    assert closed_after is not None, "the connection was still open after 25 s of a header trickle"
+    assert 9 <= closed_after <= 14, closed_after
+
+
+def test_10000_concurrent_small_requests(collector):
+    """10,000 connections at once, each sending one small event: every one answered (200, or
+    503 past the connection limit, which SDKs retry), the server alive after, and its peak
+    memory bounded (its size at start is mostly Beam's modules, which the config imports)."""
+    event = json.dumps({**EVENT, "messageId": "m"}).encode()
+    payload = (f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('key-server')}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(event)}\r\n\r\n").encode() + event
+    host, port = address(collector.url)
+
+    async def one(statuses):
+        for attempt in range(5):
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+                break
+            except OSError:
+                await asyncio.sleep(0.2 * (attempt + 1))
+        else:
+            statuses.append("connect failed")
+            return
+        try:
+            writer.write(payload)
+            line = await asyncio.wait_for(reader.readline(), 60)
+            statuses.append(int(line.split()[1]) if line else "closed")
+        except (OSError, asyncio.TimeoutError) as exc:
+            statuses.append(type(exc).__name__)
+        finally:
+            writer.close()
+
+    async def main():
+        statuses = []
+        await asyncio.gather(*(one(statuses) for _ in range(10_000)))
+        return statuses
+
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 11_000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20_000), hard))
+    before = collector.rss_peak_kb()
+    started = time.monotonic()
+    statuses = asyncio.run(main())
+    elapsed = time.monotonic() - started
+    counts = {s: statuses.count(s) for s in set(statuses)}
+    assert len(statuses) == 10_000
+    assert set(counts) <= {200, 503}, counts
+    assert counts.get(200, 0) >= 9_000, counts
+    assert request(collector.url + "/health")[0] == 200
+    peak = collector.rss_peak_kb()
+    # about 14 KB a connection (uvicorn's protocol, parser, transport, the request's task)
+    assert peak - before < 250 * 1024, f"peak RSS {before / 1024:.0f} MB before, {peak / 1024:.0f} MB during"
+    print(f"10,000 requests in {elapsed:.1f} s: {counts}; peak RSS {before / 1024:.0f} MB before, "
+          f"{peak / 1024:.0f} MB during")
+
+
+# ---------------------------------------------------------------- shutdown and failures
+
+def test_sigterm_finishes_requests_in_flight_then_exits_0(collector):
+    """Requests whose bodies are still arriving when SIGTERM comes are answered 200 and kept;
+    a new connection is refused; the process exits 0."""
+    socks, ids = [], []
+    for _ in range(20):
+        mid = str(uuid.uuid4())
+        body = json.dumps({**EVENT, "messageId": mid}).encode()
+        sock = socket.create_connection(address(collector.url), timeout=15)
+        sock.sendall((f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('key-server')}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:10])
+        socks.append((sock, body))
+        ids.append(mid)
+    time.sleep(0.3)
+    started = time.monotonic()
+    collector.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    with pytest.raises(OSError):
+        socket.create_connection(address(collector.url), timeout=2).close()
+    for sock, body in socks:
+        sock.sendall(body[10:])
+    answers = [read_answer(sock) for sock, _ in socks]
+    for sock, _ in socks:
+        sock.close()
+    assert all(a.startswith(b"HTTP/1.1 200") for a in answers), [a[:40] for a in answers]
+    assert all(b"connection: close" in a.lower() for a in answers)
+    collector.process.wait(15)
+    assert collector.process.returncode == 0
+    assert time.monotonic() - started < 10
+    assert sorted(e["messageId"] for r in spool_lines(collector.spool) for e in r["batch"]) == sorted(ids)
+    assert "draining" in collector.log()
+
+
+FAULTY = """
+import os, sys
+from collector.sinks import SinkUnavailable
+from collector.sinks.spool import SpoolSink
+import collector.sinks.spool as spool
+
+class Faulty(SpoolSink):
+    # the real spool sink, unavailable while the file FLAG exists
+    async def put(self, records, attributes=None):
+        if os.path.exists(os.environ["FLAG"]):
+            raise SinkUnavailable("injected fault", retry_after=7)
+        return await super().put(records)
+    async def ready(self):
+        return not os.path.exists(os.environ["FLAG"]) and await super().ready()
+
+spool.SpoolSink = Faulty
+from pipeline.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sink_unavailable_is_503_with_retry_after(start_collector, tmp_path):
+    flag = tmp_path / "down"
+    config = write_config(tmp_path)
+    collector = start_collector(["serve", "--config", str(config), "--sink", str(tmp_path / "spool")],
+                                env={"FLAG": str(flag)}, command=[sys.executable, "-c", FAULTY])
+    assert track(collector.url)[0] == 200
+    flag.touch()
+    status, headers, body = track(collector.url)
+    assert status == 503 and headers["retry-after"] == "7" and json.loads(body)["code"] == "sink_unavailable"
+    assert request(collector.url + "/ready")[0] == 503
+    assert request(collector.url + "/health")[0] == 200
+    flag.unlink()
+    assert track(collector.url)[0] == 200
+    assert collector.stop() == 0
+    assert len(spool_lines(tmp_path / "spool")) == 2
+
+
+def test_an_unexpected_exception_is_a_logged_500_and_the_server_keeps_serving(start_collector, tmp_path):
+    broken = FAULTY.replace('raise SinkUnavailable("injected fault", retry_after=7)',
+                            'raise RuntimeError("injected bug")')
+    config = write_config(tmp_path)
+    collector = start_collector(["serve", "--config", str(config), "--sink", str(tmp_path / "spool")],
+                                env={"FLAG": str(tmp_path / "bug")}, command=[sys.executable, "-c", broken])
+    (tmp_path / "bug").touch()
+    secret_body = {**EVENT, "properties": {"email": "person@example.com"}}
+    status, _, body = track(collector.url, event=secret_body)
+    assert status == 500 and json.loads(body)["code"] == "internal_error"
+    (tmp_path / "bug").unlink()
+    assert track(collector.url)[0] == 200
+    assert collector.stop() == 0
+    log = collector.log()
+    assert "RuntimeError: injected bug" in log and "Traceback" in log
+    assert "person@example.com" not in log and "key-server" not in log
+
+
+def test_kill_9_under_load_then_restart_keeps_every_acknowledged_event(start_collector, tmp_path):
+    config, spool = write_config(tmp_path), tmp_path / "spool"
+    args = ["--config", str(config), "--sink", str(spool)]
+    collector = start_collector(args)
+    acknowledged, stop = [], threading.Event()
+
+    def send():
+        while not stop.is_set():
+            ids = [str(uuid.uuid4()) for _ in range(5)]
+            body = json.dumps({"batch": [{**EVENT, "messageId": i} for i in ids]}).encode()
+            try:
+                status, _, _ = request(collector.url + "/v1/batch", "POST", body,
+                                       {"Authorization": basic("key-server")}, timeout=5)
+            except OSError:
+                continue
+            if status == 200:
+                acknowledged.extend(ids)
+
+    senders = [threading.Thread(target=send) for _ in range(8)]
+    for sender in senders:
+        sender.start()
+    time.sleep(2)
+    collector.kill()
+    stop.set()
+    for sender in senders:
+        sender.join()
+    assert len(acknowledged) > 100
+    assert list(spool.glob("*.jsonl.open")), "a killed collector leaves its open file"
+    restarted = start_collector(args)
+    assert restarted.stop() == 0
+    stored = [e["messageId"] for r in spool_lines(spool) for e in r["batch"]]
+    assert not set(acknowledged) - set(stored)
+    assert not list(spool.glob("*.open"))
+
+
+# ---------------------------------------------------------------- the command
+
+@pytest.mark.parametrize("args, named", [
+    ([], "--sink"),
+    (["--sink", "/tmp/x", "--warehouse", "duckdb:///x.duckdb"], "--warehouse"),
+    (["--sink", "/tmp/x", "--port", "99999"], "--port"),
+    (["--sink", "/tmp/x", "--port", "http"], "--port"),
+    (["--sink", "/tmp/x", "--bogus"], "--bogus"),
+    (["--warehouse", "bigquery://p/d"], "--warehouse"),
+    (["--sink", "pubsub://topics/t"], "--sink"),
+    (["--sink", "/tmp/x"], "--config"),
+])
+def test_option_errors_are_one_line_exit_2(args, named):
+    result = subprocess.run([sys.executable, "-m", "pipeline", "serve"] + args, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sluice: error:") and named in lines[0], result.stderr
+
+
+def test_help():
+    result = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--warehouse duckdb:///PATH" in result.stdout
