@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import orjson
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import event as hypothesis_event, given, settings as hsettings, strategies as st
 
 from collector import requests as req
 from collector.requests import Accepted, Refusal, Request, find_source, handle
@@ -430,14 +430,18 @@ _HEADERS = st.fixed_dictionaries({}, optional={
     "authorization": st.one_of(st.just(basic(KEY)["authorization"]), st.text(max_size=40)),
     "content-encoding": st.sampled_from(["gzip", "br", "identity", " GZIP "]),
     "x-forwarded-for": st.text(max_size=40)})
-_JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-                        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children,
-                                                                                          max_size=4), max_leaves=20)
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+_JSONISH = st.recursive(_SCALARS, lambda children: st.lists(children, max_size=4)
+                        | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=20)
+_EVENTISH = st.dictionaries(st.sampled_from(["type", "userId", "event", "context", "messageId", "writeKey",
+                                              "properties"]), _JSONISH, max_size=5)
 _BODIES = st.one_of(st.binary(max_size=300),
                     _JSONISH.map(lambda v: json.dumps(v).encode()),
                     st.dictionaries(st.sampled_from(["batch", "writeKey", "type", "context", "sentAt", "messageId"]),
                                     _JSONISH, max_size=5).map(lambda v: json.dumps(v).encode()),
-                    st.binary(max_size=200).map(gzip.compress))
+                    st.binary(max_size=200).map(gzip.compress),
+                    st.lists(_EVENTISH, max_size=4).map(lambda events: json.dumps({"batch": events}).encode()),
+                    _EVENTISH.map(lambda event: json.dumps(event).encode()))
 _PATHS = st.sampled_from(sorted(req.ROUTES) + ["/nope", ""])
 _LIMITS = CollectorLimits(max_event_bytes=200, max_request_bytes=400, max_batch_events=3,
                           trusted_proxies=("10.0.0.0/8",))
@@ -451,11 +455,43 @@ def test_any_request_is_accepted_or_refused_with_a_json_4xx(path, headers, body,
     try:
         accepted = handle(Request("POST", path, query, headers, body, client), settings, NOW)
     except Refusal as refusal:
+        hypothesis_event(f"refused {refusal.code}")
         assert 400 <= refusal.status < 500
         parsed = json.loads(refusal.body())
         assert parsed["success"] is False and parsed["code"] and "\n" not in parsed["message"]
         return
     assert isinstance(accepted, Accepted)
+    hypothesis_event("accepted")
     if accepted.record is not None:
         line = json.loads(accepted.record)
         assert len(line["batch"]) == accepted.events and b"\n" not in accepted.record
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(sorted(p for p, (kind, _) in req.ROUTES.items() if kind != "metrics")),
+       body=st.one_of(_EVENTISH, st.fixed_dictionaries({"batch": st.lists(_EVENTISH | _JSONISH, max_size=4)},
+                                                        optional={"context": _JSONISH, "sentAt": st.text(max_size=30),
+                                                                  "writeKey": st.just(KEY)})),
+       compress=st.booleans())
+def test_an_accepted_record_is_what_decode_splits_into_its_events(path, body, compress):
+    """Conservation starts at the edge: decode makes exactly `events` outcomes of a record, each
+    event (an object) carrying the collector's receivedAt and a messageId, none a write key."""
+    from transforms.decode import DecodeLimits, decode_message
+    from transforms.messages import Event, RawMessage
+    data = json.dumps(body).encode()
+    headers = {**basic(KEY), **({"content-encoding": "gzip"} if compress else {})}
+    try:
+        accepted = handle(Request("POST", path, "" if "beacon" not in path else f"writeKey={KEY}", headers,
+                                  gzip.compress(data) if compress else data, "203.0.113.9"), SETTINGS, NOW)
+    except Refusal as refusal:
+        assert refusal.code in ("invalid_batch", "too_deeply_nested", "event_too_large"), refusal
+        return
+    if accepted.record is None:
+        assert accepted.events == 0
+        return
+    outcomes = list(decode_message(RawMessage(accepted.record, {}, "file:x"), STAMP, DecodeLimits()))
+    assert len(outcomes) == accepted.events
+    for outcome in outcomes:
+        if isinstance(outcome, Event):
+            assert outcome.body["receivedAt"] == STAMP and outcome.body["messageId"] not in (None, "")
+            assert "writeKey" not in outcome.body and outcome.source == "web"
