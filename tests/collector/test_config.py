@@ -7,7 +7,7 @@ from collector.settings import CollectorLimits, CollectorSettings, RateLimit, So
 from pipeline import config
 from pipeline.errors import UsageError
 from tests.conftest import ROOT, SAMPLE
-from tests.unit.test_cli import error_lines, sluice
+from tests.unit.test_cli import error_lines, sluice, sluice_process
 from transforms.destinations.secrets import SecretRef
 
 FULL = """
@@ -137,3 +137,15 @@ def test_the_commented_sample_source_is_valid():
     assert settings.sources[0].name == "web"
     resolved = config.resolve_collector(settings, {"SLUICE_WEB_KEY": "wk_web"})
     assert resolved.sources[0].write_key == "wk_web"
+
+
+def test_serve_with_an_unset_write_key_variable_exits_2_naming_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLUICE_TEST_UNSET_WEB_KEY", raising=False)
+    path = tmp_path / "sluice.yaml"
+    path.write_text("sources:\n  - {name: web, write_key: x}\n"
+                    "  - {name: app, write_key: {env: SLUICE_TEST_UNSET_WEB_KEY}}\n")
+    result = sluice_process("serve", "--config", str(path), "--sink", str(tmp_path / "spool"), "--port", "0")
+    assert result.returncode == 2, result.stderr
+    [line] = error_lines(result)
+    assert line == ("sluice: error: config: sources[1].write_key: environment variable SLUICE_TEST_UNSET_WEB_KEY "
+                    "is not set (or empty)")
