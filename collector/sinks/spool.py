@@ -83,18 +83,28 @@ class GroupCommit:
             raise SinkUnavailable(f"the sink is behind: {self._bytes + self._in_flight_bytes} bytes waiting", 1)
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
+        if not self._waiters:
+            # One deadline per commit, not per put (a timer per put was half the CPU of a put):
+            # the group expires together once its first put has waited `timeout`.
+            loop.call_later(self._timeout, self._expire, self._waiters)
         self._records.extend(records)
         self._waiters.append(waiter)
         self._bytes += size
         if self._task is None:
             self._task = loop.create_task(self._run())
-        # A caller that stops waiting (timed out, or cancelled as its client went away) cancels
-        # only its own waiter: the commit goes on, its records may still land (at least once).
-        try:
-            async with asyncio.timeout(self._timeout):
-                await waiter
-        except TimeoutError:
-            raise SinkUnavailable(f"the sink did not confirm within {self._timeout:g} s", 1) from None
+        # A caller cancelled (its client went away) cancels only its own waiter: the commit goes
+        # on, and its records may still land (at least once).
+        await waiter
+
+    def _expire(self, waiters: list) -> None:
+        """A group still unconfirmed at its deadline: its callers get SinkUnavailable. Not yet
+        started, it is dropped (never written: the SDKs' retries bring no duplicates); running,
+        it goes on and its records may still land (at least once)."""
+        if waiters is self._waiters and waiters:
+            self._records, self._waiters, self._bytes = [], [], 0
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(SinkUnavailable(f"the sink did not confirm within {self._timeout:g} s", 1))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,6 +113,8 @@ class GroupCommit:
                 wait = self._last_start + self._interval - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                    if not self._waiters:
+                        break  # expired while waiting for its turn
                 records, waiters, size = self._records, self._waiters, self._bytes
                 self._records, self._waiters, self._bytes = [], [], 0
                 self._in_flight_bytes = size
