@@ -172,6 +172,16 @@ def test_gzip_bodies_are_inflated():
     assert post("/v1/batch", two_members, headers={**basic(KEY), "content-encoding": "GZIP"}).events == 1
 
 
+def test_many_gzip_members_are_refused_cheaply():
+    """Each member costs a copy of the rest of the body: 25,000 empty ones in 500 KB took 0.9 s."""
+    empty = gzip.compress(b"")
+    body = empty * (SETTINGS.limits.max_request_bytes // len(empty))
+    refusal = refused("/v1/batch", body, headers={**basic(KEY), "content-encoding": "gzip"})
+    assert (refusal.status, refusal.code) == (400, "malformed_gzip") and "gzip members" in refusal.message
+    members = b"".join(gzip.compress(part) for part in (b'{"batch": [', orjson.dumps(TRACK), b"]}"))
+    assert post("/v1/batch", members, headers={**basic(KEY), "content-encoding": "gzip"}).events == 1
+
+
 def test_other_encodings_are_415():
     for encoding in ("br", "deflate", "gzip, gzip"):
         refusal = refused("/v1/batch", {"batch": []}, headers={**basic(KEY), "content-encoding": encoding})
