@@ -496,7 +496,7 @@ class GcsSink(Sink):
         from google.cloud.storage.retry import DEFAULT_RETRY
         data = b"\n".join(records) + b"\n"
         retry = DEFAULT_RETRY.with_deadline(self._upload_timeout)
-        while True:
+        for _ in range(5):
             name = self._name()
             blob = self._bucket.blob(name)
             try:
@@ -508,6 +508,8 @@ class GcsSink(Sink):
                     break  # a retried upload whose first answer was lost: it is there
                 continue   # the name is taken by something else: take the next one
             break
+        else:
+            raise SinkUnavailable("GCS refused 5 new object names (ifGenerationMatch=0 failed)")
         self.objects.append(name)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from collector.sinks import SinkUnavailable
 from collector.sinks.spool import GcsSink
-from tests.integration.faultproxy import FaultProxy
+from tests.integration.faultproxy import Fault, FaultProxy
 
 OBJECT = re.compile(r"^spool/web/\d{8}T\d{6}-\d+-[0-9a-f]{8}-\d{6}\.jsonl$")
 
@@ -96,3 +96,33 @@ def test_objects_read_back_by_a_gs_backfill_name_the_source(gcs_bucket, tmp_path
     conn = duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True)
     assert conn.execute("SELECT DISTINCT source FROM tracks").fetchall() == [("web",)]
     assert conn.execute("SELECT source, error_type FROM _dead_letters").fetchall() == [("web", "missing_event_name")]
+
+
+def test_a_taken_name_is_skipped_and_a_lost_answer_counts_as_done(gcs_bucket, gcs_emulator, monkeypatch):
+    """ifGenerationMatch=0, with GCS's answers played by a fault proxy (the emulator ignores
+    preconditions): a 412 for a name holding other bytes moves on to the next name; a 412 for
+    the retry of an upload whose answer was lost (the connection reset after the upload reached
+    the emulator) finds its own bytes there, and counts as done."""
+    bucket, client = gcs_bucket
+    uploads = lambda method, path: method == "POST" and path.startswith("/upload/")  # noqa: E731
+    with FaultProxy(gcs_emulator.endpoint) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        sink = GcsSink(f"gs://{bucket}/spool/web")
+        names = iter(f"spool/web/20260101T000000-1-aaaaaaaa-00000{n}.jsonl" for n in range(1, 5))
+        sink._name = lambda: next(names)
+        first, second, third = (f"spool/web/20260101T000000-1-aaaaaaaa-00000{n}.jsonl" for n in range(1, 4))
+        client.bucket(bucket).blob(first).upload_from_string(b"someone else's\n")
+
+        async def main():
+            await sink.start()
+            proxy.inject(412, match=uploads)
+            await sink.put([record(1, 0)])  # first is taken: second
+            proxy.inject(Fault.after_forward_reset(), Fault.status(412), match=uploads)
+            await sink.put([record(2, 0)])  # third reached GCS, its answer was lost
+            await sink.close()
+        asyncio.run(main())
+        outcomes = [outcome for method, path, outcome in proxy.requests if uploads(method, path)]
+    assert objects(client, bucket) == {first: b"someone else's\n", second: record(1, 0) + b"\n",
+                                       third: record(2, 0) + b"\n"}
+    assert sink.objects == [second, third]
+    assert outcomes[0] == "412" and "after_forward_reset" in outcomes and outcomes[-1] == "412", outcomes
