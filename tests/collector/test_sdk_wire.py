@@ -346,11 +346,16 @@ def test_analytics_js_drops_an_event_answered_400(capture):
     assert len(server.posts()) == 1
 
 
+BATCHING = {"deliveryStrategy": {"strategy": "batching", "config": {"size": 3, "timeout": 100}}}
+
+
 @pytest.mark.browser
-def test_analytics_js_batching_posts_v1_b_with_an_envelope(capture):
-    server = capture(settings_extra={"deliveryStrategy": {"strategy": "batching",
-                                                          "config": {"size": 3, "timeout": 100}}})
-    ids = sdks.send_analytics_js(server.base_url, KEY, EVENTS[:3])
+@pytest.mark.parametrize("where", ["settings", "load options"])
+def test_analytics_js_batching_posts_v1_b_with_an_envelope(capture, where):
+    """Batching is chosen by the collector's settings or by the site (analytics.load's options)."""
+    server = capture(settings_extra=BATCHING if where == "settings" else {})
+    load_options = {"integrations": {"Segment.io": BATCHING}} if where == "load options" else None
+    ids = sdks.send_analytics_js(server.base_url, KEY, EVENTS[:3], load_options=load_options)
     posts = server.posts()
     assert {p.path for p in posts} == {"/v1/b"}
     assert sorted(i for p in posts for i in batch_ids(p)) == sorted(ids)
