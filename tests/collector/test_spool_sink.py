@@ -283,6 +283,45 @@ def test_a_full_disk_answers_unavailable_and_leaves_no_torn_line(tmp_path, monke
     assert ids(spooled(tmp_path)) == ["0-0", "2-0"]
 
 
+FILE_SIZE_LIMITED = """
+import asyncio, json, resource, signal, sys
+from collector.sinks import SinkUnavailable
+from collector.sinks.spool import SpoolSink
+
+def record(i):
+    return json.dumps({"batch": [{"messageId": str(i)}], "pad": "x" * 1000}).encode()
+
+async def main():
+    sink = SpoolSink(sys.argv[1])
+    await sink.start()
+    await sink.put([record(0)])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2500, resource.RLIM_INFINITY))
+    try:
+        await sink.put([record(1), record(2)])
+        print("accepted")
+    except SinkUnavailable as exc:
+        print("unavailable:", exc)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    await sink.put([record(3)])
+    await sink.close()
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead
+asyncio.run(main())
+"""
+
+
+def test_a_real_short_write_answers_unavailable_and_leaves_no_torn_line(tmp_path):
+    """A fault the kernel produces: past RLIMIT_FSIZE a write lands in part, then fails (EFBIG).
+    The commit's callers get SinkUnavailable, the file is cut back to what was fsynced, and
+    once the limit is lifted the sink takes records again."""
+    done = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMITED, str(tmp_path)], cwd=ROOT, capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().startswith("unavailable: the spool cannot write: File too large")
+    assert [line["batch"][0]["messageId"] for line in spooled(tmp_path)] == ["0", "3"]
+    assert not list(tmp_path.glob("*.open"))
+
+
 def test_a_record_with_a_newline_is_refused_loudly(tmp_path):
     sink = SpoolSink(tmp_path)
 
