@@ -60,6 +60,11 @@ def loader_for(loads, **options) -> EmbeddedLoader:
     return loader
 
 
+def spooled(directory) -> list:
+    """The files in the spool (not its loaded/ and .loading/ directories)."""
+    return sorted(e.name for e in os.scandir(directory) if e.is_file())
+
+
 def count(loads, sql: str):
     return loads.cursor().execute(sql).fetchone()[0]
 
@@ -76,10 +81,11 @@ def test_spool_files_are_stored_and_bad_events_dead_lettered(loads):
     assert count(loads, "SELECT count(*) FROM tracks") == 4
     assert count(loads, "SELECT count(*) FROM tracks WHERE source = 'ios'") == 1
     dead = rows(loads.cursor(), "SELECT error_type, source FROM _dead_letters ORDER BY error_type")
-    assert dead == [{"error_type": "malformed_json", "source": f"file:{second}"},
+    staged = os.path.join(spool, ".loading", os.path.basename(second))  # where the run read it
+    assert dead == [{"error_type": "malformed_json", "source": f"file:{staged}"},
                     {"error_type": "missing_identity", "source": "web"}]
     assert sorted(os.listdir(os.path.join(spool, LOADED_DIR))) == sorted(map(os.path.basename, (first, second)))
-    assert sorted(os.listdir(spool)) == sorted([LOADED_DIR, "20990101T000000-1-000001.jsonl.open"])
+    assert spooled(spool) == ["20990101T000000-1-000001.jsonl.open"]
     totals = loader.totals()
     assert (totals["files"], totals["lines"], totals["events_in_files"]) == (2, 5, 7)
     assert totals["stored"] == 4 and totals["dead_lettered"] == {"malformed_json": 1, "missing_identity": 1}
@@ -191,7 +197,7 @@ def test_a_file_that_keeps_failing_does_not_hold_the_others_back(loads):
     assert loader.run_once()
     assert not loader.run_once()          # the bad one fails again (and waits 10 s now)
     assert loader.run_once()              # the one after it is not held back
-    assert sorted(os.listdir(spool)) == sorted([LOADED_DIR, os.path.basename(bad)])
+    assert spooled(spool) == [os.path.basename(bad)]
     assert count(loads, "SELECT count(*) FROM tracks") == 3
     assert all(not os.path.exists(p) for p in good + [more])
 
@@ -204,7 +210,7 @@ def test_stop_loads_everything_the_spool_holds(loads):
         write_spool(spool, [record([event(n * 10 + k) for k in range(10)])])
         time.sleep(0.05)
     assert loader.stop(timeout=30)
-    assert [n for n in os.listdir(spool) if n != LOADED_DIR] == []
+    assert spooled(spool) == []
     assert count(loads, "SELECT count(*) FROM tracks") == 60
     assert loader.totals()["unaccounted"] == 0
 
@@ -272,7 +278,7 @@ def test_the_sink_spools_rotates_and_loads_on_close(loads):
     totals = sink.totals()
     assert totals["accepted_records"] == totals["lines"] == 20 and totals["unaccounted"] == 0
     assert totals["files"] >= 2
-    assert [n for n in os.listdir(spool_dir_for(loads.path)) if n != LOADED_DIR] == []
+    assert spooled(spool_dir_for(loads.path)) == []
 
 
 def test_events_are_queryable_while_the_loader_runs(loads):
@@ -321,3 +327,17 @@ def test_the_totals_are_prometheus_metrics(loads):
     assert 'sluice_embedded_events_total{outcome="dead_lettered",reason="missing_identity"} 1.0' in text
     assert 'sluice_embedded_events_total{outcome="dropped",reason="empty_batch"} 1.0' in text
     assert "sluice_embedded_unaccounted_events 0.0" in text and "sluice_embedded_runs_total 1.0" in text
+
+
+def test_the_graph_is_built_once_and_files_of_one_name_both_load(loads, tmp_path):
+    one, two = tmp_path / "a", tmp_path / "b"
+    for n, directory in enumerate((one, two)):
+        directory.mkdir()
+        (directory / "same.jsonl").write_bytes(record([event(n)]) + b"\n")
+    first = loads([str(one / "same.jsonl")])
+    built = loads._pipeline
+    second = loads([str(one / "same.jsonl"), str(two / "same.jsonl")])
+    assert loads._pipeline is built
+    assert (first["stored"], second["stored"], second["dropped"]) == (1, 1, {"duplicate": 1})
+    assert os.listdir(loads.staging) == []
+    assert (one / "same.jsonl").exists() and (two / "same.jsonl").exists()  # the caller moves them
