@@ -187,16 +187,29 @@ def _last_line_end(fd: int, size: int, chunk: int = 1 << 16) -> int:
     return 0
 
 
+def _names(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def recover_open_file(path: Path, keep: Optional[int] = None) -> Optional[Path]:
     """Close a `.jsonl.open` file nobody writes: cut it after its last complete line (or at
     `keep` bytes, what its writer knew to be durable), fsync, rename to `.jsonl` (removed when
     nothing is left), fsync the directory. None when another process holds it (a live sink)."""
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # closed by its writer meanwhile
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None
+        if not _names(path, fd):
+            return None  # its writer closed and renamed it between our open and our lock
         size = os.fstat(fd).st_size
         cut = _last_line_end(fd, size) if keep is None else min(keep, size)
         if cut != size:
@@ -204,11 +217,14 @@ def recover_open_file(path: Path, keep: Optional[int] = None) -> Optional[Path]:
             log.warning("spool: %s ended in %d bytes no put was confirmed for; cut", path.name, size - cut)
         os.fsync(fd)
         closed = path.with_name(path.name[:-len(OPEN_SUFFIX)])
-        if cut == 0:
-            os.unlink(path)
-            closed = None
-        else:
-            os.rename(path, closed)
+        try:
+            if cut == 0:
+                os.unlink(path)
+                closed = None
+            else:
+                os.rename(path, closed)
+        except FileNotFoundError:
+            return None  # another sink's start closed it meanwhile
         _fsync_directory(path.parent)
         return closed
     finally:
@@ -321,9 +337,16 @@ class SpoolSink(Sink):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
             except FileExistsError:
                 continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # recovery by another process skips it
+            except BlockingIOError:
+                os.close(fd)  # another sink starting took it for a killed one's (it removes it, empty)
+                continue
+            if not _names(path, fd):
+                os.close(fd)  # ... and already removed it
+                continue
             break
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # recovery by another process skips it
             _fsync_directory(self.directory)  # the file's name survives a crash before its records are acked
         except BaseException:
             os.close(fd)
@@ -331,39 +354,46 @@ class SpoolSink(Sink):
             raise
         self._fd, self._path, self._size, self._opened = fd, path, 0, time.monotonic()
 
-    def _close_file(self) -> None:
-        """Close the open file (its records are all fsynced) and give it its final name."""
+    def _close_file(self, keep: Optional[int] = None) -> None:
+        """Give the open file its final name (removed when empty), the directory fsynced, then
+        close it: the lock is held throughout, so a sink starting beside this one never takes
+        the file for a killed one's. `keep`: cut it to that length first (after a failure)."""
         if self._fd is None:
             return
         fd, path, size = self._fd, self._path, self._size
         self._fd = self._path = None
         closed = path.with_name(path.name[:-len(OPEN_SUFFIX)])
         try:
-            os.close(fd)
-            os.rename(path, closed)
+            if keep is not None:
+                os.ftruncate(fd, keep)
+                os.fsync(fd)
+            if (keep if keep is not None else size) == 0:
+                os.unlink(path)
+                closed = None
+            else:
+                os.rename(path, closed)
             _fsync_directory(self.directory)
         except OSError:
-            if not closed.exists():
+            if path.exists():
                 self._leftovers[path] = size  # closed before a later commit, or by the next start
             raise
-        self.closed_files.append(closed)
+        finally:
+            os.close(fd)
+        if closed is not None:
+            self.closed_files.append(closed)
 
     def _rotate_if_old(self) -> None:
         if self._fd is not None and time.monotonic() - self._opened >= self.max_age_seconds:
             self._close_file()
 
     def _abandon(self) -> None:
-        """After a failed write or fsync: leave the file, remembering how much of it is durable
-        (what follows was never acknowledged, and after a failed fsync the kernel may have
-        dropped it), and close it at that length now or, failing that, before a later commit."""
-        fd, path, size = self._fd, self._path, self._size
-        self._fd = self._path = None
+        """After a failed write or fsync: close the file at the length known durable (what
+        follows was never acknowledged, and after a failed fsync the kernel may have dropped
+        it); if even that fails, it is tried again before each later commit."""
         try:
-            os.close(fd)
+            self._close_file(keep=self._size)
         except OSError:
             pass
-        self._leftovers[path] = size
-        self._close_leftovers()
 
     def _close_leftovers(self) -> None:
         for path, size in list(self._leftovers.items()):

@@ -149,6 +149,42 @@ def test_start_closes_what_a_killed_sink_left_open(tmp_path):
     assert ids(spooled(tmp_path)) == ["1-1", "1-2", "3-1"]
 
 
+def test_sinks_starting_beside_a_live_one_never_take_its_files(tmp_path):
+    """Sinks sharing a directory (server workers, a restart overlapping the old process): each
+    start recovers .open files, racing the live sink that creates a new file for nearly every
+    commit. flock and an inode check keep the live files out of reach: nothing acknowledged
+    is lost or torn."""
+    writer = SpoolSink(tmp_path, max_bytes=300)  # ~2 records a file: new files all the time
+    acked, done = [], False
+
+    async def client(task):
+        for seq in range(40):
+            await writer.put([record(task, seq)])
+            acked.append(f"{task}-{seq}")
+
+    async def restarts():
+        count = 0
+        while not done:
+            other = SpoolSink(tmp_path)
+            await other.start()
+            await other.close()
+            count += 1
+        return count
+
+    async def main():
+        nonlocal done
+        await writer.start()
+        racing = asyncio.ensure_future(restarts())
+        await asyncio.gather(*(client(t) for t in range(25)))
+        done = True
+        count = await racing
+        await writer.close()
+        return count
+    assert run(main()) > 5
+    assert sorted(ids(spooled(tmp_path))) == sorted(acked) and len(acked) == 1000
+    assert not list(tmp_path.glob("*.open"))
+
+
 KILLED_WRITER = """
 import asyncio, json, sys
 from collector.sinks.spool import SpoolSink
