@@ -219,13 +219,7 @@ class P(asyncio.Protocol):
             if len(self.buf) < self.need: return
             self.buf, self.need = self.buf[self.need:], None
             self.t.write(ANSWER)
-async def median(results: list) -> dict:
-    """The round with the median requests/s (its latencies come with it)."""
-    ordered = sorted(results, key=lambda r: r["requests"])
-    return ordered[len(ordered) // 2]
-
-
-def main():
+async def main():
     server = await asyncio.get_running_loop().create_server(P, "127.0.0.1", int(sys.argv[1]))
     await server.serve_forever()
 uvloop.run(main())
