@@ -37,7 +37,8 @@ class Refused(NamedTuple):
     rejection: Rejection
     payload: bytes                 # what the dead letter keeps: the message, or the batch member
     batch_index: Union[int, None] = None
-    source: Union[str, None] = None  # the envelope's source, when it names one (else the message's)
+    source: Union[str, None] = None    # for a batch's: its message's source and position, which
+    position: Union[str, None] = None  # name the envelope's source when it has one (see decode_message)
 
 
 class Dropped(NamedTuple):
@@ -77,13 +78,15 @@ def decode_message(message: RawMessage, received_at: str, limits: DecodeLimits) 
     envelope = isinstance(obj, dict) and "batch" in obj and "type" not in obj
     if envelope:
         named = obj.get("source")
-        if isinstance(named, str) and named:  # the collector's source name: events and dead letters carry it
-            message = message._replace(source=named)
+        if isinstance(named, str) and named and named != message.source:
+            # the collector's source name: events and dead letters carry it; the transport's
+            # moves into the position, so dead-letter ids still tell two files' lines apart
+            message = message._replace(source=named, position=f"{message.source}:{message.position or ''}")
     # {"batch": [...]} takes two levels. A too-deep envelope is refused whole, as one event unit
     # keeping the message's bytes: a member that deep could not even be written back as JSON.
     if jsonutil.deeper_than(obj, limits.max_depth + (2 if envelope else 0), data) or (envelope and any(
             jsonutil.deeper_than(obj.get(k), limits.max_depth - 1) for k in _ENVELOPE_DEFAULTS if k in obj)):
-        yield Refused(_too_deep(limits), message.data, source=message.source)
+        yield Refused(_too_deep(limits), message.data, source=message.source, position=message.position)
         return
     if envelope:
         yield from _split_batch(obj, message, received_at, limits, len(data))
@@ -105,7 +108,7 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
     members = envelope["batch"]
     if not isinstance(members, list):
         yield Refused(Rejection("invalid_batch", f'"batch" must be an array of events, got {_json_kind(members)}'),
-                      message.data, source=message.source)
+                      message.data, None, message.source, message.position)
         return
     if not members:
         yield Dropped("empty_batch")
@@ -116,7 +119,8 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
     for index, member in enumerate(members):
         if not isinstance(member, dict):
             yield Refused(Rejection("not_an_object", f"batch member must be a JSON object, got {_json_kind(member)}",
-                                    {"batch_index": index}), jsonutil.dumps(member), index, message.source)
+                                    {"batch_index": index}), jsonutil.dumps(member), index, message.source,
+                          message.position)
             continue
         if check_each:
             member_size = len(jsonutil.dumps(member))
@@ -124,7 +128,8 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
                 yield Refused(Rejection("payload_too_large",
                                         f"event is {member_size} bytes, over the {limits.max_event_bytes}-byte limit",
                                         {"size_bytes": member_size, "limit_bytes": limits.max_event_bytes,
-                                         "batch_index": index}), jsonutil.dumps(member), index, message.source)
+                                         "batch_index": index}), jsonutil.dumps(member), index, message.source,
+                              message.position)
                 continue
         body = member
         if defaults:
@@ -163,9 +168,11 @@ class DecodeMessagesFn(FallibleFn):
             if isinstance(outcome, Event):
                 outputs.append(outcome)
             elif isinstance(outcome, Refused):
+                named = outcome.source is not None
                 outputs.append(pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
                     "decode", outcome.rejection, outcome.payload, attributes=message.attributes,
-                    source=outcome.source or message.source, received_at=received_at, position=message.position)))
+                    source=outcome.source if named else message.source, received_at=received_at,
+                    position=outcome.position if named else message.position)))
             else:
                 drops.append(outcome.policy)
         metrics.inc("read")  # counted once nothing can fail any more: see transforms.fallible

@@ -31,6 +31,7 @@ RECORDS = [
                      "not an event"]),                                               # not an object
     envelope("app", [track(4), {"type": "page", "anonymousId": "a5", "name": "Home", "messageId": "p5"}]),
     envelope("app", [track(6, event="")]),                                           # an empty name
+    envelope("web", ["not an event"]),  # the same bad member at the same line of another file
 ]
 
 
@@ -38,20 +39,20 @@ def test_every_spooled_event_is_stored_or_dead_lettered_with_its_source(tmp_path
     spool = tmp_path / "spool"
 
     async def write():
-        sink = SpoolSink(spool, max_bytes=600)  # several files
+        sink = SpoolSink(spool, max_bytes=1)  # a file per record: each its line 1
         await sink.start()
-        for record in RECORDS:  # one at a time: each commit past 600 bytes closes its file
+        for record in RECORDS:  # one at a time: each commit closes its file
             await sink.put([record])
         await sink.close()
         return sink.closed_files
     files = asyncio.run(write())
-    assert len(files) >= 2
+    assert len(files) == len(RECORDS)
     (tmp_path / "sluice.yaml").write_text("")
     summary = run(["--input_files", f"{spool}/*.jsonl", "--config", str(tmp_path / "sluice.yaml"),
                    "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"])
     assert summary["conservation"]["holds"], summary
-    assert summary["read"] == len(RECORDS) and summary["events"] == 9
-    assert summary["stored"] == 5 and sum(summary["dead_lettered"].values()) == 4, summary
+    assert summary["read"] == len(RECORDS) and summary["events"] == 10
+    assert summary["stored"] == 5 and sum(summary["dead_lettered"].values()) == 5, summary
 
     import duckdb
     conn = duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True)
@@ -63,4 +64,5 @@ def test_every_spooled_event_is_stored_or_dead_lettered_with_its_source(tmp_path
     assert {r["source"] for r in letters} == {"web", "app"}  # never "file:..."
     by_id = {r["message_id"]: r["source"] for r in letters if r["message_id"]}
     assert by_id == {"bad-name": "web", "bad-id": "web", "t6": "app"}, letters
-    assert sorted(r["error_type"] for r in letters if not r["message_id"]) == ["not_an_object"]
+    # two identical bad members, each line 1 of its file: two dead letters, not one
+    assert sorted(r["error_type"] for r in letters if not r["message_id"]) == ["not_an_object"] * 2
