@@ -120,3 +120,37 @@ def test_the_emulator_stopped_answers_unavailable_then_the_sink_recovers(pubsub_
         assert asyncio.run(main()) == [record(2, 0)]
     finally:
         own.stop()
+
+
+@pytest.mark.slow
+def test_published_records_read_by_the_streaming_job_name_their_source(tmp_path, pubsub_emulator, make_topic):
+    """PubSubSink -> the emulator -> `python -m pipeline --input_subscription` into DuckDB:
+    every event stored or dead-lettered under the source the collector named, not pubsub:..."""
+    import duckdb
+
+    from tests.conftest import rows
+    from tests.integration.test_streaming_pubsub import start, stop, wait_for_summary
+    topic = make_topic("collected")
+    good = [{"type": "track", "event": "E", "userId": "u", "messageId": f"m{i}", "source": "web"} for i in range(5)]
+    records = [json.dumps({"batch": good[:3], "source": "web", "receivedAt": "2026-12-02T10:00:00.000Z"}).encode(),
+               json.dumps({"batch": good[3:] + [{"type": "track", "event": "E", "messageId": "anon"}, 7],
+                           "source": "web", "receivedAt": "2026-12-02T10:00:01.000Z"}).encode()]
+    sink = PubSubSink(topic.path)
+
+    async def send():
+        await sink.start()
+        await sink.put(records, [{"content_type": "application/json"}] * 2)
+        await sink.close()
+    asyncio.run(send())
+    process = start(tmp_path, pubsub_emulator, topic.subscription, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb")
+    wait_for_summary(tmp_path, process, lambda s: s["events"] >= 7 and s["conservation"]["holds"])
+    took, code, out, err = stop(process)
+    assert code == 0, err
+    with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
+        tracks = rows(conn, "SELECT message_id, source, _metadata FROM tracks ORDER BY 1")
+        letters = rows(conn, "SELECT error_type, source FROM _dead_letters ORDER BY 1")
+    assert [(t["message_id"], t["source"]) for t in tracks] == [(f"m{i}", "web") for i in range(5)]
+    assert json.loads(tracks[0]["_metadata"])["attributes"] == {
+        "source": "web", "received_at": "2026-12-02T10:00:00.000Z", "content_type": "application/json"}
+    assert letters == [{"error_type": "missing_identity", "source": "web"},
+                       {"error_type": "not_an_object", "source": "web"}]
