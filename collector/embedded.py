@@ -311,10 +311,10 @@ class EmbeddedSink(Sink):
         self.backlog = sum(count_file(p)[0] for p, _ in self.loader._closed_files())
         self.loader.start()
 
-    async def put(self, records: list) -> None:
+    async def put(self, records: list, attributes: list = None) -> None:
         if self.loader._stop.is_set():
             raise SinkUnavailable("the collector is shutting down", retry_after=5)
-        await self.spool.put(records)
+        await self.spool.put(records, attributes)  # a spool keeps the records only
         self.records += len(records)
 
     async def ready(self) -> bool:

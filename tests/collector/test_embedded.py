@@ -341,3 +341,19 @@ def test_the_graph_is_built_once_and_files_of_one_name_both_load(loads, tmp_path
     assert (first["stored"], second["stored"], second["dropped"]) == (1, 1, {"duplicate": 1})
     assert os.listdir(loads.staging) == []
     assert (one / "same.jsonl").exists() and (two / "same.jsonl").exists()  # the caller moves them
+
+
+def test_the_sink_takes_the_attributes_every_sink_takes(loads):
+    import asyncio
+
+    pytest.importorskip("collector.sinks.spool")
+    sink = EmbeddedSink.for_warehouse(loads.path, loads, limits=loads.limits)
+
+    async def serve():
+        await sink.start()
+        await sink.put([record([event(1)])], [{"source": "web", "received_at": "2026-12-02T10:00:00.000Z",
+                                                "content_type": "application/json"}])
+        await sink.close()
+
+    asyncio.run(serve())
+    assert count(loads, "SELECT count(*) FROM tracks") == 1
