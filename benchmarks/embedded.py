@@ -143,7 +143,7 @@ class Sender(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.rate, self.seconds, self.batch = port, rate, seconds, batch
         self.first, self.stride = first, stride
-        self.sent, self.failed = [], 0
+        self.sent, self.failed, self.latencies = [], 0, []
 
     def run(self):
         auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
@@ -162,10 +162,12 @@ class Sender(threading.Thread):
             sent_ms = int(time.time() * 1000)
             body = json.dumps({"batch": [event(first + k, sent_ms) for k in range(self.batch)]})
             try:
+                began = time.perf_counter()
                 connection.request("POST", "/v1/batch", body, {"Authorization": auth,
                                                                "Content-Type": "application/json"})
                 response = connection.getresponse()
                 response.read()
+                self.latencies.append(time.perf_counter() - began)
                 if response.status == 200:
                     self.sent.append((first, self.batch, sent_ms / 1000))
                 else:
@@ -228,7 +230,9 @@ def bench_serve(work: str, rate: float, seconds: float, batch: int, senders: int
     to_poll = [visible[s][0] - send_at[s] for s in expected if s in visible]
     to_loaded = [visible[s][1] - send_at[s] for s in expected if s in visible]
     events = len(expected)
-    return {"target_events_per_second": rate, "batch": batch, "seconds": seconds,
+    answers = [x for thread in threads for x in thread.latencies]
+    return {"request_seconds": {p: percentile(answers, p) for p in (50, 99, 100)} if answers else {},
+            "target_events_per_second": rate, "batch": batch, "seconds": seconds,
             "events_acknowledged": events, "requests_failed": sum(t.failed for t in threads),
             "sent_events_per_second": events / (send_end - started),
             "rows_seen": sum(1 for s in expected if s in visible),
@@ -272,6 +276,10 @@ def main():
                       f"p99 {latency[99]:.2f} s, max {latency[100]:.2f} s")
                 print(f"  send to loaded_at:             p50 {loaded[50]:.2f} s, p95 {loaded[95]:.2f} s, "
                       f"p99 {loaded[99]:.2f} s, max {loaded[100]:.2f} s")
+            answers = result["request_seconds"]
+            if answers:
+                print(f"  requests answered (200 once fsynced) in: p50 {answers[50] * 1000:.1f} ms, "
+                      f"p99 {answers[99] * 1000:.1f} ms, max {answers[100] * 1000:.1f} ms")
             print(f"  every row {result['last_send_to_all_rows_seconds']:.2f} s after the last send; sustained "
                   f"{result['sustained_events_per_second']:,.0f} events/s send-to-row; SIGTERM to exit "
                   f"{result['stop_seconds']:.2f} s (status {result['exit_code']})")
