@@ -165,6 +165,8 @@ class EmbeddedLoader:
         """Load the closed files that are due, in one run; True when a run succeeded."""
         closed = self._closed_files()
         self._pending = (len(closed), sum(size for _, size in closed))
+        for gone in set(self._failing) - {p for p, _ in closed}:  # removed by hand meanwhile
+            del self._failing[gone]
         self._prune_loaded()
         now = self._clock()
         due = [(p, s) for p, s in closed if ignore_backoff or self._failing.get(p, (0, 0))[1] <= now]
@@ -321,8 +323,10 @@ class EmbeddedSink(Sink):
         return await self.spool.ready()
 
     async def close(self) -> None:
-        await self.spool.close()
-        await asyncio.to_thread(self.loader.stop, self._stop_timeout)
+        try:
+            await self.spool.close()
+        finally:  # whatever the spool could close is loaded; the rest waits in it for the next start
+            await asyncio.to_thread(self.loader.stop, self._stop_timeout)
         _LOG.info("%s", self.loader.report())
         loaded = self.loader.totals()["lines"]
         if loaded != self.records + self.backlog:
