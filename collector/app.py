@@ -67,7 +67,7 @@ class App:
         # Other POST endpoints of the same process (embedded mode: /_sluice/query): path ->
         # `async (client, headers, body) -> (status, headers dict, body)`; bodies read as events' are.
         self.routes = dict(routes or {})
-        # Sinks that publish attributes (Pub/Sub: source, received_at, content_type) take them.
+        # Sinks that take attributes (Pub/Sub publishes source, received_at, content_type) get them.
         self._attributes = "attributes" in inspect.signature(sink.put).parameters
         self.metrics = metrics or Metrics()
         self.limiter = limiter or RateLimiter()
@@ -75,8 +75,6 @@ class App:
         self.body_budget, self.body_bytes = body_budget, 0
         self.trusted = tuple(ipaddress.ip_network(p, strict=False) for p in settings.limits.trusted_proxies)
         self.draining = False   # set by collector.server on SIGTERM: /ready answers 503
-        self._request_counters, self._event_counters, self._byte_counters = {}, {}, {}
-        self._refused_counters = {}
 
     # ------------------------------------------------------------------ ASGI entry
 
@@ -110,7 +108,7 @@ class App:
         except Refusal as refusal:
             await self.refuse(send, refusal, UNKNOWN_SOURCE, origin)
         except Exception:  # noqa: BLE001 - the server keeps serving; the traceback is logged
-            self.metrics.errors.inc()
+            self.metrics.errors += 1
             log.exception("internal error answering %s %s", method, _loggable(path))
             await self.answer(send, 500, orjson.dumps({"success": False, "code": "internal_error",
                                                        "message": "the collector failed to handle the "
@@ -160,19 +158,13 @@ class App:
                     raise Refusal(503, "sink_unavailable", "the collector cannot store events now; "
                                   "send them again later", {"retry-after": str(max(1, int(exc.retry_after)))}) \
                         from None
-                self.metrics.handoff.observe(time.perf_counter() - started)
-                counter = self._event_counters.get(name)
-                if counter is None:
-                    counter = self._event_counters[name] = self.metrics.events.labels(name)
-                counter.inc(accepted.events)
+                self.metrics.observe_handoff(time.perf_counter() - started)
+                self.metrics.events[name] += accepted.events
         except Refusal as refusal:
             await self.refuse(send, refusal, name, origin, cors)
             return
         finally:
-            counter = self._byte_counters.get(name)
-            if counter is None:
-                counter = self._byte_counters[name] = self.metrics.bytes.labels(name)
-            counter.inc(len(body))
+            self.metrics.bytes[name] += len(body)
         await self.answer(send, 200, OK_BODY, name, cors)
 
     async def other(self, handler, scope, receive, send, headers):
@@ -329,11 +321,7 @@ class App:
     # ------------------------------------------------------------------ answers
 
     async def refuse(self, send, refusal: Refusal, source_name: str, origin, cors=None):
-        key = (refusal.status, refusal.code)
-        counter = self._refused_counters.get(key)
-        if counter is None:
-            counter = self._refused_counters[key] = self.metrics.refused.labels(str(refusal.status), refusal.code)
-        counter.inc()
+        self.metrics.refused[refusal.status, refusal.code] += 1
         extra = [(name.encode("latin-1"), str(value).encode("latin-1")) for name, value in refusal.headers.items()]
         if cors:
             extra += cors
@@ -344,11 +332,7 @@ class App:
 
     async def answer(self, send, status: int, body: bytes, source_name: str, extra, content_type=JSON,
                      head: bool = False):
-        key = (source_name, status)
-        counter = self._request_counters.get(key)
-        if counter is None:
-            counter = self._request_counters[key] = self.metrics.requests.labels(source_name, str(status))
-        counter.inc()
+        self.metrics.requests[source_name, status] += 1
         headers = [(b"content-length", str(len(body)).encode())]
         if content_type:
             headers.append((b"content-type", content_type))

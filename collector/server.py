@@ -46,6 +46,7 @@ KEEP_ALIVE_TIMEOUT = 5
 MAX_HEADER_BYTES = 16 * 1024
 MAX_CONNECTIONS = 16384
 BACKLOG = 4096
+SWEEP_SECONDS = 1.0         # how often deadlines are checked: they hold to within this
 DRAIN_SECONDS = 8           # Cloud Run's grace period is 10 s: 8 for requests, the rest for the sink
 
 _TOO_LARGE = (b'{"success":false,"code":"headers_too_large","message":"the request line and headers '
@@ -60,31 +61,18 @@ class BoundedProtocol(HttpToolsProtocol):
 
     header_timeout, body_timeout, max_header_bytes = HEADER_TIMEOUT, BODY_TIMEOUT, MAX_HEADER_BYTES
 
+    # Deadlines are a time on each connection, checked by one sweep a second over the server's
+    # connections (uvicorn's server_state.connections), not a timer per request: arming and
+    # cancelling two timers a request cost more than the rest of this class.
     def connection_made(self, transport):
-        self._deadline = None
         self._header_bytes = 0
         self._refused = False
         super().connection_made(transport)
-        self._arm(self.header_timeout)
-
-    def _arm(self, seconds: float):
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = self.loop.call_later(seconds, self._expired)
-
-    def _disarm(self):
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _expired(self):
-        self._deadline = None
-        if not self.transport.is_closing():
-            self.transport.close()
-
-    def connection_lost(self, exc):
-        self._disarm()
-        super().connection_lost(exc)
+        self._deadline_at = self.loop.time() + self.header_timeout
+        state = self.server_state
+        if not getattr(state, "sluice_sweeping", False):
+            state.sluice_sweeping = True
+            self.loop.call_later(SWEEP_SECONDS, _sweep, self.loop, state)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -98,33 +86,50 @@ class BoundedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
-        if self._deadline is None:
-            self._arm(self.header_timeout)
+        if self._deadline_at is None:
+            self._deadline_at = self.loop.time() + self.header_timeout
 
-    def _count(self, size: int):
-        self._header_bytes += size
-        if self._header_bytes > self.max_header_bytes and not self._refused:
-            self._refused = True
-            self._disarm()
-            self.transport.write(_TOO_LARGE_ANSWER)
-            self.transport.close()
-            raise ConnectionAbortedError("headers too large")   # stops the parser; answered above
+    def _too_large(self):
+        self._refused = True
+        self._deadline_at = None
+        self.transport.write(_TOO_LARGE_ANSWER)
+        self.transport.close()
+        raise ConnectionAbortedError("headers too large")   # stops the parser; answered above
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
+        self._header_bytes += len(url)
+        if self._header_bytes > self.max_header_bytes:
+            self._too_large()
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
+        # uvicorn 0.54's on_header, with the bytes counted
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.max_header_bytes:
+            self._too_large()
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._arm(self.body_timeout)
+        self._deadline_at = self.loop.time() + self.body_timeout
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._deadline_at = None
         super().on_message_complete()
+
+
+def _sweep(loop, state):
+    """Close the connections whose header or body deadline has passed; again in a second."""
+    now = loop.time()
+    for connection in list(state.connections):
+        deadline = getattr(connection, "_deadline_at", None)
+        if deadline is not None and deadline < now and not connection.transport.is_closing():
+            connection._deadline_at = None
+            connection.transport.close()
+    loop.call_later(SWEEP_SECONDS, _sweep, loop, state)
 
 
 class _Server(uvicorn.Server):

@@ -127,7 +127,8 @@ def test_analytics_js_settings_point_back_at_the_collector(collector):
     assert headers["access-control-allow-origin"] == "https://shop.example.com"
     assert request(collector.url + "/v1/projects/key-unknown/settings")[0] == 401
     assert request(collector.url + "/v1/projects/key-off/settings")[0] == 403
-    assert request(collector.url + "/v1/projects/key-web/settings", headers={"Origin": "https://evil.example"})[0] == 403
+    assert request(collector.url + "/v1/projects/key-web/settings",
+                   headers={"Origin": "https://evil.example"})[0] == 403
 
 
 def test_rudderstack_source_config(collector):
@@ -212,7 +213,8 @@ def test_headers_are_bounded(collector):
 def test_a_client_sending_headers_byte_by_byte_is_timed_out(collector):
     """The header deadline (collector.server.HEADER_TIMEOUT, 10 s) cuts a slowloris client,
     and the collector serves others meanwhile."""
-    data = f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('key-server')}\r\n".encode() + b"X-Slow: " + b"a" * 200
+    data = (f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('key-server')}\r\n".encode()
+            + b"X-Slow: " + b"a" * 200)
     started = time.monotonic()
     with socket.create_connection(address(collector.url), timeout=30) as sock:
         closed_after = None
