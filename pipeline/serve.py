@@ -131,7 +131,7 @@ def _serve_embedded(args, settings) -> int:
     import uvloop
 
     from collector import query, server
-    from collector.embedded import EmbeddedSink
+    from collector.embedded import EmbeddedSink, LoaderMetrics
     from pipeline.main import FileLoads
 
     path = args.warehouse[len("duckdb:///"):]
@@ -143,6 +143,7 @@ def _serve_embedded(args, settings) -> int:
         token = query.advertise(path, args.host, address[1])
         advertised.append(token)
         app.routes[query.PATH] = query.QueryEndpoint(loads.cursor, token)
+        app.metrics.registry.register(LoaderMetrics(sink))   # the loader's runs and outcomes on /metrics
 
     try:
         return uvloop.run(server.serve(settings, sink, args.host, args.port,

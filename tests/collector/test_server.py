@@ -443,3 +443,24 @@ def test_help():
     result = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--warehouse duckdb:///PATH" in result.stdout
+
+
+@pytest.mark.slow
+def test_embedded_mode_shows_the_loader_on_metrics_and_loads_everything_at_sigterm(start_collector, tmp_path):
+    import duckdb
+    config, warehouse = write_config(tmp_path), tmp_path / "w.duckdb"
+    collector = start_collector(["--config", str(config), "--warehouse", f"duckdb:///{warehouse}"])
+    ids = [str(uuid.uuid4()) for _ in range(20)]
+    for mid in ids:
+        assert track(collector.url, event={**EVENT, "messageId": mid})[0] == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = request(collector.url + "/metrics")[2].decode()
+        if "sluice_embedded_runs_total" in text and "sluice_embedded_runs_total 0.0" not in text:
+            break
+        time.sleep(0.5)
+    assert "sluice_embedded_records_accepted_total 20.0" in text
+    assert collector.stop() == 0
+    with duckdb.connect(str(warehouse), read_only=True) as db:
+        assert sorted(r[0] for r in db.execute("SELECT message_id FROM tracks").fetchall()) == sorted(ids)
+    assert "embedded, warehouse duckdb:///" in collector.log() and "conservation holds" in collector.log()
