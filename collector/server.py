@@ -25,6 +25,7 @@ A second SIGINT stops waiting for requests in flight.
 """
 import asyncio
 import contextlib
+import errno
 import logging
 import resource
 import signal
@@ -53,6 +54,10 @@ _TOO_LARGE = (b'{"success":false,"code":"headers_too_large","message":"the reque
               b'are over %d bytes"}' % MAX_HEADER_BYTES)
 _TOO_LARGE_ANSWER = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
                      b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_TOO_LARGE)) + _TOO_LARGE
+
+
+class StartError(Exception):
+    """The collector cannot start (the address is taken, the sink cannot open): one line."""
 
 
 class BoundedProtocol(HttpToolsProtocol):
@@ -183,14 +188,24 @@ async def serve(settings: CollectorSettings, sink: Sink, host: str, port: int, d
     """Run the collector until SIGTERM/SIGINT; 0 once drained and the sink closed."""
     _raise_file_limit()
     app = App(settings, sink)
-    sock = listening_socket(host, port)
+    try:
+        sock = listening_socket(host, port)
+    except socket.gaierror as exc:
+        raise StartError(f"--host {host}: not an address to listen on ({exc.strerror})") from None
+    except OSError as exc:
+        option = "--host" if exc.errno == errno.EADDRNOTAVAIL else "--port"
+        raise StartError(f"{option}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     config = uvicorn.Config(
         app, loop="none", http=BoundedProtocol, ws="none", lifespan="off", interface="asgi3",
         access_log=False, log_level="warning", log_config=None, proxy_headers=False, server_header=False,
         timeout_keep_alive=KEEP_ALIVE_TIMEOUT, limit_concurrency=MAX_CONNECTIONS, backlog=BACKLOG,
         timeout_graceful_shutdown=DRAIN_SECONDS)
     server = _Server(config, app)
-    await sink.start()
+    try:
+        await sink.start()
+    except Exception as exc:  # noqa: BLE001 - any reason, named on one line
+        sock.close()
+        raise StartError(f"the sink ({describe_sink}) cannot start: {type(exc).__name__}: {exc}") from exc
     try:
         address = sock.getsockname()
         where = f"http://[{address[0]}]:{address[1]}" if sock.family == socket.AF_INET6 else \

@@ -107,9 +107,10 @@ def main(argv: list) -> int:
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).propagate = False
     log.setLevel(logging.INFO)
+    from collector.server import StartError
     try:
         return _serve(parse_args(argv))
-    except UsageError as exc:
+    except (UsageError, StartError) as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
 

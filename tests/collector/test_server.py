@@ -464,3 +464,22 @@ def test_embedded_mode_shows_the_loader_on_metrics_and_loads_everything_at_sigte
     with duckdb.connect(str(warehouse), read_only=True) as db:
         assert sorted(r[0] for r in db.execute("SELECT message_id FROM tracks").fetchall()) == sorted(ids)
     assert "embedded, warehouse duckdb:///" in collector.log() and "conservation holds" in collector.log()
+
+
+def test_a_taken_port_or_a_sink_that_cannot_start_is_one_line_exit_2(tmp_path):
+    config = write_config(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--config", str(config),
+                                 "--sink", str(tmp_path / "spool"), "--port", str(port)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"sluice: error: --port: cannot listen on 127.0.0.1:{port}: Address already in use")
+    (tmp_path / "file").write_text("")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--config", str(config),
+                             "--sink", str(tmp_path / "file" / "spool"), "--port", "0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "cannot start" in lines[0], result.stderr
