@@ -113,8 +113,12 @@ def _send_python(sdk: str, client_class, base_url, write_key, events, timeout, o
         flushing.join(timeout)
         if flushing.is_alive():
             raise SdkDeliveryError(sdk, f"not flushed within {timeout} s", ids)
+        client.join()  # ends the consumer threads, idle now (at most upload_interval)
     finally:
-        client.join()  # stops the consumer threads (a stopped consumer hands batches back)
+        # On failure, stop the (daemon) consumers without waiting for them: rudder's sleeps in
+        # its backoff for up to minutes and cannot be interrupted.
+        for consumer in client.consumers or ():
+            consumer.pause()
     if errors:
         failed = [message_id for _, batch in errors for message_id in batch]
         raise SdkDeliveryError(sdk, "the SDK gave up", failed, [str(error) for error, _ in errors])
@@ -311,6 +315,10 @@ def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60
     collector = urllib.parse.urlsplit(base_url)
     delivered, console = set(), [] if log is None else log
     sinkhole, pages = _Sinkhole(), _PageServer(page_html.encode())
+    deadline = time.monotonic() + timeout  # one budget for loading and delivering
+
+    def left_ms() -> float:
+        return max(1.0, (deadline - time.monotonic()) * 1000)
 
     def on_response(response):
         request = response.request
@@ -335,10 +343,10 @@ def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60
                 page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
                 page.on("request", lambda r: console.append(f"request: {r.method} {r.url}"))
                 page.on("response", on_response)
-                page.goto(pages.url, wait_until="load", timeout=timeout * 1000)
+                page.goto(pages.url, wait_until="load", timeout=left_ms())
                 try:
                     page.wait_for_function("window.analytics && window.analytics.initialized === true",
-                                           timeout=timeout * 1000)
+                                           timeout=left_ms())
                 except Exception:
                     raise SdkDeliveryError("analytics.js", "did not load (settings?)", sorted(wanted),
                                            console[-20:]) from None
@@ -346,7 +354,6 @@ def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60
                     window.analytics.on('error', (e) => window.__sluiceFailures.push(
                         {messageId: e.ctx && e.ctx.event.messageId, code: e.code, reason: String(e.reason)})); }""")
                 ids = page.evaluate(_CALL_EVENTS, events)
-                deadline = time.monotonic() + timeout
                 while not wanted <= delivered:
                     failures = page.evaluate("window.__sluiceFailures")
                     if failures:

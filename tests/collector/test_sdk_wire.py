@@ -8,6 +8,7 @@ import base64
 import datetime
 import gzip
 import socket
+import time
 
 import pytest
 
@@ -364,3 +365,22 @@ def test_analytics_js_batching_posts_v1_b_with_an_envelope(capture, where):
         assert set(body) == {"writeKey", "batch", "sentAt"} and body["writeKey"] == KEY
         assert post.headers["content-type"] == "text/plain" and post.headers["authorization"] == BASIC
         assert all("sentAt" not in event and event["writeKey"] == KEY for event in body["batch"])
+
+
+# --- the drivers themselves -------------------------------------------------------------------
+
+@pytest.mark.parametrize("send", [
+    sdks.send_segment_python, sdks.send_rudder_python,
+    pytest.param(sdks.send_analytics_node, marks=pytest.mark.node),
+    pytest.param(sdks.send_analytics_js, marks=pytest.mark.browser)], ids=lambda send: send.__name__)
+def test_a_driver_raises_within_its_timeout_when_nothing_answers(send):
+    dead = socket.socket()  # bound, never listening: every connection refused
+    dead.bind(("127.0.0.1", 0))
+    try:
+        started = time.monotonic()
+        with pytest.raises(sdks.SdkDeliveryError) as raised:
+            send(f"http://127.0.0.1:{dead.getsockname()[1]}", KEY, TRACK, timeout=3)
+        assert time.monotonic() - started < 8
+        assert len(raised.value.message_ids) == 1
+    finally:
+        dead.close()
