@@ -18,6 +18,7 @@ SdkDeliveryError naming the messageIds concerned.
 Nothing here reaches beyond 127.0.0.1: the browser sends anything not loopback to a dead proxy
 that records it, and send_analytics_js fails when it recorded anything.
 """
+import atexit
 import copy
 import datetime
 import http.server
@@ -116,9 +117,12 @@ def _send_python(sdk: str, client_class, base_url, write_key, events, timeout, o
         client.join()  # ends the consumer threads, idle now (at most upload_interval)
     finally:
         # On failure, stop the (daemon) consumers without waiting for them: rudder's sleeps in
-        # its backoff for up to minutes and cannot be interrupted.
+        # its backoff for up to minutes and cannot be interrupted. The client registered its join
+        # with atexit, which would make the interpreter wait for that backoff at exit (it did:
+        # pytest hung after the last test); these clients are done, so that is dropped.
         for consumer in client.consumers or ():
             consumer.pause()
+        atexit.unregister(client.join)
     if errors:
         failed = [message_id for _, batch in errors for message_id in batch]
         raise SdkDeliveryError(sdk, "the SDK gave up", failed, [str(error) for error, _ in errors])

@@ -2,12 +2,14 @@
 upgrade that changes it fails here first. The SDKs are unmodified (segment-analytics-python and
 rudder-sdk-python from .venv, @segment/analytics-node and analytics.js from node_modules, the
 latter in Debian's chromium) and send to a capture server on 127.0.0.1 (capture.py) that records
-every request and answers as scripted. /work/notes/sdk-wire.md (and docs) summarise the findings.
+every request and answers as scripted. docs/collector.md says what the collector does about them.
 """
 import base64
 import datetime
 import gzip
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -382,5 +384,26 @@ def test_a_driver_raises_within_its_timeout_when_nothing_answers(send):
             send(f"http://127.0.0.1:{dead.getsockname()[1]}", KEY, TRACK, timeout=3)
         assert time.monotonic() - started < 8
         assert len(raised.value.message_ids) == 1
+    finally:
+        dead.close()
+
+
+def test_a_python_driver_that_gave_up_does_not_hold_the_interpreter_at_exit():
+    """The SDK clients register a join with atexit; after a failed send, rudder's consumer sleeps
+    in its backoff for minutes, and the interpreter (pytest) waited for it at exit."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    code = ("from tests.collector import sdks\n"
+            "for send in (sdks.send_rudder_python, sdks.send_segment_python):\n"
+            "    try:\n"
+            f"        send('http://127.0.0.1:{dead.getsockname()[1]}', 'k', [{{'type': 'track', 'userId': 'u', 'event': 'E'}}],"
+            " timeout=1)\n"
+            "    except sdks.SdkDeliveryError:\n"
+            "        pass\n")
+    try:
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", code], cwd=sdks.ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - started < 20
     finally:
         dead.close()
