@@ -14,7 +14,8 @@ Bounds (uvicorn has none of the first three by itself):
 - request line + headers at most MAX_HEADER_BYTES: past it 431 and the connection closed;
 - an idle keep-alive connection is closed after KEEP_ALIVE_TIMEOUT seconds;
 - at most MAX_CONNECTIONS connections at once (uvicorn's limit_concurrency: past it requests
-  are answered 503, which SDKs retry), BACKLOG connections waiting to be accepted;
+  are answered 503 `too_many_connections` with Retry-After: 1, which SDKs retry), BACKLOG
+  connections waiting to be accepted;
 - bodies: at most max_request_bytes each and the app's body budget in all (collector.app).
 
 Shutdown (SIGTERM or SIGINT): /ready answers 503, the listening socket is closed (no new
@@ -33,6 +34,7 @@ import socket
 import threading
 
 import uvicorn
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from collector.app import App
@@ -54,6 +56,23 @@ _TOO_LARGE = (b'{"success":false,"code":"headers_too_large","message":"the reque
               b'are over %d bytes"}' % MAX_HEADER_BYTES)
 _TOO_LARGE_ANSWER = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
                      b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_TOO_LARGE)) + _TOO_LARGE
+
+
+_BUSY = (b'{"success":false,"code":"too_many_connections","message":"the collector has too many connections '
+         b'now; send again later"}')
+
+
+async def _too_many_connections(scope, receive, send):
+    """What a request past MAX_CONNECTIONS is answered: uvicorn's own answer is a text/plain 503
+    without Retry-After; this one is the collector's JSON refusal, asking to retry in a second."""
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(_BUSY)).encode()),
+        (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": _BUSY})
+
+
+# uvicorn's httptools protocol serves the module's `service_unavailable` app past limit_concurrency.
+httptools_impl.service_unavailable = _too_many_connections
 
 
 class StartError(Exception):

@@ -483,3 +483,29 @@ def test_a_taken_port_or_a_sink_that_cannot_start_is_one_line_exit_2(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "cannot start" in lines[0], result.stderr
+
+
+def test_past_the_connection_limit_requests_are_503_json_with_retry_after(start_collector, tmp_path):
+    script = ("import sys\nimport collector.server\ncollector.server.MAX_CONNECTIONS = 4\n"
+              "from pipeline.main import main\nsys.exit(main(sys.argv[1:]))\n")
+    config = write_config(tmp_path)
+    collector = start_collector(["serve", "--config", str(config), "--sink", str(tmp_path / "spool")],
+                                command=[sys.executable, "-c", script])
+    idle = [socket.create_connection(address(collector.url)) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        status, headers, body = track(collector.url)
+        assert status == 503 and headers["retry-after"] == "1"
+        assert json.loads(body)["code"] == "too_many_connections"
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.2)
+    assert track(collector.url)[0] == 200
+
+
+def test_sigint_drains_and_exits_0_too(collector):
+    assert track(collector.url)[0] == 200
+    collector.process.send_signal(signal.SIGINT)
+    assert collector.process.wait(15) == 0
+    assert len(spool_lines(collector.spool)) == 1
