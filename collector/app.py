@@ -26,7 +26,6 @@ analytics.js can honour a 429's Retry-After. Refusals that name no source (400, 
 the key is known) echo the origin: they hold nothing but the refusal.
 """
 import asyncio
-import inspect
 import ipaddress
 import logging
 import time
@@ -40,11 +39,13 @@ from collector.ratelimit import RateLimiter
 from collector.requests import Refusal, Request, basic_user, find_source, handle, received_at, route
 from collector.settings import CollectorSettings
 from collector.sinks import Sink, SinkUnavailable
+from collector.sinks.pubsub import PubSubSink
 
 log = logging.getLogger("sluice.collector")
 
 JSON = b"application/json"
 OK_BODY = b'{"success":true}'
+OK_HEADERS = [(b"content-length", b"%d" % len(OK_BODY)), (b"content-type", JSON)]
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count"
 EXPOSE_HEADERS = b"Retry-After, X-RateLimit-Reset"
@@ -67,8 +68,9 @@ class App:
         # Other POST endpoints of the same process (embedded mode: /_sluice/query): path ->
         # `async (client, headers, body) -> (status, headers dict, body)`; bodies read as events' are.
         self.routes = dict(routes or {})
-        # Sinks that take attributes (Pub/Sub publishes source, received_at, content_type) get them.
-        self._attributes = "attributes" in inspect.signature(sink.put).parameters
+        # The Pub/Sub sink publishes attributes (source, received_at, content_type); the others
+        # keep only the record, which holds source and receivedAt, so they are not built for them.
+        self._attributes = isinstance(sink, PubSubSink)
         self.metrics = metrics or Metrics()
         self.limiter = limiter or RateLimiter()
         self.max_bytes = settings.limits.max_request_bytes
@@ -165,7 +167,10 @@ class App:
             return
         finally:
             self.metrics.bytes[name] += len(body)
-        await self.answer(send, 200, OK_BODY, name, cors)
+        self.metrics.requests[name, 200] += 1
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": OK_HEADERS + cors if cors else OK_HEADERS})
+        await send({"type": "http.response.body", "body": OK_BODY})
 
     async def other(self, handler, scope, receive, send, headers):
         body = await self.read_body(receive)
