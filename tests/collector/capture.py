@@ -48,8 +48,11 @@ def minimal_settings(write_key: str, api_host: str, **segment_io) -> dict:
 
 
 class CaptureServer:
-    def __init__(self, script=(), expose_headers: bool = True, settings_extra: dict = None):
+    def __init__(self, script=(), expose_headers: bool = True, settings_extra: dict = None,
+                 allow_origin: bool = True, settings_status: int = 200):
         self.script = list(script)
+        self.settings_status = settings_status  # not 200: the settings GET is refused with it
+        self.allow_origin = allow_origin        # False: no Access-Control-Allow-Origin anywhere
         self.expose_headers = expose_headers
         self.settings_extra = settings_extra or {}   # merged into the Segment.io integration's settings
         self.requests: list = []
@@ -77,6 +80,8 @@ class CaptureServer:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
             def _cors(self) -> dict:
+                if not server.allow_origin:
+                    return {}
                 headers = {"Access-Control-Allow-Origin": self.headers.get("Origin") or "*",
                            "Vary": "Origin"}
                 if server.expose_headers:
@@ -120,6 +125,9 @@ class CaptureServer:
                 path = self.path.partition("?")[0]
                 parts = path.strip("/").split("/")
                 if len(parts) == 4 and parts[:2] == ["v1", "projects"] and parts[3] == "settings":
+                    if server.settings_status != 200:
+                        return self._answer(server.settings_status, {"success": False, "code": "refused",
+                                                                     "message": "scripted"}, {}, b"")
                     payload = minimal_settings(urllib.parse.unquote(parts[2]), f"127.0.0.1:{server.port}/v1",
                                                **server.settings_extra)
                     self._answer(200, payload, {}, b"")

@@ -233,7 +233,7 @@ class _PageServer:
     """Serves the test page, the standalone analytics.js (at the path the snippet uses) and the
     build's lazily loaded chunks, on 127.0.0.1: the site a user's browser would load."""
 
-    def __init__(self, page: bytes):
+    def __init__(self, page: bytes, port: int = 0):
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
@@ -265,7 +265,7 @@ class _PageServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -302,13 +302,14 @@ _CALL_EVENTS = """async (events) => {
 
 
 def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60, load_options: dict = None,
-                      log: list = None) -> list:
+                      log: list = None, page_port: int = 0) -> list:
     """analytics.js as a site loads it: the snippet with `analytics._cdn = base_url` (so the
     settings come from {base_url}/v1/projects/{write_key}/settings), the standalone build from
     a local page server, headless chromium. Returns once the collector answered < 400 to a
     request carrying each event (seen on the network). `load_options` become the snippet's
     `_loadOptions` (analytics.load's second argument). `log`, when given, receives what the page
-    printed and every request it made, for a test to look at."""
+    printed and every request it made, for a test to look at. The page's origin is
+    http://127.0.0.1:{page_port} (a free port when 0): set it to test a source's allowed_origins."""
     from playwright.sync_api import sync_playwright
 
     events = _with_ids(events)
@@ -318,7 +319,7 @@ def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60
     page_html = PAGE_TEMPLATE.read_text(encoding="utf-8").replace("/*SLUICE_CONFIG*/null", json.dumps(config))
     collector = urllib.parse.urlsplit(base_url)
     delivered, console = set(), [] if log is None else log
-    sinkhole, pages = _Sinkhole(), _PageServer(page_html.encode())
+    sinkhole, pages = _Sinkhole(), _PageServer(page_html.encode(), page_port)
     deadline = time.monotonic() + timeout  # one budget for loading and delivering
 
     def left_ms() -> float:
@@ -348,12 +349,18 @@ def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60
                 page.on("request", lambda r: console.append(f"request: {r.method} {r.url}"))
                 page.on("response", on_response)
                 page.goto(pages.url, wait_until="load", timeout=left_ms())
-                try:
-                    page.wait_for_function("window.analytics && window.analytics.initialized === true",
-                                           timeout=left_ms())
-                except Exception:
-                    raise SdkDeliveryError("analytics.js", "did not load (settings?)", sorted(wanted),
-                                           console[-20:]) from None
+                # Loaded: the snippet's stub replaced by an initialized Analytics. Failed: analytics.js
+                # logs "[analytics.js] Failed to load Analytics.js" (settings refused, CORS...).
+                while not page.evaluate("!!(window.analytics && window.analytics.initialized === true)"):
+                    failed = any("Failed to load Analytics.js" in line for line in console)
+                    if failed or time.monotonic() > deadline:
+                        if failed:
+                            page.wait_for_timeout(500)  # what it does next (see _Sinkhole) is recorded too
+                        raise SdkDeliveryError("analytics.js", "did not load" if failed else
+                                               f"not loaded within {timeout} s", sorted(wanted),
+                                               [*console[-12:], *(f"beyond 127.0.0.1: {attempt}"
+                                                                  for attempt in sinkhole.attempts)])
+                    page.wait_for_timeout(25)
                 page.evaluate("""() => { window.__sluiceFailures = [];
                     window.analytics.on('error', (e) => window.__sluiceFailures.push(
                         {messageId: e.ctx && e.ctx.event.messageId, code: e.code, reason: String(e.reason)})); }""")

@@ -333,6 +333,20 @@ def test_analytics_js_cannot_see_retry_after_unless_cors_exposes_it(capture):
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("refusal", ["401", "no CORS"])
+def test_analytics_js_without_its_settings_sends_nothing_but_an_error_metric_to_segment(capture, refusal):
+    """A settings answer that is not 2xx, or that the browser may not read (no
+    Access-Control-Allow-Origin), ends analytics.js on that page, and it then posts an
+    `analytics_js.invoke.error` counter to https://api.segment.io/v1/m (here: to the dead proxy)."""
+    server = capture(allow_origin=refusal != "no CORS", settings_status=401 if refusal == "401" else 200)
+    with pytest.raises(sdks.SdkDeliveryError) as raised:
+        sdks.send_analytics_js(server.base_url, KEY, TRACK, timeout=15)
+    assert "did not load" in str(raised.value)
+    assert [(r.method, r.path) for r in server.requests] == [("GET", f"/v1/projects/{KEY}/settings")]
+    assert "beyond 127.0.0.1: CONNECT api.segment.io:443 HTTP/1.1" in raised.value.details
+
+
+@pytest.mark.browser
 def test_analytics_js_retries_a_503(capture):
     server = capture([(503, {})])
     ids = sdks.send_analytics_js(server.base_url, KEY, TRACK)
