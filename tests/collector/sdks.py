@@ -278,7 +278,7 @@ class _PageServer:
 # The page calls the real analytics object (window.analytics once analytics.js has replaced the
 # snippet's stub) with the spec's arguments; identity and the rest go in the options argument,
 # which analytics.js moves to the event (userId, anonymousId, timestamp, messageId) or context.
-_CALL_EVENTS = """async (events) => {
+_CALL_EVENTS = """(events) => {
   const analytics = window.analytics;
   const calls = events.map((e) => {
     const options = {messageId: e.messageId};
@@ -296,8 +296,8 @@ _CALL_EVENTS = """async (events) => {
       default: throw new Error('analytics.js has no method for type ' + e.type);
     }
   });
-  const contexts = await Promise.all(calls);
-  return contexts.map((ctx) => ctx.event.messageId);
+  // Not awaited here: a call's promise may wait for retries; delivery is judged on the network.
+  Promise.all(calls).then((contexts) => { window.__sluiceSent = contexts.map((ctx) => ctx.event.messageId); });
 }"""
 
 
@@ -364,7 +364,7 @@ def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60
                 page.evaluate("""() => { window.__sluiceFailures = [];
                     window.analytics.on('error', (e) => window.__sluiceFailures.push(
                         {messageId: e.ctx && e.ctx.event.messageId, code: e.code, reason: String(e.reason)})); }""")
-                ids = page.evaluate(_CALL_EVENTS, events)
+                page.evaluate(_CALL_EVENTS, events)
                 while not wanted <= delivered:
                     failures = page.evaluate("window.__sluiceFailures")
                     if failures:
@@ -374,6 +374,7 @@ def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60
                         raise SdkDeliveryError("analytics.js", f"not delivered within {timeout} s",
                                                sorted(wanted - delivered), console[-20:])
                     page.wait_for_timeout(25)  # lets playwright dispatch the network events meanwhile
+                ids = [e["messageId"] for e in events]
             finally:
                 browser.close()
     finally:
