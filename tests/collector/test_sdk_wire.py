@@ -186,6 +186,18 @@ def test_rudder_python_ignores_retry_after_and_sends_no_retry_count(capture):
     assert all("x-retry-count" not in p.headers for p in posts)
 
 
+def test_rudder_python_batches_past_segments_500_kb_limit(capture):
+    """rudder-sdk-python caps events and batches at 4 MB, not Segment's 32 KB and 500 KB: 60
+    events of 10 KB go in one request of over 600 KB once inflated (a collector with Segment's
+    limits answers 413, and rudder drops the batch)."""
+    server = capture()
+    big = [{"type": "track", "userId": f"u{i}", "event": "Big", "properties": {"blob": "x" * 10_000}}
+           for i in range(60)]
+    sdks.send_rudder_python(server.base_url, KEY, big, upload_interval=1.5)  # all 60 queued by then
+    [post] = server.posts()
+    assert len(post.events()) == 60 and len(post.body) > 600_000 and len(post.raw) < 100_000
+
+
 def test_rudder_python_drops_a_batch_answered_400(capture):
     server = capture([(400, {})])
     with pytest.raises(sdks.SdkDeliveryError):
