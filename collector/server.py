@@ -157,31 +157,40 @@ def _sweep(loop, state):
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, except that a signal only starts the drain: uvicorn re-raises the
-    signal after its own shutdown, which would kill the process before the sink is closed."""
-
-    def __init__(self, config, app: App):
-        super().__init__(config)
-        self.collector_app = app
+    """uvicorn's server, except that serve() installs the signal handlers itself (uvicorn's own
+    re-raise the signal after its shutdown, which would kill the process before the sink is
+    closed, and are only there while uvicorn serves)."""
 
     @contextlib.contextmanager
     def capture_signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+        yield
 
-    def handle_exit(self, sig, frame):
-        if not self.should_exit:
+
+@contextlib.contextmanager
+def _draining_on_signals(server: _Server, app: App):
+    """SIGTERM/SIGINT from the start (the sink may take a while to open) to the end (the sink
+    may take a while to close): each starts the drain; a second SIGINT stops waiting for the
+    requests in flight (uvicorn's force_exit)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(sig, frame):
+        name = signal.Signals(sig).name
+        if not server.should_exit:
             log.warning("collector: %s received: draining (no new connections, requests in flight "
-                        "finish, then the sink is closed)", signal.Signals(sig).name)
-        self.collector_app.draining = True
-        super().handle_exit(sig, frame)
+                        "finish, then the sink is closed)", name)
+        else:
+            log.warning("collector: %s received while draining", name)
+        app.draining = True
+        server.handle_exit(sig, frame)
+
+    original = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in original.items():
+            signal.signal(sig, handler)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -219,12 +228,17 @@ async def serve(settings: CollectorSettings, sink: Sink, host: str, port: int, d
         access_log=False, log_level="warning", log_config=None, proxy_headers=False, server_header=False,
         timeout_keep_alive=KEEP_ALIVE_TIMEOUT, limit_concurrency=MAX_CONNECTIONS, backlog=BACKLOG,
         timeout_graceful_shutdown=DRAIN_SECONDS)
-    server = _Server(config, app)
-    try:
-        await sink.start()
-    except Exception as exc:  # noqa: BLE001 - any reason, named on one line
-        sock.close()
-        raise StartError(f"the sink ({describe_sink}) cannot start: {type(exc).__name__}: {exc}") from exc
+    server = _Server(config)
+    with _draining_on_signals(server, app):
+        try:
+            await sink.start()
+        except Exception as exc:  # noqa: BLE001 - any reason, named on one line
+            sock.close()
+            raise StartError(f"the sink ({describe_sink}) cannot start: {type(exc).__name__}: {exc}") from exc
+        return await _serve_then_close(server, app, sock, settings, sink, describe_sink, on_listening)
+
+
+async def _serve_then_close(server, app, sock, settings, sink, describe_sink, on_listening) -> int:
     try:
         address = sock.getsockname()
         where = f"http://[{address[0]}]:{address[1]}" if sock.family == socket.AF_INET6 else \
