@@ -513,3 +513,23 @@ def test_sigint_drains_and_exits_0_too(collector):
     collector.process.send_signal(signal.SIGINT)
     assert collector.process.wait(15) == 0
     assert len(spool_lines(collector.spool)) == 1
+
+
+def test_pubsub_sink_one_message_per_request_with_its_attributes(start_collector, make_topic, tmp_path):
+    topic = make_topic("collector")
+    collector = start_collector(["--config", str(write_config(tmp_path)), "--sink", f"pubsub://{topic.path}"])
+    assert "sink pubsub://" in collector.log()
+    assert request(collector.url + "/ready")[0] == 200
+    assert track(collector.url, path="/v1/t", headers={"Content-Type": "text/plain"},
+                 event={**EVENT, "messageId": "one"})[0] == 200
+    body = json.dumps({"batch": [{**EVENT, "messageId": "two"}, {**EVENT, "messageId": "three"}]}).encode()
+    assert request(collector.url + "/v1/batch", "POST", body, {"Authorization": basic("key-server"),
+                                                               "Content-Type": "application/json"})[0] == 200
+    assert collector.stop() == 0
+    messages = sorted(topic.pull_all(), key=lambda m: len(json.loads(m.data)["batch"]))
+    assert [[e["messageId"] for e in json.loads(m.data)["batch"]] for m in messages] == [["one"], ["two", "three"]]
+    assert [dict(m.attributes)["content_type"] for m in messages] == ["text/plain", "application/json"]
+    for message in messages:
+        attributes, record = dict(message.attributes), json.loads(message.data)
+        assert attributes["source"] == record["source"] == "server"
+        assert attributes["received_at"] == record["receivedAt"] and attributes["received_at"].endswith("Z")
