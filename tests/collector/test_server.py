@@ -533,3 +533,15 @@ def test_pubsub_sink_one_message_per_request_with_its_attributes(start_collector
         attributes, record = dict(message.attributes), json.loads(message.data)
         assert attributes["source"] == record["source"] == "server"
         assert attributes["received_at"] == record["receivedAt"] and attributes["received_at"].endswith("Z")
+
+
+def test_gcs_sink_records_land_as_objects(start_collector, gcs_bucket, tmp_path):
+    bucket, client = gcs_bucket
+    collector = start_collector(["--config", str(write_config(tmp_path)), "--sink", f"gs://{bucket}/events/"])
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    for mid in ids:
+        assert track(collector.url, event={**EVENT, "messageId": mid})[0] == 200
+    assert collector.stop() == 0
+    lines = [line for blob in client.bucket(bucket).list_blobs(prefix="events/")
+             for line in blob.download_as_bytes().split(b"\n") if line.strip()]
+    assert sorted(e["messageId"] for line in lines for e in json.loads(line)["batch"]) == sorted(ids)
