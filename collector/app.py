@@ -23,7 +23,10 @@ server-side SDK sends none and is not concerned). Responses to a known source fr
 origin carry `Access-Control-Allow-Origin` (the origin itself, or `*` when the source allows
 any), `Vary: Origin` and `Access-Control-Expose-Headers: Retry-After, X-RateLimit-Reset` so
 analytics.js can honour a 429's Retry-After. Refusals that name no source (400, 401, 413 before
-the key is known) echo the origin: they hold nothing but the refusal.
+the key is known) echo the origin: they hold nothing but the refusal. analytics.js's settings
+(GET /v1/projects/{key}/settings) are answered for any key and origin: refusing them would not
+stop the events (those are refused anyway) but would make analytics.js report its failure to
+api.segment.io from the visitor's browser.
 """
 import asyncio
 import ipaddress
@@ -262,12 +265,19 @@ class App:
             await self.answer(send, 200, self.metrics.render(), UNKNOWN_SOURCE, None,
                               content_type=METRICS_CONTENT_TYPE.encode(), head=head)
         elif path.startswith(_SETTINGS_PREFIX) and path.endswith(_SETTINGS_SUFFIX):
+            # Answered for any key and any origin, refusing only the events: analytics.js that
+            # cannot load its settings (a 401, or an answer without CORS) posts an error counter
+            # to api.segment.io from the visitor's browser. The answer says nothing about the key
+            # (it holds only what the caller sent and where this collector is); the events an
+            # unknown key, a disabled source or another origin then send are refused.
             key = path[len(_SETTINGS_PREFIX):-len(_SETTINGS_SUFFIX)]
-            source = find_source(self.settings, key if key and "/" not in key else None)
+            if not key or "/" in key:
+                raise Refusal(404, "not_found", "no such path: /v1/projects/{writeKey}/settings")
             try:
-                cors = self.cors(source, origin)
-            except Refusal as refusal:
-                return await self.refuse(send, refusal, source.name, origin)
+                name = find_source(self.settings, key).name
+            except Refusal:
+                name = UNKNOWN_SOURCE
+            cors = origin and [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
             host = headers.get("x-forwarded-host") if self._from_proxy(scope) else None
             host = host or headers.get("host") or "%s:%d" % tuple(scope["server"])
             body = orjson.dumps({
@@ -278,7 +288,7 @@ class App:
                 "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {},
                 "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "legacyVideoPluginsEnabled": False,
                 "remotePlugins": []})
-            await self.answer(send, 200, body, source.name, cors, head=head)
+            await self.answer(send, 200, body, name, cors, head=head)
         elif path.rstrip("/") == "/sourceConfig":
             query = parse_qs(scope["query_string"].decode("latin-1"))
             key = (query.get("writeKey") or [None])[0]

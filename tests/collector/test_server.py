@@ -129,10 +129,18 @@ def test_analytics_js_settings_point_back_at_the_collector(collector):
                                                      "protocol": "http"}
     assert settings["metrics"]["sampleRate"] == 0
     assert headers["access-control-allow-origin"] == "https://shop.example.com"
-    assert request(collector.url + "/v1/projects/key-unknown/settings")[0] == 401
-    assert request(collector.url + "/v1/projects/key-off/settings")[0] == 403
-    assert request(collector.url + "/v1/projects/key-web/settings",
-                   headers={"Origin": "https://evil.example"})[0] == 403
+    # Any key, any origin: a refused settings request makes analytics.js report to Segment from
+    # the visitor's browser; the events these keys or origins then send are refused instead.
+    for key, origin in (("key-unknown", "https://shop.example.com"), ("key-off", "https://shop.example.com"),
+                        ("key-web", "https://evil.example")):
+        status, headers, body = request(collector.url + f"/v1/projects/{key}/settings", headers={"Origin": origin})
+        assert status == 200 and headers["access-control-allow-origin"] == origin
+        assert json.loads(body)["integrations"]["Segment.io"]["apiKey"] == key
+    assert track(collector.url, key="key-unknown")[0] == 401
+    assert track(collector.url, key="key-web", headers={"Origin": "https://evil.example"})[0] == 403
+    assert request(collector.url + "/v1/projects//settings")[0] == 404
+    metrics = request(collector.url + "/metrics")[2].decode()
+    assert 'sluice_collector_requests_total{source="web",status="200"} 2.0' in metrics
 
 
 def test_rudderstack_source_config(collector):
