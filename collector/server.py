@@ -65,9 +65,13 @@ _BUSY = (b'{"success":false,"code":"too_many_connections","message":"the collect
 async def _too_many_connections(scope, receive, send):
     """What a request past MAX_CONNECTIONS is answered: uvicorn's own answer is a text/plain 503
     without Retry-After; this one is the collector's JSON refusal, asking to retry in a second."""
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(_BUSY)).encode()),
-        (b"retry-after", b"1"), (b"connection", b"close")]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(_BUSY)).encode()),
+               (b"retry-after", b"1"), (b"connection", b"close")]
+    origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
+    if origin:   # so analytics.js can read the Retry-After
+        headers += [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
+                    (b"access-control-expose-headers", b"Retry-After, X-RateLimit-Reset")]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": _BUSY})
 
 

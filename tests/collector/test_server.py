@@ -506,9 +506,11 @@ def test_past_the_connection_limit_requests_are_503_json_with_retry_after(start_
     idle = [socket.create_connection(address(collector.url)) for _ in range(4)]
     try:
         time.sleep(0.2)
-        status, headers, body = track(collector.url)
+        status, headers, body = track(collector.url, headers={"Origin": "https://shop.example.com"})
         assert status == 503 and headers["retry-after"] == "1"
         assert json.loads(body)["code"] == "too_many_connections"
+        assert headers["access-control-allow-origin"] == "https://shop.example.com"
+        assert "retry-after" in headers["access-control-expose-headers"].lower()
     finally:
         for sock in idle:
             sock.close()
