@@ -555,3 +555,20 @@ def test_gcs_sink_records_land_as_objects(start_collector, gcs_bucket, tmp_path)
     lines = [line for blob in client.bucket(bucket).list_blobs(prefix="events/")
              for line in blob.download_as_bytes().split(b"\n") if line.strip()]
     assert sorted(e["messageId"] for line in lines for e in json.loads(line)["batch"]) == sorted(ids)
+
+
+def test_truncated_bodies_and_garbage_leave_nothing_and_the_server_serving(collector):
+    head = f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('key-server')}\r\n"
+    with socket.create_connection(address(collector.url), timeout=10) as sock:   # gone mid-body
+        sock.sendall((head + "Content-Length: 100\r\n\r\n").encode() + b'{"event": "x"')
+    for garbage in (b"\x00\xff" * 100 + b"\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"POST /v1/track HTTP/1.1\r\n"
+                    b"Content-Length: -5\r\n\r\n", b"POST /v1/track HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"zz\r\n"):
+        answer = raw_exchange(collector.url, garbage)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    body = b'{"event": "\xff\xfe", "userId": "u"}'
+    status, _, _ = request(collector.url + "/v1/track", "POST", body, {"Authorization": basic("key-server")})
+    assert status == 400
+    assert track(collector.url)[0] == 200
+    assert collector.stop() == 0
+    assert len(spool_lines(collector.spool)) == 1
