@@ -215,22 +215,8 @@ def parse(data: bytes):
         reason = " ".join(str(exc).split())[:200]
         raise Refusal(400, "malformed_json", "the body is not valid JSON: " + reason) from None
     if type(body) is not dict:
-        raise Refusal(400, "not_an_object", f"the body must be a JSON object, got {_kind(body)}")
+        raise Refusal(400, "not_an_object", f"the body must be a JSON object, got {jsonutil.kind(body)}")
     return body
-
-
-def _kind(value) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "an object"
-    return "a number"
 
 
 def received_at(now: datetime) -> str:
@@ -290,7 +276,7 @@ def handle(request: Request, settings: CollectorSettings, now: datetime) -> Acce
         events = body.get("batch")
         if type(events) is not list:
             raise Refusal(400, "invalid_batch", f"\"batch\" must be an array of events, got "
-                                                f"{'nothing' if 'batch' not in body else _kind(events)}")
+                                                f"{'nothing' if 'batch' not in body else jsonutil.kind(events)}")
         envelope = body
     count = len(events)
     if count > limits.max_batch_events:
