@@ -1,8 +1,7 @@
-"""The emulator fixtures of tests/integration, for the collector's tests (tests/conftest.py marks
-every test using one `integration` and the emulator's marker)."""
+"""The collector's fixtures. The emulator fixtures (make_topic, gcs_bucket, ...) come from
+tests/integration/fixtures.py, a plugin of tests/conftest.py, which also marks every test using
+one `integration` and the emulator's marker."""
 import pytest
-
-from tests.integration.conftest import gcs_bucket, gcs_emulator, make_topic, pubsub_emulator  # noqa: F401
 
 
 # A real collector (`python -m pipeline serve`, a process of its own on 127.0.0.1 port 0):
