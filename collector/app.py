@@ -244,9 +244,15 @@ class App:
             raise Refusal(404, "not_found", "no such path")
         extra = [(b"allow", ALLOW_METHODS.encode())]
         if origin:
-            extra += [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin"),
+            # The headers asked for are allowed, whatever they are: the RudderStack JS SDK sends
+            # AnonymousId, SentAt and Rsa-* retry headers, and a header an SDK upgrade adds would
+            # otherwise block every event from every browser; the collector acts on none it does
+            # not know, and the answer still goes only to allowed origins (checked on the request).
+            asked = headers.get("access-control-request-headers", "").strip()
+            extra += [(b"access-control-allow-origin", origin.encode("latin-1")),
+                      (b"vary", b"Origin, Access-Control-Request-Headers"),
                       (b"access-control-allow-methods", ALLOW_METHODS.encode()),
-                      (b"access-control-allow-headers", ALLOW_HEADERS.encode()),
+                      (b"access-control-allow-headers", (asked or ALLOW_HEADERS).encode("latin-1")),
                       (b"access-control-max-age", PREFLIGHT_MAX_AGE.encode())]
         await self.answer(send, 204, b"", UNKNOWN_SOURCE, extra, content_type=None)
 
