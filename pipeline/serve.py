@@ -22,9 +22,12 @@ in flight, make everything accepted durable (embedded: loaded), exit 0. docs/col
 """
 import argparse
 import logging
+import signal
 import sys
 
-from pipeline import config as config_module
+# Not pipeline.config or pipeline.main: they import the stages and so Apache Beam (about 1 s and
+# 100 MB), which only embedded mode needs; config_file reads and checks the file without it.
+from pipeline import config_file
 from pipeline.errors import UsageError
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8088
@@ -85,14 +88,37 @@ def _sink(url: str):
 
 
 def settings_of(config_path) -> tuple:
-    """(Config, CollectorSettings with every write key read)."""
-    config = config_module.load(config_path)
-    settings = config_module.resolve_collector(config.collector)
+    """(the config document, CollectorSettings with every write key read). The whole file is
+    checked against the schema, but only `sources:` and `collector:` are typed here: the rest
+    (rules, destinations, contracts) is the pipeline's, checked by the job that reads the sink
+    (embedded mode: by FileLoads, before the server starts). Typing it here would import Beam."""
+    config = (config_file.read(config_path) if config_path else None) or {}
+    config_file.check_schema(config)
+    settings = config_file.resolve_collector(config_file.collector_section(config))
     if not settings.sources:
         raise UsageError(f"--config {config_path}: no sources: the collector would refuse every request; "
                          "add a `sources:` section with a name and write_key each" if config_path else
                          "--config: give a config file with a `sources:` section (the write keys to accept)")
     return config, settings
+
+
+_listened = []   # one True once the server has listened (its own drain handlers took over)
+
+
+def _stop_before_listening(sig, frame):
+    """SIGTERM/SIGINT during start-up (imports, the config, embedded mode's first graph build):
+    nothing is accepted yet, so stop now with status 0 and no traceback, rather than die by the
+    signal (status -15) or print SIGINT's KeyboardInterrupt. collector.server replaces this
+    handler before the sink starts and the socket is served, and puts it back after the sink is
+    closed: a signal then (embedded mode's last clean-up) is ignored, the drain is already done."""
+    if _listened:
+        return
+    log.warning("collector: %s received while starting: stopping (nothing was accepted)", signal.Signals(sig).name)
+    raise SystemExit(0)
+
+
+def _mark_listened(app=None, address=None) -> None:
+    _listened.append(True)
 
 
 def main(argv: list) -> int:
@@ -107,6 +133,8 @@ def main(argv: list) -> int:
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).propagate = False
     log.setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, _stop_before_listening)
+    signal.signal(signal.SIGINT, _stop_before_listening)
     from collector.server import StartError
     try:
         return _serve(parse_args(argv))
@@ -122,7 +150,7 @@ def _serve(args) -> int:
     sink, described = _sink(args.sink) if args.sink is not None else (None, None)  # checked before the config
     _, settings = settings_of(args.config)
     if sink is not None:
-        return uvloop.run(server.serve(settings, sink, args.host, args.port, described))
+        return uvloop.run(server.serve(settings, sink, args.host, args.port, described, _mark_listened))
     return _serve_embedded(args, settings)
 
 
@@ -141,6 +169,7 @@ def _serve_embedded(args, settings) -> int:
     advertised = []
 
     def on_listening(app, address):
+        _mark_listened()
         token = query.advertise(path, args.host, address[1])
         advertised.append(token)
         app.routes[query.PATH] = query.QueryEndpoint(loads.cursor, token)

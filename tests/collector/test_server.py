@@ -572,3 +572,51 @@ def test_truncated_bodies_and_garbage_leave_nothing_and_the_server_serving(colle
     assert track(collector.url)[0] == 200
     assert collector.stop() == 0
     assert len(spool_lines(collector.spool)) == 1
+
+
+# ---------------------------------------------------------------- start-up
+
+def test_the_sink_modes_never_load_apache_beam(collector):
+    """`serve --sink` (the Cloud Run container) must not import Beam: it cost each start about
+    1 s and 130 MB of resident memory, for the embedded mode alone. Beam's compiled modules are
+    shared objects under apache_beam/, mapped into any process that imported it."""
+    import apache_beam.coders.coder_impl  # noqa: F401 - a compiled module: the probe's own proof
+    assert "/apache_beam/" in open("/proc/self/maps").read(), "the probe cannot see Beam where it is loaded"
+    assert track(collector.url)[0] == 200   # a request served: the sink and the app are all imported
+    beam = [line.split()[-1] for line in open(f"/proc/{collector.pid}/maps") if "/apache_beam/" in line]
+    assert not beam, f"the collector loaded Apache Beam: {sorted(set(beam))[:3]}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_during_start_up_exits_0_without_a_traceback(start_collector, tmp_path, sig):
+    """A signal before the server listens: nothing is accepted yet, so a clean exit 0 (not death
+    by the signal, nor SIGINT's KeyboardInterrupt). The start is held deterministically: the
+    write key is a {file} secret on a named pipe, which the collector reads while starting and
+    which has no writer until the test opens one; the signal comes while it waits in the read."""
+    fifo = tmp_path / "write-key"
+    os.mkfifo(fifo)
+    config = write_config(tmp_path, sources=[{"name": "web", "write_key": {"file": str(fifo)}}])
+    collector = start_collector(["--config", str(config), "--sink", str(tmp_path / "spool")], ready=False,
+                                env={"PYTHONFAULTHANDLER": "1"})   # SIGABRT on a hang: its stacks in the log
+    deadline = time.monotonic() + 60   # a hang guard: the collector's open of the pipe is what ends the wait
+    while True:
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)   # ENXIO until the collector opens it to read
+            break
+        except OSError:
+            assert collector.process.poll() is None, collector.log()
+            assert time.monotonic() < deadline, "the collector never read its write key"
+            time.sleep(0.02)
+    try:
+        collector.process.send_signal(sig)
+        try:
+            assert collector.process.wait(30) == 0, collector.log()
+        except subprocess.TimeoutExpired:
+            collector.process.send_signal(signal.SIGABRT)
+            collector.process.wait(30)
+            raise AssertionError(f"no exit within 30 s of {sig.name}:\n{collector.log()}") from None
+    finally:
+        os.close(writer)
+    log = collector.log()
+    assert f"{sig.name} received while starting" in log and "Traceback" not in log, log
+    assert "listening" not in log and not list((tmp_path / "spool").glob("*")), log
