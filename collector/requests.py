@@ -324,7 +324,11 @@ def _record(events: list, envelope: Optional[dict], source: Source, request: Req
         rest = {k: v for k, v in envelope.items() if k not in _ENVELOPE_OWN}
         if rest:
             tail.append(b"," + _dump(rest, None)[1:-1])
-    return b'{"batch":[' + b",".join(parts) + b"".join(tail) + b"}"
+    record = b'{"batch":[' + b",".join(parts) + b"".join(tail) + b"}"
+    if len(record) > limits.largest_record(source.name):  # decode accepts this much: never acknowledge more
+        raise Refusal(413, "request_too_large", f"with the collector's additions the record is {len(record)} "
+                                                f"bytes, over the {limits.largest_record(source.name)}-byte limit")
+    return record
 
 
 _ABSENT = object()

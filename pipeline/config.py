@@ -52,9 +52,11 @@ def validate(document) -> Config:
     streaming = document.get("streaming", {})
     limits = DecodeLimits(decode.get("max_event_bytes", DecodeLimits().max_event_bytes),
                           decode.get("max_batch_bytes", DecodeLimits().max_batch_bytes),
-                          decode.get("max_depth", DecodeLimits().max_depth))
+                          decode.get("max_depth", DecodeLimits().max_depth),
+                          decode.get("max_record_bytes", DecodeLimits().max_record_bytes))
     if limits.max_batch_bytes < limits.max_event_bytes:
         raise UsageError("config: decode.max_batch_bytes: must not be smaller than decode.max_event_bytes")
+    _decode_holds_collector(document, limits)
     contracts = document.get("contracts")
     if contracts is not None:
         contracts = ContractSettings(contracts["directory"], (), contracts.get("unplanned", "allow"),
@@ -74,6 +76,28 @@ def validate(document) -> Config:
                   destinations, warehouse.get("duckdb_memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB),
                   warehouse.get("max_new_columns_per_batch", planner.DEFAULT_MAX_NEW_COLUMNS),
                   collector=collector_section(document))
+
+
+def _decode_holds_collector(document: dict, limits: DecodeLimits) -> None:
+    """A config with a collector (`sources:` or `collector:`) must decode every event the collector
+    can acknowledge: its largest record (request + enrichment) and its largest event. Checked for
+    `serve --warehouse` and for the batch or streaming job reading the collector's records with
+    this config; else those events would be dead letters for sizes the collector itself allowed."""
+    if "sources" not in document and "collector" not in document:
+        return  # no collector: files or another producer's Pub/Sub keep decode's limits as set
+    section = document.get("collector", {})
+    collector = CollectorSettings().limits._replace(**{k: section[k] for k in (
+        "max_event_bytes", "max_request_bytes", "max_batch_events") if k in section})
+    largest = max(collector.largest_record(source["name"]) for source in document.get("sources") or [{"name": ""}])
+    if max(limits.max_batch_bytes, limits.max_record_bytes) < largest:
+        raise UsageError(f"config: decode.max_record_bytes: {limits.max_record_bytes} is smaller than the largest "
+                         f"record the collector can write, {largest} bytes (collector.max_request_bytes and what "
+                         f"it adds to each of collector.max_batch_events events): set it to at least {largest}, "
+                         "here and in the job that reads the collector's records")
+    if limits.max_event_bytes < collector.max_event_bytes:
+        raise UsageError(f"config: decode.max_event_bytes: {limits.max_event_bytes} is smaller than "
+                         f"collector.max_event_bytes, {collector.max_event_bytes}: the collector would acknowledge "
+                         "events the pipeline refuses")
 
 
 def _consent(section, destinations: tuple) -> Optional[ConsentSettings]:

@@ -509,15 +509,16 @@ def test_an_accepted_record_is_what_decode_splits_into_its_events(path, body, co
             assert "writeKey" not in outcome.body and outcome.source == "web"
 
 
-@pytest.mark.xfail(strict=True, reason="decode refuses a record over decode.max_batch_bytes whole; a collector "
-                                       "record is up to ~160 bytes per event larger than its request (see "
-                                       "docs/collector.md, What is kept): the lead decides decode's limit for it")
 def test_a_full_request_within_the_limits_makes_a_record_decode_splits():
+    """The record is larger than decode.max_batch_bytes (the collector's additions): decode
+    still splits it, as a record the collector wrote (decode.max_record_bytes)."""
     from transforms.decode import DecodeLimits, decode_message
     from transforms.messages import Event, RawMessage
     event = {"type": "track", "event": "e", "userId": "u", "properties": {"p": "x" * 120}}
     body = orjson.dumps({"batch": [event] * 2500})
     assert len(body) < SETTINGS.limits.max_request_bytes
     accepted = post("/v1/batch", body)
+    assert DecodeLimits().max_batch_bytes < len(accepted.record) <= SETTINGS.limits.largest_record("web")
     outcomes = list(decode_message(RawMessage(accepted.record, {}, "file:x"), STAMP, DecodeLimits()))
     assert len(outcomes) == 2500 and all(isinstance(o, Event) for o in outcomes)
+    assert {(o.source, o.body["source"]) for o in outcomes} == {("web", "web")}
