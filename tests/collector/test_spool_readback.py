@@ -11,8 +11,9 @@ RECEIVED = "2026-12-02T10:00:00.123Z"
 
 
 def envelope(source: str, events: list) -> bytes:
-    """A record as the collector builds it: the source's name on the envelope and on each event."""
-    batch = [{**e, "source": source, "receivedAt": RECEIVED} if isinstance(e, dict) else e for e in events]
+    """A record as the collector builds it: the source's name on the envelope only (decode gives
+    it to each event, which makes the rows' `source` column)."""
+    batch = [{**e, "receivedAt": RECEIVED} if isinstance(e, dict) else e for e in events]
     return json.dumps({"batch": batch, "source": source, "receivedAt": RECEIVED,
                        "sentAt": "2026-12-02T10:00:00.000Z", "context": {"library": {"name": "analytics.js"}}},
                       separators=(",", ":")).encode()
