@@ -31,18 +31,6 @@ EVENTS = [
 TRACK = EVENTS[:1]
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Nothing here may resolve a name but a loopback one (the SDKs' defaults are Segment's hosts)."""
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in (None, "localhost", "127.0.0.1", "::1"):
-            raise OSError(f"test_sdk_wire: refused to resolve {host}")
-        return real(host, *args, **kwargs)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-
-
 @pytest.fixture
 def capture():
     servers = []
