@@ -419,3 +419,32 @@ def test_a_nearly_full_disk_is_not_ready(tmp_path):
         await cramped.close()
         return answers
     assert run(main()) == (True, False)
+
+
+def test_every_sink_takes_the_attributes_the_server_may_pass(tmp_path):
+    """Sink.put(records, attributes=None) is the interface: the server hands the Pub/Sub sink the
+    request's attributes, and a sink whose put lacked the keyword would fail every request given
+    one (a TypeError, a 500). The spool keeps the record as given, never the attributes."""
+    import inspect
+
+    import collector.embedded  # noqa: F401  (EmbeddedSink, GcsSink and PubSubSink, as Sink's subclasses)
+    import collector.sinks.pubsub  # noqa: F401
+    from collector.sinks import Sink
+
+    def subclasses(cls):
+        return [c for sub in cls.__subclasses__() for c in [sub, *subclasses(sub)]]
+    # the project's sinks, not a test's fake that another module of this process may define
+    found = {cls.__name__: cls for cls in [Sink, *subclasses(Sink)] if cls.__module__.startswith("collector.")}
+    assert {"Sink", "SpoolSink", "GcsSink", "PubSubSink", "EmbeddedSink"} <= set(found)
+    for name, cls in found.items():
+        parameter = inspect.signature(cls.put).parameters.get("attributes")
+        assert parameter is not None and parameter.default is None, name
+    sink = SpoolSink(tmp_path)
+
+    async def main():
+        await sink.start()
+        await sink.put([record(0, 0), record(0, 1)], [{"source": "web", "received_at": "2026-12-02T10:00:00.000Z",
+                                                      "content_type": "text/plain"}] * 2)
+        await sink.close()
+    run(main())
+    assert [path.read_bytes() for path in tmp_path.glob("*.jsonl")] == [record(0, 0) + b"\n" + record(0, 1) + b"\n"]
