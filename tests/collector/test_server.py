@@ -587,6 +587,16 @@ def test_the_sink_modes_never_load_apache_beam(collector):
     assert not beam, f"the collector loaded Apache Beam: {sorted(set(beam))[:3]}"
 
 
+def test_the_sluice_console_script_serves_without_apache_beam_too(start_collector, tmp_path):
+    """`sluice serve`: the function setup.py's console script calls, called as pip's script does."""
+    module, function = re.search(r'"sluice = ([\w.]+):(\w+)"', (ROOT / "setup.py").read_text()).groups()
+    script = f"import sys; from {module} import {function}; sys.argv[0] = 'sluice'; sys.exit({function}())"
+    collector = start_collector(["serve", "--config", str(write_config(tmp_path)), "--sink", str(tmp_path / "spool")],
+                                command=[sys.executable, "-c", script])
+    assert track(collector.url)[0] == 200
+    assert "/apache_beam/" not in open(f"/proc/{collector.pid}/maps").read()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_during_start_up_exits_0_without_a_traceback(start_collector, tmp_path, sig):
     """A signal before the server listens: nothing is accepted yet, so a clean exit 0 (not death
