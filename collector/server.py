@@ -11,7 +11,8 @@ Bounds (uvicorn has none of the first three by itself):
   its first byte (of the connection being opened, for the first request); a client sending
   headers byte by byte is disconnected then;
 - body deadline: the body within BODY_TIMEOUT seconds of the headers;
-- request line + headers at most MAX_HEADER_BYTES: past it 431 and the connection closed;
+- request line + headers at most MAX_HEADER_BYTES: past it 431 and the connection closed (raw
+  bytes are counted as they arrive, so a header line that never ends is cut there too);
 - an idle keep-alive connection is closed after KEEP_ALIVE_TIMEOUT seconds;
 - at most MAX_CONNECTIONS connections at once (uvicorn's limit_concurrency: past it requests
   are answered 503 `too_many_connections` with Retry-After: 1, which SDKs retry), BACKLOG
@@ -95,6 +96,12 @@ class BoundedProtocol(HttpToolsProtocol):
     def connection_made(self, transport):
         self._header_bytes = 0
         self._refused = False
+        # The head's raw bytes, for a header that never ends: httptools keeps a header's name and
+        # value until its line ends and calls on_header only then, so a client sending `X-Big: `
+        # and then endless `a` would be held whole (hundreds of MB) until the header deadline.
+        self._in_head = True        # between a message's first byte and on_headers_complete
+        self._head_raw = 0          # bytes of whole reads that were all head, of the current head
+        self._whole_read_head = True
         super().connection_made(transport)
         self._deadline_at = self.loop.time() + self.header_timeout
         state = self.server_state
@@ -105,7 +112,16 @@ class BoundedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        # A read counts towards the head when every byte of it is head: no part of an earlier
+        # message (its head's end, its body) came first in it. The read in which a message began
+        # after another one's bytes is not counted (one read at most: uvloop's 256 KiB); its
+        # complete headers still are, by on_url/on_header.
+        self._whole_read_head = True
         super().data_received(data)
+        if self._in_head and self._whole_read_head and not self._refused:
+            self._head_raw += len(data)
+            if self._head_raw > self.max_header_bytes:
+                self._refuse_431()
 
     def send_400_response(self, msg: str) -> None:
         if not self.transport.is_closing():
@@ -113,15 +129,20 @@ class BoundedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_bytes = 0
+        self._header_bytes = self._head_raw = 0
+        self._in_head = True
         if self._deadline_at is None:
             self._deadline_at = self.loop.time() + self.header_timeout
 
-    def _too_large(self):
+    def _refuse_431(self):
         self._refused = True
         self._deadline_at = None
-        self.transport.write(_TOO_LARGE_ANSWER)
-        self.transport.close()
+        if not self.transport.is_closing():
+            self.transport.write(_TOO_LARGE_ANSWER)
+            self.transport.close()
+
+    def _too_large(self):
+        self._refuse_431()
         raise ConnectionAbortedError("headers too large")   # stops the parser; answered above
 
     def on_url(self, url: bytes) -> None:
@@ -141,10 +162,16 @@ class BoundedProtocol(HttpToolsProtocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = self._whole_read_head = False
         self._deadline_at = self.loop.time() + self.body_timeout
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        self._whole_read_head = False
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
+        self._whole_read_head = False
         self._deadline_at = None
         super().on_message_complete()
 

@@ -222,6 +222,60 @@ def test_headers_are_bounded(collector):
     assert request(collector.url + "/health")[0] == 200
 
 
+def test_a_header_that_never_ends_is_431_at_the_bound_not_held_in_memory(collector):
+    """httptools keeps a header's name and value until it ends, and calls back only then: a
+    client sending `X-Big: ` and then megabytes of `a` must be cut at the header bound, as
+    raw bytes, not held (it grew the server by 27 MB a connection-second) until the header
+    deadline. A normal request is served meanwhile; pipelined keep-alive heads still count."""
+    before = collector.rss_peak_kb()
+    chunk, cap = b"a" * 65536, 8 * 1024 * 1024
+    head = f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('key-server')}\r\nX-Big: ".encode()
+    event = json.dumps({**EVENT, "messageId": "pipelined"}).encode()
+    ok = (f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('key-server')}\r\n"
+          f"Content-Type: application/json\r\nContent-Length: {len(event)}\r\n\r\n").encode() + event
+    for prefix in (b"", ok):   # a fresh connection; one whose first request came in the same read
+        socks = [socket.create_connection(address(collector.url), timeout=30) for _ in range(8)]
+        try:
+            answers, sent = [], []
+            for sock in socks:
+                sock.sendall(prefix + head)
+                total, answer = 0, b""
+                sock.setblocking(False)
+                while total < cap and b"HTTP/1.1 431" not in answer:
+                    try:
+                        total += sock.send(chunk)
+                    except BlockingIOError:
+                        pass
+                    except (BrokenPipeError, ConnectionResetError):
+                        break
+                    try:
+                        answer += sock.recv(65536)
+                    except BlockingIOError:
+                        pass
+                    except ConnectionResetError:
+                        break
+                sock.settimeout(30)   # a hang guard: the server closes after its 431
+                try:
+                    while data := sock.recv(65536):
+                        answer += data
+                except (ConnectionResetError, socket.timeout):
+                    pass
+                answers.append(answer)
+                sent.append(total)
+                assert track(collector.url)[0] == 200
+            for answer, total in zip(answers, sent):
+                # (after a pipelined request the 431 may come first: the connection closes with it)
+                assert b"HTTP/1.1 431" in answer, (answer[:300], f"{total:,} bytes sent")
+        finally:
+            for sock in socks:
+                sock.close()
+    peak = collector.rss_peak_kb()
+    # (the bytes a client sent say little: loopback's socket buffers take megabytes unread)
+    assert peak - before < 24 * 1024, f"peak RSS {before / 1024:.0f} MB before, {peak / 1024:.0f} MB after"
+    assert request(collector.url + "/health")[0] == 200
+    print(f"peak RSS {before / 1024:.0f} MB before, {peak / 1024:.0f} MB after; sent {sent}")
+
+
 def test_a_client_sending_headers_byte_by_byte_is_timed_out(collector):
     """The header deadline (collector.server.HEADER_TIMEOUT, 10 s) cuts a slowloris client,
     and the collector serves others meanwhile."""
