@@ -46,6 +46,42 @@ _SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 40, 40
 
 
+# A value is never echoed in an error when it may hold a secret: when a key of its path, or a
+# key anywhere inside it, is one of these words (write_key, headers, signing_secret, a webhook
+# url, a future debugger.token...), or when it is in `sources` and not one of a source's plain
+# settings (`sources: {name: web, write_key: K}` or `sources: [[web, K]]` hold a key where no
+# key is expected). jsonschema's messages start with the value; the rest of the message is kept.
+_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "credential", "auth", "header", "cookie",
+                 "salt", "url")
+_PLAIN_SOURCE_KEYS = frozenset({"name", "enabled", "rate_limit", "events_per_second", "burst", "allowed_origins"})
+
+
+def _secret_like(name) -> bool:
+    return isinstance(name, str) and any(word in name.lower() for word in _SECRET_WORDS)
+
+
+def _holds_secret_key(value, depth: int = 0) -> bool:
+    if depth > MAX_DEPTH:
+        return True
+    if isinstance(value, dict):
+        return any(_secret_like(k) or _holds_secret_key(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_secret_key(v, depth + 1) for v in value)
+    return False
+
+
+def _value_hidden(error: jsonschema.ValidationError) -> bool:
+    path = list(error.absolute_path)
+    if any(_secret_like(part) for part in path) or _holds_secret_key(error.instance):
+        return True
+    if path and path[0] == "sources":
+        named = [part for part in path if isinstance(part, str)][1:]
+        plain = bool(named) and named[-1] in _PLAIN_SOURCE_KEYS and all(n in _PLAIN_SOURCE_KEYS for n in named)
+        return not plain or (isinstance(error.instance, (dict, list)) and bool(error.instance)
+                             and named[-1] != "allowed_origins")
+    return False
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         return "unknown key"
@@ -53,7 +89,12 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return "must be a non-empty string or a secret {env: VAR} / {file: PATH}"
     if error.validator in ("maxItems", "maxProperties"):
         return f"at most {error.validator_value:,} allowed, found {len(error.instance):,}"
+    if error.validator in ("required", "dependentRequired"):   # names keys, never a value
+        return error.message
     whole = repr(error.instance)
+    if _value_hidden(error):
+        rest = error.message[len(whole):].strip() if error.message.startswith(whole) else "is not valid here"
+        return f"the value {rest} (not shown: it may hold a secret)"
     if len(whole) > 80 and error.message.startswith(whole):
         return _SHORT.repr(error.instance) + error.message[len(whole):]
     return error.message

@@ -77,7 +77,7 @@ def test_sections_are_typed_and_secrets_read_only_when_resolved(tmp_path):
      "config: sources[0].rate_limit.burst: 0 is less than the minimum of 1"),
     ("sources:\n  - {name: a, write_key: x, allowed_origins: []}\n", {},
      "config: sources[0].allowed_origins: [] should be non-empty"),
-    ("sources: {name: a}\n", {}, "config: sources: {'name': 'a'} is not of type 'array'"),
+    ("sources: {name: a}\n", {}, "config: sources: the value is not of type 'array' (not shown"),
     ("collector:\n  max_events: 3\n", {}, "config: collector.max_events: unknown key"),
     ("collector:\n  max_request_bytes: 100\n", {},
      "config: collector.max_request_bytes: must not be smaller than collector.max_event_bytes"),
@@ -119,6 +119,23 @@ def test_a_bad_sources_section_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     [line] = error_lines(result)
     assert line == "sluice: error: config: sources[1].name: web is already the name of sources[0]"
+
+
+@pytest.mark.parametrize("text", [
+    "sources: {name: web, write_key: SECRETKEY123}\n",        # a mapping where the list belongs
+    "sources: [[web, SECRETKEY123]]\n",                       # a list where each source's mapping belongs
+    "sources: [SECRETKEY123]\n",
+    "sources:\n  - {name: web, write_key: x, rate_limit: [SECRETKEY123]}\n",
+    "destinations:\n  - {name: d, type: webhook, url: 'https://h.example/SECRETKEY123', headers: [SECRETKEY123]}\n",
+])
+def test_a_misplaced_secret_is_never_echoed_in_the_one_line_error(tmp_path, text):
+    path = tmp_path / "sluice.yaml"
+    path.write_text(text)
+    result = sluice("--input_files", str(SAMPLE), "--config", str(path))
+    assert result.returncode == 2, result.stderr
+    [line] = error_lines(result)
+    assert line.startswith("sluice: error: config: ") and "not shown" in line, line
+    assert "SECRETKEY123" not in result.stderr + result.stdout
 
 
 def test_the_sample_config_reads(monkeypatch):
