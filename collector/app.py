@@ -33,7 +33,7 @@ import ipaddress
 import logging
 import time
 from datetime import datetime, timezone
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
@@ -52,6 +52,9 @@ OK_HEADERS = [(b"content-length", b"%d" % len(OK_BODY)), (b"content-type", JSON)
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count"
 EXPOSE_HEADERS = b"Retry-After, X-RateLimit-Reset"
+# Settings and sourceConfig answers depend on the request (its Host when no public_url is set,
+# its Origin): a shared cache must not keep one for other visitors.
+NO_STORE = b"no-store"
 PREFLIGHT_MAX_AGE = "86400"   # browsers cap it (Chrome: 2 h); a day asks for as much as they allow
 # Bodies held in memory at once, across requests: past it a request is answered 503 (retried by
 # every SDK) instead of buffered. With uvicorn's own buffer (64 KiB a connection before it stops
@@ -79,6 +82,9 @@ class App:
         self.max_bytes = settings.limits.max_request_bytes
         self.body_budget, self.body_bytes = body_budget, 0
         self.trusted = tuple(ipaddress.ip_network(p, strict=False) for p in settings.limits.trusted_proxies)
+        # collector.public_url: (host[/path], scheme) for analytics.js's settings, never the client's Host
+        public = urlsplit(settings.public_url) if settings.public_url else None
+        self.public = (public.netloc + public.path.rstrip("/"), public.scheme) if public else None
         self.draining = False   # set by collector.server on SIGTERM: /ready answers 503
 
     # ------------------------------------------------------------------ ASGI entry
@@ -283,18 +289,23 @@ class App:
                 name = find_source(self.settings, key).name
             except Refusal:
                 name = UNKNOWN_SOURCE
-            cors = origin and [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
-            host = headers.get("x-forwarded-host") if self._from_proxy(scope) else None
-            host = host or headers.get("host") or "%s:%d" % tuple(scope["server"])
+            extra = [(b"cache-control", NO_STORE)]
+            if origin:
+                extra += [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+            if self.public:
+                host, protocol = self.public
+            else:   # reached directly (loopback, an IP address): where this request came in
+                host = headers.get("x-forwarded-host") if self._from_proxy(scope) else None
+                host = host or headers.get("host") or "%s:%d" % tuple(scope["server"])
+                protocol = self._protocol(scope, headers)
             body = orjson.dumps({
-                "integrations": {"Segment.io": {"apiKey": key, "apiHost": f"{host}/v1",
-                                                "protocol": self._protocol(scope, headers)}},
+                "integrations": {"Segment.io": {"apiKey": key, "apiHost": f"{host}/v1", "protocol": protocol}},
                 "plan": {"track": {"__default": {"enabled": True}}, "identify": {"__default": {"enabled": True}},
                          "group": {"__default": {"enabled": True}}},
                 "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {},
                 "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "legacyVideoPluginsEnabled": False,
                 "remotePlugins": []})
-            await self.answer(send, 200, body, name, cors, head=head)
+            await self.answer(send, 200, body, name, extra, head=head)
         elif path.rstrip("/") == "/sourceConfig":
             query = parse_qs(scope["query_string"].decode("latin-1"))
             key = (query.get("writeKey") or [None])[0]
@@ -309,7 +320,8 @@ class App:
                 "id": source.name, "name": source.name, "config": {}, "enabled": True,
                 "destinations": [], "workspaceId": "sluice",
                 "sourceDefinition": {"id": "sluice", "name": "Javascript", "category": None}}})
-            await self.answer(send, 200, body, source.name, cors, head=head)
+            await self.answer(send, 200, body, source.name, [(b"cache-control", NO_STORE)] + (cors or []),
+                              head=head)
         else:
             raise Refusal(404, "not_found", "no such path")
 

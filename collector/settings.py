@@ -45,3 +45,6 @@ class CollectorLimits(NamedTuple):
 class CollectorSettings(NamedTuple):
     sources: tuple = ()
     limits: CollectorLimits = CollectorLimits()
+    # Where browsers reach the collector (collector.public_url, no trailing '/'): analytics.js's
+    # settings point there. "" answers with the request's own Host and scheme.
+    public_url: str = ""

@@ -158,7 +158,7 @@ def collector_section(document) -> CollectorSettings:
                                         rate.get("burst", RateLimit().burst)),
                               tuple(spec.get("allowed_origins", Source("", "").allowed_origins))))
     _unique_write_keys(sources)
-    return CollectorSettings(tuple(sources), limits)
+    return CollectorSettings(tuple(sources), limits, section.get("public_url", "").rstrip("/"))
 
 
 def resolve_collector(settings: CollectorSettings, environ=None) -> CollectorSettings:

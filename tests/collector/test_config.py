@@ -26,6 +26,7 @@ collector:
   max_request_bytes: 100000
   max_batch_events: 10
   trusted_proxies: [10.0.0.0/8, 192.0.2.1, "2001:db8::/32"]
+  public_url: https://collect.example.com/
 """
 
 
@@ -51,6 +52,7 @@ def test_sections_are_typed_and_secrets_read_only_when_resolved(tmp_path):
     resolved = config.resolve_collector(settings, {"SLUICE_TEST_BACKEND_KEY": "wk_backend_env"})
     assert [s.write_key for s in resolved.sources] == ["wk_web_plain", "wk_backend_env", "wk_mobile_from_file"]
     assert resolved.limits == settings.limits
+    assert resolved.public_url == "https://collect.example.com"   # apiHost gets "/v1" appended
 
 
 @pytest.mark.parametrize("text, environ, expected", [
@@ -79,6 +81,8 @@ def test_sections_are_typed_and_secrets_read_only_when_resolved(tmp_path):
      "config: sources[0].allowed_origins: [] should be non-empty"),
     ("sources: {name: a}\n", {}, "config: sources: the value is not of type 'array' (not shown"),
     ("collector:\n  max_events: 3\n", {}, "config: collector.max_events: unknown key"),
+    ("collector:\n  public_url: collect.example.com\n", {}, "config: collector.public_url: the value does not match"),
+    ("collector:\n  public_url: 'https://collect.example.com?x=1'\n", {}, "config: collector.public_url: the value"),
     ("collector:\n  max_request_bytes: 100\n", {},
      "config: collector.max_request_bytes: must not be smaller than collector.max_event_bytes"),
     ("collector:\n  max_batch_events: 0\n", {}, "config: collector.max_batch_events: 0 is less than the minimum of 1"),

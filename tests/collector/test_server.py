@@ -129,6 +129,7 @@ def test_analytics_js_settings_point_back_at_the_collector(collector):
                                                      "protocol": "http"}
     assert settings["metrics"]["sampleRate"] == 0
     assert headers["access-control-allow-origin"] == "https://shop.example.com"
+    assert headers["cache-control"] == "no-store"   # it depends on the request's Host and Origin
     # Any key, any origin: a refused settings request makes analytics.js report to Segment from
     # the visitor's browser; the events these keys or origins then send are refused instead.
     for key, origin in (("key-unknown", "https://shop.example.com"), ("key-off", "https://shop.example.com"),
@@ -141,6 +142,24 @@ def test_analytics_js_settings_point_back_at_the_collector(collector):
     assert request(collector.url + "/v1/projects//settings")[0] == 404
     metrics = request(collector.url + "/metrics")[2].decode()
     assert 'sluice_collector_requests_total{source="web",status="200"} 2.0' in metrics
+
+
+def test_behind_tls_termination_the_settings_name_the_public_url_whatever_the_host(start_collector, tmp_path):
+    """On Cloud Run TLS ends before the container: the request is http and its Host is whatever
+    the client sent. collector.public_url is what analytics.js is told to send to, never a Host
+    header a client (or a cache in between) chose."""
+    config = write_config(tmp_path, collector={"public_url": "https://collect.example.com/"})
+    collector = start_collector(["--config", str(config), "--sink", str(tmp_path / "spool")])
+    with socket.create_connection(address(collector.url), timeout=10) as sock:
+        sock.sendall(b"GET /v1/projects/key-web/settings HTTP/1.1\r\nHost: evil.example\r\n"
+                     b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example\r\n\r\n")
+        answer = read_answer(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"cache-control: no-store" in head.lower(), head
+    assert json.loads(body)["integrations"]["Segment.io"] == {"apiKey": "key-web", "protocol": "https",
+                                                              "apiHost": "collect.example.com/v1"}
+    status, headers, _ = request(collector.url + "/sourceConfig/?writeKey=key-server")
+    assert status == 200 and headers["cache-control"] == "no-store"
 
 
 def test_rudderstack_source_config(collector):
