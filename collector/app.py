@@ -39,7 +39,8 @@ import orjson
 
 from collector.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, UNKNOWN_SOURCE, Metrics
 from collector.ratelimit import RateLimiter
-from collector.requests import Refusal, Request, basic_user, find_source, handle, received_at, route
+from collector.requests import (Refusal, Request, basic_user, find_source, handle, received_at, route,
+                                source_before_body)
 from collector.settings import CollectorSettings
 from collector.sinks import Sink, SinkUnavailable
 from collector.sinks.pubsub import PubSubSink
@@ -134,6 +135,11 @@ class App:
             return await self.other(other, scope, receive, send, headers)
         if route(path) is None:
             raise Refusal(404, "not_found", "no such path: events go to POST /v1/batch, /v1/track, ...")
+        try:   # a key in the headers is judged before the body is read (or counted in the body budget)
+            source_before_body(path, scope["query_string"].decode("latin-1"), headers, self.settings)
+        except Refusal as refusal:
+            refusal.headers = {**refusal.headers, "connection": "close"}   # the body is left unread
+            raise
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             raise self._too_large(int(length))

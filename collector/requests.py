@@ -229,6 +229,22 @@ def received_at(now: datetime) -> str:
 
 # --- the request ------------------------------------------------------------------------------------
 
+def source_before_body(path: str, query: str, headers: dict, settings: CollectorSettings) -> Optional[Source]:
+    """The source a request names before its body: HTTP Basic, or a beacon's ?writeKey=; None when
+    only the body can say. Refusal 401/403 for a key that is malformed, unknown or disabled: the
+    app calls this before it reads the body, so a wrong key costs no reading, inflating or parsing."""
+    found = route(path)
+    if found is None or found[0] is _METRICS:   # /v1/m is answered whatever it carries
+        return None
+    write_key = None
+    authorization = headers.get("authorization")
+    if authorization:
+        write_key = basic_user(authorization)
+    if not write_key and query and found[0] is _BEACON:
+        write_key = (parse_qs(query).get("writeKey") or [None])[0]
+    return find_source(settings, write_key) if write_key else None
+
+
 def handle(request: Request, settings: CollectorSettings, now: datetime) -> Accepted:
     """Judge one request to an event path: Accepted, or raise Refusal. See the module docstring."""
     found = route(request.path)
@@ -243,13 +259,7 @@ def handle(request: Request, settings: CollectorSettings, now: datetime) -> Acce
     headers = request.headers
 
     # Auth from the headers (or the beacon's query) first: an unknown key costs no inflating or parsing.
-    write_key = None
-    authorization = headers.get("authorization")
-    if authorization:
-        write_key = basic_user(authorization)
-    if not write_key and kind is _BEACON and request.query:
-        write_key = (parse_qs(request.query).get("writeKey") or [None])[0]
-    source = find_source(settings, write_key) if write_key else None
+    source = source_before_body(request.path, request.query, headers, settings)
 
     data = request.body
     encoding = headers.get("content-encoding")

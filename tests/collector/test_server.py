@@ -234,6 +234,25 @@ def test_413_before_the_rest_of_the_body_is_read(collector):
     assert track(collector.url)[0] == 200
 
 
+@pytest.mark.parametrize("authorization, status, code", [
+    (basic("key-unknown"), 401, b"invalid_write_key"), (basic("key-off"), 403, b"source_disabled"),
+    ("Basic %%%", 401, b"malformed_authorization")])
+def test_a_wrong_basic_key_is_refused_before_the_body_is_read(collector, authorization, status, code):
+    """The client sends only the head of a request declaring 400,000 bytes (under the limit):
+    the answer comes without a byte of the body, and the connection is closed (it is unread)."""
+    with socket.create_connection(address(collector.url), timeout=10) as sock:   # a hang guard
+        sock.sendall(f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: 400000\r\n\r\n".encode())
+        try:
+            answer = read_answer(sock)
+        except socket.timeout:
+            raise AssertionError("no answer: the server waited for the body") from None
+        assert answer.startswith(b"HTTP/1.1 %d" % status) and code in answer, answer[:300]
+        assert b"connection: close" in answer.lower()
+        assert sock.recv(10) == b""
+    assert track(collector.url)[0] == 200
+
+
 def test_headers_are_bounded(collector):
     answer = raw_exchange(collector.url, b"GET /health HTTP/1.1\r\nHost: x\r\n" +
                           b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000) for i in range(40)) + b"\r\n")
