@@ -29,6 +29,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
@@ -57,6 +58,11 @@ def check_records(records) -> int:
             raise ValueError("a record must be one line: it holds a newline (a bug in the caller)")
         total += len(record)
     return total
+
+
+# How many of the latest closed files (spool) or objects (GCS) a sink remembers, for tests and
+# debugging: a collector runs for weeks, closing a file every few seconds.
+RECENT_NAMES = 100
 
 
 class GroupCommit:
@@ -252,7 +258,8 @@ class SpoolSink(Sink):
         self._probed = (float("-inf"), False)
         self._started = self._closing = False
         self._ager: Optional[asyncio.Task] = None
-        self.closed_files: list = []        # every file this sink closed, in order
+        self.closed_files = deque(maxlen=RECENT_NAMES)   # the latest files this sink closed, in order
+        self.files_closed = 0                            # and how many it closed in all
 
     # -- the loop's side --------------------------------------------------------------------
     async def start(self) -> None:
@@ -381,6 +388,7 @@ class SpoolSink(Sink):
             os.close(fd)
         if closed is not None:
             self.closed_files.append(closed)
+            self.files_closed += 1
 
     def _rotate_if_old(self) -> None:
         if self._fd is not None and time.monotonic() - self._opened >= self.max_age_seconds:
@@ -406,6 +414,7 @@ class SpoolSink(Sink):
             del self._leftovers[path]
             if closed is not None:
                 self.closed_files.append(closed)
+                self.files_closed += 1
 
     def _commit(self, records: list) -> None:
         data = b"\n".join(records) + b"\n"
@@ -472,7 +481,8 @@ class GcsSink(Sink):
         self._seq = 0
         self._ready_cache = (float("-inf"), False)
         self._started = self._closing = False
-        self.objects: list = []  # names of the objects this sink wrote, in order
+        self.objects = deque(maxlen=RECENT_NAMES)   # names of the latest objects this sink wrote, in order
+        self.objects_written = 0                    # and how many it wrote in all
 
     async def start(self) -> None:
         if self._client is None:
@@ -541,6 +551,7 @@ class GcsSink(Sink):
         else:
             raise SinkUnavailable("GCS refused 5 new object names (ifGenerationMatch=0 failed)")
         self.objects.append(name)
+        self.objects_written += 1
 
 
 def _same_content(blob, data: bytes) -> bool:

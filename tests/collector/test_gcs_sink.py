@@ -124,5 +124,5 @@ def test_a_taken_name_is_skipped_and_a_lost_answer_counts_as_done(gcs_bucket, gc
         outcomes = [outcome for method, path, outcome in proxy.requests if uploads(method, path)]
     assert objects(client, bucket) == {first: b"someone else's\n", second: record(1, 0) + b"\n",
                                        third: record(2, 0) + b"\n"}
-    assert sink.objects == [second, third]
+    assert list(sink.objects) == [second, third] and sink.objects_written == 2
     assert outcomes[0] == "412" and "after_forward_reset" in outcomes and outcomes[-1] == "412", outcomes

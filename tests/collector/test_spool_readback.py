@@ -45,7 +45,7 @@ def test_every_spooled_event_is_stored_or_dead_lettered_with_its_source(tmp_path
         for record in RECORDS:  # one at a time: each commit closes its file
             await sink.put([record])
         await sink.close()
-        return sink.closed_files
+        return list(sink.closed_files)
     files = asyncio.run(write())
     assert len(files) == len(RECORDS)
     (tmp_path / "sluice.yaml").write_text("")

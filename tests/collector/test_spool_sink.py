@@ -101,9 +101,26 @@ def test_files_rotate_by_size_with_names_sorted_by_time(tmp_path):
     files = sorted(tmp_path.glob("*.jsonl"))
     assert len(files) >= 8 and all(p.stat().st_size <= 1000 for p in files)
     assert ids(spooled(tmp_path)) == [f"0-{s}" for s in range(40)]  # name order is write order
-    assert files == sink.closed_files
+    assert files == list(sink.closed_files) and sink.files_closed == len(files)
     pid = str(os.getpid())
     assert all(NAME.match(p.name) and p.name.split("-")[1] == pid for p in files)
+
+
+def test_the_closed_files_remembered_are_the_latest_few(tmp_path, monkeypatch):
+    """A collector closes a file every few seconds for weeks: the sink keeps the latest names
+    (collector.sinks.spool.RECENT_NAMES) and a count, not every name."""
+    from collector.sinks import spool
+    monkeypatch.setattr(spool, "RECENT_NAMES", 3)
+    sink = SpoolSink(tmp_path, max_bytes=1)   # a file per put
+
+    async def main():
+        await sink.start()
+        for seq in range(7):
+            await sink.put([record(0, seq)])
+        await sink.close()
+    run(main())
+    files = sorted(tmp_path.glob("*.jsonl"))
+    assert len(files) == sink.files_closed == 7 and list(sink.closed_files) == files[-3:]
 
 
 def test_a_file_is_closed_by_age_with_no_further_puts(tmp_path):
