@@ -171,7 +171,10 @@ class App:
                             "content_type": headers.get("content-type", "")}])
                     else:
                         await self.sink.put([accepted.record])
-                except SinkUnavailable as exc:
+                except Exception as exc:   # nothing kept: the tokens go back, for the SDK's retry
+                    self.limiter.give_back(source, accepted.events)
+                    if not isinstance(exc, SinkUnavailable):
+                        raise
                     raise Refusal(503, "sink_unavailable", "the collector cannot store events now; "
                                   "send them again later", {"retry-after": str(max(1, int(exc.retry_after)))}) \
                         from None
