@@ -155,8 +155,8 @@ class App:
         finally:
             self.body_bytes -= len(body)
         source = accepted.source
-        if source is None:      # /v1/m: answered, ignored
-            await self.answer(send, 200, OK_BODY, UNKNOWN_SOURCE, None)
+        if source is None:      # /v1/m: answered, ignored (with CORS: else the browser reports an error)
+            await self.answer(send, 200, OK_BODY, UNKNOWN_SOURCE, echo_cors(origin))
             return
         name, cors = source.name, None
         try:
@@ -365,11 +365,7 @@ class App:
     async def refuse(self, send, refusal: Refusal, source_name: str, origin, cors=None):
         self.metrics.refused[refusal.status, refusal.code] += 1
         extra = [(name.encode("latin-1"), str(value).encode("latin-1")) for name, value in refusal.headers.items()]
-        if cors:
-            extra += cors
-        elif origin:
-            extra += [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin"),
-                      (b"access-control-expose-headers", EXPOSE_HEADERS)]
+        extra += cors or echo_cors(origin) or []
         await self.answer(send, refusal.status, refusal.body(), source_name, extra)
 
     async def answer(self, send, status: int, body: bytes, source_name: str, extra, content_type=JSON,
@@ -382,6 +378,16 @@ class App:
             headers += extra
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def echo_cors(origin):
+    """The CORS headers of an answer that names no source and holds nothing but its status (a
+    refusal before the key is known, /v1/m, a 431): the origin echoed, so the browser's SDK can
+    read the status and Retry-After instead of reporting a CORS error. None without an Origin."""
+    if not origin:
+        return None
+    return [(b"access-control-allow-origin", origin.encode("latin-1") if isinstance(origin, str) else origin),
+            (b"vary", b"Origin"), (b"access-control-expose-headers", EXPOSE_HEADERS)]
 
 
 def _loggable(path: str) -> str:

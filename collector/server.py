@@ -38,7 +38,7 @@ import uvicorn
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from collector.app import App
+from collector.app import App, echo_cors
 from collector.settings import CollectorSettings
 from collector.sinks import Sink
 
@@ -55,8 +55,14 @@ DRAIN_SECONDS = 8           # Cloud Run's grace period is 10 s: 8 for requests, 
 
 _TOO_LARGE = (b'{"success":false,"code":"headers_too_large","message":"the request line and headers '
               b'are over %d bytes"}' % MAX_HEADER_BYTES)
-_TOO_LARGE_ANSWER = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                     b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_TOO_LARGE)) + _TOO_LARGE
+
+
+def _too_large_answer(origin) -> bytes:
+    """The 431, with CORS headers for a browser's request (its Origin, when it came before the
+    bound): without them the SDK sees a CORS error, not the status."""
+    cors = b"".join(name + b": " + value + b"\r\n" for name, value in echo_cors(origin) or [])
+    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n%s\r\n" % (len(_TOO_LARGE), cors)) + _TOO_LARGE
 
 
 _BUSY = (b'{"success":false,"code":"too_many_connections","message":"the collector has too many connections '
@@ -138,7 +144,8 @@ class BoundedProtocol(HttpToolsProtocol):
         self._refused = True
         self._deadline_at = None
         if not self.transport.is_closing():
-            self.transport.write(_TOO_LARGE_ANSWER)
+            origin = next((value for name, value in self.headers or () if name == b"origin"), None)
+            self.transport.write(_too_large_answer(origin))
             self.transport.close()
 
     def _too_large(self):

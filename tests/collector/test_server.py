@@ -84,6 +84,10 @@ def test_refusals_are_json_with_their_status(collector):
     assert request(collector.url + "/v1/nowhere", "POST", b"{}")[0] == 404
     assert request(collector.url + "/v1/track", "PUT", b"{}")[0] == 405
     assert request(collector.url + "/v1/m", "POST", b'{"series": []}')[0] == 200
+    # analytics.js posts its metrics from the page: without CORS headers the browser reports an error
+    status, headers, _ = request(collector.url + "/v1/m", "POST", b'{"series": []}',
+                                 {"Origin": "https://shop.example.com", "Content-Type": "text/plain"})
+    assert status == 200 and headers["access-control-allow-origin"] == "https://shop.example.com"
 
 
 def test_rate_limit_429_with_retry_after(collector):
@@ -257,7 +261,14 @@ def test_headers_are_bounded(collector):
     answer = raw_exchange(collector.url, b"GET /health HTTP/1.1\r\nHost: x\r\n" +
                           b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000) for i in range(40)) + b"\r\n")
     assert answer.startswith(b"HTTP/1.1 431")
+    assert b"access-control-allow-origin" not in answer.lower()
     assert request(collector.url + "/health")[0] == 200
+    # A browser's request: the 431 carries CORS headers, or the SDK sees a CORS error, not the status
+    answer = raw_exchange(collector.url, b"POST /v1/t HTTP/1.1\r\nHost: x\r\nOrigin: https://shop.example.com\r\n" +
+                          b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000) for i in range(40)) + b"\r\n")
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 431") and b"access-control-allow-origin: https://shop.example.com" in head
+    assert b"retry-after" in head.split(b"access-control-expose-headers:")[1].split(b"\r\n")[0]
 
 
 def test_a_header_that_never_ends_is_431_at_the_bound_not_held_in_memory(collector):
