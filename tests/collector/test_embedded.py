@@ -12,7 +12,7 @@ import duckdb
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from collector.embedded import EmbeddedLoader, EmbeddedSink, LOADED_DIR, count_file, spool_dir_for
+from collector.embedded import EmbeddedLoader, EmbeddedSink, LOADED_DIR, count_file, count_lines, spool_dir_for
 from pipeline.errors import UsageError
 from pipeline.main import FileLoads
 from tests.conftest import ROOT, rows
@@ -97,6 +97,15 @@ def test_spool_files_are_stored_and_bad_events_dead_lettered(loads):
 def test_count_file_counts_as_decode_does(tmp_path):
     path = write_spool(tmp_path, [record([event(1), event(2), event(3)]), b"", b"not json", record([])])
     assert count_file(path) == (4, 6)
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", b"a\n\nb\n", b"a\nb", b"x" * (3 << 20) + b"\ny"])
+def test_count_lines_counts_the_lines_count_file_does_without_decoding(tmp_path, data):
+    """EmbeddedSink.start counts a previous run's backlog with it (decoding every line took the
+    event loop for seconds on a large backlog)."""
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(data)
+    assert count_lines(path) == count_file(path)[0]
 
 
 class FaultyRunner(FnApiRunner):
