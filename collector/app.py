@@ -29,7 +29,6 @@ stop the events (those are refused anyway) but would make analytics.js report it
 api.segment.io from the visitor's browser.
 """
 import asyncio
-import ipaddress
 import logging
 import time
 from datetime import datetime, timezone
@@ -39,8 +38,8 @@ import orjson
 
 from collector.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, UNKNOWN_SOURCE, Metrics
 from collector.ratelimit import RateLimiter
-from collector.requests import (Refusal, Request, basic_user, find_source, handle, received_at, route,
-                                source_before_body)
+from collector.requests import (Refusal, Request, basic_user, find_source, from_trusted_proxy, handle,
+                                received_at, route, source_before_body, trusted_networks)
 from collector.settings import CollectorSettings
 from collector.sinks import Sink, SinkUnavailable
 from collector.sinks.pubsub import PubSubSink
@@ -82,7 +81,6 @@ class App:
         self.limiter = limiter or RateLimiter()
         self.max_bytes = settings.limits.max_request_bytes
         self.body_budget, self.body_bytes = body_budget, 0
-        self.trusted = tuple(ipaddress.ip_network(p, strict=False) for p in settings.limits.trusted_proxies)
         # collector.public_url: (host[/path], scheme) for analytics.js's settings, never the client's Host
         public = urlsplit(settings.public_url) if settings.public_url else None
         self.public = (public.netloc + public.path.rstrip("/"), public.scheme) if public else None
@@ -125,7 +123,7 @@ class App:
             await self.answer(send, 500, orjson.dumps({"success": False, "code": "internal_error",
                                                        "message": "the collector failed to handle the "
                                                                   "request; it was logged"}),
-                              UNKNOWN_SOURCE, origin and [(b"access-control-allow-origin", origin.encode())])
+                              UNKNOWN_SOURCE, echo_cors(origin))
 
     # ------------------------------------------------------------------ events
 
@@ -251,8 +249,7 @@ class App:
         else:
             raise Refusal(403, "origin_not_allowed", f"source {source.name} does not accept events from "
                                                      f"this page's origin")
-        return [(b"access-control-allow-origin", value.encode("latin-1")), (b"vary", b"Origin"),
-                (b"access-control-expose-headers", EXPOSE_HEADERS)]
+        return echo_cors(value)
 
     async def preflight(self, send, path, headers, origin):
         if not (route(path) or path.startswith(_SETTINGS_PREFIX) or path.rstrip("/") == "/sourceConfig"):
@@ -298,9 +295,7 @@ class App:
                 name = find_source(self.settings, key).name
             except Refusal:
                 name = UNKNOWN_SOURCE
-            extra = [(b"cache-control", NO_STORE)]
-            if origin:
-                extra += [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+            extra = [(b"cache-control", NO_STORE)] + (echo_cors(origin) or [])
             if self.public:
                 host, protocol = self.public
             else:   # reached directly (loopback, an IP address): where this request came in
@@ -343,13 +338,7 @@ class App:
 
     def _from_proxy(self, scope) -> bool:
         client = scope.get("client")
-        if not self.trusted or not client:
-            return False
-        try:
-            address = ipaddress.ip_address(client[0])
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted)
+        return from_trusted_proxy(client[0] if client else "", trusted_networks(self.settings))
 
     def _protocol(self, scope, headers) -> str:
         """http or https as the SDK should send: X-Forwarded-Proto from a trusted proxy (Cloud
@@ -381,9 +370,11 @@ class App:
 
 
 def echo_cors(origin):
-    """The CORS headers of an answer that names no source and holds nothing but its status (a
-    refusal before the key is known, /v1/m, a 431): the origin echoed, so the browser's SDK can
-    read the status and Retry-After instead of reporting a CORS error. None without an Origin."""
+    """The CORS headers of an answer to `origin` (str or bytes; `*` for a source allowing any):
+    an allowed source's answers, and those that name no source and hold nothing but their status
+    (a refusal before the key is known, /v1/m, a 431, a 503 past the connection limit), so the
+    browser's SDK can read the status and Retry-After instead of reporting a CORS error. None
+    without an Origin. (A preflight's answer is built in App.preflight.)"""
     if not origin:
         return None
     return [(b"access-control-allow-origin", origin.encode("latin-1") if isinstance(origin, str) else origin),

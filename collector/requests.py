@@ -147,15 +147,26 @@ def _parse_ip(text: str):
         return None
 
 
+def trusted_networks(settings: CollectorSettings) -> tuple:
+    """collector.trusted_proxies as networks, parsed once per settings object (the app's
+    X-Forwarded-Proto/-Host and client_ip's X-Forwarded-For both ask)."""
+    return _prepare(settings)[2]
+
+
+def from_trusted_proxy(peer: str, networks: tuple) -> bool:
+    """Whether the connection's peer address is one of the trusted proxies."""
+    if not networks or not peer:
+        return False
+    address = _parse_ip(peer)
+    return address is not None and any(address in n for n in networks)
+
+
 def client_ip(request: Request, networks: tuple) -> str:
     """The address the events came from: the peer, unless the peer is a trusted proxy; then the
     right-most X-Forwarded-For address that is not a trusted proxy (addresses further left
     were written by the client and prove nothing). When every hop is trusted, the left-most;
     a hop that is not an address stops the walk at the last trusted one."""
-    if not networks or not request.client:
-        return request.client
-    peer = _parse_ip(request.client)
-    if peer is None or not any(peer in n for n in networks):
+    if not from_trusted_proxy(request.client, networks):
         return request.client
     forwarded = request.headers.get("x-forwarded-for", "")
     last = request.client

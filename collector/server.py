@@ -75,9 +75,7 @@ async def _too_many_connections(scope, receive, send):
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(_BUSY)).encode()),
                (b"retry-after", b"1"), (b"connection", b"close")]
     origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
-    if origin:   # so analytics.js can read the Retry-After
-        headers += [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
-                    (b"access-control-expose-headers", b"Retry-After, X-RateLimit-Reset")]
+    headers += echo_cors(origin) or []   # so analytics.js can read the Retry-After
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": _BUSY})
 

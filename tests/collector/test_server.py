@@ -166,6 +166,20 @@ def test_behind_tls_termination_the_settings_name_the_public_url_whatever_the_ho
     assert status == 200 and headers["cache-control"] == "no-store"
 
 
+def test_without_public_url_a_trusted_proxy_names_the_scheme_and_host(start_collector, tmp_path):
+    """No public_url: X-Forwarded-Proto and -Host are believed from a trusted proxy only (here the
+    test, on 127.0.0.1), as X-Forwarded-For is (one parsing of trusted_proxies serves both)."""
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "collect.example.com"}
+    for proxies, expected in ((["127.0.0.1"], ("collect.example.com/v1", "https")), (["10.0.0.0/8"], None)):
+        config = write_config(tmp_path, collector={"trusted_proxies": proxies})
+        collector = start_collector(["--config", str(config), "--sink", str(tmp_path / "spool")])
+        status, _, body = request(collector.url + "/v1/projects/key-web/settings", headers=forwarded)
+        segment = json.loads(body)["integrations"]["Segment.io"]
+        host, port = address(collector.url)
+        assert (segment["apiHost"], segment["protocol"]) == (expected or (f"{host}:{port}/v1", "http"))
+        assert collector.stop() == 0
+
+
 def test_rudderstack_source_config(collector):
     status, _, body = request(collector.url + "/sourceConfig/?p=npm&v=3.0&writeKey=key-server")
     source = json.loads(body)["source"]
