@@ -28,12 +28,16 @@ _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Sluice RudderStack JS test page</title>
 <script>
   // Playwright does not show a sendBeacon's body (a Blob): the page keeps a copy of each, so the
-  // driver can tell which events the collector's answers to /beacon/ acknowledged.
+  // driver can tell which events the collector's answers to /beacon/ acknowledged. Its slot is
+  // taken as the beacon is sent (the Blob is read later): the count of beacons is never behind.
   window.__sluiceBeacons = [];
   var realSendBeacon = navigator.sendBeacon.bind(navigator);
   navigator.sendBeacon = function (url, data) {
     var queued = realSendBeacon(url, data);
-    if (queued) { new Response(data).text().then(function (text) { window.__sluiceBeacons.push(text); }); }
+    if (queued) {
+      var slot = window.__sluiceBeacons.push(null) - 1;
+      new Response(data).text().then(function (text) { window.__sluiceBeacons[slot] = text; });
+    }
     return queued;
   };
 </script>
@@ -107,12 +111,15 @@ class _Site:
 
 
 def send_rudderstack_js(base_url: str, write_key: str, events, timeout: float = 30, load_options: dict = None,
-                        log: list = None, page_port: int = 0) -> list:
+                        log: list = None, page_port: int = 0, deliver_timeout: float = 60) -> list:
     """The events sent by the RudderStack JS SDK in chromium from a page on
     http://127.0.0.1:{page_port}; returns their messageIds (the SDK's) once the collector answered
     < 400 to a request carrying each (seen on the network). Supported: track, identify, page,
     group, alias with their spec fields and anonymousId, context, integrations (a userId comes
-    from identify, as in the SDK). `log` receives the page's console and every request and answer."""
+    from identify, as in the SDK). `log` receives the page's console and every request and answer.
+    Hang guards: `timeout` seconds for chromium to start and the SDK to be ready, then
+    `deliver_timeout` seconds more for the events to be answered (each its own: a loaded machine
+    slow to start chromium leaves the delivery its full time)."""
     from playwright.sync_api import sync_playwright
 
     config = {"writeKey": write_key, "dataPlaneUrl": base_url.rstrip("/"), "configUrl": base_url.rstrip("/"),
@@ -143,13 +150,14 @@ def send_rudderstack_js(base_url: str, write_key: str, events, timeout: float = 
         elif request.post_data_buffer:
             take(request.post_data_buffer)
 
-    def take_beacons(page):
-        """Every beacon acknowledged 2xx: the events of every beacon sent so far are delivered."""
-        if beacons_acknowledged[0]:
-            sent = page.evaluate("window.__sluiceBeacons")
-            if beacons_acknowledged[0] >= len(sent):
-                for body in sent:
-                    take(body.encode())
+    def take_beacons(page) -> list:
+        """Every beacon acknowledged 2xx and read: the events of every beacon sent so far are
+        delivered. The beacons' bodies as read so far (None: not yet)."""
+        sent = page.evaluate("window.__sluiceBeacons")
+        if beacons_acknowledged[0] and beacons_acknowledged[0] >= len(sent) and None not in sent:
+            for body in sent:
+                take(body.encode())
+        return sent
 
     try:
         with sync_playwright() as playwright:
@@ -176,11 +184,15 @@ def send_rudderstack_js(base_url: str, write_key: str, events, timeout: float = 
                 ids = page.evaluate(_CALL_EVENTS, list(events))
                 if len(ids) != len(events):
                     raise SdkDeliveryError("RudderStack JS", "not every call was queued", ids, console[-12:])
+                deadline = time.monotonic() + deliver_timeout
                 while not set(ids) <= delivered:
-                    take_beacons(page)
+                    beacons = take_beacons(page)
                     if time.monotonic() > deadline:
-                        raise SdkDeliveryError("RudderStack JS", f"not delivered within {timeout} s",
-                                               sorted(set(ids) - delivered), console[-20:])
+                        raise SdkDeliveryError(
+                            "RudderStack JS", f"not delivered within {deliver_timeout} s of the calls",
+                            sorted(set(ids) - delivered),
+                            [f"beacons: {len(beacons)} sent, {beacons_acknowledged[0]} answered 2xx: {beacons}",
+                             *console[-20:]])
                     page.wait_for_timeout(25)   # lets playwright dispatch the network events meanwhile
             finally:
                 browser.close()
