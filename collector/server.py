@@ -11,6 +11,9 @@ Bounds (uvicorn has none of the first three by itself):
   its first byte (of the connection being opened, for the first request); a client sending
   headers byte by byte is disconnected then;
 - body deadline: the body within BODY_TIMEOUT seconds of the headers;
+- both deadlines are the client's: a connection whose bytes wait unread in the kernel when its
+  deadline passes is kept (the server was too busy to read them: 10,000 connections on a loaded
+  2-core machine), and cut at a later sweep that finds nothing unread;
 - request line + headers at most MAX_HEADER_BYTES: past it 431 and the connection closed (raw
   bytes are counted as they arrive, so a header line that never ends is cut there too);
 - an idle keep-alive connection is closed after KEEP_ALIVE_TIMEOUT seconds;
@@ -28,10 +31,13 @@ A second SIGINT stops waiting for requests in flight.
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import resource
 import signal
 import socket
+import struct
+import termios
 import threading
 
 import uvicorn
@@ -181,12 +187,29 @@ class BoundedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
+def _unread(connection) -> bool:
+    """Whether bytes the client sent wait in the kernel, not yet read by this process."""
+    try:
+        fd = connection.transport.get_extra_info("socket").fileno()
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def _sweep(loop, state):
-    """Close the connections whose header or body deadline has passed; again in a second."""
+    """Close the connections whose header or body deadline has passed; again in a second.
+
+    One whose bytes wait unread is spared: the sweep is a timer, and libuv runs timers before it
+    polls for reads, so after the loop was busy for a while (thousands of requests at once on a
+    loaded machine) a request that arrived seconds before its deadline is still in the kernel.
+    Closing it would drop, unanswered, a request the client sent in time (638 of 10,000 in a
+    test under load). Its deadline stays passed: the next sweep cuts it if the bytes read were
+    not the rest of its head or body, so a slow client gains only as long as the server lags."""
     now = loop.time()
     for connection in list(state.connections):
         deadline = getattr(connection, "_deadline_at", None)
-        if deadline is not None and deadline < now and not connection.transport.is_closing():
+        if deadline is not None and deadline < now and not connection.transport.is_closing() \
+                and not _unread(connection):
             connection._deadline_at = None
             connection.transport.close()
     loop.call_later(SWEEP_SECONDS, _sweep, loop, state)
