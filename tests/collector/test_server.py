@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -803,6 +804,13 @@ def test_a_stop_during_start_up_exits_0_without_a_traceback(start_collector, tmp
             assert collector.process.poll() is None, collector.log()
             assert time.monotonic() < deadline, "the collector never read its write key"
             time.sleep(0.02)
+    # The signal must find the collector in the read, not on its way there: one landing between
+    # the open and the read is only noted by CPython (its handler runs at the next bytecode check)
+    # and the read then blocks with it pending (2 runs in 14 hung here on a loaded machine).
+    wchan = Path(f"/proc/{collector.pid}/wchan")   # pipe_read or anon_pipe_read, as kernels name it
+    while "pipe_read" not in wchan.read_text():
+        assert time.monotonic() < deadline, f"the collector never waited in the read ({wchan.read_text()})"
+        time.sleep(0.01)
     try:
         collector.process.send_signal(sig)
         try:
