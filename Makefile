@@ -85,7 +85,7 @@ check-prereqs:
 	@PYTHON313="$(PYTHON313)" scripts/check-prereqs
 
 test: check-prereqs $(STAMP) $(NODE_STAMP) $(BQ_STAMP) $(CHROMIUM)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # Everything but the tests that start emulators (marked integration by tests/conftest.py), those
 # that run Node (marked node) and those that drive chromium (marked browser): needs only .venv.
