@@ -148,10 +148,33 @@ def _serve(args) -> int:
 
     from collector import server
     sink, described = _sink(args.sink) if args.sink is not None else (None, None)  # checked before the config
-    _, settings = settings_of(args.config)
+    config, settings = settings_of(args.config)
     if sink is not None:
-        return uvloop.run(server.serve(settings, sink, args.host, args.port, described, _mark_listened))
+        debugger = _debugger(settings, config, args.config)
+
+        def on_listening(app, address):
+            _mark_listened()
+            debugger.install(app, address)
+
+        return uvloop.run(server.serve(settings, sink, args.host, args.port, described, on_listening))
     return _serve_embedded(args, settings)
+
+
+def _debugger(settings, document, config_path):
+    """The live debugger (collector.debugger), checking events with the config's contracts as
+    the pipeline will. A contracts directory that cannot be read does not stop the collector
+    (its events are not checked against contracts here): the pipeline job reports it."""
+    from collector.debugger.service import Debugger
+    from pipeline import config as config_module, contracts
+    # Only the sections the checks read, typed as the pipeline types them: the rest (rules,
+    # destinations) is the job's, and may need secrets the collector is not given.
+    config = config_module.validate({k: document[k] for k in ("decode", "warehouse", "contracts") if k in document})
+    try:
+        config = contracts.load(config, config_path)
+    except UsageError as exc:
+        log.warning("debugger: events are not checked against contracts: %s", exc)
+        config = config._replace(contracts=None)
+    return Debugger(settings, config.contracts, config.decode)
 
 
 def _serve_embedded(args, settings) -> int:
@@ -160,6 +183,7 @@ def _serve_embedded(args, settings) -> int:
     import uvloop
 
     from collector import query, server
+    from collector.debugger.service import Debugger
     from collector.embedded import EmbeddedSink, LoaderMetrics
     from pipeline.main import FileLoads
 
@@ -167,6 +191,7 @@ def _serve_embedded(args, settings) -> int:
     loads = FileLoads((["--config", args.config] if args.config else []) + ["--warehouse", args.warehouse])
     sink = EmbeddedSink.for_warehouse(path, loads, limits=loads.limits)
     advertised = []
+    debugger = Debugger(settings, loads.plan.config.contracts, loads.limits)   # the loads' own contracts
 
     def on_listening(app, address):
         _mark_listened()
@@ -174,6 +199,9 @@ def _serve_embedded(args, settings) -> int:
         advertised.append(token)
         app.routes[query.PATH] = query.QueryEndpoint(loads.cursor, token)
         app.metrics.registry.register(LoaderMetrics(sink))   # the loader's runs and outcomes on /metrics
+        debugger.install(app, address)
+        if debugger.on:   # each load's outcomes, looked up in what it wrote (collector.debugger.fates)
+            sink.loader.on_loaded = debugger.fates(loads.cursor).loaded
 
     try:
         return uvloop.run(server.serve(settings, sink, args.host, args.port,

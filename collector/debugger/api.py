@@ -1,0 +1,189 @@
+"""The debugger's HTTP: the test API and the page's live stream (docs/debugger.md).
+
+    GET  /debugger/api/events?source=&type=&event=&status=&q=&limit=   newest first
+    POST /debugger/api/reset                                           every entry and count gone
+    GET  /debugger/stream                                              server-sent events
+
+Access: a collector listening beyond loopback needs `debugger.token`, sent as `Authorization:
+Bearer TOKEN` or `?token=TOKEN` (401 otherwise); on loopback none is needed, but the Host
+header must name loopback too, so a web page that rebinds its own name to 127.0.0.1 cannot
+read the entries (403), and a POST carrying another site's Origin is refused (403). Nothing
+here sends CORS headers: other origins' pages cannot read the answers.
+"""
+import asyncio
+import hmac
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from collector.debugger.settings import is_loopback
+from collector.debugger.store import STATUSES
+
+JSON = b"application/json"
+DEFAULT_LIMIT = 100
+MAX_STREAMS = 16             # pages open at once; each holds a bounded queue
+STREAM_QUEUE = 1000          # messages a slow page may be behind before it is told to reload
+STREAM_POLL_SECONDS = 1.0    # how soon a stream notices the collector draining
+KEEP_ALIVE_SECONDS = 15.0
+_FILTERS = ("source", "type", "event", "status", "q")
+_streams = set()
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+async def answer(debugger, scope, receive, send) -> None:
+    method, path = scope["method"], scope["path"].rstrip("/")
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    query = parse_qs(scope["query_string"].decode("latin-1"))
+    try:
+        if not debugger.on:
+            raise _Refused(403, "debugger_off", "the debugger is off: " + debugger.why_off)
+        _authorize(debugger, headers, query)
+        if path == "/debugger/api/events":
+            _method(method, "GET")
+            await _json(send, 200, events(debugger, query))
+        elif path == "/debugger/api/reset":
+            _method(method, "POST")
+            _same_origin(headers)
+            debugger.store.reset()
+            await _json(send, 200, {"reset": True})
+        elif path == "/debugger/stream":
+            _method(method, "GET")
+            await stream(debugger, receive, send)
+        else:
+            raise _Refused(404, "not_found", "no such debugger path: /debugger/api/events, /debugger/api/reset "
+                                             "(POST), /debugger/stream")
+    except _Refused as refused:
+        await _json(send, refused.status, {"success": False, "code": refused.code, "message": refused.message},
+                    refused.headers)
+
+
+def events(debugger, query: dict) -> dict:
+    """The answer to GET /debugger/api/events: the matching entries, newest first, and the
+    store's counts (`sampling`: entries kept, events skipped by the rate bound, per source)."""
+    filters = {name: query[name][-1] for name in _FILTERS if query.get(name) and query[name][-1] != ""}
+    status = filters.get("status")
+    if status is not None and status not in STATUSES:
+        raise _Refused(400, "invalid_status", f"status must be one of {', '.join(STATUSES)}")
+    limit = query.get("limit", [str(DEFAULT_LIMIT)])[-1]
+    if not limit.isdigit() or int(limit) < 1:
+        raise _Refused(400, "invalid_limit", "limit must be a positive integer")
+    found = debugger.store.query(limit=int(limit), **filters)
+    return {"events": [entry.as_json() for entry in found], "count": len(found), "sampling": debugger.store.stats()}
+
+
+def _authorize(debugger, headers: dict, query: dict) -> None:
+    token = debugger.token
+    if token is None:   # loopback only: the Host must say so as well (DNS rebinding)
+        if not is_loopback(_hostname(headers.get("host", ""))):
+            raise _Refused(403, "host_not_loopback", "the debugger answers only requests addressed to a loopback "
+                                                     "host (localhost, 127.0.0.1, [::1]) without a token")
+        return
+    given = None
+    authorization = headers.get("authorization", "")
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        given = credentials.strip()
+    elif query.get("token"):
+        given = query["token"][-1]
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        raise _Refused(401, "invalid_debugger_token" if given else "missing_debugger_token",
+                       "the debugger needs its token (debugger.token): Authorization: Bearer TOKEN or ?token=TOKEN",
+                       {"www-authenticate": 'Bearer realm="sluice debugger"'})
+
+
+def _hostname(host: str) -> str:
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _same_origin(headers: dict) -> None:
+    origin = headers.get("origin")
+    if origin and urlsplit(origin).netloc != headers.get("host"):
+        raise _Refused(403, "cross_origin", "the debugger's reset is not answered for another site's page")
+
+
+def _method(method: str, allowed: str) -> None:
+    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+        raise _Refused(405, "method_not_allowed", f"use {allowed}", {"allow": allowed})
+
+
+async def _json(send, status: int, value, headers: dict = None) -> None:
+    body = orjson.dumps(value)
+    extra = [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", JSON), (b"content-length", str(len(body)).encode()),
+                            (b"cache-control", b"no-store")] + extra})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- the live stream -------------------------------------------------------------------------
+
+async def stream(debugger, receive, send) -> None:
+    """Server-sent events: `entry` (a new entry's JSON), `fate` (an entry whose fate is now
+    known), `reset`, and `lagged` when this page fell more than STREAM_QUEUE messages behind
+    (what it missed is in /debugger/api/events). Ends when the client goes or the collector
+    drains (a stream must not hold the drain up)."""
+    if len(_streams) >= MAX_STREAMS:
+        raise _Refused(503, "too_many_streams", f"at most {MAX_STREAMS} debugger pages at once",
+                       {"retry-after": "5"})
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue(STREAM_QUEUE)
+    lagged = [False]
+
+    def put(message: bytes):
+        if lagged[0]:
+            return
+        try:
+            queue.put_nowait(message)
+        except asyncio.QueueFull:
+            lagged[0] = True
+            queue.get_nowait()
+            queue.put_nowait(b"event: lagged\ndata: {}\n\n")
+
+    def listener(kind: str, entry) -> None:   # on the event loop (entries) or the loader's thread (fates)
+        data = orjson.dumps(entry.as_json()) if entry is not None else b"{}"
+        loop.call_soon_threadsafe(put, b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n")
+
+    gone = asyncio.Event()
+
+    async def watch_client():
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.ensure_future(watch_client())
+    _streams.add(queue)
+    debugger.store.listeners.append(listener)
+    try:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store"),
+                                (b"x-accel-buffering", b"no")]})
+        await send({"type": "http.response.body", "more_body": True,
+                    "body": b"event: hello\ndata: " + orjson.dumps(debugger.store.stats()) + b"\n\n"})
+        idle = 0.0
+        while not gone.is_set() and not debugger.app.draining:
+            try:
+                message = await asyncio.wait_for(queue.get(), STREAM_POLL_SECONDS)
+            except asyncio.TimeoutError:
+                idle += STREAM_POLL_SECONDS
+                if idle < KEEP_ALIVE_SECONDS:
+                    continue
+                message, idle = b": keep-alive\n\n", 0.0
+            else:
+                idle = 0.0
+                lagged[0] = False
+            await send({"type": "http.response.body", "body": message, "more_body": True})
+        if not gone.is_set():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError:   # the page went while a message was on its way: nothing to answer
+        pass
+    finally:
+        debugger.store.listeners.remove(listener)
+        _streams.discard(queue)
+        watcher.cancel()

@@ -1,0 +1,171 @@
+"""Fates of the debugger's pending events, looked up in the embedded warehouse after each load.
+
+The embedded loader (collector.embedded) calls `Fates.loaded(files, summary)` after each
+successful run, on its own thread, with the spool files the run read. The message ids those
+files hold whose entries still wait are looked up through a cursor of the loader's own DuckDB
+connection, in what the run wrote:
+
+- stored: the event's primary row (tracks, identifies, pages, screens, groups, aliases: where
+  the warehouse itself decides "already stored"), written by this run; the table shown is the
+  event's own (for a track event, the `event` column of tracks: its table after any rule);
+- dead_lettered: a `_dead_letters` row of this run for the message id without a destination
+  (error_type and message as stored);
+- per destination: `_deliveries` rows of this run naming the message id (status, http_status,
+  attempts, latency_ms), and dead letters of this run that name a destination (failed);
+- stored, policy `duplicate`: not written by this run, but its primary row's key is in
+  `_sluice_message_keys` (an earlier send of the same message id was stored);
+- dropped: in the files the run read, and none of the above. Beam's counters say how many each
+  policy dropped, not which events: the policy shown is the one the run's summary names when
+  it names one; when several policies dropped events in one run it lists them ("consent or
+  filtered:bots"). A per-event record of drops needs the stages to say it (docs/debugger.md).
+
+"This run" is `loaded_at` at or after the files' last write (less a margin), so each query
+reads only the newest row groups (DuckDB skips the others by their min/max), not whole tables.
+Against Pub/Sub or spool sinks (production) nothing calls this: fates stay pending.
+"""
+import logging
+import os
+from datetime import datetime, timedelta, timezone
+
+import orjson
+
+from collector.debugger.store import Store
+from transforms.warehouse import naming
+
+_LOG = logging.getLogger("sluice.collector.debugger")
+PRIMARY = {"track": "tracks", "identify": "identifies", "page": "pages", "screen": "screens", "group": "groups",
+           "alias": "aliases"}
+KEYS_TABLE = "_sluice_message_keys"     # transforms.warehouse.duckdb_backend.KEYS_TABLE
+DEAD_LETTERS = "_dead_letters"
+DELIVERIES = "_deliveries"
+MARGIN = timedelta(seconds=5)           # clocks of one machine; a loaded_at is always after its file's write
+_NOT_A_POLICY = ("duplicate", "empty_message", "empty_batch")   # drops that are not an event's fate here
+
+
+def _message_id(value):
+    if type(value) is str:
+        return value or None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)   # as normalize reads a numeric id
+    return None
+
+
+def message_ids(files: list) -> set:
+    """The message ids of the events in spool files (records the collector wrote)."""
+    found = set()
+    for path in files:
+        with open(path, "rb") as handle:
+            for line in handle:
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                batch = record.get("batch") if type(record) is dict else None
+                for member in batch if type(batch) is list else ():
+                    if type(member) is dict:
+                        message_id = _message_id(member.get("messageId"))
+                        if message_id:
+                            found.add(message_id)
+    return found
+
+
+class Fates:
+    def __init__(self, store: Store, cursor):
+        """cursor: () -> a DuckDB cursor of the warehouse (FileLoads.cursor), closed after use."""
+        self.store, self._cursor = store, cursor
+        self.lookups, self.settled = 0, 0
+
+    def loaded(self, files: list, summary: dict) -> int:
+        """Settle the entries of the events in `files`, just loaded; how many changed. Never
+        raises: a failed lookup leaves them pending (logged)."""
+        try:
+            return self._loaded(files, summary)
+        except Exception:  # noqa: BLE001 - the debugger must never fail a load
+            _LOG.warning("debugger: looking up the fates of a load failed; its events stay pending", exc_info=True)
+            return 0
+
+    def _loaded(self, files: list, summary: dict) -> int:
+        pending = self.store.pending(message_ids(files))
+        if not pending:
+            return 0
+        since = datetime.fromtimestamp(min(os.stat(p).st_mtime for p in files), timezone.utc) - MARGIN
+        cursor = self._cursor()
+        try:
+            fates = lookup(cursor, pending, since, summary)
+        finally:
+            cursor.close()
+        self.lookups += 1
+        changed = self.store.settle(fates)
+        self.settled += changed
+        return changed
+
+
+def lookup(cursor, pending: dict, since: datetime, summary: dict) -> dict:
+    """{message_id: fate} for every id of `pending` ({message_id: (type, event name)})."""
+    tables = {row[0] for row in cursor.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    ids = list(pending)
+    fates = {}
+    for kind, table in PRIMARY.items():
+        wanted = [m for m in ids if pending[m][0] == kind]
+        if not wanted or table not in tables:
+            continue
+        column = ", event" if kind == "track" else ", NULL"
+        for message_id, name in cursor.execute(
+                f'SELECT message_id{column} FROM "{table}" WHERE loaded_at >= ? AND message_id IN '
+                f'(SELECT unnest(?::VARCHAR[]))', [since, wanted]).fetchall():
+            fates[message_id] = _fate("stored", table=name or table)
+    destinations = {}
+    if DEAD_LETTERS in tables:
+        for message_id, error_type, error_message, destination in cursor.execute(
+                f"SELECT message_id, error_type, error_message, destination FROM {DEAD_LETTERS} "
+                f"WHERE loaded_at >= ? AND message_id IN (SELECT unnest(?::VARCHAR[]))", [since, ids]).fetchall():
+            if destination:
+                destinations.setdefault(message_id, {})[destination] = {
+                    "status": "failed", "http_status": None, "attempts": None, "latency_ms": None,
+                    "error_type": error_type, "error_message": error_message}
+            elif message_id not in fates:
+                fates[message_id] = _fate("dead_lettered", error_type=error_type, error_message=error_message)
+    if DELIVERIES in tables:
+        _deliveries(cursor, set(ids), since, destinations)
+    left = [m for m in ids if m not in fates]
+    if left and KEYS_TABLE in tables:
+        keys = {f"{PRIMARY.get(pending[m][0], 'tracks')}:{m}": m for m in left}
+        for (key,) in cursor.execute(
+                f"SELECT k FROM (SELECT unnest(?::VARCHAR[]) AS k) WHERE md5_number(k) IN "
+                f"(SELECT key FROM {KEYS_TABLE})", [list(keys)]).fetchall():
+            message_id = keys[key]
+            kind, event = pending[message_id]
+            table = naming.table_name(event) if kind == "track" and event else PRIMARY.get(kind)
+            fates[message_id] = _fate("stored", table=table, policy="duplicate")
+    policies = sorted(p for p, n in (summary.get("dropped") or {}).items() if n and p not in _NOT_A_POLICY)
+    for message_id in ids:
+        if message_id not in fates:
+            fates[message_id] = _fate("dropped", policy=" or ".join(policies) or None)
+        fates[message_id]["destinations"] = destinations.get(message_id, {})
+    return fates
+
+
+def _deliveries(cursor, ids: set, since: datetime, destinations: dict) -> None:
+    """Per destination outcomes from `_deliveries` (one row per batch sent); a failed batch's
+    row beats nothing, a delivered one beats a failure (a retry that went through)."""
+    rows = cursor.execute(f"SELECT destination, status, http_status, attempts, latency_ms, message_ids "
+                          f"FROM {DELIVERIES} WHERE requested_at >= ?", [since]).fetchall()
+    for destination, status, http_status, attempts, latency_ms, members in rows:
+        if isinstance(members, str):
+            try:
+                members = orjson.loads(members)
+            except orjson.JSONDecodeError:
+                continue
+        for message_id in members or ():
+            if message_id not in ids:
+                continue
+            per = destinations.setdefault(message_id, {})
+            if per.get(destination, {}).get("status") == "delivered":
+                continue
+            per[destination] = {"status": status, "http_status": http_status, "attempts": attempts,
+                                "latency_ms": latency_ms}
+
+
+def _fate(status: str, *, table=None, error_type=None, error_message=None, policy=None) -> dict:
+    return {"status": status, "table": table, "error_type": error_type, "error_message": error_message,
+            "policy": policy, "destinations": {}}

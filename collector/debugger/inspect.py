@@ -1,0 +1,185 @@
+"""Entries from what the collector accepted or refused, each event checked as the pipeline will.
+
+An accepted record (the line the sink keeps) is read by the pipeline's own pure functions, in
+the pipeline's order and with the same config: `decode_message` (batch split, envelope defaults
+merged, the decode limits), `normalize_event` (the spec's required fields and times), then
+`ContractEnforcer.check` (the function ValidateContracts calls per event, with the same
+contracts and policies). No Beam runs. So an entry's contract result is the pipeline's verdict:
+planned or not, each violation with its pointer, keyword, message and the action its policy
+takes (`kept`, `omitted`, `blocked`).
+
+Decode and normalize are deterministic and nothing before them can change an event, so an
+event they refuse is shown dead-lettered at once (error_type and message as its dead letter
+will have them); every other fate waits for the warehouse (collector.debugger.fates).
+
+Cost (docs/debugger.md): only the events the store admits are inspected; see `Inspector.cost`.
+"""
+import re
+import time
+import zlib
+from typing import Optional
+
+from collector.debugger.store import MAX_VIOLATIONS, UNKNOWN_SOURCE, Entry, Store
+from transforms import jsonutil, timeutil
+from transforms.contracts.enforce import ContractEnforcer
+from transforms.contracts.model import ContractSettings
+from transforms.decode import DecodeLimits, Refused, decode_message
+from transforms.messages import Event, RawMessage, Rejection
+from transforms.normalize import derive_message_id, normalize_event
+
+PREVIEW_CHARS = 1024           # of a refused request's body, the write key removed
+PREVIEW_RAW_BYTES = 8 * 1024   # read of a refused body to make that preview (gzip: inflated up to this)
+_WRITE_KEY = re.compile(r'("writeKey"\s*:\s*)("(?:[^"\\]|\\.)*(?:"|$)|[^,}\s]*)')
+_REMOVED = '"(removed)"'
+
+
+class Inspector:
+    def __init__(self, store: Store, contracts: Optional[ContractSettings] = None,
+                 limits: DecodeLimits = DecodeLimits()):
+        self.store, self.limits = store, limits
+        self.enforcer = ContractEnforcer(contracts or ContractSettings(""))
+        self.seconds, self.inspected = 0.0, 0   # time spent inspecting admitted events, and how many
+
+    def cost(self) -> Optional[float]:
+        """Microseconds an inspected event has cost on average, so far."""
+        return self.seconds / self.inspected * 1e6 if self.inspected else None
+
+    # -- accepted ----------------------------------------------------------------------------
+    def accepted(self, record: bytes) -> int:
+        """Entries for the events of one accepted record (as many as the store admits)."""
+        started = time.perf_counter()
+        outcomes = [o for o in decode_message(RawMessage(record, {}, "collector"), None, self.limits)
+                    if isinstance(o, (Event, Refused))]
+        if not outcomes:
+            return 0
+        source = outcomes[0].source if isinstance(outcomes[0], Event) else outcomes[0].source or UNKNOWN_SOURCE
+        kept = self.store.admit(source, len(outcomes))
+        received_at = _received_at(record, outcomes)
+        for outcome in outcomes[:kept]:
+            if isinstance(outcome, Refused):
+                self.store.add(self._refused_member(outcome, source, received_at))
+            else:
+                self.store.add(self.event(outcome, received_at))
+        self.seconds += time.perf_counter() - started
+        self.inspected += kept
+        return kept
+
+    def event(self, event: Event, received_at: str) -> Entry:
+        body = event.body
+        payload, size, truncated = self._payload(body)
+        normalized = normalize_event(body, received_at, True, event.original)
+        if isinstance(normalized, Rejection):
+            kind = body.get("type")
+            return Entry(received_at, event.source, payload, size, type=kind if isinstance(kind, str) else None,
+                         event=_text(body.get("event")), user_id=_text(body.get("userId")),
+                         anonymous_id=_text(body.get("anonymousId")),
+                         message_id=_text(body.get("messageId")) or derive_message_id(event.original),
+                         truncated=truncated, contract=None, fate=_dead_letter(normalized))
+        return Entry(received_at, event.source, payload, size, type=normalized["type"],
+                     event=normalized.get("event"), user_id=normalized.get("userId"),
+                     anonymous_id=normalized.get("anonymousId"), message_id=normalized["messageId"],
+                     truncated=truncated, contract=self.contract(normalized))
+
+    def contract(self, body: dict) -> dict:
+        """The contract result of a normalized event: ContractEnforcer.check's verdict as JSON.
+        `result`: unchecked (no contracts configured), passed, allowed (violations kept or an
+        unplanned event allowed), omitted (values removed, the rest stored), blocked (a dead letter)."""
+        enforcer = self.enforcer
+        if not enforcer.enabled:
+            return {"planned": None, "violations": [], "result": "unchecked"}
+        verdict = enforcer.check(body)
+        violations = list(verdict.violations or ())
+        if verdict.rejection is not None:
+            result = "blocked"
+        elif any(v["action"] == "omitted" for v in violations):
+            result = "omitted"
+        elif violations or verdict.unplanned:
+            result = "allowed"
+        else:
+            result = "passed"
+        answer = {"planned": not verdict.unplanned, "violations": violations[:MAX_VIOLATIONS], "result": result}
+        if verdict.unplanned:
+            answer["unplanned_policy"] = enforcer.unplanned_policy
+        if len(violations) > MAX_VIOLATIONS:
+            answer["violations_not_shown"] = len(violations) - MAX_VIOLATIONS
+        if verdict.rejection is not None:
+            answer["error_type"] = verdict.rejection.error_type
+        return answer
+
+    def _payload(self, value) -> tuple:
+        """(kept payload, its full size, cut?): JSON bytes, or a str preview past max_payload_bytes."""
+        data = jsonutil.dumps(value)
+        cap = self.store.settings.max_payload_bytes
+        if len(data) <= cap:
+            return data, len(data), False
+        return data[:cap].decode("utf-8", "ignore") + "…", len(data), True
+
+    def _refused_member(self, refused: Refused, source: str, received_at: str) -> Entry:
+        payload, size, truncated = self._payload(refused.payload.decode("utf-8", "replace"))
+        return Entry(received_at, source, payload, size, truncated=truncated, fate=_dead_letter(refused.rejection))
+
+    # -- refused -----------------------------------------------------------------------------
+    def refused(self, received_at: str, status: int, code: str, message: str, source: Optional[str],
+                path: str, preview_text: Optional[str]) -> Optional[Entry]:
+        """An entry for a request the collector answered with an error (nothing was kept)."""
+        source = source or UNKNOWN_SOURCE
+        if not self.store.admit(source, 1):
+            return None
+        if preview_text is not None and len(preview_text) > PREVIEW_CHARS + 1:
+            preview_text = preview_text[:PREVIEW_CHARS] + "…"
+        fate = {**_dead_letter(None), "status": "refused", "error_type": code, "error_message": message}
+        return self.store.add(Entry(received_at, source, preview_text, len(preview_text or ""), status,
+                                    reason={"code": code, "message": message, "path": path[:200]},
+                                    fate=fate))
+
+
+def _dead_letter(rejection: Optional[Rejection]) -> dict:
+    return {"status": "dead_lettered", "table": None, "error_type": rejection and rejection.error_type,
+            "error_message": rejection and rejection.message, "policy": None, "destinations": {}}
+
+
+def _text(value) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+def _received_at(record: bytes, outcomes: list) -> str:
+    for outcome in outcomes:
+        if isinstance(outcome, Event):
+            stamp = outcome.body.get("receivedAt")
+            if isinstance(stamp, str):
+                return stamp
+    found = re.search(rb'"receivedAt":"([^"]{1,40})"', record[-200:])
+    return found.group(1).decode() if found else timeutil.now_iso()
+
+
+def preview(body: bytes, content_encoding: Optional[str], complete: bool) -> tuple:
+    """(text, write key): at most PREVIEW_CHARS of a refused request's body as text, never its
+    write key (parsed and written again without `writeKey` when it is whole JSON, else every
+    `"writeKey": ...` replaced), and the body's write key, for the caller to find the source
+    (never kept). `complete`: `body` is the whole body (not only its first bytes)."""
+    if not body:
+        return None, None
+    if content_encoding and content_encoding.strip().lower() in ("gzip", "x-gzip"):
+        try:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            inflated = inflater.decompress(body, PREVIEW_RAW_BYTES)
+            complete = complete and inflater.eof and not inflater.unconsumed_tail
+            body = inflated
+        except zlib.error:
+            return "(a gzip body that does not inflate)", None
+    try:
+        parsed = jsonutil.loads(body) if complete else None
+    except (jsonutil.JSONError, ValueError):
+        parsed = None
+    key = None
+    if isinstance(parsed, dict):
+        key = parsed.pop("writeKey", None)
+        batch = parsed.get("batch")
+        if isinstance(batch, list):
+            for member in batch:
+                if isinstance(member, dict):
+                    member.pop("writeKey", None)
+        text = jsonutil.dumps(parsed).decode("utf-8", "replace")
+    else:
+        text = _WRITE_KEY.sub(lambda m: m.group(1) + _REMOVED, body[:PREVIEW_RAW_BYTES].decode("utf-8", "replace"))
+    return (text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"), key if isinstance(key, str) else None

@@ -1,0 +1,153 @@
+"""The debugger as the collector's app sees it: installed once the collector listens.
+
+`Debugger.install(app, address)` decides access from where the collector listens
+(collector.debugger.settings.access), then, when on:
+- wraps the app's sink, so each record the sink has made durable (answered 200) is inspected
+  after the answer is on its way (loop.call_soon; collector.debugger.inspect);
+- `app.debugger = self`: the app sends /debugger paths to `http` (collector.debugger.api) and
+  lets `watch` wrap each POST to an event path, to see the requests it refuses: the status and
+  the JSON refusal (code, message) it sends, and a bounded preview of the body it read.
+Embedded mode also sets `loader.on_loaded = debugger.fates(cursor).loaded` (collector.debugger.fates).
+
+Off (listening beyond loopback without a token, or `debugger.enabled: false`): nothing is
+wrapped or recorded, and /debugger paths answer 403 saying why.
+"""
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Optional
+from urllib.parse import parse_qs
+
+import orjson
+
+from collector.debugger import api
+from collector.debugger.fates import Fates
+from collector.debugger.inspect import PREVIEW_RAW_BYTES, Inspector, preview
+from collector.debugger.settings import DebuggerSettings, access
+from collector.debugger.store import Store
+from collector.requests import Refusal, basic_user, received_at, route
+from transforms.contracts.model import ContractSettings
+from transforms.decode import DecodeLimits
+
+_LOG = logging.getLogger("sluice.collector.debugger")
+_NOT_EVENTS = (404, 405)   # a refusal of the path or method: no event was meant
+
+
+class Debugger:
+    def __init__(self, settings, contracts: Optional[ContractSettings] = None, limits: DecodeLimits = DecodeLimits()):
+        """settings: the CollectorSettings (its sources and its `debugger`)."""
+        self.collector = settings
+        self.settings: DebuggerSettings = getattr(settings, "debugger", None) or DebuggerSettings()
+        self.store = Store(self.settings)
+        self.inspector = Inspector(self.store, contracts, limits)
+        self.on, self.token, self.why_off = False, None, "the collector has not started"
+        self.app = self.loop = None
+
+    def install(self, app, address) -> None:
+        """Called once the collector listens (collector.server's on_listening), before any request."""
+        host = address[0]
+        self.on, self.token = access(self.settings, host)
+        self.app, self.loop = app, asyncio.get_running_loop()
+        app.debugger = self
+        if not self.on:
+            self.why_off = ("debugger.enabled is false in the config" if not self.settings.enabled else
+                            f"the collector listens on {host}, beyond loopback, and debugger.token is not set")
+            _LOG.info("debugger off: %s", self.why_off)
+            return
+        app.sink = WatchedSink(app.sink, self._records)
+        _LOG.info("debugger at /debugger (%s; the last %d events per source)",
+                  "token required" if self.token else "loopback only, no token", self.settings.max_events_per_source)
+
+    def fates(self, cursor) -> Fates:
+        return Fates(self.store, cursor)
+
+    async def http(self, scope, receive, send) -> None:
+        await api.answer(self, scope, receive, send)
+
+    # -- what the collector accepted ---------------------------------------------------------
+    def _records(self, records: list) -> None:
+        self.loop.call_soon(self._inspect, records)   # after the 200 has been sent
+
+    def _inspect(self, records: list) -> None:
+        for record in records:
+            try:
+                self.inspector.accepted(record)
+            except Exception:  # noqa: BLE001 - the debugger must never cost an event; logged
+                _LOG.warning("debugger: an accepted record could not be inspected", exc_info=True)
+
+    # -- what it refused ---------------------------------------------------------------------
+    def watch(self, scope, headers: dict, receive, send) -> tuple:
+        """(receive, send) for a POST: as given when its path is no event path, else wrappers
+        keeping references to the body's first PREVIEW_RAW_BYTES and noting an error answer."""
+        if route(scope["path"]) is None:
+            return receive, send
+        chunks, state = [], [0, False, None]   # bytes seen, body complete, error status
+
+        async def watched_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                if state[0] < PREVIEW_RAW_BYTES and chunk:
+                    chunks.append(chunk)
+                state[0] += len(chunk)
+                state[1] = not message.get("more_body", False)
+            return message
+
+        async def watched_send(message):
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status >= 400 and status not in _NOT_EVENTS:
+                    state[2] = status
+            elif state[2] is not None and message["type"] == "http.response.body":
+                status, state[2] = state[2], None
+                try:
+                    self._refused(scope, headers, status, message.get("body", b""), chunks, state[1])
+                except Exception:  # noqa: BLE001 - never in the way of the answer; logged
+                    _LOG.warning("debugger: a refused request could not be recorded", exc_info=True)
+            await send(message)
+
+        return watched_receive, watched_send
+
+    def _refused(self, scope, headers: dict, status: int, answer: bytes, chunks: list, complete: bool) -> None:
+        try:
+            said = orjson.loads(answer) if answer else {}
+        except orjson.JSONDecodeError:
+            said = {}
+        code = said.get("code") if isinstance(said, dict) else None
+        message = said.get("message") if isinstance(said, dict) else None
+        body = b"".join(chunks)[:PREVIEW_RAW_BYTES]
+        text, key = preview(body, headers.get("content-encoding"), complete and len(body) <= PREVIEW_RAW_BYTES)
+        source = self._source_of(scope, headers, key)
+        self.inspector.refused(received_at(datetime.now(timezone.utc)), status, code or f"http_{status}",
+                               message or "", source, scope["path"], text)
+
+    def _source_of(self, scope, headers: dict, body_key) -> Optional[str]:
+        """The source a refused request's write key names (a known key, refused for its origin,
+        rate or a disabled source), or None. The key itself is never kept."""
+        key = None
+        authorization = headers.get("authorization")
+        if authorization:
+            try:
+                key = basic_user(authorization)
+            except Refusal:
+                key = None
+        if not key and scope.get("query_string"):
+            key = (parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") or [None])[0]
+        key = key or body_key
+        if not key:
+            return None
+        return next((s.name for s in self.collector.sources if s.write_key == key), None)
+
+
+class WatchedSink:
+    """The app's sink, telling the debugger each batch of records once it is durable."""
+
+    def __init__(self, sink, on_put):
+        self._sink, self._on_put = sink, on_put
+
+    async def put(self, records: list, *attributes) -> None:
+        await self._sink.put(records, *attributes)
+        self._on_put(records)
+
+    def __getattr__(self, name):
+        return getattr(self._sink, name)

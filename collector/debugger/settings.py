@@ -1,0 +1,40 @@
+"""The config's `debugger:` section, typed (pipeline/config_file.py reads and checks it)."""
+import ipaddress
+from typing import NamedTuple, Optional
+
+DEFAULT_MAX_EVENTS_PER_SOURCE = 500     # Segment's Source Debugger shows a 500-event sample
+DEFAULT_MAX_EVENTS_PER_SECOND = 200     # kept per source, sustained; the rest counted as skipped
+DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024   # an event's JSON as kept; past it a cut preview
+
+
+class DebuggerSettings(NamedTuple):
+    enabled: bool = True
+    token: object = None            # None, the token itself (resolved), or a SecretRef before resolve_collector
+    max_events_per_source: int = DEFAULT_MAX_EVENTS_PER_SOURCE
+    max_events_per_second: float = DEFAULT_MAX_EVENTS_PER_SECOND
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` (an address as the socket reports it, or a name) reaches
+    this machine only. 0.0.0.0 and :: listen everywhere; a name other than localhost is not
+    trusted to stay loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def access(settings: DebuggerSettings, listening_host: str) -> tuple:
+    """(on, token): whether the debugger records and answers at all, and the token its API
+    needs (None: none needed). Without a token it is open only to a collector listening on
+    loopback; listening elsewhere without a token it is off (nothing recorded, its URLs
+    answer 403), since its entries hold events' personal data."""
+    if not settings.enabled:
+        return False, None
+    token: Optional[str] = settings.token if isinstance(settings.token, str) and settings.token else None
+    if is_loopback(listening_host):
+        return True, None
+    return token is not None, token
