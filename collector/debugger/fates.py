@@ -19,8 +19,9 @@ connection, in what the run wrote:
   it names one; when several policies dropped events in one run it lists them ("consent or
   filtered:bots"). A per-event record of drops needs the stages to say it (docs/debugger.md).
 
-"This run" is `loaded_at` at or after the files' last write (less a margin), so each query
-reads only the newest row groups (DuckDB skips the others by their min/max), not whole tables.
+"This run" is `loaded_at` after the previous run's call (runs follow each other on the loader's
+thread; for the first, after its files' last write less a margin), so each query reads only the
+newest row groups (DuckDB skips the others by their min/max), not whole tables.
 Against Pub/Sub or spool sinks (production) nothing calls this: fates stay pending.
 """
 import logging
@@ -74,21 +75,25 @@ class Fates:
         """cursor: () -> a DuckDB cursor of the warehouse (FileLoads.cursor), closed after use."""
         self.store, self._cursor = store, cursor
         self.lookups, self.settled = 0, 0
+        self._previous = None   # when the previous run's call came: the loader's runs follow each other
 
     def loaded(self, files: list, summary: dict) -> int:
         """Settle the entries of the events in `files`, just loaded; how many changed. Never
         raises: a failed lookup leaves them pending (logged)."""
+        now, since = datetime.now(timezone.utc), self._previous
+        self._previous = now
         try:
-            return self._loaded(files, summary)
+            return self._loaded(files, summary, since)
         except Exception:  # noqa: BLE001 - the debugger must never fail a load
             _LOG.warning("debugger: looking up the fates of a load failed; its events stay pending", exc_info=True)
             return 0
 
-    def _loaded(self, files: list, summary: dict) -> int:
+    def _loaded(self, files: list, summary: dict, since) -> int:
         pending = self.store.pending(message_ids(files))
         if not pending:
             return 0
-        since = datetime.fromtimestamp(min(os.stat(p).st_mtime for p in files), timezone.utc) - MARGIN
+        if since is None:   # the first run: it started after its files were written
+            since = datetime.fromtimestamp(min(os.stat(p).st_mtime for p in files), timezone.utc) - MARGIN
         cursor = self._cursor()
         try:
             fates = lookup(cursor, pending, since, summary)

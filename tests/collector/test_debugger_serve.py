@@ -1,0 +1,227 @@
+"""The debugger of a real collector (`python -m pipeline serve --warehouse duckdb:///...`, its own
+process): events sent show up in /debugger/api/events with the contract result the pipeline
+reaches, then the fate the load gave them (stored in which table, dead-lettered with which
+error, dropped by which policy, a webhook's failure); refused requests show with their reason
+and without the key; the stream tells a page; reset empties it. Access beyond loopback is tested
+on the real app in-process (the suite listens on loopback only)."""
+import asyncio
+import json
+import re
+import socket
+import time
+from urllib.parse import quote
+
+import orjson
+import pytest
+
+from tests.collector.serving import SOURCES, basic, request
+from tests.destinations.receiver import Receiver
+
+pytestmark = pytest.mark.slow
+
+CONTRACT = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "Order Completed", "type": "object",
+            "properties": {"properties": {"type": "object", "required": ["total"],
+                                          "properties": {"total": {"type": "number"}}}}}
+
+
+def events(url: str, **filters) -> dict:
+    query = "&".join(f"{k}={quote(str(v))}" for k, v in filters.items())
+    status, _, body = request(f"{url}/debugger/api/events?{query}")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def by_message(url: str) -> dict:
+    return {e["message_id"]: e for e in events(url, limit=1000)["events"] if e["message_id"]}
+
+
+def post(url: str, path: str, body, key: str = "key-server", headers: dict = None) -> int:
+    status, _, _ = request(url + path, "POST", json.dumps(body).encode(),
+                           {"Content-Type": "application/json", **({"Authorization": basic(key)} if key else {}),
+                            **(headers or {})})
+    return status
+
+
+@pytest.fixture
+def embedded(start_collector, tmp_path):
+    contracts = tmp_path / "contracts" / "track"
+    contracts.mkdir(parents=True)
+    (contracts / "order_completed.json").write_text(json.dumps(CONTRACT))
+    with Receiver(default_status=400) as hook:
+        config = tmp_path / "debugged.yaml"
+        config.write_text(json.dumps({   # JSON is YAML
+            "sources": SOURCES,
+            "contracts": {"directory": str(tmp_path / "contracts"), "violations": "block"},
+            "transforms": [{"name": "no-pings", "events": ["Internal Ping"], "drop_event": True}],
+            "destinations": [{"name": "crm", "type": "webhook", "url": hook.url, "allow_private_network": True,
+                              "events": ["Order Completed"], "retry": {"max_attempts": 1}}]}))
+        yield start_collector(["--config", str(config), "--warehouse", f"duckdb:///{tmp_path / 'w.duckdb'}"]), hook
+
+
+def test_each_event_with_its_contract_result_then_its_fate(embedded):
+    url, hook = embedded[0].url, embedded[1]
+    good = {"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "good-1",
+            "properties": {"total": 12.5, "note": "<img src=x onerror=alert(1)>"}}
+    violating = {"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "bad-1",
+                 "properties": {"total": "12"}}
+    nobody = {"type": "track", "event": "Order Completed", "messageId": "nobody-1", "properties": {"total": 1}}
+    ping = {"type": "track", "event": "Internal Ping", "userId": "u1", "messageId": "ping-1"}
+    who = {"type": "identify", "userId": "u1", "messageId": "who-1", "traits": {"plan": "pro"}}
+    assert post(url, "/v1/batch", {"batch": [good, violating, nobody, ping, who]}) == 200
+    assert post(url, "/v1/track", {"type": "track", "event": "Oops", "userId": "u", "writeKey": "not-a-key"},
+                key=None) == 401
+    assert post(url, "/v1/track", {"event": "Nope", "userId": "u"}, key="key-web",
+                headers={"Origin": "https://elsewhere.example"}) == 403
+
+    # at once: the contract result, before any load
+    seen = by_message(url)
+    assert seen["good-1"]["contract"] == {"planned": True, "violations": [], "result": "passed"}
+    assert seen["good-1"]["payload"]["properties"]["note"] == "<img src=x onerror=alert(1)>"   # JSON, as sent
+    assert seen["bad-1"]["contract"]["result"] == "blocked"
+    assert seen["bad-1"]["contract"]["violations"] == [{
+        "contract": "track/order_completed", "pointer": "/properties/total", "keyword": "type",
+        "message": "'12' is not of type 'number'", "action": "blocked"}]
+    assert seen["ping-1"]["contract"]["planned"] is False and seen["ping-1"]["contract"]["result"] == "allowed"
+    assert seen["nobody-1"]["fate"]["status"] == "dead_lettered"   # normalize refuses it: known at once
+    assert seen["nobody-1"]["fate"]["error_type"] == "missing_identity"
+    assert {e["source"] for e in seen.values()} == {"server"}
+    assert seen["good-1"]["http_status"] == 200 and seen["who-1"]["type"] == "identify"
+
+    refused = events(url, status="refused")["events"]
+    assert [(e["http_status"], e["source"], e["reason"]["code"]) for e in refused] == [
+        (403, "web", "origin_not_allowed"), (401, "(unknown)", "invalid_write_key")]
+    assert "not-a-key" not in json.dumps(refused) and '"Oops"' in refused[1]["payload"]
+    assert events(url, status="refused", source="web")["count"] == 1
+
+    # then the fate, once the embedded loader has loaded them (a few seconds)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen = by_message(url)
+        if all(e["fate"]["status"] != "pending" for e in seen.values()):
+            break
+        time.sleep(0.2)
+    fates = {m: e["fate"] for m, e in seen.items()}
+    assert fates["good-1"]["status"] == "stored" and fates["good-1"]["table"] == "order_completed"
+    assert fates["good-1"]["destinations"]["crm"]["status"] == "failed"   # the webhook answered 400
+    assert hook.requests and hook.requests[0].status == 400
+    assert fates["who-1"]["status"] == "stored" and fates["who-1"]["table"] == "identifies"
+    assert fates["bad-1"]["status"] == "dead_lettered" and fates["bad-1"]["error_type"] == "contract_violation"
+    assert "/properties/total" in fates["bad-1"]["error_message"]
+    assert fates["ping-1"]["status"] == "dropped" and fates["ping-1"]["policy"] == "filtered:no-pings"
+    assert [e["message_id"] for e in events(url, status="stored")["events"]] == ["who-1", "good-1"]
+
+    # sent again: the warehouse already holds it, so this send is the duplicate drop of a stored event
+    assert post(url, "/v1/track", good) == 200
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        again = events(url, q="onerror", limit=1)["events"][0]
+        if again["fate"]["status"] != "pending":
+            break
+        time.sleep(0.2)
+    assert again["id"] > seen["good-1"]["id"] and again["fate"]["status"] == "stored"
+    assert again["fate"]["policy"] == "duplicate" and again["fate"]["table"] == "order_completed"
+
+    status, _, body = request(url + "/debugger/api/reset", "POST", b"")
+    assert status == 200 and json.loads(body) == {"reset": True}
+    assert events(url)["count"] == 0 and events(url)["sampling"]["entries"] == 0
+
+
+def test_the_stream_tells_a_page_of_each_entry(collector):
+    """GET /debugger/stream (server-sent events), read off a raw socket."""
+    host, port = collector.url[len("http://"):].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET /debugger/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        received = b""
+        while b"event: hello" not in received:
+            received += sock.recv(65536)
+        assert b"text/event-stream" in received.split(b"\r\n\r\n")[0]
+        assert post(collector.url, "/v1/track", {"type": "track", "event": "Streamed", "userId": "u",
+                                                 "messageId": "s-1"}) == 200
+        entry = None
+        while entry is None:   # the body is chunked: a message is whole once its blank line came
+            received += sock.recv(65536)
+            entry = re.search(rb"event: entry\ndata: (.*?)\n\n", received)
+    data = json.loads(entry.group(1))
+    assert data["message_id"] == "s-1" and data["event"] == "Streamed" and data["fate"]["status"] == "pending"
+
+
+def test_the_api_refuses_a_host_that_is_not_loopback_and_bad_filters(collector):
+    status, _, body = request(collector.url + "/debugger/api/events", headers={"Host": "rebound.example:80"})
+    assert status == 403 and json.loads(body)["code"] == "host_not_loopback"
+    status, _, body = request(collector.url + "/debugger/api/reset", "POST", b"",
+                              headers={"Origin": "https://evil.example"})
+    assert status == 403 and json.loads(body)["code"] == "cross_origin"
+    assert request(collector.url + "/debugger/api/events?limit=0")[0] == 400
+    assert request(collector.url + "/debugger/api/events?status=lost")[0] == 400
+    assert request(collector.url + "/debugger/api/reset")[0] == 405
+
+
+# -- beyond loopback: the real app, in-process --------------------------------------------------
+
+async def _call(app, method: str, path: str, query: str = "", headers: dict = None, body: bytes = b"") -> tuple:
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in {"host": "collector.example",
+                                                                        **(headers or {})}.items()],
+             "client": ("203.0.113.9", 5555), "server": ("10.0.0.2", 8088), "scheme": "http"}
+    await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def _app(debugger_settings, host: str):
+    from collector.app import App
+    from collector.debugger.service import Debugger
+    from collector.settings import CollectorSettings, Source
+    from collector.sinks import Sink
+
+    class Kept(Sink):   # what a durable sink is told, kept in memory (nothing else to observe)
+        def __init__(self):
+            self.records = []
+
+        async def put(self, records, attributes=None):
+            self.records += records
+
+    settings = CollectorSettings((Source("server", "key-server"),), debugger=debugger_settings)
+    app = App(settings, Kept())
+    debugger = Debugger(settings)
+    debugger.install(app, (host, 8088))
+    return app, debugger
+
+
+def test_beyond_loopback_the_token_is_needed():
+    from collector.debugger.settings import DebuggerSettings
+
+    async def run():
+        app, debugger = _app(DebuggerSettings(token="t0k3n-abc"), "0.0.0.0")
+        assert debugger.on and debugger.token == "t0k3n-abc"
+        event = orjson.dumps({"type": "track", "event": "E", "userId": "u", "messageId": "tok-1"})
+        assert (await _call(app, "POST", "/v1/track", headers={"authorization": basic("key-server")},
+                            body=event))[0] == 200
+        await asyncio.sleep(0)   # the inspection runs just after the answer
+        status, body = await _call(app, "GET", "/debugger/api/events")
+        assert status == 401 and json.loads(body)["code"] == "missing_debugger_token"
+        status, body = await _call(app, "GET", "/debugger/api/events", headers={"authorization": "Bearer nope"})
+        assert status == 401 and json.loads(body)["code"] == "invalid_debugger_token"
+        status, body = await _call(app, "GET", "/debugger/api/events", headers={"authorization": "Bearer t0k3n-abc"})
+        assert status == 200 and [e["message_id"] for e in json.loads(body)["events"]] == ["tok-1"]
+        status, body = await _call(app, "GET", "/debugger/api/events", query="token=t0k3n-abc&source=server")
+        assert status == 200 and json.loads(body)["count"] == 1
+        assert (await _call(app, "POST", "/debugger/api/reset", query="token=t0k3n-abc"))[0] == 200
+
+        app, debugger = _app(DebuggerSettings(), "0.0.0.0")   # no token: off, nothing recorded
+        assert not debugger.on and app.sink.__class__.__name__ == "Kept"
+        assert (await _call(app, "POST", "/v1/track", headers={"authorization": basic("key-server")},
+                            body=event))[0] == 200
+        status, body = await _call(app, "GET", "/debugger/api/events", headers={"authorization": "Bearer x"})
+        assert status == 403 and "debugger.token is not set" in json.loads(body)["message"]
+        assert debugger.store.stats()["entries"] == 0
+
+    asyncio.run(run())
+
