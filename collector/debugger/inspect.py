@@ -19,6 +19,8 @@ import time
 import zlib
 from typing import Optional
 
+import orjson
+
 from collector.debugger.store import MAX_VIOLATIONS, UNKNOWN_SOURCE, Entry, Store
 from transforms import jsonutil, timeutil
 from transforms.contracts.enforce import ContractEnforcer
@@ -48,12 +50,19 @@ class Inspector:
     def accepted(self, record: bytes) -> int:
         """Entries for the events of one accepted record (as many as the store admits)."""
         started = time.perf_counter()
+        peeked = _peek(record)
+        kept = self.store.admit(*peeked) if peeked else None
+        if kept == 0:   # past the rate: counted, not decoded (decode's depth check costs more than a parse)
+            return 0
         outcomes = [o for o in decode_message(RawMessage(record, {}, "collector"), None, self.limits)
                     if isinstance(o, (Event, Refused))]
         if not outcomes:
             return 0
-        source = outcomes[0].source if isinstance(outcomes[0], Event) else outcomes[0].source or UNKNOWN_SOURCE
-        kept = self.store.admit(source, len(outcomes))
+        if kept is None:
+            source = outcomes[0].source if isinstance(outcomes[0], Event) else outcomes[0].source or UNKNOWN_SOURCE
+            kept = self.store.admit(source, len(outcomes))
+        else:
+            source = peeked[0]
         received_at = _received_at(record, outcomes)
         for outcome in outcomes[:kept]:
             if isinstance(outcome, Refused):
@@ -140,6 +149,18 @@ def _dead_letter(rejection: Optional[Rejection]) -> dict:
 
 def _text(value) -> Optional[str]:
     return value if isinstance(value, str) else None
+
+
+def _peek(record: bytes):
+    """(source, events) of a record as the collector writes it (a batch envelope naming its
+    source), or None for anything else (decoded in full to be counted)."""
+    try:
+        head = orjson.loads(record)
+    except orjson.JSONDecodeError:   # integers past 64 bits, which jsonutil reads
+        return None
+    batch = head.get("batch") if type(head) is dict else None
+    source = head.get("source") if type(batch) is list else None
+    return (source, len(batch)) if type(source) is str and source else None
 
 
 def _received_at(record: bytes, outcomes: list) -> str:

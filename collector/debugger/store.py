@@ -93,6 +93,7 @@ class Store:
         self._by_message = {}   # message_id -> [Entry, ...] (usually one; a resend adds one)
         self._buckets = {}      # source -> _Bucket
         self._skipped = {}      # source -> events not kept (rate)
+        self._received = {}     # source -> events seen (kept or not)
         self._payload_bytes = 0
         self.listeners = []     # callables (kind, data): "entry" / "fate" with an entry's JSON, "reset" with None
 
@@ -111,6 +112,7 @@ class Store:
                 bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * settings.max_events_per_second)
                 bucket.at = now
             kept = min(events, int(bucket.tokens))
+            self._received[source] = self._received.get(source, 0) + events
             bucket.tokens -= kept
             if kept < events:
                 self._skipped[source] = self._skipped.get(source, 0) + events - kept
@@ -169,7 +171,7 @@ class Store:
     def reset(self) -> None:
         """Every entry and count gone (POST /debugger/api/reset, between a test suite's tests)."""
         with self._lock:
-            self._rings, self._by_message, self._skipped, self._buckets = {}, {}, {}, {}
+            self._rings, self._by_message, self._skipped, self._buckets, self._received = {}, {}, {}, {}, {}
             self._payload_bytes = 0
         self._tell("reset", None)
 
@@ -189,12 +191,11 @@ class Store:
 
     def stats(self) -> dict:
         with self._lock:
-            sources = {name: {"entries": len(ring), "skipped": self._skipped.get(name, 0)}
-                       for name, ring in self._rings.items()}
-            for name, skipped in self._skipped.items():
-                sources.setdefault(name, {"entries": 0, "skipped": skipped})
+            sources = {name: {"received": received, "entries": len(self._rings.get(name, ())),
+                              "skipped": self._skipped.get(name, 0)} for name, received in self._received.items()}
             return {"entries": sum(len(r) for r in self._rings.values()), "payload_bytes": self._payload_bytes,
-                    "skipped": sum(self._skipped.values()), "sources": sources,
+                    "received": sum(self._received.values()), "skipped": sum(self._skipped.values()),
+                    "sources": sources,
                     "max_events_per_source": self.settings.max_events_per_source,
                     "max_events_per_second": self.settings.max_events_per_second,
                     "max_payload_bytes": self.settings.max_payload_bytes}

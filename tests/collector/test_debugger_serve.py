@@ -145,6 +145,22 @@ def test_the_stream_tells_a_page_of_each_entry(collector):
     assert data["message_id"] == "s-1" and data["event"] == "Streamed" and data["fate"]["status"] == "pending"
 
 
+def test_under_load_the_store_keeps_its_bounds_and_counts_the_rest(collector):
+    """20,000 events as fast as one sender goes: at most 500 entries for the source, whatever the
+    rate turned out to be; every event counted as received, the ones past the rate as skipped."""
+    for number in range(200):
+        batch = [{"type": "track", "event": "Load", "userId": "u", "messageId": f"load-{number}-{i}",
+                  "properties": {"pad": "x" * 200}} for i in range(100)]
+        assert post(collector.url, "/v1/batch", {"batch": batch}) == 200
+    answer = events(collector.url, limit=1000)
+    server = answer["sampling"]["sources"]["server"]
+    assert server["received"] == 20_000
+    assert server["entries"] == len(answer["events"]) == min(500, 20_000 - server["skipped"])
+    assert answer["sampling"]["payload_bytes"] == sum(e["bytes"] for e in answer["events"]) <= 500 * 16384
+    ids = [e["id"] for e in answer["events"]]
+    assert ids == sorted(ids, reverse=True)   # newest first
+
+
 def test_the_api_refuses_a_host_that_is_not_loopback_and_bad_filters(collector):
     status, _, body = request(collector.url + "/debugger/api/events", headers={"Host": "rebound.example:80"})
     assert status == 403 and json.loads(body)["code"] == "host_not_loopback"

@@ -70,11 +70,11 @@ def test_a_high_rate_is_sampled_and_the_skipped_events_counted():
     store = Store(DebuggerSettings(max_events_per_source=100, max_events_per_second=10), clock)
     inspector = Inspector(store)
     assert inspector.accepted(record([track(n) for n in range(150)])) == 100   # a burst up to the ring
-    assert store.stats()["sources"]["web"] == {"entries": 100, "skipped": 50}
+    assert store.stats()["sources"]["web"] == {"received": 150, "entries": 100, "skipped": 50}
     clock.now += 2.0   # 20 more may be kept
     assert inspector.accepted(record([track(n) for n in range(1000, 1030)])) == 20
     stats = store.stats()
-    assert stats["skipped"] == 60 and stats["entries"] == 100
+    assert stats["skipped"] == 60 and stats["entries"] == 100 and stats["received"] == 180
     assert store.query(limit=1)[0].message_id == "m1019"   # the first of a request are kept
     store.reset()
     assert store.stats()["entries"] == store.stats()["skipped"] == 0
