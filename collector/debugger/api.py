@@ -1,5 +1,6 @@
 """The debugger's HTTP: the test API and the page's live stream (docs/debugger.md).
 
+    GET  /debugger                                                     the page (page/: HTML, CSS, JS)
     GET  /debugger/api/events?source=&type=&event=&status=&q=&limit=   newest first
     POST /debugger/api/reset                                           every entry and count gone
     GET  /debugger/stream                                              server-sent events
@@ -8,10 +9,12 @@ Access: a collector listening beyond loopback needs `debugger.token`, sent as `A
 Bearer TOKEN` or `?token=TOKEN` (401 otherwise); on loopback none is needed, but the Host
 header must name loopback too, so a web page that rebinds its own name to 127.0.0.1 cannot
 read the entries (403), and a POST carrying another site's Origin is refused (403). Nothing
-here sends CORS headers: other origins' pages cannot read the answers.
+here sends CORS headers: other origins' pages cannot read the answers. The page's script and
+style hold no data and are answered without the token (the page passes its `?token=` on).
 """
 import asyncio
 import hmac
+import os
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -27,6 +30,16 @@ STREAM_POLL_SECONDS = 1.0    # how soon a stream notices the collector draining
 KEEP_ALIVE_SECONDS = 15.0
 _FILTERS = ("source", "type", "event", "status", "q")
 _streams = set()
+_PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
+_ASSETS = {"/debugger": ("index.html", b"text/html; charset=utf-8"),
+           "/debugger/page.js": ("page.js", b"text/javascript; charset=utf-8"),
+           "/debugger/page.css": ("page.css", b"text/css; charset=utf-8")}
+# Whatever an event holds, the page runs only its own script: defense in depth beside page.js
+# putting every value in as text. no-referrer: a ?token= in the page's address goes nowhere else.
+_PAGE_HEADERS = [(b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; "
+                  b"connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+                 (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                 (b"cache-control", b"no-store")]
 
 
 class _Refused(Exception):
@@ -42,8 +55,14 @@ async def answer(debugger, scope, receive, send) -> None:
     try:
         if not debugger.on:
             raise _Refused(403, "debugger_off", "the debugger is off: " + debugger.why_off)
+        if path in _ASSETS and path != "/debugger":
+            _method(method, "GET")
+            return await _asset(send, path, method == "HEAD")
         _authorize(debugger, headers, query)
-        if path == "/debugger/api/events":
+        if path == "/debugger":
+            _method(method, "GET")
+            await _asset(send, path, method == "HEAD")
+        elif path == "/debugger/api/events":
             _method(method, "GET")
             await _json(send, 200, events(debugger, query))
         elif path == "/debugger/api/reset":
@@ -111,6 +130,16 @@ def _same_origin(headers: dict) -> None:
 def _method(method: str, allowed: str) -> None:
     if method != allowed and not (allowed == "GET" and method == "HEAD"):
         raise _Refused(405, "method_not_allowed", f"use {allowed}", {"allow": allowed})
+
+
+async def _asset(send, path: str, head: bool) -> None:
+    name, content_type = _ASSETS[path]
+    with open(os.path.join(_PAGE_DIR, name), "rb") as handle:   # a few KB, read when asked: edits show at once
+        body = handle.read()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+                + _PAGE_HEADERS})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 async def _json(send, status: int, value, headers: dict = None) -> None:
