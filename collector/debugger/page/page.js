@@ -74,7 +74,8 @@ function row(entry) {
   const tr = document.createElement("tr");
   tr.dataset.id = entry.id;
   tr.append(el("td", time(entry.received_at)), el("td", entry.source), el("td", entry.type || "—"),
-            el("td", entry.event || (entry.reason ? entry.reason.code : "") || "—"),
+            el("td", entry.event || (entry.payload && entry.payload.name) ||
+                     (entry.reason && entry.reason.code) || "—"),
             el("td", entry.user_id || entry.anonymous_id || "—"), el("td", size(entry.bytes)));
   const status = el("td");
   status.append(badge(entry.fate.status));
@@ -158,7 +159,8 @@ function showConnection(state, title) {
 function showSampling(stats) {
   const skipped = stats.skipped || 0;
   $("#sampling").textContent = skipped
-    ? `${skipped.toLocaleString()} events skipped at high rate (at most ${stats.max_events_per_second}/s kept per source)`
+    ? `${skipped.toLocaleString()} events skipped at high rate ` +
+      `(at most ${stats.max_events_per_second}/s kept per source)`
     : "";
   const select = $("#filters select[name=source]");
   const known = new Set([...select.options].map((o) => o.value));
@@ -223,7 +225,8 @@ function showFate(fate) {
   box.replaceChildren();
   const title = el("h2", "Fate ");
   title.append(badge(fate.status));
-  const said = fate.status === "stored" ? `in ${fate.table}` + (fate.policy === "duplicate" ? " (already: this send was the duplicate)" : "")
+  const duplicate = fate.policy === "duplicate" ? " (already: this send was the duplicate)" : "";
+  const said = fate.status === "stored" ? `in ${fate.table}${duplicate}`
     : fate.status === "dropped" ? `by ${fate.policy || "a policy"}`
     : fate.error_type ? `${fate.error_type}: ${fate.error_message || ""}` : "";
   if (said) title.append(" ", el("span", said));
@@ -337,7 +340,10 @@ $("#reset").addEventListener("click", async () => {
   load();
 });
 for (const button of document.querySelectorAll(".tabs button")) {
-  button.addEventListener("click", () => { view = button.dataset.view; if (selected) showPayload(entries.get(selected)); });
+  button.addEventListener("click", () => {
+    view = button.dataset.view;
+    if (selected) showPayload(entries.get(selected));
+  });
 }
 setInterval(async () => {   // the sampling notice stays current without a message per skipped event
   const answer = await fetch(withToken("/debugger/api/events?limit=1"));
