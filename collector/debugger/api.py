@@ -71,7 +71,7 @@ async def answer(debugger, scope, receive, send) -> None:
             debugger.store.reset()
             await _json(send, 200, {"reset": True})
         elif path == "/debugger/stream":
-            _method(method, "GET")
+            _method(method, "GET", head=False)   # a stream has no end to show the headers of
             await stream(debugger, receive, send)
         else:
             raise _Refused(404, "not_found", "no such debugger path: /debugger/api/events, /debugger/api/reset "
@@ -127,8 +127,8 @@ def _same_origin(headers: dict) -> None:
         raise _Refused(403, "cross_origin", "the debugger's reset is not answered for another site's page")
 
 
-def _method(method: str, allowed: str) -> None:
-    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+def _method(method: str, allowed: str, head: bool = True) -> None:
+    if method != allowed and not (head and allowed == "GET" and method == "HEAD"):
         raise _Refused(405, "method_not_allowed", f"use {allowed}", {"allow": allowed})
 
 

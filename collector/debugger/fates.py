@@ -165,10 +165,11 @@ def _deliveries(cursor, ids: set, since: datetime, destinations: dict) -> None:
             if message_id not in ids:
                 continue
             per = destinations.setdefault(message_id, {})
-            if per.get(destination, {}).get("status") == "delivered":
+            known = per.get(destination, {})
+            if known.get("status") == "delivered":
                 continue
-            per[destination] = {"status": status, "http_status": http_status, "attempts": attempts,
-                                "latency_ms": latency_ms}
+            per[destination] = {**known, "status": status, "http_status": http_status, "attempts": attempts,
+                                "latency_ms": latency_ms}   # a failure's dead letter keeps its error
 
 
 def _fate(status: str, *, table=None, error_type=None, error_message=None, policy=None) -> dict:

@@ -102,7 +102,10 @@ def test_each_event_with_its_contract_result_then_its_fate(embedded):
         time.sleep(0.2)
     fates = {m: e["fate"] for m, e in seen.items()}
     assert fates["good-1"]["status"] == "stored" and fates["good-1"]["table"] == "order_completed"
-    assert fates["good-1"]["destinations"]["crm"]["status"] == "failed"   # the webhook answered 400
+    crm = fates["good-1"]["destinations"]["crm"]   # the webhook answered 400
+    assert crm["status"] == "failed" and "400" in crm["error_message"]
+    if crm["http_status"] is not None:   # from _deliveries, where forwarding records its outcomes
+        assert (crm["http_status"], crm["attempts"]) == (400, 1) and crm["latency_ms"] >= 0
     assert hook.requests and hook.requests[0].status == 400
     assert fates["who-1"]["status"] == "stored" and fates["who-1"]["table"] == "identifies"
     assert fates["bad-1"]["status"] == "dead_lettered" and fates["bad-1"]["error_type"] == "contract_violation"
