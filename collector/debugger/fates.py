@@ -89,6 +89,8 @@ class Fates:
             return 0
 
     def _loaded(self, files: list, summary: dict, since) -> int:
+        if not self.store.pending_entries:   # nothing waits: the files need not be read again
+            return 0
         pending = self.store.pending(message_ids(files))
         if not pending:
             return 0

@@ -101,14 +101,17 @@ class Debugger:
             elif state[2] is not None and message["type"] == "http.response.body":
                 status, state[2] = state[2], None
                 try:
-                    self._refused(scope, headers, status, message.get("body", b""), chunks, state[1])
+                    self._refused(scope, headers, status, message.get("body", b""), chunks, state[1], state[0])
                 except Exception:  # noqa: BLE001 - never in the way of the answer; logged
                     _LOG.warning("debugger: a refused request could not be recorded", exc_info=True)
             await send(message)
 
         return watched_receive, watched_send
 
-    def _refused(self, scope, headers: dict, status: int, answer: bytes, chunks: list, complete: bool) -> None:
+    def _refused(self, scope, headers: dict, status: int, answer: bytes, chunks: list, complete: bool,
+                 size: int) -> None:
+        """complete: the body was read to its end; size: its bytes (chunks hold at least the first
+        PREVIEW_RAW_BYTES of them)."""
         try:
             said = orjson.loads(answer) if answer else {}
         except orjson.JSONDecodeError:
@@ -116,7 +119,7 @@ class Debugger:
         code = said.get("code") if isinstance(said, dict) else None
         message = said.get("message") if isinstance(said, dict) else None
         body = b"".join(chunks)[:PREVIEW_RAW_BYTES]
-        text, key = preview(body, headers.get("content-encoding"), complete and len(body) <= PREVIEW_RAW_BYTES)
+        text, key = preview(body, headers.get("content-encoding"), complete and size <= PREVIEW_RAW_BYTES)
         source = self._source_of(scope, headers, key)
         self.inspector.refused(received_at(datetime.now(timezone.utc)), status, code or f"http_{status}",
                                message or "", source, scope["path"], text)

@@ -95,6 +95,7 @@ class Store:
         self._skipped = {}      # source -> events not kept (rate)
         self._received = {}     # source -> events seen (kept or not)
         self._payload_bytes = 0
+        self.pending_entries = 0  # entries whose fate is pending: none, and a load need not be read
         self.listeners = []     # callables (kind, data): "entry" / "fate" with an entry's JSON, "reset" with None
 
     # -- sampling ----------------------------------------------------------------------------
@@ -130,6 +131,7 @@ class Store:
                 self._forget(ring.popleft())
             ring.append(entry)
             self._payload_bytes += entry.kept_bytes()
+            self.pending_entries += entry.fate["status"] == "pending"
             if entry.message_id is not None:
                 self._by_message.setdefault(entry.message_id, []).append(entry)
         self._tell("entry", entry)
@@ -137,6 +139,7 @@ class Store:
 
     def _forget(self, entry: Entry) -> None:
         self._payload_bytes -= entry.kept_bytes()
+        self.pending_entries -= entry.fate["status"] == "pending"
         if entry.message_id is not None:
             same = self._by_message.get(entry.message_id)
             if same is not None:
@@ -164,6 +167,7 @@ class Store:
                     if entry.fate["status"] == "pending":
                         entry.fate = fate
                         changed.append(entry)
+                        self.pending_entries -= fate["status"] != "pending"
         for entry in changed:
             self._tell("fate", entry)
         return len(changed)
@@ -172,7 +176,7 @@ class Store:
         """Every entry and count gone (POST /debugger/api/reset, between a test suite's tests)."""
         with self._lock:
             self._rings, self._by_message, self._skipped, self._buckets, self._received = {}, {}, {}, {}, {}
-            self._payload_bytes = 0
+            self._payload_bytes = self.pending_entries = 0
         self._tell("reset", None)
 
     # -- reading -----------------------------------------------------------------------------

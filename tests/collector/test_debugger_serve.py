@@ -244,3 +244,22 @@ def test_beyond_loopback_the_token_is_needed():
 
     asyncio.run(run())
 
+
+
+def test_a_refused_requests_preview_holds_no_key_whatever_its_size():
+    from collector.debugger.settings import DebuggerSettings
+
+    async def run():
+        app, debugger = _app(DebuggerSettings(), "127.0.0.1")
+        small = orjson.dumps({"writeKey": "wrong-key-1", "type": "track", "event": "E", "userId": "u"})
+        large = orjson.dumps({"writeKey": "wrong-key-2", "type": "track", "event": "E", "userId": "u",
+                              "properties": {"pad": "p" * 20_000}, "writeKeyAgain": "x"})
+        cut = orjson.dumps({"type": "track", "properties": {"pad": "p" * 8180}, "writeKey": "wrong-key-3"})
+        for body in (small, large, cut):
+            assert (await _call(app, "POST", "/v1/track", body=body))[0] == 401
+        kept = debugger.store.query(source="(unknown)")
+        assert len(kept) == 3 and all(e.reason["code"] == "invalid_write_key" for e in kept)
+        assert not any("wrong-key" in (e.payload or "") for e in kept)
+        assert '"event":"E"' in kept[2].payload and kept[1].payload.endswith("…")
+
+    asyncio.run(run())

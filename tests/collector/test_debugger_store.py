@@ -49,7 +49,7 @@ def test_a_hundred_thousand_entries_keep_the_store_within_its_bounds():
     kept = [e for s in sources for e in store.query(source=s, limit=10**6)]
     assert stats["entries"] == len(kept) == 4 * 500
     assert stats["payload_bytes"] == sum(e.kept_bytes() for e in kept) <= 4 * 500 * 2048
-    assert len(store._by_message) == 4 * 500   # the index forgets what the rings evicted
+    assert len(store._by_message) == store.pending_entries == 4 * 500   # the index forgets what the rings evicted
     assert store.query(limit=1)[0].message_id == "m99999"
     assert store.query(source="web", limit=1)[0].message_id == "m99996"
 
@@ -139,8 +139,10 @@ def test_events_decode_or_normalize_refuse_are_dead_lettered_at_once_and_the_res
     assert fates[None]["error_type"] == "not_an_object"
     assert fates["m4"]["status"] == "pending" and store.query(source="web", status="pending")[0].message_id == "m4"
     assert store.pending(["m1", "m4", "nope"]) == {"m4": ("track", "Order Completed")}
+    assert store.pending_entries == 1
     assert store.settle({"m4": {"status": "stored", "table": "order_completed"}}) == 1
     assert store.query(status="stored")[0].fate["table"] == "order_completed"
+    assert store.pending_entries == 0
 
 
 def test_filters_and_search():
