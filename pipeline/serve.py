@@ -191,7 +191,7 @@ def _serve_embedded(args, settings) -> int:
     loads = FileLoads((["--config", args.config] if args.config else []) + ["--warehouse", args.warehouse])
     sink = EmbeddedSink.for_warehouse(path, loads, limits=loads.limits)
     advertised = []
-    debugger = Debugger(settings, loads.plan.config.contracts, loads.limits)   # the loads' own contracts
+    debugger = Debugger(settings, loads.plan.config.contracts, loads.limits, loads.plan.config)   # the loads' own
 
     def on_listening(app, address):
         _mark_listened()

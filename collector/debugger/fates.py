@@ -16,8 +16,11 @@ connection, in what the run wrote:
   `_sluice_message_keys` (an earlier send of the same message id was stored);
 - dropped: in the files the run read, and none of the above. Beam's counters say how many each
   policy dropped, not which events: the policy shown is the one the run's summary names when
-  it names one; when several policies dropped events in one run it lists them ("consent or
-  filtered:bots"). A per-event record of drops needs the stages to say it (docs/debugger.md).
+  it names one. When several policies dropped events in one run, the entry's payload is put
+  through the pure policies again, in the pipeline's order (`DropReplay`: consent's route,
+  the config's rules); what that names is shown when the summary names it too, else the
+  summary's policies joined ("consent or filtered:bots"): a UDF is not run again here, and a
+  cut payload cannot be. A per-event record of drops needs the stages to say it (docs/debugger.md).
 
 "This run" is `loaded_at` after the previous run's call (runs follow each other on the loader's
 thread; for the first, after its files' last write less a margin), so each query reads only the
@@ -27,6 +30,7 @@ Against Pub/Sub or spool sinks (production) nothing calls this: fates stay pendi
 import logging
 import os
 from datetime import datetime, timedelta, timezone
+from typing import Optional
 
 import orjson
 
@@ -70,10 +74,51 @@ def message_ids(files: list) -> set:
     return found
 
 
+class DropReplay:
+    """Which policy drops an event, by the pure policies the pipeline applies before storing:
+    the Consent stage's route (no store and no destination: `consent`), then the Transform
+    stage's rules (`filtered:<rule>`), then the UDF (not run here: `udf` when configured),
+    then consent again (not stored: `consent`). None when none of them would."""
+
+    def __init__(self, consent=None, transforms=None):
+        from transforms.rules.engine import TransformRules
+        self.consent = consent
+        self.rules = TransformRules(list(transforms.rules)) if transforms is not None and transforms.rules else None
+        self.udf = bool(transforms is not None and transforms.udf)
+
+    def why(self, entry) -> Optional[str]:
+        from collections import Counter
+
+        from transforms.consent import route
+        from transforms.messages import Rejection
+        from transforms.normalize import normalize_event
+        from transforms.rules.engine import Filtered
+        if type(entry.payload) is not bytes:   # a cut payload: not the event any more
+            return None
+        body = normalize_event(orjson.loads(entry.payload), entry.received_at)
+        if isinstance(body, Rejection):
+            return None
+        decision = route(body, self.consent) if self.consent is not None else None
+        if isinstance(decision, Rejection):
+            return None
+        if decision is not None and not decision.store and not decision.destinations:
+            return "consent"
+        if self.rules is not None:
+            result = self.rules.apply(body, entry.source, Counter())
+            if isinstance(result, Filtered):
+                return f"filtered:{result.rule}"
+        if self.udf:
+            return "udf"
+        if decision is not None and not decision.store:
+            return "consent"
+        return None
+
+
 class Fates:
-    def __init__(self, store: Store, cursor):
-        """cursor: () -> a DuckDB cursor of the warehouse (FileLoads.cursor), closed after use."""
-        self.store, self._cursor = store, cursor
+    def __init__(self, store: Store, cursor, replay: Optional[DropReplay] = None):
+        """cursor: () -> a DuckDB cursor of the warehouse (FileLoads.cursor), closed after use;
+        replay: the config's policies, to tell drops apart when a run has several."""
+        self.store, self._cursor, self._replay = store, cursor, replay
         self.lookups, self.settled = 0, 0
         self._previous = None   # when the previous run's call came: the loader's runs follow each other
 
@@ -101,10 +146,33 @@ class Fates:
             fates = lookup(cursor, pending, since, summary)
         finally:
             cursor.close()
+        self._name_drops(fates, summary)
         self.lookups += 1
         changed = self.store.settle(fates)
         self.settled += changed
         return changed
+
+
+    def _name_drops(self, fates: dict, summary: dict) -> None:
+        """A dropped event's one policy, when the run's summary names several (DropReplay)."""
+        policies = _policies(summary)
+        if len(policies) < 2 or self._replay is None:
+            return
+        for message_id, fate in fates.items():
+            if fate["status"] != "dropped":
+                continue
+            entry = self.store.entry(message_id)
+            try:
+                why = self._replay.why(entry) if entry is not None else None
+            except Exception:  # noqa: BLE001 - the summary's list stays; logged
+                _LOG.warning("debugger: could not tell which policy dropped an event", exc_info=True)
+                why = None
+            if why in policies:
+                fate["policy"] = why
+
+
+def _policies(summary: dict) -> list:
+    return sorted(p for p, n in (summary.get("dropped") or {}).items() if n and p not in _NOT_A_POLICY)
 
 
 def lookup(cursor, pending: dict, since: datetime, summary: dict) -> dict:
@@ -144,7 +212,7 @@ def lookup(cursor, pending: dict, since: datetime, summary: dict) -> dict:
             kind, event = pending[message_id]
             table = naming.table_name(event) if kind == "track" and event else PRIMARY.get(kind)
             fates[message_id] = _fate("stored", table=table, policy="duplicate")
-    policies = sorted(p for p, n in (summary.get("dropped") or {}).items() if n and p not in _NOT_A_POLICY)
+    policies = _policies(summary)
     for message_id in ids:
         if message_id not in fates:
             fates[message_id] = _fate("dropped", policy=" or ".join(policies) or None)

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from collector.debugger import api
-from collector.debugger.fates import Fates
+from collector.debugger.fates import DropReplay, Fates
 from collector.debugger.inspect import PREVIEW_RAW_BYTES, Inspector, preview
 from collector.debugger.settings import DebuggerSettings, access
 from collector.debugger.store import Store
@@ -34,9 +34,11 @@ _NOT_EVENTS = (404, 405)   # a refusal of the path or method: no event was meant
 
 
 class Debugger:
-    def __init__(self, settings, contracts: Optional[ContractSettings] = None, limits: DecodeLimits = DecodeLimits()):
-        """settings: the CollectorSettings (its sources and its `debugger`)."""
-        self.collector = settings
+    def __init__(self, settings, contracts: Optional[ContractSettings] = None, limits: DecodeLimits = DecodeLimits(),
+                 config=None):
+        """settings: the CollectorSettings (its sources and its `debugger`); config: the
+        pipeline's Config in embedded mode (its consent and rules tell drops apart)."""
+        self.collector, self.config = settings, config
         self.settings: DebuggerSettings = getattr(settings, "debugger", None) or DebuggerSettings()
         self.store = Store(self.settings)
         self.inspector = Inspector(self.store, contracts, limits)
@@ -59,7 +61,8 @@ class Debugger:
                   "token required" if self.token else "loopback only, no token", self.settings.max_events_per_source)
 
     def fates(self, cursor) -> Fates:
-        return Fates(self.store, cursor)
+        config = self.config
+        return Fates(self.store, cursor, config and DropReplay(config.consent, config.transforms))
 
     async def http(self, scope, receive, send) -> None:
         await api.answer(self, scope, receive, send)

@@ -157,6 +157,12 @@ class Store:
                         found[message_id] = (entry.type, entry.event)
             return found
 
+    def entry(self, message_id: str):
+        """The newest entry of a message id, or None."""
+        with self._lock:
+            same = self._by_message.get(message_id)
+            return same[-1] if same else None
+
     def settle(self, fates: dict) -> int:
         """Set the fate of each message id's pending entries ({message_id: fate dict}); how many
         entries changed."""

@@ -53,6 +53,7 @@ def embedded(start_collector, tmp_path):
             "sources": SOURCES,
             "contracts": {"directory": str(tmp_path / "contracts"), "violations": "block"},
             "transforms": [{"name": "no-pings", "events": ["Internal Ping"], "drop_event": True}],
+            "consent": {"warehouse": ["analytics"]},
             "destinations": [{"name": "crm", "type": "webhook", "url": hook.url, "allow_private_network": True,
                               "events": ["Order Completed"], "retry": {"max_attempts": 1}}]}))
         yield start_collector(["--config", str(config), "--warehouse", f"duckdb:///{tmp_path / 'w.duckdb'}"]), hook
@@ -67,7 +68,9 @@ def test_each_event_with_its_contract_result_then_its_fate(embedded):
     nobody = {"type": "track", "event": "Order Completed", "messageId": "nobody-1", "properties": {"total": 1}}
     ping = {"type": "track", "event": "Internal Ping", "userId": "u1", "messageId": "ping-1"}
     who = {"type": "identify", "userId": "u1", "messageId": "who-1", "traits": {"plan": "pro"}}
-    assert post(url, "/v1/batch", {"batch": [good, violating, nobody, ping, who]}) == 200
+    private = {"type": "track", "event": "Private Thing", "userId": "u1", "messageId": "private-1",
+               "context": {"consent": {"categoryPreferences": {"analytics": False}}}}
+    assert post(url, "/v1/batch", {"batch": [good, violating, nobody, ping, who, private]}) == 200
     assert post(url, "/v1/track", {"type": "track", "event": "Oops", "userId": "u", "writeKey": "not-a-key"},
                 key=None) == 401
     assert post(url, "/v1/track", {"event": "Nope", "userId": "u"}, key="key-web",
@@ -110,7 +113,9 @@ def test_each_event_with_its_contract_result_then_its_fate(embedded):
     assert fates["who-1"]["status"] == "stored" and fates["who-1"]["table"] == "identifies"
     assert fates["bad-1"]["status"] == "dead_lettered" and fates["bad-1"]["error_type"] == "contract_violation"
     assert "/properties/total" in fates["bad-1"]["error_message"]
+    # two policies dropped events in that load: each entry's own is told by its payload, put through them again
     assert fates["ping-1"]["status"] == "dropped" and fates["ping-1"]["policy"] == "filtered:no-pings"
+    assert fates["private-1"]["status"] == "dropped" and fates["private-1"]["policy"] == "consent"
     assert [e["message_id"] for e in events(url, status="stored")["events"]] == ["who-1", "good-1"]
 
     # sent again: the warehouse already holds it, so this send is the duplicate drop of a stored event
