@@ -29,6 +29,7 @@ from transforms.decode import DecodeLimits, Refused, decode_message
 from transforms.messages import Event, RawMessage, Rejection
 from transforms.normalize import derive_message_id, normalize_event
 
+STEP_EVENTS = 32               # events inspected between two turns of the event loop (a few ms at most)
 PREVIEW_CHARS = 1024           # of a refused request's body, the write key removed
 PREVIEW_RAW_BYTES = 8 * 1024   # read of a refused body to make that preview (gzip: inflated up to this)
 _WRITE_KEY = re.compile(r'("writeKey"\s*:\s*)("(?:[^"\\]|\\.)*(?:"|$)|[^,}\s]*)')
@@ -49,29 +50,44 @@ class Inspector:
     # -- accepted ----------------------------------------------------------------------------
     def accepted(self, record: bytes) -> int:
         """Entries for the events of one accepted record (as many as the store admits)."""
+        kept = 0
+        for kept in self.steps(record, every=0):
+            pass
+        return kept
+
+    def steps(self, record: bytes, every: int = STEP_EVENTS):
+        """accepted(), pausing after every `every` events inspected (0: never), so the collector's
+        event loop answers requests between the steps of a large batch; yields how many events
+        of the record have been inspected so far, last the number kept."""
         started = time.perf_counter()
         peeked = _peek(record)
         kept = self.store.admit(*peeked) if peeked else None
         if kept == 0:   # past the rate: counted, not decoded (decode's depth check costs more than a parse)
-            return 0
+            yield 0
+            return
         outcomes = [o for o in decode_message(RawMessage(record, {}, "collector"), None, self.limits)
                     if isinstance(o, (Event, Refused))]
         if not outcomes:
-            return 0
+            yield 0
+            return
         if kept is None:
             source = outcomes[0].source if isinstance(outcomes[0], Event) else outcomes[0].source or UNKNOWN_SOURCE
             kept = self.store.admit(source, len(outcomes))
         else:
             source = peeked[0]
         received_at = _received_at(record, outcomes)
-        for outcome in outcomes[:kept]:
+        for done, outcome in enumerate(outcomes[:kept], 1):
             if isinstance(outcome, Refused):
                 self.store.add(self._refused_member(outcome, source, received_at))
             else:
                 self.store.add(self.event(outcome, received_at))
+            if every and done % every == 0 and done < kept:
+                self.seconds += time.perf_counter() - started
+                yield done
+                started = time.perf_counter()
         self.seconds += time.perf_counter() - started
         self.inspected += kept
-        return kept
+        yield kept
 
     def event(self, event: Event, received_at: str) -> Entry:
         body = event.body

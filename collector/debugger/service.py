@@ -13,6 +13,7 @@ Off (listening beyond loopback without a token, or `debugger.enabled: false`): n
 wrapped or recorded, and /debugger paths answer 403 saying why.
 """
 import asyncio
+import itertools
 import logging
 from datetime import datetime, timezone
 from typing import Optional
@@ -69,14 +70,19 @@ class Debugger:
 
     # -- what the collector accepted ---------------------------------------------------------
     def _records(self, records: list) -> None:
-        self.loop.call_soon(self._inspect, records)   # after the 200 has been sent
+        # after the 200 has been sent, and in steps: a batch of 2,500 events is not checked in one go
+        work = itertools.chain.from_iterable(self.inspector.steps(record) for record in records)
+        self.loop.call_soon(self._step, work)
 
-    def _inspect(self, records: list) -> None:
-        for record in records:
-            try:
-                self.inspector.accepted(record)
-            except Exception:  # noqa: BLE001 - the debugger must never cost an event; logged
-                _LOG.warning("debugger: an accepted record could not be inspected", exc_info=True)
+    def _step(self, work) -> None:
+        try:
+            next(work)
+        except StopIteration:
+            return
+        except Exception:  # noqa: BLE001 - the debugger must never cost an event; logged
+            _LOG.warning("debugger: an accepted record could not be inspected", exc_info=True)
+            return
+        self.loop.call_soon(self._step, work)
 
     # -- what it refused ---------------------------------------------------------------------
     def watch(self, scope, headers: dict, receive, send) -> tuple:

@@ -202,3 +202,11 @@ def test_entry_payload_as_text_or_json():
     assert orjson.loads(orjson.dumps(entry.as_json()))["payload"] == {"a": 1}
     entry = Entry(STAMP, "web", "cut…", 70_000, truncated=True)
     assert orjson.loads(orjson.dumps(entry.as_json()))["payload"] == "cut…"
+
+
+def test_a_large_batch_is_inspected_in_steps():
+    store = Store(DebuggerSettings())
+    inspector = Inspector(store)
+    steps = list(inspector.steps(record([track(n) for n in range(100)]), every=32))
+    assert steps == [32, 64, 96, 100] and store.stats()["entries"] == 100
+    assert list(inspector.steps(record([track(1)]), every=32)) == [1]
