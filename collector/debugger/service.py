@@ -58,6 +58,7 @@ class Debugger:
             _LOG.info("debugger off: %s", self.why_off)
             return
         app.sink = WatchedSink(app.sink, self._records)
+        app.metrics.registry.register(DebuggerMetrics(self))
         _LOG.info("debugger at /debugger (%s; the last %d events per source)",
                   "token required" if self.token else "loopback only, no token", self.settings.max_events_per_source)
 
@@ -163,3 +164,38 @@ class WatchedSink:
 
     def __getattr__(self, name):
         return getattr(self._sink, name)
+
+
+class DebuggerMetrics:
+    """The debugger's counts on the collector's /metrics, read at each scrape: what it keeps,
+    what it skipped at a high rate, and the time its checks took."""
+
+    def __init__(self, debugger: Debugger):
+        self._debugger = debugger
+
+    def describe(self):
+        return []   # read at collect time only (the registry must not collect while registering)
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        stats = self._debugger.store.stats()
+        received = CounterMetricFamily("sluice_debugger_events_received", "Events the debugger saw, per source",
+                                       labels=["source"])
+        skipped = CounterMetricFamily("sluice_debugger_events_skipped", "Events past the debugger's rate, counted "
+                                      "but not kept or checked, per source", labels=["source"])
+        entries = GaugeMetricFamily("sluice_debugger_entries", "Entries the debugger holds, per source",
+                                    labels=["source"])
+        for name, counts in sorted(stats["sources"].items()):
+            received.add_metric([name], counts["received"])
+            skipped.add_metric([name], counts["skipped"])
+            entries.add_metric([name], counts["entries"])
+        yield received
+        yield skipped
+        yield entries
+        yield GaugeMetricFamily("sluice_debugger_payload_bytes", "Bytes of the payloads the debugger holds",
+                                stats["payload_bytes"])
+        inspector = self._debugger.inspector
+        yield CounterMetricFamily("sluice_debugger_inspect_seconds", "Time spent checking events (decode, "
+                                  "normalize, contracts)", inspector.seconds)
+        yield CounterMetricFamily("sluice_debugger_events_inspected", "Events checked", inspector.inspected)
+

@@ -167,6 +167,11 @@ def test_under_load_the_store_keeps_its_bounds_and_counts_the_rest(collector):
     assert answer["sampling"]["payload_bytes"] == sum(e["bytes"] for e in answer["events"]) <= 500 * 16384
     ids = [e["id"] for e in answer["events"]]
     assert ids == sorted(ids, reverse=True)   # newest first
+    status, _, metrics = request(collector.url + "/metrics")
+    assert status == 200
+    assert 'sluice_debugger_events_received_total{source="server"} 20000.0' in metrics.decode()
+    assert f'sluice_debugger_events_skipped_total{{source="server"}} {server["skipped"]}.0' in metrics.decode()
+    assert 'sluice_debugger_entries{source="server"} 500.0' in metrics.decode()
 
 
 def test_the_api_refuses_a_host_that_is_not_loopback_and_bad_filters(collector):
