@@ -150,7 +150,7 @@ def _serve(args) -> int:
     sink, described = _sink(args.sink) if args.sink is not None else (None, None)  # checked before the config
     config, settings = settings_of(args.config)
     if sink is not None:
-        debugger = _debugger(settings, config, args.config)
+        debugger = _debugger(settings, config, args.config, args.host)
 
         def on_listening(app, address):
             _mark_listened()
@@ -160,18 +160,24 @@ def _serve(args) -> int:
     return _serve_embedded(args, settings)
 
 
-def _debugger(settings, document, config_path):
+def _debugger(settings, document, config_path, host):
     """The live debugger (collector.debugger), checking events with the config's contracts as
     the pipeline will. A contracts directory that cannot be read does not stop the collector
-    (its events are not checked against contracts here): the pipeline job reports it."""
+    (its events are not checked against contracts here): the pipeline job reports it. Not read
+    at all when the debugger will be off (collector.debugger.settings.access)."""
     from collector.debugger.service import Debugger
+    from collector.debugger.settings import access
+    if not access(settings.debugger, host)[0]:
+        return Debugger(settings)
     from pipeline import config as config_module, contracts
-    # Only the sections the checks read, typed as the pipeline types them: the rest (rules,
-    # destinations) is the job's, and may need secrets the collector is not given.
-    config = config_module.validate({k: document[k] for k in ("decode", "warehouse", "contracts") if k in document})
+    config = config_module.Config()   # decode's defaults, should the config's sections not be read
     try:
+        # Only the sections the checks read, typed as the pipeline types them: the rest (rules,
+        # destinations) is the job's, and may need secrets the collector is not given.
+        config = config_module.validate({k: document[k] for k in ("decode", "warehouse", "contracts")
+                                         if k in document})
         config = contracts.load(config, config_path)
-    except UsageError as exc:
+    except Exception as exc:  # noqa: BLE001 - a usage error or an unreadable gs:// directory alike
         log.warning("debugger: events are not checked against contracts: %s", exc)
         config = config._replace(contracts=None)
     return Debugger(settings, config.contracts, config.decode)

@@ -273,3 +273,13 @@ def test_a_refused_requests_preview_holds_no_key_whatever_its_size():
         assert '"event":"E"' in kept[2].payload and kept[1].payload.endswith("…")
 
     asyncio.run(run())
+
+
+def test_with_sink_a_contracts_directory_that_cannot_be_read_leaves_events_unchecked(start_collector, tmp_path):
+    """The pipeline job is the one that must refuse broken contracts; the collector keeps collecting."""
+    config = tmp_path / "broken.yaml"
+    config.write_text(json.dumps({"sources": SOURCES, "contracts": {"directory": str(tmp_path / "missing")}}))
+    collector = start_collector(["--config", str(config), "--sink", str(tmp_path / "spool")])
+    assert post(collector.url, "/v1/track", {"type": "track", "event": "E", "userId": "u", "messageId": "u-1"}) == 200
+    assert by_message(collector.url)["u-1"]["contract"] == {"planned": None, "violations": [], "result": "unchecked"}
+    assert "events are not checked against contracts" in collector.log()
