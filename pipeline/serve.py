@@ -169,6 +169,8 @@ def _debugger(settings, document, config_path, host):
     from collector.debugger.settings import access
     if not access(settings.debugger, host)[0]:
         return Debugger(settings)
+    # Only now: pipeline.config and contracts import the stages (and Beam), which serve --sink
+    # needs for a debugger that is on only (collector.debugger.service imports none).
     from pipeline import config as config_module, contracts
     config = config_module.Config()   # decode's defaults, should the config's sections not be read
     try:

@@ -22,27 +22,26 @@ from urllib.parse import parse_qs
 import orjson
 
 from collector.debugger import api
-from collector.debugger.fates import DropReplay, Fates
-from collector.debugger.inspect import PREVIEW_RAW_BYTES, Inspector, preview
+from collector.debugger.preview import PREVIEW_RAW_BYTES, preview
 from collector.debugger.settings import DebuggerSettings, access
 from collector.debugger.store import Store
 from collector.requests import Refusal, basic_user, received_at, route
-from transforms.contracts.model import ContractSettings
-from transforms.decode import DecodeLimits
 
 _LOG = logging.getLogger("sluice.collector.debugger")
 _NOT_EVENTS = (404, 405)   # a refusal of the path or method: no event was meant
 
 
 class Debugger:
-    def __init__(self, settings, contracts: Optional[ContractSettings] = None, limits: DecodeLimits = DecodeLimits(),
-                 config=None):
-        """settings: the CollectorSettings (its sources and its `debugger`); config: the
-        pipeline's Config in embedded mode (its consent and rules tell drops apart)."""
+    def __init__(self, settings, contracts=None, limits=None, config=None):
+        """settings: the CollectorSettings (its sources and its `debugger`); contracts: the
+        loaded ContractSettings; limits: the DecodeLimits; config: the pipeline's Config in
+        embedded mode (its consent and rules tell drops apart). What checks events (and so
+        imports the pipeline's stages, and Beam) is built only once the debugger is on."""
         self.collector, self.config = settings, config
+        self._contracts, self._limits = contracts, limits
         self.settings: DebuggerSettings = getattr(settings, "debugger", None) or DebuggerSettings()
         self.store = Store(self.settings)
-        self.inspector = Inspector(self.store, contracts, limits)
+        self.inspector = None
         self.on, self.token, self.why_off = False, None, "the collector has not started"
         self.app = self.loop = None
 
@@ -57,12 +56,17 @@ class Debugger:
                             f"the collector listens on {host}, beyond loopback, and debugger.token is not set")
             _LOG.info("debugger off: %s", self.why_off)
             return
+        from collector.debugger.inspect import Inspector
+        from transforms.decode import DecodeLimits
+        self.inspector = Inspector(self.store, self._contracts, self._limits or DecodeLimits())
         app.sink = WatchedSink(app.sink, self._records)
         app.metrics.registry.register(DebuggerMetrics(self))
         _LOG.info("debugger at /debugger (%s; the last %d events per source)",
                   "token required" if self.token else "loopback only, no token", self.settings.max_events_per_source)
 
-    def fates(self, cursor) -> Fates:
+    def fates(self, cursor):
+        """The loader's hook (collector.debugger.fates.Fates) reading the warehouse through `cursor`."""
+        from collector.debugger.fates import DropReplay, Fates
         config = self.config
         return Fates(self.store, cursor, config and DropReplay(config.consent, config.transforms))
 

@@ -7,7 +7,8 @@ import json
 import orjson
 import pytest
 
-from collector.debugger.inspect import PREVIEW_CHARS, Inspector, preview
+from collector.debugger.inspect import Inspector
+from collector.debugger.preview import PREVIEW_CHARS, preview
 from collector.debugger.settings import DebuggerSettings, access, is_loopback
 from collector.debugger.store import MAX_VIOLATIONS, UNKNOWN_SOURCE, Entry, Store
 from transforms.contracts.enforce import ContractEnforcer
@@ -210,3 +211,16 @@ def test_a_large_batch_is_inspected_in_steps():
     steps = list(inspector.steps(record([track(n) for n in range(100)]), every=32))
     assert steps == [32, 64, 96, 100] and store.stats()["entries"] == 100
     assert list(inspector.steps(record([track(1)]), every=32)) == [1]
+
+
+def test_the_debugger_off_imports_no_pipeline_stage():
+    """serve --sink need not import Beam: what the collector imports for a debugger that is off
+    (settings, store, preview, api, service) imports none of it; the checks come once it is on."""
+    import subprocess
+    import sys
+    stages = ("apache_beam", "transforms.decode", "transforms.normalize")
+    code = ("import sys, collector.debugger.service, collector.debugger.api, collector.debugger.preview; "
+            f"print(sorted(m for m in {stages!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
