@@ -763,13 +763,23 @@ def test_truncated_bodies_and_garbage_leave_nothing_and_the_server_serving(colle
 
 # ---------------------------------------------------------------- start-up
 
-def test_the_sink_modes_never_load_apache_beam(collector):
+# The live debugger checks events with the pipeline's own decode, normalize and contracts, whose
+# modules import Beam: a debugger that is on (the default on loopback) loads it, by design
+# (collector.debugger.service). The container listens beyond loopback, where without a token the
+# debugger is off; on 127.0.0.1 these tests turn it off to see the sink modes' own imports.
+DEBUGGER_OFF = {"enabled": False}
+
+
+def test_the_sink_modes_never_load_apache_beam(start_collector, tmp_path):
     """`serve --sink` (the Cloud Run container) must not import Beam: it cost each start about
     1 s and 130 MB of resident memory, for the embedded mode alone. Beam's compiled modules are
     shared objects under apache_beam/, mapped into any process that imported it."""
     import apache_beam.coders.coder_impl  # noqa: F401 - a compiled module: the probe's own proof
     assert "/apache_beam/" in open("/proc/self/maps").read(), "the probe cannot see Beam where it is loaded"
+    config = write_config(tmp_path, debugger=DEBUGGER_OFF)
+    collector = start_collector(["--config", str(config), "--sink", str(tmp_path / "spool")])
     assert track(collector.url)[0] == 200   # a request served: the sink and the app are all imported
+    assert request(collector.url + "/debugger/api/events")[0] == 403   # the debugger's answer when off
     beam = [line.split()[-1] for line in open(f"/proc/{collector.pid}/maps") if "/apache_beam/" in line]
     assert not beam, f"the collector loaded Apache Beam: {sorted(set(beam))[:3]}"
 
@@ -778,7 +788,8 @@ def test_the_sluice_console_script_serves_without_apache_beam_too(start_collecto
     """`sluice serve`: the function setup.py's console script calls, called as pip's script does."""
     module, function = re.search(r'"sluice = ([\w.]+):(\w+)"', (ROOT / "setup.py").read_text()).groups()
     script = f"import sys; from {module} import {function}; sys.argv[0] = 'sluice'; sys.exit({function}())"
-    collector = start_collector(["serve", "--config", str(write_config(tmp_path)), "--sink", str(tmp_path / "spool")],
+    config = write_config(tmp_path, debugger=DEBUGGER_OFF)
+    collector = start_collector(["serve", "--config", str(config), "--sink", str(tmp_path / "spool")],
                                 command=[sys.executable, "-c", script])
     assert track(collector.url)[0] == 200
     assert "/apache_beam/" not in open(f"/proc/{collector.pid}/maps").read()
