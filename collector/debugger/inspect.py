@@ -132,7 +132,9 @@ class Inspector:
         data = jsonutil.dumps(value)
         cap = self.store.settings.max_payload_bytes
         if len(data) <= cap:
-            return data, len(data), False
+            # a copy of its exact size: orjson's bytes keep the buffer they were written in (16 KiB
+            # or more even for a 1 KB event), which 500 entries a source would hold on to
+            return memoryview(data).tobytes(), len(data), False
         return data[:cap].decode("utf-8", "ignore") + "…", len(data), True
 
     def _refused_member(self, refused: Refused, source: str, received_at: str) -> Entry:
