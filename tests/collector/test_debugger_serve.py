@@ -283,3 +283,29 @@ def test_with_sink_a_contracts_directory_that_cannot_be_read_leaves_events_unche
     assert post(collector.url, "/v1/track", {"type": "track", "event": "E", "userId": "u", "messageId": "u-1"}) == 200
     assert by_message(collector.url)["u-1"]["contract"] == {"planned": None, "violations": [], "result": "unchecked"}
     assert "events are not checked against contracts" in collector.log()
+
+
+def test_each_kind_of_refusal_is_an_entry_with_its_reason(collector):
+    """400, 403, 413 and 429 as well as a wrong key's 401 (above): each in the list with the code
+    and message the collector answered, under the source its key names, and never the key."""
+    url, track = collector.url, {"type": "track", "event": "Refused", "userId": "u"}
+    answers = [request(url + "/v1/track", "POST", b'{"type": "track", "event": ',
+                       {"Authorization": basic("key-server"), "Content-Type": "application/json"})]
+    answers.append(request(url + "/v1/track", "POST", json.dumps(track).encode(), {"Authorization": basic("key-off")}))
+    answers.append(request(url + "/v1/track", "POST", json.dumps({**track, "properties": {"pad": "x" * 600_000}})
+                           .encode(), {"Authorization": basic("key-server")}))
+    assert post(url, "/v1/batch", {"batch": [track] * 6}, key="key-tight") == 200   # the burst of 5, and one owed
+    answers.append(request(url + "/v1/track", "POST", json.dumps(track).encode(),
+                           {"Authorization": basic("key-tight")}))
+    said = [(status, json.loads(body)) for status, _, body in answers]
+    assert [(status, body["code"]) for status, body in said] == [
+        (400, "malformed_json"), (403, "source_disabled"), (413, "request_too_large"), (429, "rate_limited")]
+
+    refused = events(url, status="refused")["events"][::-1]   # oldest first, as sent
+    assert [(e["http_status"], e["source"], e["reason"]["code"], e["reason"]["message"], e["fate"]["status"])
+            for e in refused] == [(status, source, body["code"], body["message"], "refused")
+                                  for (status, body), source in zip(said, ("server", "off", "server", "tight"))]
+    assert all(e["reason"]["path"] == "/v1/track" for e in refused)
+    assert len(refused[2]["payload"] or "") <= 1025   # a preview of the 600 KB body, at most
+    assert "key-" not in json.dumps(refused)
+    assert [e["reason"]["code"] for e in events(url, status="refused", source="tight")["events"]] == ["rate_limited"]

@@ -107,6 +107,7 @@ function renderList() {
 }
 
 function add(entry) {
+  knowSource(entry.source);   // the source filter offers a source from its first entry on
   if (entries.has(entry.id) || !matches(entry, filters())) return;
   entries.set(entry.id, entry);
   if (paused) {
@@ -162,11 +163,12 @@ function showSampling(stats) {
     ? `${skipped.toLocaleString()} events skipped at high rate ` +
       `(at most ${stats.max_events_per_second}/s kept per source)`
     : "";
+  for (const name of Object.keys(stats.sources || {})) knowSource(name);
+}
+
+function knowSource(name) {
   const select = $("#filters select[name=source]");
-  const known = new Set([...select.options].map((o) => o.value));
-  for (const name of Object.keys(stats.sources || {})) {
-    if (!known.has(name)) select.append(new Option(name, name));
-  }
+  if (name && ![...select.options].some((o) => o.value === name)) select.append(new Option(name, name));
 }
 
 // -- the detail ------------------------------------------------------------------------------
