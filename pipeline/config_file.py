@@ -170,7 +170,18 @@ def _debugger(section) -> DebuggerSettings:
                             secrets.parse(section["token"]) if "token" in section else None,
                             section.get("max_events_per_source", default.max_events_per_source),
                             float(section.get("max_events_per_second", default.max_events_per_second)),
-                            section.get("max_payload_bytes", default.max_payload_bytes))
+                            section.get("max_payload_bytes", default.max_payload_bytes),
+                            warehouse=section.get("warehouse"), bigquery_endpoint=_endpoint(section),
+                            bigquery_location=section.get("bigquery_location", default.bigquery_location),
+                            poll_seconds=float(section.get("poll_seconds", default.poll_seconds)),
+                            lookup_minutes=float(section.get("lookup_minutes", default.lookup_minutes)),
+                            max_bytes_billed=section.get("max_bytes_billed", default.max_bytes_billed))
+
+
+def _endpoint(section):
+    """debugger.bigquery_endpoint as the job's --bigquery_endpoint is taken (no trailing slash)."""
+    url = section.get("bigquery_endpoint")
+    return url.rstrip("/") if url else None
 
 
 def resolve_collector(settings: CollectorSettings, environ=None) -> CollectorSettings:

@@ -155,8 +155,12 @@ def _serve(args) -> int:
         def on_listening(app, address):
             _mark_listened()
             debugger.install(app, address)
+            debugger.look_up_in_warehouse()   # debugger.warehouse: fates from BigQuery, on a thread
 
-        return uvloop.run(server.serve(settings, sink, args.host, args.port, described, on_listening))
+        try:
+            return uvloop.run(server.serve(settings, sink, args.host, args.port, described, on_listening))
+        finally:
+            debugger.close()
     return _serve_embedded(args, settings)
 
 
@@ -195,6 +199,8 @@ def _serve_embedded(args, settings) -> int:
     from collector.embedded import EmbeddedSink, LoaderMetrics
     from pipeline.main import FileLoads
 
+    if settings.debugger.warehouse:
+        log.warning("debugger.warehouse is for serve --sink: embedded mode looks fates up in its own warehouse")
     path = args.warehouse[len("duckdb:///"):]
     loads = FileLoads((["--config", args.config] if args.config else []) + ["--warehouse", args.warehouse])
     sink = EmbeddedSink.for_warehouse(path, loads, limits=loads.limits)

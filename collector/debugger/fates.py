@@ -25,7 +25,9 @@ connection, in what the run wrote:
 "This run" is `loaded_at` after the previous run's call (runs follow each other on the loader's
 thread; for the first, after its files' last write less a margin), so each query reads only the
 newest row groups (DuckDB skips the others by their min/max), not whole tables.
-Against Pub/Sub or spool sinks (production) nothing calls this: fates stay pending.
+Against Pub/Sub, GCS or spool sinks (production) nothing calls this: with `debugger.warehouse`
+set, collector.debugger.bigquery_fates polls the BigQuery tables the pipeline job writes, with
+its own SQL and the same reading of the rows (stored, dead_letters, deliveries below).
 """
 import logging
 import os
@@ -176,32 +178,28 @@ def _policies(summary: dict) -> list:
 
 
 def lookup(cursor, pending: dict, since: datetime, summary: dict) -> dict:
-    """{message_id: fate} for every id of `pending` ({message_id: (type, event name)})."""
+    """{message_id: fate} for every id of `pending` ({message_id: (type, event name)}). DuckDB's
+    dialect of the lookup; what the rows mean is shared with BigQuery's (stored, dead_letters,
+    deliveries below; collector.debugger.bigquery_fates)."""
     tables = {row[0] for row in cursor.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     ids = list(pending)
-    fates = {}
+    fates, destinations = {}, {}
     for kind, table in PRIMARY.items():
         wanted = [m for m in ids if pending[m][0] == kind]
         if not wanted or table not in tables:
             continue
         column = ", event" if kind == "track" else ", NULL"
-        for message_id, name in cursor.execute(
-                f'SELECT message_id{column} FROM "{table}" WHERE loaded_at >= ? AND message_id IN '
-                f'(SELECT unnest(?::VARCHAR[]))', [since, wanted]).fetchall():
-            fates[message_id] = _fate("stored", table=name or table)
-    destinations = {}
+        stored(cursor.execute(f'SELECT message_id{column} FROM "{table}" WHERE loaded_at >= ? AND message_id IN '
+                              f'(SELECT unnest(?::VARCHAR[]))', [since, wanted]).fetchall(), table, fates)
     if DEAD_LETTERS in tables:
-        for message_id, error_type, error_message, destination in cursor.execute(
-                f"SELECT message_id, error_type, error_message, destination FROM {DEAD_LETTERS} "
-                f"WHERE loaded_at >= ? AND message_id IN (SELECT unnest(?::VARCHAR[]))", [since, ids]).fetchall():
-            if destination:
-                destinations.setdefault(message_id, {})[destination] = {
-                    "status": "failed", "http_status": None, "attempts": None, "latency_ms": None,
-                    "error_type": error_type, "error_message": error_message}
-            elif message_id not in fates:
-                fates[message_id] = _fate("dead_lettered", error_type=error_type, error_message=error_message)
+        dead_letters(cursor.execute(
+            f"SELECT message_id, error_type, error_message, destination FROM {DEAD_LETTERS} "
+            f"WHERE loaded_at >= ? AND message_id IN (SELECT unnest(?::VARCHAR[]))", [since, ids]).fetchall(),
+            fates, destinations)
     if DELIVERIES in tables:
-        _deliveries(cursor, set(ids), since, destinations)
+        deliveries(cursor.execute(f"SELECT destination, status, http_status, attempts, latency_ms, message_ids "
+                                  f"FROM {DELIVERIES} WHERE requested_at >= ?", [since]).fetchall(),
+                   set(ids), destinations)
     left = [m for m in ids if m not in fates]
     if left and KEYS_TABLE in tables:
         keys = {f"{PRIMARY.get(pending[m][0], 'tracks')}:{m}": m for m in left}
@@ -220,11 +218,31 @@ def lookup(cursor, pending: dict, since: datetime, summary: dict) -> dict:
     return fates
 
 
-def _deliveries(cursor, ids: set, since: datetime, destinations: dict) -> None:
-    """Per destination outcomes from `_deliveries` (one row per batch sent); a failed batch's
-    row beats nothing, a delivered one beats a failure (a retry that went through)."""
-    rows = cursor.execute(f"SELECT destination, status, http_status, attempts, latency_ms, message_ids "
-                          f"FROM {DELIVERIES} WHERE requested_at >= ?", [since]).fetchall()
+# -- what the rows mean, in either warehouse ----------------------------------------------------
+def stored(rows, table: str, fates: dict) -> None:
+    """(message_id, event table or None) rows of a primary table: each its event's `stored`
+    fate, in the event's own table (a track's `event` column: its table after any rule)."""
+    for message_id, name in rows:
+        fates[message_id] = _fate("stored", table=name or table)
+
+
+def dead_letters(rows, fates: dict, destinations: dict) -> None:
+    """(message_id, error_type, error_message, destination) rows of `_dead_letters`: without a
+    destination the event's `dead_lettered` fate (unless it was stored: a later failure of a
+    secondary row), with one that destination's failure."""
+    for message_id, error_type, error_message, destination in rows:
+        if destination:
+            destinations.setdefault(message_id, {})[destination] = {
+                "status": "failed", "http_status": None, "attempts": None, "latency_ms": None,
+                "error_type": error_type, "error_message": error_message}
+        elif message_id not in fates:
+            fates[message_id] = _fate("dead_lettered", error_type=error_type, error_message=error_message)
+
+
+def deliveries(rows, ids: set, destinations: dict) -> None:
+    """Per destination outcomes from `_deliveries` rows (destination, status, http_status,
+    attempts, latency_ms, message_ids), one per batch sent; a failed batch's row beats nothing,
+    a delivered one beats a failure (a retry that went through)."""
     for destination, status, http_status, attempts, latency_ms, members in rows:
         if isinstance(members, str):
             try:

@@ -99,7 +99,7 @@ class Inspector:
         return Entry(received_at, event.source, payload, size, type=normalized["type"],
                      event=normalized.get("event"), user_id=normalized.get("userId"),
                      anonymous_id=normalized.get("anonymousId"), message_id=normalized["messageId"],
-                     truncated=truncated, contract=self.contract(normalized))
+                     truncated=truncated, contract=self.contract(normalized), timestamp=normalized.get("timestamp"))
 
     def contract(self, body: dict) -> dict:
         """The contract result of a normalized event: ContractEnforcer.check's verdict as JSON.

@@ -7,7 +7,8 @@
 - `app.debugger = self`: the app sends /debugger paths to `http` (collector.debugger.api) and
   lets `watch` wrap each POST to an event path, to see the requests it refuses: the status and
   the JSON refusal (code, message) it sends, and a bounded preview of the body it read.
-Embedded mode also sets `loader.on_loaded = debugger.fates(cursor).loaded` (collector.debugger.fates).
+Embedded mode also sets `loader.on_loaded = debugger.fates(cursor).loaded` (collector.debugger.fates);
+--sink mode with `debugger.warehouse` calls `look_up_in_warehouse` (collector.debugger.bigquery_fates).
 
 Off (listening beyond loopback without a token, or `debugger.enabled: false`): nothing is
 wrapped or recorded, and /debugger paths answer 403 saying why.
@@ -15,6 +16,7 @@ wrapped or recorded, and /debugger paths answer 403 saying why.
 import asyncio
 import itertools
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Optional
 from urllib.parse import parse_qs
@@ -44,6 +46,8 @@ class Debugger:
         self.inspector = None
         self.on, self.token, self.why_off = False, None, "the collector has not started"
         self.app = self.loop = None
+        self.warehouse_fates = None   # --sink mode with debugger.warehouse: the BigQuery poller
+        self._used = None             # when the API or page was last asked (time.monotonic())
 
     def install(self, app, address) -> None:
         """Called once the collector listens (collector.server's on_listening), before any request."""
@@ -70,7 +74,27 @@ class Debugger:
         config = self.config
         return Fates(self.store, cursor, config and DropReplay(config.consent, config.transforms))
 
+    def look_up_in_warehouse(self) -> None:
+        """--sink mode: with `debugger.warehouse` set, poll the BigQuery dataset the pipeline job
+        writes for the pending entries' fates (collector.debugger.bigquery_fates), on a thread."""
+        if not self.on or not self.settings.warehouse:
+            return
+        from collector.debugger.bigquery_fates import BigQueryFates
+        self.warehouse_fates = BigQueryFates(self.store, self.settings, watched=self.watched).start()
+
+    def watched(self) -> bool:
+        """Whether someone looks: a page's stream is open, or the API or page was asked within
+        lookup_minutes. A collector nobody watches costs no warehouse query."""
+        used = self._used
+        return bool(self.store.listeners) or (
+            used is not None and time.monotonic() - used < self.settings.lookup_minutes * 60)
+
+    def close(self) -> None:
+        if self.warehouse_fates is not None:
+            self.warehouse_fates.stop()
+
     async def http(self, scope, receive, send) -> None:
+        self._used = time.monotonic()
         await api.answer(self, scope, receive, send)
 
     # -- what the collector accepted ---------------------------------------------------------
@@ -202,4 +226,14 @@ class DebuggerMetrics:
         yield CounterMetricFamily("sluice_debugger_inspect_seconds", "Time spent checking events (decode, "
                                   "normalize, contracts)", inspector.seconds)
         yield CounterMetricFamily("sluice_debugger_events_inspected", "Events checked", inspector.inspected)
+        polled = self._debugger.warehouse_fates
+        if polled is not None:
+            yield CounterMetricFamily("sluice_debugger_fate_lookups", "Polls of the warehouse that looked pending "
+                                      "entries up", polled.lookups)
+            yield CounterMetricFamily("sluice_debugger_fate_lookup_failures", "Polls of the warehouse that failed "
+                                      "(logged; the entries stay pending)", polled.failures)
+            yield CounterMetricFamily("sluice_debugger_fate_lookup_bytes", "Bytes the warehouse's lookup queries "
+                                      "processed (what BigQuery bills on demand)", polled.bytes_processed)
+            yield CounterMetricFamily("sluice_debugger_fates_settled", "Entries whose fate a warehouse lookup "
+                                      "found", polled.settled)
 

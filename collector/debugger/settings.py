@@ -5,6 +5,9 @@ from typing import NamedTuple, Optional
 DEFAULT_MAX_EVENTS_PER_SOURCE = 500     # Segment's Source Debugger shows a 500-event sample
 DEFAULT_MAX_EVENTS_PER_SECOND = 200     # kept per source, sustained; the rest counted as skipped
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024   # an event's JSON as kept; past it a cut preview
+DEFAULT_POLL_SECONDS = 5.0              # a BigQuery lookup of the pending entries this often ...
+DEFAULT_LOOKUP_MINUTES = 15.0           # ... for this long after an event arrived (then it stays pending)
+DEFAULT_MAX_BYTES_BILLED = 10 ** 9      # a lookup that would scan more fails unbilled (counted, logged)
 
 
 class DebuggerSettings(NamedTuple):
@@ -13,6 +16,13 @@ class DebuggerSettings(NamedTuple):
     max_events_per_source: int = DEFAULT_MAX_EVENTS_PER_SOURCE
     max_events_per_second: float = DEFAULT_MAX_EVENTS_PER_SECOND
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    # --sink mode: where the pipeline job writes, to look fates up (collector.debugger.bigquery_fates)
+    warehouse: Optional[str] = None             # bigquery://PROJECT/DATASET
+    bigquery_endpoint: Optional[str] = None     # an emulator's URL: anonymous credentials, as the job's flag
+    bigquery_location: str = "US"
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    lookup_minutes: float = DEFAULT_LOOKUP_MINUTES
+    max_bytes_billed: int = DEFAULT_MAX_BYTES_BILLED
 
 
 def is_loopback(host: str) -> bool:

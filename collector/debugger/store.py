@@ -43,17 +43,19 @@ class Entry:
     """One event as the debugger shows it (or one refused request). `payload` is JSON bytes, or
     a str preview when cut or refused; `as_json` is DESIGN.md's entry shape."""
     __slots__ = ("id", "received_at", "source", "type", "event", "user_id", "anonymous_id", "message_id",
-                 "bytes", "payload", "payload_truncated", "http_status", "reason", "contract", "fate")
+                 "bytes", "payload", "payload_truncated", "http_status", "reason", "contract", "fate",
+                 "timestamp")
 
     def __init__(self, received_at: str, source: str, payload, size: int, http_status: int = 200, *,
                  type=None, event=None, user_id=None, anonymous_id=None, message_id=None, truncated=False,
-                 reason=None, contract=None, fate=None):
+                 reason=None, contract=None, fate=None, timestamp=None):
         self.id = 0   # set by the store, in arrival order
         self.received_at, self.source, self.payload, self.bytes = received_at, source, payload, size
         self.http_status, self.type, self.event = http_status, type, event
         self.user_id, self.anonymous_id, self.message_id = user_id, anonymous_id, message_id
         self.payload_truncated, self.reason, self.contract = truncated, reason, contract
         self.fate = fate or pending_fate()
+        self.timestamp = timestamp   # the normalized event's `timestamp` (ISO): its warehouse partition
 
     def kept_bytes(self) -> int:
         return len(self.payload) if self.payload is not None else 0
@@ -156,6 +158,16 @@ class Store:
                     if entry.fate["status"] == "pending":
                         found[message_id] = (entry.type, entry.event)
             return found
+
+    def waiting(self) -> list:
+        """(message_id, type, event name, received_at, timestamp) of every pending entry with a
+        message id, newest first (a warehouse lookup polling for them: collector.debugger.bigquery_fates)."""
+        with self._lock:
+            found = [(e.id, e.message_id, e.type, e.event, e.received_at, e.timestamp)
+                     for ring in self._rings.values() for e in ring
+                     if e.message_id is not None and e.fate["status"] == "pending"]
+        found.sort(reverse=True)
+        return [row[1:] for row in found]
 
     def entry(self, message_id: str):
         """The newest entry of a message id, or None."""

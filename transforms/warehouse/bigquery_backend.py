@@ -46,6 +46,18 @@ def _lagging(error: dict, known: set) -> bool:
             and error.get("location") in known)
 
 
+def bigquery_client(project: str, location: str, endpoint: str = None):
+    """A BigQuery client: Google's API with the environment's credentials, or an emulator's URL
+    with none (the job's --bigquery_endpoint, the debugger's debugger.bigquery_endpoint)."""
+    from google.cloud import bigquery
+    options = {}
+    if endpoint:  # an emulator: no Google credentials involved
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+        options = {"credentials": AnonymousCredentials(), "client_options": ClientOptions(api_endpoint=endpoint)}
+    return bigquery.Client(project=project, location=location, **options)
+
+
 class BigQueryWarehouse:
     def __init__(self, project: str, dataset: str, endpoint: str = None, location: str = "US",
                  max_columns: int = planner.DEFAULT_MAX_COLUMNS, flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH,
@@ -67,12 +79,7 @@ class BigQueryWarehouse:
     # -- lifecycle -------------------------------------------------------------------
     def open(self) -> "BigQueryWarehouse":
         from google.cloud import bigquery
-        options = {}
-        if self.endpoint:  # an emulator: no Google credentials involved
-            from google.api_core.client_options import ClientOptions
-            from google.auth.credentials import AnonymousCredentials
-            options = {"credentials": AnonymousCredentials(), "client_options": ClientOptions(api_endpoint=self.endpoint)}
-        self._client = bigquery.Client(project=self.project, location=self.location, **options)
+        self._client = bigquery_client(self.project, self.location, self.endpoint)
         dataset = bigquery.Dataset(f"{self.project}.{self.dataset}")
         dataset.location = self.location
         self._call("datasets.insert", self._client.create_dataset, dataset, exists_ok=True)
