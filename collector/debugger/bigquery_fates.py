@@ -37,7 +37,10 @@ _LOG = logging.getLogger("sluice.collector.debugger")
 MAX_IDS = 5000                  # newest pending entries per poll: parameters stay far below BigQuery's 1 MB query
 SKEW = timedelta(minutes=5)     # the collector's clock against the job's workers' (failed_at, requested_at)
 SPAN = timedelta(days=1)        # pending timestamps within this of each other share one branch (one or two partitions)
-MARGIN = timedelta(seconds=1)   # either side of a branch's timestamps (the column keeps microseconds)
+# Either side of a branch's timestamps. A streaming job takes Pub/Sub's publish time as receivedAt
+# (not the collector's), which moves `timestamp` by the publish delay: seconds, more under retries.
+# Pruning is by day, so the margin costs nothing but near midnight (the next day's partition).
+MARGIN = timedelta(minutes=10)
 QUERY_TIMEOUT = 60.0            # seconds a poll's query may take before it counts as failed
 RETRY_DEADLINE = 10.0           # seconds an API call is retried (the next poll tries again anyway)
 LOG_EVERY = 60                  # failures in a row between two log lines of a lasting failure
