@@ -14,8 +14,9 @@ dataset every `poll_seconds` while entries are pending, so the event loop never 
   the others' bound), so BigQuery reads the `message_id`, `timestamp` (and for tracks `event`)
   columns of those days' partitions only. `_dead_letters` is partitioned on `failed_at`, which
   is after the event arrived: bounded from the oldest pending arrival (less SKEW for clocks);
-- for the ids that query found, one query on `_deliveries` (partitioned on `requested_at`,
-  bounded the same way), unnesting its `message_ids`;
+- for the ids that query found stored, and those stored earlier still in their window (a
+  streaming job may record a delivery after the row), one query on `_deliveries` (partitioned
+  on `requested_at`, bounded the same way), unnesting its `message_ids`;
 - the rows are read as in embedded mode (fates.stored / dead_letters / deliveries): stored in
   the event's own table, dead-lettered with its error, each destination's outcome.
 
@@ -84,6 +85,7 @@ class BigQueryFates:
         self.lookups = self.failures = self.settled = self.bytes_processed = 0
         self._client = None
         self._known = set()     # tables seen to exist (they are never dropped by the job)
+        self._stored = {}       # message_id -> arrival: settled as stored, their deliveries still asked for
         self._stop = threading.Event()
         self._thread = None
 
@@ -134,53 +136,60 @@ class BigQueryFates:
 
     # -- one poll ------------------------------------------------------------------------------
     def poll(self) -> int:
-        """Look the pending entries up once; how many entries changed. Raises when a query fails."""
+        """Look the pending entries up once, and the later deliveries of those stored within their
+        window; how many entries changed. Raises when a query fails."""
         horizon = datetime.now(timezone.utc) - timedelta(minutes=self.settings.lookup_minutes)
-        pending = {}   # message_id -> (type, timestamp): the newest entry of an id decides
-        since = None
+        self._stored = {m: at for m, at in self._stored.items()   # in the window, and still shown
+                        if at >= horizon and self.store.entry(m) is not None}
+        pending = {}   # message_id -> (type, timestamp, arrival): the newest entry of an id decides
         for message_id, kind, _, received_at, timestamp in self.store.waiting():
             arrived = _time(received_at)
             if arrived is None or arrived < horizon or message_id in pending or kind not in shared.PRIMARY:
                 continue
-            pending[message_id] = (kind, _time(timestamp) or arrived)
-            since = arrived if since is None else min(since, arrived)
+            pending[message_id] = (kind, _time(timestamp) or arrived, arrived)
             if len(pending) >= MAX_IDS:
                 break
-        if not pending:
+        if not pending and not self._stored:
             return 0
         client = self._open()
-        since -= SKEW
-        fates, destinations = {}, {}
-        sql, params = self._events_query(client, pending, since)
-        if sql is None:
-            return 0
-        rows = list(self._query(client, sql, params))
-        for table in shared.PRIMARY.values():
-            shared.stored([(r["message_id"], r["name"]) for r in rows if r["found_in"] == table], table, fates)
-        shared.dead_letters([(r["message_id"], r["error_type"], r["error_message"], r["destination"])
-                             for r in rows if r["found_in"] == shared.DEAD_LETTERS], fates, destinations)
-        found = set(fates)   # the entries settling now: their destinations are read once, with them
-        if found and self._exists(client, shared.DELIVERIES):
+        fates, destinations, queried = {}, {}, False
+        sql, params = self._events_query(client, pending) if pending else (None, None)
+        if sql is not None:
+            rows = list(self._query(client, sql, params))
+            queried = True
+            for table in shared.PRIMARY.values():
+                shared.stored([(r["message_id"], r["name"]) for r in rows if r["found_in"] == table], table, fates)
+            shared.dead_letters([(r["message_id"], r["error_type"], r["error_message"], r["destination"])
+                                 for r in rows if r["found_in"] == shared.DEAD_LETTERS], fates, destinations)
+        stored_now = {m: pending[m][2] for m, fate in fates.items() if fate["status"] == "stored"}
+        # A streaming job may record a delivery after the event's row: stored entries are asked
+        # for again while in their window (one query for them all, only once _deliveries exists).
+        watch = {**self._stored, **stored_now}
+        if watch and self._exists(client, shared.DELIVERIES):
             sql = (f"SELECT d.destination, d.status, d.http_status, d.attempts, d.latency_ms, m AS message_id "
                    f"FROM `{self._ref(shared.DELIVERIES)}` AS d, UNNEST(d.message_ids) AS m "
                    f"WHERE d.requested_at >= @since AND m IN UNNEST(@ids)")
             shared.deliveries([(r["destination"], r["status"], r["http_status"], r["attempts"], r["latency_ms"],
                                 [r["message_id"]]) for r in self._query(client, sql, [
-                                    _array("ids", sorted(found)), _scalar("since", "TIMESTAMP", since)])],
-                              found, destinations)
+                                    _array("ids", sorted(watch)),
+                                    _scalar("since", "TIMESTAMP", min(watch.values()) - SKEW)])],
+                              set(watch), destinations)
+            queried = True
         for message_id, fate in fates.items():
             fate["destinations"] = destinations.get(message_id, {})
-        self.lookups += 1
+        self.lookups += queried
         changed = self.store.settle(fates)   # only stored or dead-lettered: the rest stays pending
         self.settled += changed
+        changed += self.store.add_destinations({m: destinations[m] for m in self._stored if m in destinations})
+        self._stored.update(stored_now)
         return changed
 
-    def _events_query(self, client, pending: dict, since: datetime) -> tuple:
+    def _events_query(self, client, pending: dict) -> tuple:
         """(SQL, parameters) of the UNION ALL over the primary tables and _dead_letters, or
         (None, None) when none of them exists yet."""
         branches, params = [], []
         for kind, table in shared.PRIMARY.items():
-            items = [(at, m) for m, (k, at) in pending.items() if k == kind]
+            items = [(at, m) for m, (k, at, _) in pending.items() if k == kind]
             if not items or not self._exists(client, table):
                 continue
             name = "event" if kind == "track" else "CAST(NULL AS STRING)"
@@ -196,6 +205,7 @@ class BigQueryFates:
             branches.append(f"SELECT '{shared.DEAD_LETTERS}' AS found_in, message_id, CAST(NULL AS STRING) AS name, "
                             f"error_type, error_message, destination FROM `{self._ref(shared.DEAD_LETTERS)}` "
                             f"WHERE failed_at >= @since AND message_id IN UNNEST(@ids)")
+            since = min(arrived for _, _, arrived in pending.values()) - SKEW
             params += [_array("ids", sorted(pending)), _scalar("since", "TIMESTAMP", since)]
         if not branches:
             return None, None

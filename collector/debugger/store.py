@@ -190,6 +190,23 @@ class Store:
             self._tell("fate", entry)
         return len(changed)
 
+    def add_destinations(self, outcomes: dict) -> int:
+        """Destination outcomes found after an entry was settled ({message_id: {destination:
+        outcome}}: a streaming job may record a delivery after the event's row), merged into the
+        fate of each message id's stored entries; how many entries changed."""
+        changed = []
+        with self._lock:
+            for message_id, per in outcomes.items():
+                for entry in self._by_message.get(message_id, ()):
+                    known = entry.fate.get("destinations") or {}
+                    merged = {d: {**known.get(d, {}), **o} for d, o in per.items()}   # a failure's error stays
+                    if entry.fate["status"] == "stored" and any(known.get(d) != m for d, m in merged.items()):
+                        entry.fate = {**entry.fate, "destinations": {**known, **merged}}
+                        changed.append(entry)
+        for entry in changed:
+            self._tell("fate", entry)
+        return len(changed)
+
     def reset(self) -> None:
         """Every entry and count gone (POST /debugger/api/reset, between a test suite's tests)."""
         with self._lock:

@@ -106,6 +106,45 @@ def test_a_sink_collector_shows_each_events_fate_from_bigquery(start_collector, 
     assert _metric(collector.url, "sluice_debugger_fate_lookups_total") >= 1
 
 
+@pytest.mark.integration
+def test_a_delivery_recorded_after_the_events_row_is_added_to_its_fate(tmp_path, bigquery_emulator, dataset_name):
+    """A streaming job writes an event's row and its destinations' outcomes independently: a
+    stored entry's deliveries are asked for again while it is in its window."""
+    from pipeline.main import run
+    from transforms.warehouse.bigquery_backend import BigQueryWarehouse
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"type": "track", "event": "Order Completed", "userId": "u1",
+                                                   "messageId": "m-late", "timestamp": now, "receivedAt": now}))
+    (tmp_path / "sluice.yaml").write_text("")
+    warehouse = f"bigquery://{bigquery_emulator.project}/{dataset_name}"
+    summary = run(["--input_files", str(tmp_path / "in.jsonl"), "--config", str(tmp_path / "sluice.yaml"),
+                   "--warehouse", warehouse, "--bigquery_endpoint", bigquery_emulator.endpoint])
+    assert summary["stored"] == 1, summary
+    store = Store()
+    told = []
+    store.listeners.append(lambda kind, entry: told.append((kind, entry.message_id)))
+    entry = store.add(Entry(now, "web", b"{}", 2, type="track", event="Order Completed", message_id="m-late",
+                            timestamp=now))
+    fates = BigQueryFates(store, DebuggerSettings(warehouse=warehouse, bigquery_endpoint=bigquery_emulator.endpoint))
+    assert fates.poll() == 1
+    assert (entry.fate["status"], entry.fate["table"], entry.fate["destinations"]) == ("stored", "order_completed", {})
+
+    row = {"delivery_id": "d1", "destination": "crm", "requested_at": now, "status": "delivered", "http_status": 200,
+           "attempts": 1, "latency_ms": 4.5, "message_ids": ["m-late"], "idempotency_key": "k", "error_message": None}
+    recorder = BigQueryWarehouse(bigquery_emulator.project, dataset_name, bigquery_emulator.endpoint).open()
+    try:
+        recorder.write_deliveries([row])
+    finally:
+        recorder.close()
+    assert fates.poll() == 1
+    assert entry.fate["status"] == "stored"
+    assert entry.fate["destinations"] == {"crm": {"status": "delivered", "http_status": 200, "attempts": 1,
+                                                  "latency_ms": 4.5}}
+    assert fates.poll() == 0   # known already: nothing changes, nothing is told
+    assert told == [("entry", "m-late"), ("fate", "m-late"), ("fate", "m-late")]
+    assert fates.failures == 0 and fates.lookups == 3
+
+
 def _pending(store: Store, message_id: str, received: datetime) -> Entry:
     at = received.isoformat().replace("+00:00", "Z")
     return store.add(Entry(at, "web", b"{}", 2, type="track", event="E", message_id=message_id, timestamp=at))
