@@ -5,10 +5,12 @@
     POST /debugger/api/reset                                           every entry and count gone
     GET  /debugger/stream                                              server-sent events
 
-Access: a collector listening beyond loopback needs `debugger.token`, sent as `Authorization:
-Bearer TOKEN` or `?token=TOKEN` (401 otherwise); on loopback none is needed, but the Host
-header must name loopback too, so a web page that rebinds its own name to 127.0.0.1 cannot
-read the entries (403), and a POST carrying another site's Origin is refused (403). Nothing
+Access: with `debugger.token` set, every request needs it, on loopback too, sent as
+`Authorization: Bearer TOKEN` or `?token=TOKEN` (401 otherwise); without one (loopback only)
+the Host header must name loopback too, so a web page that rebinds its own name to 127.0.0.1
+cannot read the entries (403), a request a proxy forwarded (Forwarded, X-Forwarded-*,
+X-Real-IP, Via; or any once collector.trusted_proxies is set) is refused (403), and a POST
+carrying another site's Origin is refused (403). Nothing
 here sends CORS headers: other origins' pages cannot read the answers. The page's script and
 style hold no data and are answered without the token (the page passes its `?token=` on).
 """
@@ -29,6 +31,8 @@ STREAM_QUEUE = 1000          # messages a slow page may be behind before it is t
 STREAM_POLL_SECONDS = 1.0    # how soon a stream notices the collector draining
 KEEP_ALIVE_SECONDS = 15.0
 _FILTERS = ("source", "type", "event", "status", "q")
+# what a reverse proxy adds (RFC 7239, the de facto X-Forwarded-*, nginx's X-Real-IP, RFC 9110's Via)
+_PROXY_HEADERS = ("forwarded", "x-real-ip", "via")
 _streams = set()
 _PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
 _ASSETS = {"/debugger": ("index.html", b"text/html; charset=utf-8"),
@@ -97,10 +101,20 @@ def events(debugger, query: dict) -> dict:
 
 def _authorize(debugger, headers: dict, query: dict) -> None:
     token = debugger.token
-    if token is None:   # loopback only: the Host must say so as well (DNS rebinding)
+    if token is None:   # loopback only: the Host must say so as well (DNS rebinding) ...
         if not is_loopback(_hostname(headers.get("host", ""))):
             raise _Refused(403, "host_not_loopback", "the debugger answers only requests addressed to a loopback "
                                                      "host (localhost, 127.0.0.1, [::1]) without a token")
+        # ... and no proxy may have passed it on: a reverse proxy on the same host connects from
+        # and names loopback, so without this the debugger would answer whoever reached the proxy
+        forwarded = [name for name in headers if name in _PROXY_HEADERS or name.startswith("x-forwarded-")]
+        if forwarded:
+            raise _Refused(403, "proxied_without_token", f"the debugger without a token answers only direct requests "
+                                                         f"on loopback; this one came through a proxy "
+                                                         f"({forwarded[0]}): set debugger.token")
+        if debugger.collector.limits.trusted_proxies:
+            raise _Refused(403, "proxied_without_token", "collector.trusted_proxies is set, so requests may come "
+                                                         "through a proxy: the debugger needs debugger.token")
         return
     given = None
     authorization = headers.get("authorization", "")

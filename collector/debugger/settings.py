@@ -39,12 +39,15 @@ def is_loopback(host: str) -> bool:
 
 def access(settings: DebuggerSettings, listening_host: str) -> tuple:
     """(on, token): whether the debugger records and answers at all, and the token its API
-    needs (None: none needed). Without a token it is open only to a collector listening on
-    loopback; listening elsewhere without a token it is off (nothing recorded, its URLs
-    answer 403), since its entries hold events' personal data."""
+    needs (None: none needed). A configured token is always needed, on loopback too: behind a
+    reverse proxy on the same host every request comes from and names loopback, so where the
+    collector listens says nothing of who asks. Without a token it is open only to a collector
+    listening on loopback (and then only to requests no proxy forwarded: collector.debugger.api);
+    listening elsewhere without a token it is off (nothing recorded, its URLs answer 403), since
+    its entries hold events' personal data."""
     if not settings.enabled:
         return False, None
     token: Optional[str] = settings.token if isinstance(settings.token, str) and settings.token else None
-    if is_loopback(listening_host):
-        return True, None
-    return token is not None, token
+    if token is not None:
+        return True, token
+    return is_loopback(listening_host), None

@@ -1,0 +1,90 @@
+"""The debugger's access rules and what it never shows, against a real collector (its own
+process on 127.0.0.1: tests/collector/serving.py) or the real app in-process where the test
+needs a configuration the suite's loopback collector cannot have (a token, trusted proxies)."""
+import asyncio
+import json
+
+import orjson
+import pytest
+
+from tests.collector.serving import basic, request, write_config
+
+pytestmark = pytest.mark.slow
+
+
+async def _call(app, method: str, path: str, query: str = "", headers: dict = None, body: bytes = b"") -> tuple:
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in {"host": "127.0.0.1:8088",
+                                                                        **(headers or {})}.items()],
+             "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 8088), "scheme": "http"}
+    await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def _app(debugger_settings, host: str = "127.0.0.1", trusted_proxies: tuple = ()):
+    from collector.app import App
+    from collector.debugger.service import Debugger
+    from collector.settings import CollectorLimits, CollectorSettings, Source
+    from collector.sinks import Sink
+
+    class Kept(Sink):
+        async def put(self, records, attributes=None):
+            pass
+
+    settings = CollectorSettings((Source("server", "key-server"),), debugger=debugger_settings,
+                                 limits=CollectorLimits(trusted_proxies=trusted_proxies))
+    app = App(settings, Kept())
+    debugger = Debugger(settings)
+    debugger.install(app, (host, 8088))
+    return app, debugger
+
+
+# -- 1. a proxy on the same host ----------------------------------------------------------------
+
+def test_a_configured_token_is_needed_on_loopback_too():
+    """nginx on the same host connects from 127.0.0.1 and sends Host: 127.0.0.1:PORT: a token
+    that loopback waived would protect nothing."""
+    from collector.debugger.settings import DebuggerSettings
+
+    async def run():
+        app, debugger = _app(DebuggerSettings(token="t0k3n-abc"), "127.0.0.1")
+        status, body = await _call(app, "GET", "/debugger/api/events")
+        assert status == 401 and json.loads(body)["code"] == "missing_debugger_token"
+        assert (await _call(app, "GET", "/debugger"))[0] == 401
+        assert (await _call(app, "GET", "/debugger/api/events", headers={"authorization": "Bearer t0k3n-abc"}))[0] \
+            == 200
+
+    asyncio.run(run())
+
+
+def test_without_a_token_a_forwarded_request_is_refused(collector):
+    url = collector.url + "/debugger/api/events"
+    assert request(url)[0] == 200
+    for header, value in (("X-Forwarded-For", "203.0.113.9"), ("Forwarded", "for=203.0.113.9"),
+                          ("X-Real-IP", "203.0.113.9"), ("Via", "1.1 nginx"), ("X-Forwarded-Proto", "https")):
+        status, headers, body = request(url, headers={header: value})
+        said = json.loads(body)
+        assert status == 403 and said["code"] == "proxied_without_token", (header, said)
+        assert header.lower() in said["message"] and "debugger.token" in said["message"]
+        assert request(collector.url + "/debugger", headers={header: value})[0] == 403
+
+
+def test_without_a_token_trusted_proxies_close_the_debugger():
+    from collector.debugger.settings import DebuggerSettings
+
+    async def run():
+        app, _ = _app(DebuggerSettings(), "127.0.0.1", trusted_proxies=("127.0.0.1/32",))
+        status, body = await _call(app, "GET", "/debugger/api/events")
+        assert status == 403 and "trusted_proxies" in json.loads(body)["message"]
+        app, _ = _app(DebuggerSettings(token="t"), "127.0.0.1", trusted_proxies=("127.0.0.1/32",))
+        assert (await _call(app, "GET", "/debugger/api/events", headers={"authorization": "Bearer t"}))[0] == 200
+
+    asyncio.run(run())
