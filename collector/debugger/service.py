@@ -157,7 +157,10 @@ class Debugger:
         code = said.get("code") if isinstance(said, dict) else None
         message = said.get("message") if isinstance(said, dict) else None
         body = b"".join(chunks)[:PREVIEW_RAW_BYTES]
-        text, key = preview(body, headers.get("content-encoding"), complete and size <= PREVIEW_RAW_BYTES)
+        # the keys the request named outside its body, removed from the preview too wherever
+        # the body repeats them (a key pasted into a property, or in a body the app could not read)
+        read = [k for k in (_basic_key(headers), *_query_keys(scope)) if k]
+        text, key = preview(body, headers.get("content-encoding"), complete and size <= PREVIEW_RAW_BYTES, read)
         source = self._source_of(scope, headers, key)
         self.inspector.refused(received_at(datetime.now(timezone.utc)), status, code or f"http_{status}",
                                message or "", source, scope["path"], text)
@@ -178,6 +181,19 @@ class Debugger:
         if not key:
             return None
         return next((s.name for s in self.collector.sources if s.write_key == key), None)
+
+
+def _basic_key(headers: dict) -> Optional[str]:
+    authorization = headers.get("authorization")
+    try:
+        return basic_user(authorization) if authorization else None
+    except Refusal:
+        return None
+
+
+def _query_keys(scope) -> list:
+    query = scope.get("query_string")
+    return parse_qs(query.decode("latin-1")).get("writeKey", []) if query else []
 
 
 class WatchedSink:

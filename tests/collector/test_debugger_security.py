@@ -88,3 +88,40 @@ def test_without_a_token_trusted_proxies_close_the_debugger():
         assert (await _call(app, "GET", "/debugger/api/events", headers={"authorization": "Bearer t"}))[0] == 200
 
     asyncio.run(run())
+
+
+# -- 2. the write key, in whatever body shape ---------------------------------------------------
+
+def test_no_refused_body_shape_shows_its_write_key(collector):
+    """Each body below is refused (400 or 401); its entry's preview, read back through the API,
+    holds none of the keys: the ones only a tolerant reading of the body finds, and the ones
+    the collector read from the Basic header or ?writeKey= wherever the body repeats them."""
+    url = collector.url
+    pad = "p" * 9000   # past the 8 KiB read for a preview: the body is not parsed, only scanned
+    shapes = [
+        ("K-double-1", {}, "", json.dumps(json.dumps({"writeKey": "K-double-1", "type": "track", "event": "E"}))),
+        ("K-form-2", {"Content-Type": "application/x-www-form-urlencoded"}, "", "writeKey=K-form-2&type=track"),
+        ("K-js-3", {}, "", "{writeKey: 'K-js-3', type: 'track', event: 'E'}"),
+        ("K-escaped-4", {}, "", '{"write\\u004bey": "K-escaped-4", "type": "track", "event": "E"}'),
+        ("K-escaped-5", {}, "", '{"write\\u004Bey": "K-escaped-5", "type": "track", "properties": {"pad": "%s"}}'
+         % pad),
+        ("K-case-6", {}, "", '[{"WRITE_KEY": "K-case-6", "type": "track"}]'),
+        # a known key (the body is read) pasted into a body refused for its JSON
+        ("key-server", {"Authorization": basic("key-server")}, "",
+         '{"type": "track", "event": "E", "properties": {"note": "pasted key-server"}'),
+        ("K-query-8", {}, "?writeKey=K-query-8",
+         json.dumps({"type": "track", "event": "E", "userId": "u", "properties": {"note": "K-query-8 again"}})),
+        ("K-truncated-9", {}, "", '{"type": "track", "properties": {"pad": "%s"}, "writeKey": "K-truncated-9"}'
+         % ("p" * 8170)),
+    ]
+    for key, headers, query, body in shapes:
+        status, _, answer = request(url + "/v1/track" + query, "POST", body.encode(), headers)
+        assert status in (400, 401), (key, status, answer)
+    status, _, answer = request(url + "/debugger/api/events?status=refused&limit=100")
+    assert status == 200
+    found = json.loads(answer)
+    assert found["count"] == len(shapes)
+    text = answer.decode()
+    leaked = [key for key, *_ in shapes if key in text or key.replace("-", "\\u002d") in text]
+    assert not leaked, leaked
+    assert all(e["payload"] for e in found["events"]), found   # each shown, only without its key
