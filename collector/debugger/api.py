@@ -17,6 +17,7 @@ style hold no data and are answered without the token (the page passes its `?tok
 import asyncio
 import hmac
 import os
+from collections import deque
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -27,7 +28,7 @@ from collector.debugger.store import STATUSES
 JSON = b"application/json"
 DEFAULT_LIMIT = 100
 MAX_STREAMS = 16             # pages open at once; each holds a bounded queue
-STREAM_QUEUE = 1000          # messages a slow page may be behind before it is told to reload
+STREAM_QUEUE_BYTES = 1024 * 1024   # a slow page's messages waiting, at most; past it it is told to reload
 STREAM_POLL_SECONDS = 1.0    # how soon a stream notices the collector draining
 KEEP_ALIVE_SECONDS = 15.0
 _FILTERS = ("source", "type", "event", "status", "q")
@@ -167,32 +168,73 @@ async def _json(send, status: int, value, headers: dict = None) -> None:
 
 # -- the live stream -------------------------------------------------------------------------
 
+LAGGED = b"event: lagged\ndata: {}\n\n"
+
+
+class _Stream:
+    """One page's messages not yet sent, bounded in bytes (the messages themselves are shared
+    by every stream: _Hub serialises each once). Past STREAM_QUEUE_BYTES what waits is dropped
+    for one `lagged` message, and nothing more is queued until the page has been sent it."""
+    __slots__ = ("messages", "bytes", "lagged", "ready")
+
+    def __init__(self):
+        self.messages, self.bytes, self.lagged, self.ready = deque(), 0, False, asyncio.Event()
+
+    def put(self, message: bytes) -> None:
+        if self.lagged:
+            return
+        if self.bytes + len(message) > STREAM_QUEUE_BYTES:
+            self.messages.clear()
+            message, self.lagged = LAGGED, True
+            self.bytes = 0
+        self.messages.append(message)
+        self.bytes += len(message)
+        self.ready.set()
+
+    async def get(self, timeout: float) -> bytes:
+        if not self.messages:
+            self.ready.clear()
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        message = self.messages.popleft()
+        self.bytes -= len(message)
+        if message is LAGGED:
+            self.lagged = False
+        return message
+
+
+class _Hub:
+    """The store's one listener while any page's stream is open: each change is serialised once,
+    on the thread that made it, and handed to every stream on the event loop."""
+
+    def __init__(self, loop):
+        self.loop, self.streams = loop, set()
+
+    def listener(self, kind: str, entry) -> None:   # on the event loop (entries) or the loader's thread (fates)
+        data = orjson.dumps(entry.as_json()) if entry is not None else b"{}"
+        self.loop.call_soon_threadsafe(self._fan_out, b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n")
+
+    def _fan_out(self, message: bytes) -> None:
+        for queue in self.streams:
+            queue.put(message)
+
+
+def _hub(debugger) -> _Hub:
+    hub = getattr(debugger, "stream_hub", None)
+    if hub is None:
+        hub = debugger.stream_hub = _Hub(asyncio.get_running_loop())
+    return hub
+
+
 async def stream(debugger, receive, send) -> None:
     """Server-sent events: `entry` (a new entry's JSON), `fate` (an entry whose fate is now
-    known), `reset`, and `lagged` when this page fell more than STREAM_QUEUE messages behind
+    known), `reset`, and `lagged` when this page fell more than STREAM_QUEUE_BYTES behind
     (what it missed is in /debugger/api/events). Ends when the client goes or the collector
     drains (a stream must not hold the drain up)."""
     if len(_streams) >= MAX_STREAMS:
         raise _Refused(503, "too_many_streams", f"at most {MAX_STREAMS} debugger pages at once",
                        {"retry-after": "5"})
-    loop = asyncio.get_running_loop()
-    queue = asyncio.Queue(STREAM_QUEUE)
-    lagged = [False]
-
-    def put(message: bytes):
-        if lagged[0]:
-            return
-        try:
-            queue.put_nowait(message)
-        except asyncio.QueueFull:
-            lagged[0] = True
-            queue.get_nowait()
-            queue.put_nowait(b"event: lagged\ndata: {}\n\n")
-
-    def listener(kind: str, entry) -> None:   # on the event loop (entries) or the loader's thread (fates)
-        data = orjson.dumps(entry.as_json()) if entry is not None else b"{}"
-        loop.call_soon_threadsafe(put, b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n")
-
+    hub = _hub(debugger)
+    queue = _Stream()
     gone = asyncio.Event()
 
     async def watch_client():
@@ -202,7 +244,9 @@ async def stream(debugger, receive, send) -> None:
 
     watcher = asyncio.ensure_future(watch_client())
     _streams.add(queue)
-    debugger.store.listeners.append(listener)
+    hub.streams.add(queue)
+    if len(hub.streams) == 1:   # the store's listeners say whether a page looks (Debugger.watched)
+        debugger.store.listeners.append(hub.listener)
     try:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store"),
@@ -212,7 +256,7 @@ async def stream(debugger, receive, send) -> None:
         idle = 0.0
         while not gone.is_set() and not debugger.app.draining:
             try:
-                message = await asyncio.wait_for(queue.get(), STREAM_POLL_SECONDS)
+                message = await queue.get(STREAM_POLL_SECONDS)
             except asyncio.TimeoutError:
                 idle += STREAM_POLL_SECONDS
                 if idle < KEEP_ALIVE_SECONDS:
@@ -220,13 +264,15 @@ async def stream(debugger, receive, send) -> None:
                 message, idle = b": keep-alive\n\n", 0.0
             else:
                 idle = 0.0
-                lagged[0] = False
             await send({"type": "http.response.body", "body": message, "more_body": True})
         if not gone.is_set():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except OSError:   # the page went while a message was on its way: nothing to answer
         pass
     finally:
-        debugger.store.listeners.remove(listener)
+        hub.streams.discard(queue)
+        if not hub.streams and hub.listener in debugger.store.listeners:
+            debugger.store.listeners.remove(hub.listener)
         _streams.discard(queue)
+        queue.messages.clear()
         watcher.cancel()
