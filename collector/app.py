@@ -86,6 +86,7 @@ class App:
         self.public = (public.netloc + public.path.rstrip("/"), public.scheme) if public else None
         self.draining = False   # set by collector.server on SIGTERM: /ready answers 503
         self.debugger = None    # collector.debugger.service.Debugger, installed once listening
+        self.on_accepted = None  # (record, source name, events) once durable: the debugger's, when on
 
     # ------------------------------------------------------------------ ASGI entry
 
@@ -185,6 +186,8 @@ class App:
                         from None
                 self.metrics.observe_handoff(time.perf_counter() - started)
                 self.metrics.events[name] += accepted.events
+                if self.on_accepted is not None:
+                    self.on_accepted(accepted.record, name, accepted.events)
         except Refusal as refusal:
             await self.refuse(send, refusal, name, origin, cors)
             return

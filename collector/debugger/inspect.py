@@ -51,22 +51,29 @@ class Inspector:
             pass
         return kept
 
-    def steps(self, record: bytes, every: int = STEP_EVENTS):
+    def steps(self, record: bytes, every: int = STEP_EVENTS, admitted: Optional[tuple] = None):
         """accepted(), pausing after every `every` events inspected (0: never), so the collector's
         event loop answers requests between the steps of a large batch; yields how many events
-        of the record have been inspected so far, last the number kept."""
+        of the record have been inspected so far, last the number kept. `admitted`: (source,
+        events, kept) when the store's rate was applied already (the app's hook, which knows them)."""
         started = time.perf_counter()
-        peeked = _peek(record)
-        kept = self.store.admit(*peeked[:2]) if peeked else None
-        if kept == 0:   # past the rate: counted, not decoded (decode's depth check costs more than a parse)
-            yield 0
-            return
-        if peeked and kept < peeked[1]:
+        head = None
+        if admitted is None:
+            peeked = _peek(record)
+            kept = self.store.admit(*peeked[:2]) if peeked else None
+            if kept == 0:   # past the rate: counted, not decoded (decode's depth check costs more than a parse)
+                yield 0
+                return
+            source, events, head = peeked or (None, None, None)
+        else:
+            source, events, kept = admitted
+        if kept is not None and kept < events:
             # only the events kept are decoded: at a high rate a request of 100 often gets 1 or 2,
             # and decoding all 100 for them took 1.6 ms, 8 times the parse that told the count
-            head = peeked[2]
-            record = orjson.dumps({**head, "batch": head["batch"][:kept]})
-        peeked = peeked and peeked[0]   # the source: the parsed record is not held while the steps run
+            head = head if head is not None else _parse(record)
+            if head is not None:
+                record = orjson.dumps({**head, "batch": head["batch"][:kept]})
+        head = None   # the parsed record is not held while the steps run
         outcomes = [o for o in decode_message(RawMessage(record, {}, "collector"), None, self.limits)
                     if isinstance(o, (Event, Refused))]
         if not outcomes:
@@ -75,8 +82,7 @@ class Inspector:
         if kept is None:
             source = outcomes[0].source if isinstance(outcomes[0], Event) else outcomes[0].source or UNKNOWN_SOURCE
             kept = self.store.admit(source, len(outcomes))
-        else:
-            source = peeked
+        # else the source the record names (or the app named)
         received_at = _received_at(record, outcomes)
         for done, outcome in enumerate(outcomes[:kept], 1):
             if isinstance(outcome, Refused):
@@ -171,14 +177,20 @@ def _text(value) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-def _peek(record: bytes):
-    """(source, events, the record parsed) of a record as the collector writes it (a batch
-    envelope naming its source), or None for anything else (decoded in full to be counted)."""
+def _parse(record: bytes) -> Optional[dict]:
+    """A record as the collector writes it (a batch envelope), parsed; None for anything else."""
     try:
         head = orjson.loads(record)
     except orjson.JSONDecodeError:   # integers past 64 bits, which jsonutil reads
         return None
-    batch = head.get("batch") if type(head) is dict else None
+    return head if type(head) is dict and type(head.get("batch")) is list else None
+
+
+def _peek(record: bytes):
+    """(source, events, the record parsed) of a record as the collector writes it (a batch
+    envelope naming its source), or None for anything else (decoded in full to be counted)."""
+    head = _parse(record)
+    batch = head.get("batch") if head is not None else None
     source = head.get("source") if type(batch) is list else None
     return (source, len(batch), head) if type(source) is str and source else None
 
