@@ -13,7 +13,8 @@ connection, in what the run wrote:
 - per destination: `_deliveries` rows of this run naming the message id (status, http_status,
   attempts, latency_ms), and dead letters of this run that name a destination (failed);
 - stored, policy `duplicate`: not written by this run, but its primary row's key is in
-  `_sluice_message_keys` (an earlier send of the same message id was stored);
+  `_sluice_message_keys` (an earlier send of the same message id was stored); and of several
+  sends of one message id found stored by one run, all but the oldest (Store.settle one_stored);
 - dropped: in the files the run read, and none of the above. Beam's counters say how many each
   policy dropped, not which events: the policy shown is the one the run's summary names when
   it names one. When several policies dropped events in one run, the entry's payload is put
@@ -150,7 +151,7 @@ class Fates:
             cursor.close()
         self._name_drops(fates, summary)
         self.lookups += 1
-        changed = self.store.settle(fates)
+        changed = self.store.settle(fates, one_stored=True)
         self.settled += changed
         return changed
 

@@ -175,15 +175,20 @@ class Store:
             same = self._by_message.get(message_id)
             return same[-1] if same else None
 
-    def settle(self, fates: dict) -> int:
+    def settle(self, fates: dict, one_stored: bool = False) -> int:
         """Set the fate of each message id's pending entries ({message_id: fate dict}); how many
-        entries changed."""
+        entries changed. one_stored: the warehouse keeps one row a message id (the embedded one's
+        _sluice_message_keys), so of several sends settled `stored` at once only the oldest is
+        the row; the others are its duplicates (stored, policy `duplicate`)."""
         changed = []
         with self._lock:
             for message_id, fate in fates.items():
-                for entry in self._by_message.get(message_id, ()):
+                first = True
+                for entry in self._by_message.get(message_id, ()):   # oldest first
                     if entry.fate["status"] == "pending":
-                        entry.fate = fate
+                        entry.fate = fate if first or not one_stored or fate["status"] != "stored" else {
+                            **fate, "policy": "duplicate"}
+                        first = False
                         changed.append(entry)
                         self.pending_entries -= fate["status"] != "pending"
         for entry in changed:
