@@ -9,8 +9,9 @@ Access: with `debugger.token` set, every request needs it, on loopback too, sent
 `Authorization: Bearer TOKEN` or `?token=TOKEN` (401 otherwise); without one (loopback only)
 the Host header must name loopback too, so a web page that rebinds its own name to 127.0.0.1
 cannot read the entries (403), a request a proxy forwarded (Forwarded, X-Forwarded-*,
-X-Real-IP, Via; or any once collector.trusted_proxies is set) is refused (403), and a POST
-carrying another site's Origin is refused (403). Nothing
+X-Real-IP, Via; or any once collector.trusted_proxies is set) is refused (403). Whatever the
+method and token, a request another site's page made (Sec-Fetch-Site cross-site or same-site,
+or an Origin that is not this Host) is refused (403 cross_origin). Nothing
 here sends CORS headers: other origins' pages cannot read the answers. The page's script and
 style hold no data and are answered without the token (the page passes its `?token=` on).
 """
@@ -60,6 +61,7 @@ async def answer(debugger, scope, receive, send) -> None:
     try:
         if not debugger.on:
             raise _Refused(403, "debugger_off", "the debugger is off: " + debugger.why_off)
+        _same_origin(headers)
         if path in _ASSETS and path != "/debugger":
             _method(method, "GET")
             return await _asset(send, path, method == "HEAD")
@@ -72,7 +74,6 @@ async def answer(debugger, scope, receive, send) -> None:
             await _json(send, 200, events(debugger, query))
         elif path == "/debugger/api/reset":
             _method(method, "POST")
-            _same_origin(headers)
             debugger.store.reset()
             await _json(send, 200, {"reset": True})
         elif path == "/debugger/stream":
@@ -137,9 +138,19 @@ def _hostname(host: str) -> str:
 
 
 def _same_origin(headers: dict) -> None:
+    """Only the debugger's own page (or a client that is no browser page) is answered, whatever
+    the method: another site's page, though it cannot read the answers, could time them (how
+    long ?q= takes says whether an event holds a string) or hold the stream's slots (no-cors
+    fetches of /debugger/stream, so the real page gets 503). Browsers say where a request comes
+    from in Sec-Fetch-Site and, for most of them, Origin."""
+    site = headers.get("sec-fetch-site", "").strip().lower()
+    if site in ("cross-site", "same-site"):
+        raise _Refused(403, "cross_origin", f"the debugger answers only its own page, not another site's "
+                                            f"(Sec-Fetch-Site: {site})")
     origin = headers.get("origin")
-    if origin and urlsplit(origin).netloc != headers.get("host"):
-        raise _Refused(403, "cross_origin", "the debugger's reset is not answered for another site's page")
+    if origin is not None and urlsplit(origin.strip()).netloc != headers.get("host"):
+        raise _Refused(403, "cross_origin", "the debugger answers only its own page, not another site's "
+                                            "(its Origin is not this host)")
 
 
 def _method(method: str, allowed: str, head: bool = True) -> None:

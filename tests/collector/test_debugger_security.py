@@ -125,3 +125,27 @@ def test_no_refused_body_shape_shows_its_write_key(collector):
     leaked = [key for key, *_ in shapes if key in text or key.replace("-", "\\u002d") in text]
     assert not leaked, leaked
     assert all(e["payload"] for e in found["events"]), found   # each shown, only without its key
+
+
+# -- 6. other sites' pages ----------------------------------------------------------------------
+
+def test_requests_from_another_sites_page_are_refused_whatever_the_method(collector):
+    """A page elsewhere cannot read the answers (no CORS headers) but could time ?q= searches or
+    hold every stream slot with no-cors fetches; browsers name the requester: it is refused."""
+    url = collector.url
+    host = url[len("http://"):]
+    refused = [("GET", "/debugger/api/events?q=secret", {"Sec-Fetch-Site": "cross-site"}),
+               ("GET", "/debugger/api/events", {"Sec-Fetch-Site": "same-site"}),
+               ("GET", "/debugger/stream", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}),
+               ("GET", "/debugger", {"Sec-Fetch-Site": "cross-site"}),
+               ("GET", "/debugger/api/events", {"Origin": "https://evil.example"}),
+               ("GET", "/debugger/api/events", {"Origin": "null"}),
+               ("POST", "/debugger/api/reset", {"Origin": "https://evil.example"}),
+               ("POST", "/debugger/api/reset", {"Sec-Fetch-Site": "cross-site"})]
+    for method, path, headers in refused:
+        status, answer_headers, body = request(url + path, method, b"" if method == "POST" else None, headers)
+        assert status == 403 and json.loads(body)["code"] == "cross_origin", (method, path, headers, status)
+    for headers in ({}, {"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"},
+                    {"Origin": "http://" + host, "Sec-Fetch-Site": "same-origin"}):
+        assert request(url + "/debugger/api/events?q=x", headers=headers)[0] == 200, headers
+    assert request(url + "/debugger/api/reset", "POST", b"", {"Origin": "http://" + host})[0] == 200
