@@ -17,6 +17,7 @@ style hold no data and are answered without the token (the page passes its `?tok
 """
 import asyncio
 import hmac
+import logging
 import os
 from collections import deque
 from urllib.parse import parse_qs, urlsplit
@@ -48,6 +49,12 @@ _PAGE_HEADERS = [(b"content-security-policy", b"default-src 'none'; script-src '
                  (b"cache-control", b"no-store")]
 
 
+# an answer holding events is data, never a document: a browser must not sniff it into HTML nor
+# run or load anything from it if someone opens it directly
+_JSON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", b"default-src 'none'")]
+_LOG = logging.getLogger("sluice.collector.debugger")
+
+
 class _Refused(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict = None):
         super().__init__(message)
@@ -55,6 +62,24 @@ class _Refused(Exception):
 
 
 async def answer(debugger, scope, receive, send) -> None:
+    """The app's hook for /debugger paths (outside the app's own error handling, so a failure
+    here is answered here: 500 JSON, logged, never a traceback to the client)."""
+    started = [False]
+
+    async def tracked(message):
+        started[0] = started[0] or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await _answer(debugger, scope, receive, tracked)
+    except Exception:  # noqa: BLE001 - answered and logged; the collector goes on
+        _LOG.exception("debugger: %s %s failed", scope.get("method"), scope.get("path"))
+        if not started[0]:
+            await _json(send, 500, {"success": False, "code": "internal_error",
+                                    "message": "the debugger failed to answer (logged)"})
+
+
+async def _answer(debugger, scope, receive, send) -> None:
     method, path = scope["method"], scope["path"].rstrip("/")
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     query = parse_qs(scope["query_string"].decode("latin-1"))
@@ -95,7 +120,8 @@ def events(debugger, query: dict) -> dict:
     if status is not None and status not in STATUSES:
         raise _Refused(400, "invalid_status", f"status must be one of {', '.join(STATUSES)}")
     limit = query.get("limit", [str(DEFAULT_LIMIT)])[-1]
-    if not limit.isdigit() or int(limit) < 1:
+    # isdecimal, not isdigit: "²" is a digit int() cannot read; ASCII only, and not of any length
+    if not (limit.isascii() and limit.isdecimal() and len(limit) <= 9) or int(limit) < 1:
         raise _Refused(400, "invalid_limit", "limit must be a positive integer")
     found = debugger.store.query(limit=int(limit), **filters)
     return {"events": [entry.as_json() for entry in found], "count": len(found), "sampling": debugger.store.stats()}
@@ -173,7 +199,7 @@ async def _json(send, status: int, value, headers: dict = None) -> None:
     extra = [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", JSON), (b"content-length", str(len(body)).encode()),
-                            (b"cache-control", b"no-store")] + extra})
+                            (b"cache-control", b"no-store")] + _JSON_HEADERS + extra})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -149,3 +149,43 @@ def test_requests_from_another_sites_page_are_refused_whatever_the_method(collec
                     {"Origin": "http://" + host, "Sec-Fetch-Site": "same-origin"}):
         assert request(url + "/debugger/api/events?q=x", headers=headers)[0] == 200, headers
     assert request(url + "/debugger/api/reset", "POST", b"", {"Origin": "http://" + host})[0] == 200
+
+
+# -- 7. bad input, failures, and what a JSON answer may become in a browser --------------------
+
+def test_a_limit_int_cannot_read_is_a_400_and_json_answers_are_never_documents(collector):
+    url = collector.url
+    for limit in ("%C2%B2", "%D9%A3", "1e3", "-1", "0", "9" * 5000):
+        status, headers, body = request(f"{url}/debugger/api/events?limit={limit}")
+        assert status == 400 and json.loads(body)["code"] == "invalid_limit", (limit, status, body[:200])
+    for path, method, headers, expected in (("/debugger/api/events", "GET", {}, 200),
+                                            ("/debugger/api/events?status=lost", "GET", {}, 400),
+                                            ("/debugger/api/events", "GET", {"Via": "1.1 proxy"}, 403),
+                                            ("/debugger/api/reset", "GET", {}, 405),
+                                            ("/debugger/nothing", "GET", {}, 404)):
+        status, answer_headers, _ = request(url + path, method, None, headers)
+        assert status == expected and answer_headers["content-type"] == "application/json", path
+        assert answer_headers["x-content-type-options"] == "nosniff", path
+        assert answer_headers["content-security-policy"] == "default-src 'none'", path
+
+
+def test_a_failure_inside_the_debugger_is_a_500_json_answer_without_a_traceback(caplog):
+    """The app hands /debugger paths over before its own error handling: the debugger answers its
+    own failures. A store whose query fails (the real one, wrapped) stands for any bug."""
+    from collector.debugger.settings import DebuggerSettings
+
+    async def run():
+        app, debugger = _app(DebuggerSettings(), "127.0.0.1")
+
+        def broken(**filters):
+            raise RuntimeError("a bug in the debugger")
+
+        debugger.store.query = broken
+        status, body = await _call(app, "GET", "/debugger/api/events")
+        said = json.loads(body)
+        assert status == 500 and said["code"] == "internal_error" and "in the debugger" not in body.decode()
+        assert "Traceback" not in body.decode()
+        assert (await _call(app, "GET", "/debugger/api/events", query="status=lost"))[0] == 400   # still answering
+
+    asyncio.run(run())
+    assert "a bug in the debugger" in caplog.text
