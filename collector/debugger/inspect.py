@@ -155,15 +155,17 @@ class Inspector:
 
     # -- refused -----------------------------------------------------------------------------
     def refused(self, received_at: str, status: int, code: str, message: str, source: Optional[str],
-                path: str, preview_text: Optional[str]) -> Optional[Entry]:
-        """An entry for a request the collector answered with an error (nothing was kept)."""
+                path: str, preview_text: Optional[str], size: Optional[int] = None) -> Optional[Entry]:
+        """An entry for a request the collector answered with an error (nothing was kept); size:
+        the request body's bytes as sent (else the preview's length)."""
         source = source or UNKNOWN_SOURCE
         if not self.store.admit(source, 1):
             return None
         if preview_text is not None and len(preview_text) > PREVIEW_CHARS + 1:
             preview_text = preview_text[:PREVIEW_CHARS] + "…"
         fate = {**_dead_letter(None), "status": "refused", "error_type": code, "error_message": message}
-        return self.store.add(Entry(received_at, source, preview_text, len(preview_text or ""), status,
+        size = len(preview_text or "") if size is None else size
+        return self.store.add(Entry(received_at, source, preview_text, size, status,
                                     reason={"code": code, "message": message, "path": path[:200]},
                                     fate=fate))
 

@@ -171,7 +171,7 @@ class Debugger:
         text, key = preview(body, headers.get("content-encoding"), complete and size <= PREVIEW_RAW_BYTES, read)
         source = self._source_of(scope, headers, key)
         self.inspector.refused(received_at(datetime.now(timezone.utc)), status, code or f"http_{status}",
-                               message or "", source, scope["path"], text)
+                               message or "", source, scope["path"], text, _request_bytes(headers, size))
 
     def _source_of(self, scope, headers: dict, body_key) -> Optional[str]:
         """The source a refused request's write key names (a known key, refused for its origin,
@@ -189,6 +189,13 @@ class Debugger:
         if not key:
             return None
         return next((s.name for s in self.collector.sources if s.write_key == key), None)
+
+
+def _request_bytes(headers: dict, read: int) -> int:
+    """A refused body's size as sent: its Content-Length (a request refused before its body was
+    read, 413 by its length or 401 by its key, was read in part or not at all), else what was read."""
+    length = headers.get("content-length", "")
+    return max(read, int(length)) if length.isascii() and length.isdecimal() and len(length) < 19 else read
 
 
 def _basic_key(headers: dict) -> Optional[str]:

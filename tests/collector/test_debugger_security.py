@@ -189,3 +189,16 @@ def test_a_failure_inside_the_debugger_is_a_500_json_answer_without_a_traceback(
 
     asyncio.run(run())
     assert "a bug in the debugger" in caplog.text
+
+
+# -- 8. a refused entry's size ------------------------------------------------------------------
+
+def test_a_refused_entrys_bytes_are_the_requests_not_its_previews(collector):
+    url, auth = collector.url, {"Authorization": basic("key-server"), "Content-Type": "application/json"}
+    broken = b'{"type": "track", "event": "E", "properties": {"pad": "' + b"p" * 20_000   # not JSON: 400
+    assert request(url + "/v1/track", "POST", broken, auth)[0] == 400
+    wrong = json.dumps({"type": "track", "event": "E", "userId": "u", "properties": {"pad": "q" * 3000}}).encode()
+    assert request(url + "/v1/track", "POST", wrong, {"Authorization": basic("no-such-key")})[0] == 401
+    found = json.loads(request(url + "/debugger/api/events?status=refused")[2])["events"]
+    assert [(e["http_status"], e["bytes"]) for e in found] == [(401, len(wrong)), (400, len(broken))]
+    assert len(found[1]["payload"]) <= 1025
