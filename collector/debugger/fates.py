@@ -38,14 +38,16 @@ from typing import Optional
 import orjson
 
 from collector.debugger.store import Store
-from transforms.warehouse import naming
+from transforms.warehouse import layout, naming, planner
 
 _LOG = logging.getLogger("sluice.collector.debugger")
-PRIMARY = {"track": "tracks", "identify": "identifies", "page": "pages", "screen": "screens", "group": "groups",
-           "alias": "aliases"}
-KEYS_TABLE = "_sluice_message_keys"     # transforms.warehouse.duckdb_backend.KEYS_TABLE
-DEAD_LETTERS = "_dead_letters"
-DELIVERIES = "_deliveries"
+_TYPE_OF = {"tracks": "track", "identifies": "identify", "pages": "page", "screens": "screen", "groups": "group",
+            "aliases": "alias"}
+# each event type's primary table, from the warehouse's own list (a table added there and not
+# here fails at import, not silently)
+PRIMARY = {_TYPE_OF[table]: table for table in layout.PRIMARY_TABLES}
+DEAD_LETTERS = planner.DEAD_LETTER_TABLE
+DELIVERIES = planner.DELIVERIES_TABLE
 MARGIN = timedelta(seconds=5)           # clocks of one machine; a loaded_at is always after its file's write
 _NOT_A_POLICY = ("duplicate", "empty_message", "empty_batch")   # drops that are not an event's fate here
 
@@ -202,10 +204,13 @@ def lookup(cursor, pending: dict, since: datetime, summary: dict) -> dict:
                                   f"FROM {DELIVERIES} WHERE requested_at >= ?", [since]).fetchall(),
                    set(ids), destinations)
     left = [m for m in ids if m not in fates]
+    # DuckDB's own dedupe keys (imported here: the BigQuery poller shares this module, not DuckDB)
+    from transforms.warehouse.duckdb_backend import _KEY, KEYS_TABLE
     if left and KEYS_TABLE in tables:
+        # the key of `<primary table>:<message_id>`, as duckdb_backend writes it
         keys = {f"{PRIMARY.get(pending[m][0], 'tracks')}:{m}": m for m in left}
         for (key,) in cursor.execute(
-                f"SELECT k FROM (SELECT unnest(?::VARCHAR[]) AS k) WHERE md5_number(k) IN "
+                f"SELECT k FROM (SELECT unnest(?::VARCHAR[]) AS k) WHERE {_KEY.format('k')} IN "
                 f"(SELECT key FROM {KEYS_TABLE})", [list(keys)]).fetchall():
             message_id = keys[key]
             kind, event = pending[message_id]

@@ -27,7 +27,7 @@ from collector.debugger import api
 from collector.debugger.preview import PREVIEW_RAW_BYTES, preview
 from collector.debugger.settings import DebuggerSettings, access
 from collector.debugger.store import Store
-from collector.requests import Refusal, basic_user, received_at, route
+from collector.requests import Refusal, basic_user, key_before_body, received_at, route
 
 _LOG = logging.getLogger("sluice.collector.debugger")
 _NOT_EVENTS = (404, 405)   # a refusal of the path or method: no event was meant
@@ -175,16 +175,12 @@ class Debugger:
 
     def _source_of(self, scope, headers: dict, body_key) -> Optional[str]:
         """The source a refused request's write key names (a known key, refused for its origin,
-        rate or a disabled source), or None. The key itself is never kept."""
-        key = None
-        authorization = headers.get("authorization")
-        if authorization:
-            try:
-                key = basic_user(authorization)
-            except Refusal:
-                key = None
-        if not key and scope.get("query_string"):
-            key = (parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") or [None])[0]
+        rate or a disabled source), or None: the key read as the app reads it
+        (collector.requests.key_before_body), else the body's. The key itself is never kept."""
+        try:
+            key = key_before_body(scope["path"], scope.get("query_string", b"").decode("latin-1"), headers)
+        except Refusal:
+            key = None
         key = key or body_key
         if not key:
             return None

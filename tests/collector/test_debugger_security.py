@@ -202,3 +202,20 @@ def test_a_refused_entrys_bytes_are_the_requests_not_its_previews(collector):
     found = json.loads(request(url + "/debugger/api/events?status=refused")[2])["events"]
     assert [(e["http_status"], e["bytes"]) for e in found] == [(401, len(wrong)), (400, len(broken))]
     assert len(found[1]["payload"]) <= 1025
+
+
+# -- 9. a refused request's source, read as the app reads it ------------------------------------
+
+def test_a_refused_requests_source_is_what_the_collector_read(collector):
+    """?writeKey= names a source on a beacon path only (collector.requests.key_before_body): on
+    /v1/track the collector did not read it, so the refusal is not put under that source."""
+    url = collector.url
+    event = json.dumps({"type": "track", "event": "E", "userId": "u"}).encode()
+    assert request(url + "/v1/track?writeKey=key-server", "POST", event, {"Content-Type": "application/json"})[0] == 401
+    assert request(url + "/v1/track", "POST", event, {"Authorization": basic("key-off")})[0] == 403
+    found = json.loads(request(url + "/debugger/api/events?status=refused")[2])["events"]
+    assert [(e["http_status"], e["source"]) for e in found] == [(403, "off"), (401, "(unknown)")]
+    from collector.debugger import fates
+    from transforms.warehouse import layout, planner
+    assert sorted(fates.PRIMARY.values()) == sorted(layout.PRIMARY_TABLES)
+    assert (fates.DEAD_LETTERS, fates.DELIVERIES) == (planner.DEAD_LETTER_TABLE, planner.DELIVERIES_TABLE)
