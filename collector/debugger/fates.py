@@ -199,14 +199,16 @@ def lookup(cursor, pending: dict, since: datetime, summary: dict) -> dict:
             f"SELECT message_id, error_type, error_message, destination FROM {DEAD_LETTERS} "
             f"WHERE loaded_at >= ? AND message_id IN (SELECT unnest(?::VARCHAR[]))", [since, ids]).fetchall(),
             fates, destinations)
-    if DELIVERIES in tables:
+    if DELIVERIES in tables:   # only the batches naming a pending id: a run may have forwarded thousands
         deliveries(cursor.execute(f"SELECT destination, status, http_status, attempts, latency_ms, message_ids "
-                                  f"FROM {DELIVERIES} WHERE requested_at >= ?", [since]).fetchall(),
+                                  f"FROM {DELIVERIES} WHERE requested_at >= ? AND "
+                                  f"list_has_any(message_ids, ?::VARCHAR[])", [since, ids]).fetchall(),
                    set(ids), destinations)
     left = [m for m in ids if m not in fates]
-    # DuckDB's own dedupe keys (imported here: the BigQuery poller shares this module, not DuckDB)
+    # DuckDB's own dedupe keys (imported here: the BigQuery poller shares this module, not DuckDB),
+    # asked only when the run dropped duplicates: otherwise none of `left` was one
     from transforms.warehouse.duckdb_backend import _KEY, KEYS_TABLE
-    if left and KEYS_TABLE in tables:
+    if left and KEYS_TABLE in tables and (summary.get("dropped") or {}).get("duplicate", 0) > 0:
         # the key of `<primary table>:<message_id>`, as duckdb_backend writes it
         keys = {f"{PRIMARY.get(pending[m][0], 'tracks')}:{m}": m for m in left}
         for (key,) in cursor.execute(

@@ -44,3 +44,53 @@ def test_two_sends_of_one_message_in_one_load_show_one_stored_and_one_duplicate(
               e["fate"]["policy"]) for e in found]
     assert fates == [("twice-1", 1, "stored", "twice", None), ("once-1", None, "stored", "once", None),
                      ("twice-1", 2, "stored", "twice", "duplicate")]
+
+
+class _Counting:
+    """A real DuckDB cursor, noting each query and how many rows it gave (what a lookup costs)."""
+
+    def __init__(self, cursor):
+        self.cursor, self.queries = cursor, []
+
+    def execute(self, sql, params=None):
+        self.queries.append(sql)
+        self._result = self.cursor.execute(sql, params) if params is not None else self.cursor.execute(sql)
+        return self
+
+    def fetchall(self):
+        rows = self._result.fetchall()
+        self.queries[-1] = (self.queries[-1], len(rows))
+        return rows
+
+
+def test_a_lookup_reads_only_the_deliveries_naming_its_ids_and_keys_only_after_duplicates(tmp_path):
+    """On a warehouse the embedded loader wrote (transforms.warehouse.duckdb_backend), with 200
+    forwarded batches of which one names the pending event."""
+    from datetime import datetime, timedelta, timezone
+
+    import duckdb
+
+    from collector.debugger import fates
+    from transforms.warehouse import planner
+    from transforms.warehouse.duckdb_backend import KEYS_TABLE, SQL_TYPES
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    columns = ", ".join(f'"{n}" {SQL_TYPES[t]}' for n, t in planner.DELIVERY_COLUMNS)
+    conn.execute(f"CREATE TABLE {fates.DELIVERIES} ({columns})")
+    now = datetime.now(timezone.utc)
+    names = [n for n, _ in planner.DELIVERY_COLUMNS]
+    for batch in range(200):
+        row = {"delivery_id": f"d{batch}", "destination": "crm", "requested_at": now, "status": "delivered",
+               "http_status": 200, "attempts": 1, "latency_ms": 5.0,
+               "message_ids": ["wanted-1" if batch == 7 else f"other-{batch}-{i}" for i in range(3)]}
+        conn.execute(f"INSERT INTO {fates.DELIVERIES} VALUES ({', '.join('?' * len(names))})",
+                     [row.get(n) for n in names])
+    conn.execute(f"CREATE TABLE {KEYS_TABLE} (key UHUGEINT)")
+    cursor = _Counting(conn.cursor())
+    found = fates.lookup(cursor, {"wanted-1": ("track", "E")}, now - timedelta(minutes=1), {"dropped": {}})
+    assert found["wanted-1"]["destinations"]["crm"]["status"] == "delivered"
+    read = [q for q in cursor.queries if isinstance(q, tuple) and fates.DELIVERIES in q[0]]
+    assert [rows for _, rows in read] == [1]   # the one batch naming it, not 200
+    assert not any(KEYS_TABLE in (q[0] if isinstance(q, tuple) else q) for q in cursor.queries)
+    cursor = _Counting(conn.cursor())
+    fates.lookup(cursor, {"wanted-1": ("track", "E")}, now - timedelta(minutes=1), {"dropped": {"duplicate": 1}})
+    assert any(KEYS_TABLE in (q[0] if isinstance(q, tuple) else q) for q in cursor.queries)
