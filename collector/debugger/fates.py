@@ -126,17 +126,44 @@ class Fates:
         self.store, self._cursor, self._replay = store, cursor, replay
         self.lookups, self.settled = 0, 0
         self._previous = None   # when the previous run's call came: the loader's runs follow each other
+        # the previous run: (files, since, summary, the store's last entry id when it was looked up).
+        # The collector answers (and the spool may close the file, and a run load it) before the
+        # debugger inspects what it accepted: an entry added after its run was looked up is looked
+        # up again, in that run's rows, at the next run
+        self._last_run = None
 
     def loaded(self, files: list, summary: dict) -> int:
-        """Settle the entries of the events in `files`, just loaded; how many changed. Never
-        raises: a failed lookup leaves them pending (logged)."""
+        """Settle the entries of the events in `files`, just loaded, and of the previous run's
+        events inspected after it was looked up; how many changed. Never raises: a failed lookup
+        leaves them pending (logged)."""
         now, since = datetime.now(timezone.utc), self._previous
         self._previous = now
+        changed = 0
         try:
-            return self._loaded(files, summary, since)
+            changed += self._late(self._last_run, files)
+        except Exception:  # noqa: BLE001 - the debugger must never fail a load
+            _LOG.warning("debugger: looking up the fates of late entries failed; they stay pending", exc_info=True)
+        self._last_run = (list(files), since, summary, self.store.last_id())
+        try:
+            return changed + self._loaded(files, summary, since)
         except Exception:  # noqa: BLE001 - the debugger must never fail a load
             _LOG.warning("debugger: looking up the fates of a load failed; its events stay pending", exc_info=True)
+            return changed
+
+    def _late(self, run, now_loaded: list) -> int:
+        """Entries of a run's events the debugger added after that run was looked up (not those
+        of a send of the same id in the run just made: theirs is this run's fate)."""
+        if run is None or not self.store.pending_entries:
             return 0
+        files, since, summary, last_id = run
+        if not self.store.pending_after(last_id):
+            return 0
+        files = [p for p in files if os.path.exists(p)]   # a retention may have removed them since
+        ids = message_ids(files) - message_ids(now_loaded) if files else ()
+        pending = self.store.pending(ids, after=last_id) if ids else {}
+        if not pending:
+            return 0
+        return self._settle(pending, files, summary, since)
 
     def _loaded(self, files: list, summary: dict, since) -> int:
         if not self.store.pending_entries:   # nothing waits: the files need not be read again
@@ -144,6 +171,9 @@ class Fates:
         pending = self.store.pending(message_ids(files))
         if not pending:
             return 0
+        return self._settle(pending, files, summary, since)
+
+    def _settle(self, pending: dict, files: list, summary: dict, since) -> int:
         if since is None:   # the first run: it started after its files were written
             since = datetime.fromtimestamp(min(os.stat(p).st_mtime for p in files), timezone.utc) - MARGIN
         cursor = self._cursor()

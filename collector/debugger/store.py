@@ -97,6 +97,7 @@ class Store:
         self._skipped = {}      # source -> events not kept (rate)
         self._received = {}     # source -> events seen (kept or not)
         self._payload_bytes = 0
+        self._last_id = 0
         self.pending_entries = 0  # entries whose fate is pending: none, and a load need not be read
         self.listeners = []     # callables (kind, data): "entry" / "fate" with an entry's JSON, "reset" with None
 
@@ -125,7 +126,7 @@ class Store:
     def add(self, entry: Entry) -> Entry:
         limit = self.settings.max_events_per_source
         with self._lock:
-            entry.id = next(self._ids)
+            entry.id = self._last_id = next(self._ids)
             ring = self._rings.get(entry.source)
             if ring is None:
                 ring = self._rings[entry.source] = deque()
@@ -149,15 +150,25 @@ class Store:
                 if not same:
                     del self._by_message[entry.message_id]
 
-    def pending(self, message_ids) -> dict:
-        """{message_id: (type, event name)} of those of `message_ids` whose entries still wait for a fate."""
+    def pending(self, message_ids, after: int = 0) -> dict:
+        """{message_id: (type, event name)} of those of `message_ids` whose entries still wait for a
+        fate (only entries added after entry id `after`, when given)."""
         with self._lock:
             found = {}
             for message_id in message_ids:
                 for entry in self._by_message.get(message_id, ()):
-                    if entry.fate["status"] == "pending":
+                    if entry.fate["status"] == "pending" and entry.id > after:
                         found[message_id] = (entry.type, entry.event)
             return found
+
+    def last_id(self) -> int:
+        """The id of the newest entry added so far (0: none)."""
+        return self._last_id
+
+    def pending_after(self, after: int) -> bool:
+        """Whether an entry added after entry id `after` still waits for a fate."""
+        with self._lock:
+            return any(e.id > after and e.fate["status"] == "pending" for ring in self._rings.values() for e in ring)
 
     def waiting(self) -> list:
         """(message_id, type, event name, received_at, timestamp) of every pending entry with a

@@ -94,3 +94,33 @@ def test_a_lookup_reads_only_the_deliveries_naming_its_ids_and_keys_only_after_d
     cursor = _Counting(conn.cursor())
     fates.lookup(cursor, {"wanted-1": ("track", "E")}, now - timedelta(minutes=1), {"dropped": {"duplicate": 1}})
     assert any(KEYS_TABLE in (q[0] if isinstance(q, tuple) else q) for q in cursor.queries)
+
+
+def test_an_entry_inspected_after_its_file_was_loaded_gets_its_fate_at_the_next_run(tmp_path):
+    """The collector answers before the debugger inspects what it accepted, so a quick run can
+    load a file before its events are entries: the next run looks them up in that run's rows."""
+    from datetime import datetime, timezone
+
+    import duckdb
+
+    from collector.debugger.fates import Fates
+    from collector.debugger.store import Entry, Store
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    conn.execute("CREATE TABLE tracks (message_id VARCHAR, event VARCHAR, loaded_at TIMESTAMPTZ)")
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text(json.dumps({"source": "web", "batch": [{"type": "track", "event": "Late",
+                                                              "messageId": "late-1"}]}) + "\n")
+    second.write_text(json.dumps({"source": "web", "batch": [{"type": "track", "event": "Next",
+                                                               "messageId": "next-1"}]}) + "\n")
+    store = Store()
+    fates = Fates(store, conn.cursor)
+    conn.execute("INSERT INTO tracks VALUES ('late-1', 'late', ?)", [datetime.now(timezone.utc)])
+    assert fates.loaded([str(first)], {"stored": 1}) == 0   # late-1 loaded, not yet an entry
+    late = store.add(Entry("2026-12-03T00:00:00.000Z", "web", b"{}", 2, type="track", event="Late",
+                           message_id="late-1"))
+    nxt = store.add(Entry("2026-12-03T00:00:00.000Z", "web", b"{}", 2, type="track", event="Next",
+                          message_id="next-1"))
+    conn.execute("INSERT INTO tracks VALUES ('next-1', 'next', ?)", [datetime.now(timezone.utc)])
+    assert fates.loaded([str(second)], {"stored": 1}) == 2
+    assert (late.fate["status"], late.fate["table"]) == ("stored", "late")
+    assert (nxt.fate["status"], nxt.fate["table"]) == ("stored", "next")
