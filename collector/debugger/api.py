@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import logging
 import os
+import threading
 from collections import deque
 from urllib.parse import parse_qs, urlsplit
 
@@ -244,11 +245,15 @@ class _Hub:
     on the thread that made it, and handed to every stream on the event loop."""
 
     def __init__(self, loop):
-        self.loop, self.streams = loop, set()
+        self.loop, self.streams, self._loop_thread = loop, set(), threading.get_ident()
 
     def listener(self, kind: str, entry) -> None:   # on the event loop (entries) or the loader's thread (fates)
         data = orjson.dumps(entry.as_json()) if entry is not None else b"{}"
-        self.loop.call_soon_threadsafe(self._fan_out, b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n")
+        message = b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+        if threading.get_ident() == self._loop_thread:   # no wake-up of the loop for each entry
+            self._fan_out(message)
+        else:
+            self.loop.call_soon_threadsafe(self._fan_out, message)
 
     def _fan_out(self, message: bytes) -> None:
         for queue in self.streams:
