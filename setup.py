@@ -40,7 +40,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "collector", "collector.*",
-                                    "transforms", "transforms.*", "schemas"]),
+                                    "transforms", "transforms.*", "analysis", "analysis.*", "schemas"]),
     package_data={"schemas": ["*.json"], "collector.debugger.page": ["*.html", "*.css", "*.js"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.15",
