@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "pyarrow==25.0.1",
     "PyYAML==6.0.3",
     "pytz==2026.6",  # DuckDB needs it to hand TIMESTAMPTZ values to Python
+    "scipy==1.17.1",  # experiment statistics (analysis/stats.py); 1.18 needs Python 3.12
     "ua-parser==1.0.2",             # user-agent enrichment, offline rules
     "ua-parser-builtins==202610",   # the rules themselves, shipped in the wheel
     "ua-parser-rs==0.1.5",          # compiled matcher: 19 us a parse against 1 ms for pure Python
