@@ -50,6 +50,8 @@ setup(
                              "gcp-storage-emulator==2026.7.19",  # gs:// backfills, started by the tests
                              # the real SDKs users send with, pointed at the collector by the tests
                              "segment-analytics-python==2.4.0", "rudder-sdk-python==2.1.9",
+                             # a real flag SDK assigns the experiment test's users (features inline, no API host)
+                             "growthbook==4.0.0",
                              "playwright==1.65.2",  # drives Debian's chromium (analytics.js in a browser)
                              "granian==2.8.7"]},  # the other ASGI server benchmarks/collector.py measures
     entry_points={"console_scripts": ["sluice = pipeline.__main__:main"]},  # serve without Beam
