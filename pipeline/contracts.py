@@ -15,6 +15,7 @@ from pipeline import segment_import, typegen
 from pipeline.config import Config
 from pipeline.errors import UsageError
 from transforms.contracts.lint import check_directory, errors
+from transforms.experiments import declared
 
 
 def resolve_directory(directory: str, config_path) -> str:
@@ -43,6 +44,8 @@ def load(config: Config, config_path=None, warn=sys.stderr) -> Config:
         if name not in names:
             raise UsageError(f"config: contracts.overrides.{name}: no such contract in {directory} "
                              f"(names: {', '.join(sorted(names)) or 'none'})")
+    for where, message in declared.problems(config.experiments, contracts)[:1]:
+        raise UsageError(f"config: {where}: {message}")
     return config._replace(contracts=settings._replace(directory=directory, contracts=contracts))
 
 
