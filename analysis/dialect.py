@@ -1,0 +1,60 @@
+"""What differs between the warehouses' SQL, in one place: identifier quoting, table references,
+query parameters, timestamp arithmetic and type names. The analysis's SQL (analysis/queries.py)
+is written once against these; everything else in it is common to DuckDB and BigQuery (CASE,
+COALESCE, STRPOS, STARTS_WITH, ENDS_WITH, IN, CTEs, LEFT JOIN, GROUP BY).
+"""
+from typing import NamedTuple, Optional
+
+from transforms.warehouse import planner
+
+# Column types as each warehouse spells them, keyed by the planner's names (the same types the
+# pipeline creates its tables with: duckdb_backend.SQL_TYPES, bigquery_schema.FIELD_TYPES).
+_DUCKDB_TYPES = {planner.BOOL: "BOOLEAN", planner.INT64: "BIGINT", planner.FLOAT64: "DOUBLE",
+                 planner.STRING: "VARCHAR", planner.TIMESTAMP: "TIMESTAMPTZ"}
+BIGQUERY_TYPES = {planner.BOOL: "BOOL", planner.INT64: "INT64", planner.FLOAT64: "FLOAT64",
+                   planner.STRING: "STRING", planner.TIMESTAMP: "TIMESTAMP"}
+
+
+class Dialect(NamedTuple):
+    name: str                 # "duckdb" | "bigquery"
+    quote_char: str
+    param_prefix: str
+    types: dict
+    namespace: Optional[str] = None  # BigQuery: "project.dataset"; DuckDB: tables are plain names
+
+    def quote(self, name: str) -> str:
+        q = self.quote_char
+        return q + name.replace(q, q + q) + q
+
+    def table(self, name: str) -> str:
+        """A table of the warehouse as a query names it."""
+        if self.namespace is None:
+            return self.quote(name)
+        return f"`{self.namespace}.{name}`"  # project ids may hold '-', so the whole path is quoted
+
+    def param(self, name: str) -> str:
+        return self.param_prefix + name
+
+    def shift(self, expr: str, micros: int) -> str:
+        """`expr` (a TIMESTAMP) moved by a whole number of microseconds (negative: earlier)."""
+        if micros == 0:
+            return expr
+        if self.name == "duckdb":
+            return f"({expr} + to_microseconds(CAST({micros} AS BIGINT)))"
+        return f"TIMESTAMP_ADD({expr}, INTERVAL {micros} MICROSECOND)"
+
+    def as_float(self, expr: str) -> str:
+        return f"CAST({expr} AS {self.types[planner.FLOAT64]})"
+
+
+def duckdb() -> Dialect:
+    return Dialect("duckdb", '"', "$", _DUCKDB_TYPES)
+
+
+def bigquery(project: str, dataset: str) -> Dialect:
+    return Dialect("bigquery", "`", "@", BIGQUERY_TYPES, f"{project}.{dataset}")
+
+
+def micros(hours: float) -> int:
+    """Hours as whole microseconds, the finest step both warehouses' timestamps have."""
+    return round(hours * 3_600_000_000)
