@@ -16,7 +16,7 @@ from transforms import jsonutil
 from transforms.messages import Event, RawMessage, Rejection
 from transforms.timeutil import format_time
 
-STAGES = ("decode", "normalize", "contracts", "consent", "transform", "warehouse", "forwarding")
+STAGES = ("decode", "normalize", "contracts", "consent", "transform", "experiments", "warehouse", "forwarding")
 
 
 def encode_payload(data: bytes) -> tuple[str, str]:

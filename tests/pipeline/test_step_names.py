@@ -11,14 +11,15 @@ from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph
 from pipeline.sources import ReadInputFiles, ReadPubSubMessages
 
-STEPS = ["Read", "Decode", "Normalize", "Dedupe", "Contracts", "Consent", "Transform", "Warehouse",
+STEPS = ["Read", "Decode", "Normalize", "Dedupe", "Contracts", "Consent", "Transform", "Exposures", "Warehouse",
          "Forwardable", "Forward", "CollectDeadLetters", "DeadLetters", "Deliveries"]
 
 # The steps inside them, on Dataflow, streaming. A rename here breaks --update of running jobs.
 NESTED_STREAMING = [
     "Read/Pull", "Read/AsRawMessages", "Decode/ParDo(DecodeMessagesFn)", "Normalize/ParDo(NormalizeEventsFn)",
     "Dedupe/ByMessageId", "Dedupe/DropSeen", "Contracts/ParDo(ValidateContractsFn)",
-    "Consent/ParDo(ApplyConsentFn)", "Transform/ParDo(ApplyTransformsFn)", "Warehouse/Batch", "Warehouse/Write",
+    "Consent/ParDo(ApplyConsentFn)", "Transform/ParDo(ApplyTransformsFn)",
+    "Exposures/ParDo(ExtractExposuresFn)", "Warehouse/Batch", "Warehouse/Write",
     "Forwardable/SelectDeliveries", "Forward/BatchAndRetry", "DeadLetters/Batch", "DeadLetters/Write",
     "Deliveries/Batch", "Deliveries/Write"]
 

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from google.api_core import exceptions
 
 from transforms import jsonutil
+from transforms.experiments.extract import Reader
 from transforms.timeutil import format_time
 from transforms.warehouse import bigquery_schema as bq, layout, planner, replays, retry
 from transforms.warehouse.bigquery_tables import BigQueryTables, Replan
@@ -62,7 +63,8 @@ class BigQueryWarehouse:
     def __init__(self, project: str, dataset: str, endpoint: str = None, location: str = "US",
                  max_columns: int = planner.DEFAULT_MAX_COLUMNS, flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH,
                  declared_types=None, write_method: str = "insert_all", retry_deadline: float = 120.0,
-                 lag_deadline: float = 120.0, max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS):
+                 lag_deadline: float = 120.0, max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS,
+                 experiments=None):
         if write_method not in WRITE_METHODS:
             raise ValueError(f"write_method must be one of {WRITE_METHODS}")
         self.project, self.dataset, self.endpoint, self.location = project, dataset, endpoint, location
@@ -71,6 +73,8 @@ class BigQueryWarehouse:
         self.max_new_columns = max_new_columns
         self.flatten_depth = flatten_depth
         self.declared_types = declared_types or {}
+        # experiments: the config's ExperimentSettings; None writes no experiment_exposures rows
+        self._exposures = Reader(experiments) if experiments is not None else None
         self.retry = retry.policy(retry_deadline)
         self.lag_deadline = lag_deadline
         self.calls = Counter()  # API calls by kind: the benchmark reports them per 10,000 rows
@@ -104,7 +108,7 @@ class BigQueryWarehouse:
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
         result = WriteResult()
-        rows = [layout.table_rows(e.body, self.flatten_depth, e.violations, e.attributes) for e in events]
+        rows = [layout.event_rows(e, self.flatten_depth, self._exposures) for e in events]
         events, rows = self._drop_repeats(events, rows, result)
         if self.write_method == "load":
             events, rows = self._drop_stored(events, rows, result)

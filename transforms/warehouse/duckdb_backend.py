@@ -25,6 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from transforms.experiments.extract import Reader
 from transforms.timeutil import format_time
 from transforms.warehouse import layout, planner, replays
 from transforms.warehouse.result import WriteResult
@@ -190,13 +191,15 @@ class DuckDBWarehouse:
     def __init__(self, path: str, max_columns: int = planner.DEFAULT_MAX_COLUMNS,
                  flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH, declared_types=None,
                  memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB,
-                 max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS):
+                 max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS, experiments=None):
         self.path = str(Path(path).resolve())
         self.max_new_columns = max_new_columns
         self.memory_limit_mb = memory_limit_mb
         self.max_columns = max_columns
         self.flatten_depth = flatten_depth
         self.declared_types = declared_types or {}  # {table or "*": {pointer: type}} from contracts
+        # experiments: the config's ExperimentSettings; None writes no experiment_exposures rows
+        self._exposures = Reader(experiments) if experiments is not None else None
         self._db = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -244,7 +247,7 @@ class DuckDBWarehouse:
 
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
-        rows = [layout.table_rows(e.body, self.flatten_depth, e.violations, e.attributes) for e in events]
+        rows = [layout.event_rows(e, self.flatten_depth, self._exposures) for e in events]
         with self._db.lock:
             try:
                 return self._write_with_replan(events, rows)

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 import apache_beam as beam
 
 from transforms import gcpause, metrics, parking
+from transforms.experiments.settings import ExperimentSettings
 from transforms.fallible import FallibleFn, apply_fallible
 from transforms.messages import EventCoder, JsonCoder, Rejection
 from transforms.warehouse import planner
@@ -30,6 +31,7 @@ class WarehouseSettings(NamedTuple):
     bigquery_write_method: str = "insert_all"  # or "load" (pipeline.main picks by --streaming)
     duckdb_memory_limit_mb: Optional[int] = None  # the embedded warehouse's memory budget; None: its default
     max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS  # columns one batch may add to a table
+    experiments: Optional[ExperimentSettings] = None  # exposures also get an experiment_exposures row; None: none
 
 
 def open_backend(settings: WarehouseSettings):
@@ -39,13 +41,15 @@ def open_backend(settings: WarehouseSettings):
         memory = {"memory_limit_mb": settings.duckdb_memory_limit_mb} if settings.duckdb_memory_limit_mb else {}
         return DuckDBWarehouse(settings.url[len("duckdb:///"):], settings.max_columns,
                                settings.flatten_depth, settings.declared_types,
-                               max_new_columns=settings.max_new_columns, **memory).open()
+                               max_new_columns=settings.max_new_columns, experiments=settings.experiments,
+                               **memory).open()
     if settings.url.startswith("bigquery://"):
         from transforms.warehouse.bigquery_backend import BigQueryWarehouse
         project, dataset = settings.url[len("bigquery://"):].split("/", 1)
         return BigQueryWarehouse(project, dataset, settings.bigquery_endpoint, settings.bigquery_location,
                                  settings.max_columns, settings.flatten_depth, settings.declared_types,
-                                 settings.bigquery_write_method, max_new_columns=settings.max_new_columns).open()
+                                 settings.bigquery_write_method, max_new_columns=settings.max_new_columns,
+                                 experiments=settings.experiments).open()
     raise ValueError(f"unsupported warehouse URL {settings.url!r}")
 
 
