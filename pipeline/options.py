@@ -5,15 +5,14 @@ naming it, any option neither Sluice nor Beam knows: Beam alone would only log a
 and drop a mistyped `--input_file`, leaving the run to fail later and further from the cause.
 """
 import argparse
-import re
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from pipeline.errors import UsageError
+# Beam-free, shared with pipeline.query and pipeline.experiments; still this module's names too.
+from pipeline.warehouse_url import _BIGQUERY_URL, check_endpoint, parse_warehouse_url  # noqa: F401
 
 DEFAULT_WAREHOUSE = "duckdb:///sluice.duckdb"
-# Project ids: 6-30 of [a-z0-9-] (or domain-scoped, example.com:project); datasets: [A-Za-z0-9_].
-_BIGQUERY_URL = re.compile(r"bigquery://((?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9])/([A-Za-z0-9_]{1,1024})")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,31 +101,6 @@ def parse_args(argv: list) -> tuple:
         raise UsageError(f"unexpected argument {arg!r} (options take the form --name=value)")
     options = PipelineOptions(argv)
     return options.view_as(SluiceOptions), options
-
-
-def parse_warehouse_url(url: str) -> str:
-    """Check a --warehouse URL; return its kind."""
-    if url.startswith("duckdb:///") and len(url) > len("duckdb:///"):
-        return "duckdb"
-    if url.startswith("duckdb:"):
-        raise UsageError(f"--warehouse {url!r}: write duckdb:///relative/path.duckdb or "
-                         "duckdb:////absolute/path.duckdb")
-    if url.startswith("bigquery:"):
-        match = _BIGQUERY_URL.fullmatch(url)
-        if not match:
-            raise UsageError(f"--warehouse {url!r}: write bigquery://PROJECT/DATASET (a project id, and a dataset "
-                             "name of letters, digits and underscores)")
-        return "bigquery"
-    raise UsageError(f"--warehouse {url!r}: expected duckdb:///PATH or bigquery://PROJECT/DATASET")
-
-
-def check_endpoint(url):
-    """--bigquery_endpoint: an http(s) URL with a host, or None."""
-    if url is None:
-        return None
-    if not re.fullmatch(r"https?://[^/\s]+/?", url):
-        raise UsageError(f"--bigquery_endpoint {url!r}: expected a URL such as http://127.0.0.1:9050")
-    return url.rstrip("/")
 
 
 def check_runner(options: PipelineOptions, warehouse_kind: str, runner_name: str) -> None:

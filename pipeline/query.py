@@ -14,7 +14,7 @@ import duckdb
 
 from collector import query as served_query
 from pipeline.errors import UsageError
-from pipeline.options import parse_warehouse_url
+from pipeline.warehouse_url import parse_warehouse_url
 from transforms.warehouse import duckdb_backend
 
 _OVERVIEW = """
