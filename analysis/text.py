@@ -45,7 +45,8 @@ def format_table(analysis, metrics) -> str:
         out += ["", f"experiment {experiment_id}  (control {summary['control']}; SRM p = {_number(srm)}; "
                     f"{summary['multiple_exposure_units']} multiple-exposure units left out)"]
         out += [f"  warning: {w['message']}" for w in analysis.warnings if w["experiment_id"] == experiment_id]
-        out.append("  units per variation: " + ", ".join(f"{v['variation_id']}: {v['units']:,}" for v in summary["variations"]))
+        out.append("  units per variation: " + ", ".join(f"{v['variation_id']}: {v['units']:,}"
+                                                     for v in summary["variations"]))
         rows = [r for r in analysis.results if r["experiment_id"] == experiment_id]
         for name in dict.fromkeys(r["metric"] for r in rows):
             lines = [(r["variation_id"] + (" (control)" if r["is_control"] else ""), f"{r['units']:,}",
