@@ -106,9 +106,12 @@ def _bounds(settings: ExperimentSettings, only: Optional[str], params: dict, d) 
     keys = [only] if only is not None else sorted(settings.definitions)
     for key in keys:
         definition = settings.definitions.get(key, Definition())
+        unbounded = definition.start is None and definition.end is None
+        if unbounded and only is None:
+            continue  # taken whole with every experiment not bounded
         index = len(bounded) + len(whole)
         params[f"e{index}"] = key
-        if definition.start is None and definition.end is None:
+        if unbounded:
             whole.append(d.param(f"e{index}"))
             continue
         start = end = None
