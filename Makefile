@@ -134,6 +134,7 @@ template: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --events $(N)
 	$(PY) benchmarks/collector.py
+	$(PY) benchmarks/experiments.py
 
 # Pub/Sub emulator -> local streaming runner -> DuckDB: messages/s and publish-to-row latency.
 bench-streaming: $(STAMP)
