@@ -11,6 +11,7 @@ run), kind ("srm", "multiple_exposure", "missing_table", ...) and message. Per e
 page shows the units per variation and its warnings first; per metric a table and a chart of
 each variation's relative lift against control with its 95% interval.
 """
+import datetime
 import html
 import math
 from collections import OrderedDict
@@ -55,7 +56,7 @@ svg text.na { fill: #8a93a3; font-style: italic; }
 def render(results: list, warnings: list) -> str:
     """The report as one HTML document (a str)."""
     experiments = _by_experiment(results, warnings)
-    analyzed = sorted({str(row["analyzed_at"]) for row in results if row.get("analyzed_at") is not None})
+    analyzed = sorted({_instant(row["analyzed_at"]) for row in results if row.get("analyzed_at") is not None})
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              # Nothing may be fetched: the report is one file, and its data came from events.
              '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
@@ -132,7 +133,7 @@ def _units_table(rows: list) -> str:
     body = "".join(f'<tr><td>{_e(row["variation_id"])}{" (control)" if row.get("is_control") else ""}</td>'
                    f'<td>{_number(row.get("units"))}</td></tr>' for row in _control_first(rows))
     return (f'<table class="units"><thead><tr><th>variation</th><th>units</th></tr></thead><tbody>{body}</tbody></table>'
-            f'<p class="meta">Sample ratio check: p = {_number(srm)}</p>')
+            f'<p class="meta">Sample ratio check: p = {_p_value(srm)}</p>')
 
 
 def _metric(metric, rows: list) -> str:
@@ -145,7 +146,7 @@ def _metric(metric, rows: list) -> str:
             cells = ["", "", "", "", ""]
         else:
             cells = [f'<span class="{_direction(row)}">{_percent(row.get("lift"))}</span>', _interval(row),
-                     _number(row.get("p_value")), _percent(row.get("chance_to_win"), signed=False),
+                     _p_value(row.get("p_value")), _percent(row.get("chance_to_win"), signed=False),
                      _number(row.get("risk"))]
         body.append(f"<tr><td>{name}</td><td>{_number(row.get('units'))}</td><td>{_number(row.get('sum'))}</td>"
                     f"<td>{_number(row.get('mean'))}</td>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
@@ -292,6 +293,19 @@ def _tick_label(value: float) -> str:
     percent = round(value * 100, 6)
     text = f"{percent:+g}%" if percent else "0%"
     return text.replace("-", "\u2212")
+
+
+def _p_value(value) -> str:
+    if not _finite(value):
+        return '<span class="na">n/a</span>'
+    return "&lt;0.0001" if _float(value) < 0.0001 else f"{_float(value):.4f}"
+
+
+def _instant(value) -> str:
+    """A datetime in UTC to the second (the analysis gives one; a str is shown as it is)."""
+    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+        return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
 
 
 def _number(value) -> str:
