@@ -32,8 +32,10 @@ from pathlib import Path
 import duckdb
 import pytest
 from growthbook import GrowthBook
+from scipy.stats import chisquare
 
 from tests.collector.serving import ROOT, Collector
+from tests.experiments import gbstats_reference
 
 pytestmark = pytest.mark.slow
 
@@ -174,11 +176,33 @@ def expected_results(sent: list) -> dict:
     return {key: (len(v), math.fsum(v), math.fsum(x * x for x in v)) for key, v in values.items()}
 
 
+def true_lift(experiment: str, metric: str, variation: str) -> float:
+    """The relative lift the simulation built in. Orders per buyer and revenue per order do not
+    depend on checkout-redesign, and each experiment's split is independent of the other's (their
+    hashes are seeded by their keys), so every metric of checkout-redesign moves by the rate's ratio."""
+    if experiment == "checkout-redesign":
+        return TREATMENT_RATE / CONTROL_RATE - 1
+    return REVENUE_LIFT.get(variation, 1.0) - 1 if metric == "revenue" else 0.0
+
+
+def gbstats_answers(expected: dict) -> dict:
+    """gbstats' answer per (experiment, metric) to the independent sums, variations in id order
+    (control "0" first)."""
+    keys = sorted({(experiment, metric) for experiment, metric, _ in expected})
+    cases = []
+    for experiment, metric in keys:
+        variations = [str(v) for v in range(len(WEIGHTS[experiment]))]
+        moments = [dict(zip(("units", "sum", "sum_squares"), expected[experiment, metric, v])) for v in variations]
+        cases.append({"variations": moments, "binomial": metric == "purchased", "weights": list(WEIGHTS[experiment])})
+    return dict(zip(keys, gbstats_reference.reference(cases)))
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 @pytest.fixture
 def served(tmp_path):
     """A collector in embedded mode on 127.0.0.1, with the experiments section in its config."""
+    gbstats_reference.require_gbstats()   # skip before the work, not after it
     config = tmp_path / "sluice.json"   # JSON is YAML
     source = {"name": "shop-server", "write_key": WRITE_KEY,   # the default limit, 100 events/s, would make this slow
               "rate_limit": {"events_per_second": 1_000_000, "burst": 1_000_000}}
@@ -192,8 +216,9 @@ def served(tmp_path):
             collector.kill()
 
 
-def analyze(config: Path, warehouse: Path) -> list:
-    """`python -m pipeline experiments --json`, as a user runs it: its rows."""
+def analyze(config: Path, warehouse: Path) -> dict:
+    """`python -m pipeline experiments --json`, as a user runs it: {analyzed_at, experiments,
+    results (the experiment_results rows), warnings}."""
     done = subprocess.run([sys.executable, "-m", "pipeline", "experiments", "--warehouse", f"duckdb:///{warehouse}",
                            "--config", str(config), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -227,3 +252,74 @@ def test_growthbook_assigns_and_the_analysis_matches_an_independent_computation(
     assert collector.stop() == 0, collector.log()     # SIGTERM loads everything accepted first
     check_stored(warehouse, sender.sent)
     expected = expected_results(sender.sent)
+
+    analysis = analyze(config, warehouse)
+    assert analysis["warnings"] == []    # no sample-ratio mismatch, no unit in two variations
+    results = analysis["results"]
+    assert {r["analyzed_at"] for r in results} == {analysis["analyzed_at"]}
+    assert {(e["experiment_id"], v["variation_id"]): v["units"] for e in analysis["experiments"] for v in e["variations"]} \
+        == {(experiment, variation): units for (experiment, metric, variation), (units, _, _) in expected.items()
+            if metric == "purchased"}
+    check_sums(results, expected)
+    check_statistics(results, expected, gbstats_answers(expected))
+    check_known_effects(results)
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        table = conn.execute("SELECT experiment_id, metric, variation_id, units, sum, p_value "
+                             "FROM experiment_results").fetchall()
+    assert sorted(table) == sorted(    # the table holds what --json printed, once
+        (r["experiment_id"], r["metric"], r["variation_id"], r["units"], r["sum"], r["p_value"]) for r in results)
+
+
+APPROX = {"rel": 1e-6, "abs": 1e-9}
+
+
+def by_key(results: list) -> dict:
+    keyed = {(r["experiment_id"], r["metric"], r["variation_id"]): r for r in results}
+    assert len(keyed) == len(results), "a row twice"
+    return keyed
+
+
+def check_sums(results: list, expected: dict) -> None:
+    """One row per experiment, metric and variation (2 x 3 + 3 x 3), each with the sums of what
+    was sent."""
+    rows = by_key(results)
+    assert sorted(rows) == sorted(expected) and len(rows) == len(METRICS) * sum(map(len, WEIGHTS.values()))
+    for key, (units, total, squares) in expected.items():
+        row = rows[key]
+        assert row["units"] == units, key
+        assert row["sum"] == pytest.approx(total, rel=1e-12), key
+        assert row["sum_squares"] == pytest.approx(squares, rel=1e-12), key
+        assert row["mean"] == pytest.approx(total / units, rel=1e-12), key
+        assert row["is_control"] == (key[2] == "0"), key
+        assert row["multiple_exposure_units"] == 0, key   # GrowthBook's hashing never moves a unit
+
+
+def check_statistics(results: list, expected: dict, answers: dict) -> None:
+    """Lift, interval, p-value, chance to win and risk as gbstats computes them from the same
+    sums; the sample-ratio check as gbstats' check_srm and scipy's chi-squared on the units sent."""
+    for (experiment, metric, variation), row in by_key(results).items():
+        answer = answers[experiment, metric]
+        counts = [expected[experiment, metric, str(v)][0] for v in range(len(WEIGHTS[experiment]))]
+        chi_squared = chisquare(counts, [sum(counts) * w for w in WEIGHTS[experiment]]).pvalue
+        assert row["srm_p_value"] == pytest.approx(answer["srm_p_value"], **APPROX)
+        assert row["srm_p_value"] == pytest.approx(chi_squared, **APPROX)
+        assert row["srm_p_value"] > 0.001   # GrowthBook split them as configured: no mismatch reported
+        if variation == "0":   # control is what the others are compared with
+            assert all(row[field] is None for field in ("lift", "ci_low", "ci_high", "p_value", "chance_to_win", "risk"))
+            continue
+        reference = answer["variations"][int(variation) - 1]
+        assert reference["error"] is None and reference["bayesian_error"] is None, reference
+        for field in ("lift", "ci_low", "ci_high", "p_value", "chance_to_win", "risk"):
+            assert row[field] == pytest.approx(reference[field], **APPROX), (experiment, metric, variation, field)
+
+
+def check_known_effects(results: list) -> None:
+    """The built-in lift lies in every treatment's 95% interval, and checkout-redesign's effect
+    (+80% buyers) is detected on each metric."""
+    for (experiment, metric, variation), row in by_key(results).items():
+        if variation == "0":
+            continue
+        lift = true_lift(experiment, metric, variation)
+        assert row["ci_low"] <= lift <= row["ci_high"], (experiment, metric, variation, row)
+        if experiment == "checkout-redesign":
+            assert row["p_value"] < 0.05 and row["ci_low"] > 0 and row["chance_to_win"] > 0.95, (metric, row)
