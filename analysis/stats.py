@@ -151,13 +151,20 @@ def compare(control: Moments, treatment: Moments, binomial: bool, cuped: bool = 
     lift = (b.mean - a.mean) / a.unadjusted_mean
     if a.mean == 0 or a.variance <= 0 or b.variance <= 0:
         return Comparison(lift, None, None, None, None, None)
-    # gbstats' frequentist_variance, relative: the delta method around the unadjusted means
-    variance = (b.variance / (pow(a.unadjusted_mean, 2) * b.units)
-                + a.variance * pow(b.unadjusted_mean, 2) / (pow(a.unadjusted_mean, 4) * a.units))
+    try:
+        # gbstats' frequentist_variance, relative: the delta method around the unadjusted means
+        variance = (b.variance / (pow(a.unadjusted_mean, 2) * b.units)
+                    + a.variance * pow(b.unadjusted_mean, 2) / (pow(a.unadjusted_mean, 4) * a.units))
+        dof = pow(b.variance / b.units + a.variance / a.units, 2) / (
+            pow(b.variance, 2) / (pow(b.units, 2) * (b.units - 1))
+            + pow(a.variance, 2) / (pow(a.units, 2) * (a.units - 1)))
+    except (ZeroDivisionError, OverflowError):
+        variance = dof = math.nan
+    if not (0 < variance < math.inf and 0 < dof < math.inf):
+        # means or variances beyond float's range once squared or raised to the 4th power (1e-80,
+        # 1e80): gbstats raises ZeroDivisionError or returns infinities there
+        return Comparison(lift, None, None, None, None, None)
     stddev = math.sqrt(variance)
-    dof = pow(b.variance / b.units + a.variance / a.units, 2) / (
-        pow(b.variance, 2) / (pow(b.units, 2) * (b.units - 1))
-        + pow(a.variance, 2) / (pow(a.units, 2) * (a.units - 1)))
     half_width = float(t.ppf(1 - alpha / 2, dof)) * stddev
     p_value = 2 * float(t.sf(abs(lift) / stddev, dof))
     chance_to_win = float(norm.sf(0, lift, stddev))

@@ -25,6 +25,7 @@ A case is one of:
   ZERO_NEGATIVE_BASELINE_VARIATION, NO_UNITS_IN_VARIATION), else None. Values are as gbstats
   reports them, its results layer included (e.g. lift 0 for a negative control mean).
 - a split: {"units": [...], "weights": [...]}, answered {"srm_p_value": gbstats.utils.check_srm(...)}.
+A case on which gbstats raises is answered {"exception": repr(error)}.
 """
 import json
 import os
@@ -53,37 +54,67 @@ def row(variation_id, moments):
             "main_covariate_sum_product": moments.get("sum_product") or 0}
 
 
-def experiment(case):
-    variations = case["variations"]
-    ids = [str(i) for i in range(len(variations))]
-    weights = case.get("weights") or [1 / len(variations)] * len(variations)
-    metric_type = "binomial" if case["binomial"] else "count"
-    cuped = case.get("cuped", False)
+def experiments(cases):
+    """Cases of the same shape in one gbstats call, each its own dimension: pandas' overhead is per call."""
+    first = cases[0]
+    count = len(first["variations"])
+    ids = [str(i) for i in range(count)]
+    metric_type = "binomial" if first["binomial"] else "count"
+    cuped = first.get("cuped", False)
     metric = MetricSettingsForStatsEngine(
         id="m", name="m", statistic_type="mean_ra" if cuped else "mean", main_metric_type=metric_type,
         covariate_metric_type=metric_type if cuped else None)
-    common = dict(var_names=ids, var_ids=ids, weights=weights, alpha=case.get("alpha", 0.05))
+    common = dict(var_names=ids, var_ids=ids, weights=first.get("weights") or [1 / count] * count,
+                  alpha=first.get("alpha", 0.05), max_dimensions=len(cases))  # no "(other)" dimension
     analyses = [AnalysisSettingsForStatsEngine(**common),  # the default engine: Bayesian
                 AnalysisSettingsForStatsEngine(**common, stats_engine="frequentist")]
-    result = asdict(process_single_metric([row(i, m) for i, m in zip(ids, variations)], metric, analyses))
-    bayesian, frequentist = (analysis["dimensions"][0] for analysis in result["analyses"])
-    treatments = []
-    for b, f in zip(bayesian["variations"][1:], frequentist["variations"][1:]):
-        treatments.append({
-            "lift": f["expected"], "ci_low": f["ci"][0], "ci_high": f["ci"][1], "p_value": f["pValue"],
-            "error": f["errorMessage"], "chance_to_win": b["chanceToWin"], "risk": b["risk"][1],
-            "risk_control": b["risk"][0], "bayesian_ci_low": b["ci"][0], "bayesian_ci_high": b["ci"][1],
-            "bayesian_error": b["errorMessage"]})
-    return {"srm_p_value": frequentist["srm"], "variations": treatments}
+    rows = [dict(row(i, m), dimension=str(n)) for n, case in enumerate(cases) for i, m in zip(ids, case["variations"])]
+    result = asdict(process_single_metric(rows, metric, analyses))
+    bayesian, frequentist = ({d["dimension"]: d for d in analysis["dimensions"]} for analysis in result["analyses"])
+    answers = []
+    for n in range(len(cases)):
+        treatments = []
+        for b, f in zip(bayesian[str(n)]["variations"][1:], frequentist[str(n)]["variations"][1:]):
+            treatments.append({
+                "lift": f["expected"], "ci_low": f["ci"][0], "ci_high": f["ci"][1], "p_value": f["pValue"],
+                "error": f["errorMessage"], "chance_to_win": b["chanceToWin"], "risk": b["risk"][1],
+                "risk_control": b["risk"][0], "bayesian_ci_low": b["ci"][0], "bayesian_ci_high": b["ci"][1],
+                "bayesian_error": b["errorMessage"]})
+        answers.append({"srm_p_value": frequentist[str(n)]["srm"], "variations": treatments})
+    return answers
 
 
-def answer(case):
-    if "variations" in case:
-        return experiment(case)
-    return {"srm_p_value": check_srm(case["units"], case["weights"])}
+def answer_all(cases):
+    answers = [None] * len(cases)
+    groups = {}
+    for n, case in enumerate(cases):
+        if "variations" in case:
+            shape = (len(case["variations"]), case["binomial"], case.get("cuped", False),
+                     tuple(case.get("weights") or ()), case.get("alpha", 0.05))
+            groups.setdefault(shape, []).append(n)
+        else:
+            try:
+                answers[n] = {"srm_p_value": check_srm(case["units"], case["weights"])}
+            except Exception as error:
+                answers[n] = {"exception": repr(error)}
+
+    def run(members):
+        try:
+            for n, answer in zip(members, experiments([cases[n] for n in members])):
+                answers[n] = answer
+        except Exception as error:  # a case failed the group's call: halves, to tell which
+            if len(members) == 1:
+                answers[members[0]] = {"exception": repr(error)}  # the caller decides what that means
+            else:
+                run(members[:len(members) // 2])
+                run(members[len(members) // 2:])
+
+    for members in groups.values():
+        run(members)
+    return answers
 
 
-json.dump([answer(case) for case in json.load(sys.stdin)], sys.stdout, default=float)
+json.dump(answer_all(json.load(sys.stdin)), sys.stdout, default=float)
 '''
 
 
