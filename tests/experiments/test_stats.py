@@ -79,14 +79,14 @@ def differences(case: dict, mine: Comparison, theirs: dict) -> list[tuple[str, o
     found = []
     for name, value in zip(FIGURES, mine):
         want = expected[name]
-        if (value is None) != (want is None) or (value is not None and abs(value - want) > TOLERANCE):
+        if (value is None) != (want is None) or (value is not None and abs(value - want) > tolerance(want)):
             found.append((name, value, want))
     return found
 
 
-def max_difference(pairs) -> float:
-    return max((abs(getattr(mine, name) - theirs[name]) for mine, theirs in pairs for name in FIGURES
-                if getattr(mine, name) is not None and theirs.get("error", "exception") is None), default=0.0)
+def tolerance(value: float) -> float:
+    """1e-6, or float's own precision for a figure beyond a million (a lift of 1e9 over a control mean of 1e-9)."""
+    return max(TOLERANCE, 1e-12 * abs(value))
 
 
 def binomial(units, conversions):
@@ -164,7 +164,6 @@ def test_generated_sums_agree_with_gbstats(gbstats):
     assert not failures, f"{len(failures)} of {len(pairs)} differ from gbstats, e.g.\n" + "\n".join(failures[:5])
     computed = sum(1 for _, theirs in pairs if theirs.get("error", "exception") is None)
     assert computed > len(pairs) / 2, "the generator should mostly give cases gbstats computes"
-    assert max_difference(pairs) <= TOLERANCE
 
 
 @pytest.mark.parametrize("name", EDGE_CASES)
