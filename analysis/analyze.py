@@ -62,11 +62,11 @@ def _metric_sql(warehouse, metric, index: int, params: dict, warnings: list) -> 
                                                         f"{metric.event!r} event stored): its values are 0"))
         return plain
 
-    def column_of(path: str):
+    def column_of(path: str, missing: str = "its condition takes it as missing in every event"):
         found = columns.get(pointer(path))
         if found is None:
             warnings.append(_warning(None, "missing_column", f"metric {metric.name}: {table} has no column for "
-                                                             f"{path} yet: taken as missing in every event"))
+                                                             f"{path} yet: {missing}"))
             return None
         return f"e.{d.quote(found.name)}", found.type
 
@@ -77,7 +77,7 @@ def _metric_sql(warehouse, metric, index: int, params: dict, warnings: list) -> 
 
     value = None
     if metric.value is not None:
-        found = column_of(metric.value)
+        found = column_of(metric.value, "its values are 0")
         if found is not None and found[1] not in _NUMERIC:
             raise AnalysisError(f"{where}.value", f"{metric.value} is a {found[1]} column of {table}, not a number")
         value = found[0] if found else None

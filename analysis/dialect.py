@@ -32,6 +32,12 @@ class Dialect(NamedTuple):
             return self.quote(name)
         return f"`{self.namespace}.{name}`"  # project ids may hold '-', so the whole path is quoted
 
+    def events(self, name: str) -> str:
+        """An event table as the analysis reads it: each message once. DuckDB stores each once;
+        BigQuery's table may hold a row twice (a streaming insert retried after its insertId was
+        forgotten, a replay), which the `<table>_view` the pipeline keeps beside it leaves out."""
+        return self.table(name if self.namespace is None else f"{name}_view")
+
     def param(self, name: str) -> str:
         return self.param_prefix + name
 

@@ -89,7 +89,7 @@ def _events(d: Dialect, table: str, unit_column: str, metrics: list, cuped_hours
     lower = -cuped_hours if cuped_hours is not None else min(m.delay_hours for m in metrics)
     upper = max(m.window_hours for m in metrics)
     return (f"SELECT u.experiment_id, u.unit_id, {', '.join(columns)} "
-            f"FROM units AS u JOIN {d.table(table)} AS e ON e.{d.quote(unit_column)} = u.unit_id "
+            f"FROM units AS u JOIN {d.events(table)} AS e ON e.{d.quote(unit_column)} = u.unit_id "
             f"WHERE e.timestamp >= {d.shift('u.first_exposure', micros(lower))} "
             f"AND e.timestamp < {d.shift('u.first_exposure', micros(upper))} "
             "GROUP BY u.experiment_id, u.unit_id")
