@@ -149,7 +149,7 @@ SPLIT_STRATEGY = st.integers(2, 5).flatmap(lambda n: st.tuples(
 def gbstats():
     """gbstats' answers for every case of this module, from one process (importing pandas takes seconds)."""
     require_gbstats()
-    generated = drawn(experiments(), 200)
+    generated = drawn(experiments(), 150)
     edges = [{"variations": [control, treatment], "binomial": is_binomial, "cuped": cuped}
              for control, treatment, is_binomial, cuped in EDGE_CASES.values()]
     splits = SPLITS + drawn(SPLIT_STRATEGY, 100)
