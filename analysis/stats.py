@@ -127,8 +127,8 @@ def _check_covariate(moments: Moments, name: str) -> None:
 
 
 def _treatment_risk(mean: float, stddev: float) -> float:
-    """-P(X < 0) * E[X | X < 0] for X ~ N(mean, stddev): gbstats' risk[1], which it takes from
-    truncnorm's mean; here the same expectation in closed form, mean * Phi(-z) - stddev * phi(z)."""
+    """-P(X < 0) * E[X | X < 0] for X ~ N(mean, stddev): gbstats' risk[1], which takes E[X | X < 0]
+    from scipy's truncnorm; here in closed form, P(X < 0) * E[X | X < 0] = mean * Phi(-z) - stddev * phi(z)."""
     z = mean / stddev
     return stddev * norm.pdf(z) - mean * norm.cdf(-z)
 
