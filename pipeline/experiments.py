@@ -74,9 +74,9 @@ def settings_of(path: str):
 
 def run(args: argparse.Namespace):
     """The analysis, its rows appended to experiment_results; (Analysis, settings)."""
-    from analysis import analyze, results, warehouse as warehouses
-    from analysis.errors import AnalysisError
     settings = settings_of(args.config)
+    from analysis import analyze, results, warehouse as warehouses  # scipy's import: most of a second
+    from analysis.errors import AnalysisError
     try:
         analyze.check_settings(settings)
         warehouse = warehouses.open_warehouse(args.warehouse, args.bigquery_endpoint)
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace):
             results.write_results(warehouse, analysis.results)
         finally:
             warehouse.close()
-    except AnalysisError as exc:
-        raise UsageError(str(exc)) from None
+    except AnalysisError as exc:  # a key path of the config file reads as pipeline.config's do
+        raise UsageError(f"config: {exc}" if exc.where.startswith("experiments") else str(exc)) from None
     return analysis, settings
 
 

@@ -13,6 +13,7 @@ see two variations of one experiment, some are exposed again later, some exposur
 the file than a unit's later ones.
 """
 import datetime
+import json
 import math
 import random
 from collections import defaultdict
@@ -201,3 +202,15 @@ def edge_cases(messages: list) -> dict:
         counts["exposed_again"] += len([t for t in seen[unit] if t >= CHECKOUT_START]) > 1
         counts["exposed_before_start"] += min(seen[unit]) < CHECKOUT_START
     return counts
+
+
+def run_pipeline(directory, messages: list, warehouse: str, *extra) -> None:
+    """The real batch job (FnApiRunner) over `messages` with EXPERIMENTS as the config's section."""
+    from pipeline.main import run
+    from transforms.warehouse import duckdb_backend
+    (directory / "in.jsonl").write_text("\n".join(json.dumps(m) for m in messages) + "\n")
+    (directory / "sluice.json").write_text(json.dumps({"experiments": EXPERIMENTS}))  # JSON is YAML
+    summary = run(["--input_files", str(directory / "in.jsonl"), "--config", str(directory / "sluice.json"),
+                   "--warehouse", warehouse, *extra])
+    assert summary["conservation"]["holds"] and summary["stored"] == len(messages), summary
+    duckdb_backend.close_all()  # the analysis opens the file itself

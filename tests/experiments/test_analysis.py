@@ -2,35 +2,23 @@
 against tests/experiments/analysis_case.py's plain-Python computation from the generated events,
 the statistics against gbstats (GrowthBook's engine) fed those independent sums, and DuckDB
 against the BigQuery emulator on the same input."""
-import json
 import math
 
 import pytest
 
-from analysis import conditions, queries
+from analysis import conditions
 from analysis.analyze import analyze, pointer
 from analysis.errors import AnalysisError
 from analysis.results import RESULTS_TABLE, write_results
 from analysis.stats import SRM_THRESHOLD
 from analysis.warehouse import open_warehouse
-from pipeline.main import run
 from tests.experiments import analysis_case as case
 from tests.experiments import gbstats_reference
 from transforms.experiments.settings import parse
 from transforms.rules.conditions import compile_condition
-from transforms.warehouse import duckdb_backend
 
 BINOMIAL = {m["name"] for m in case.METRICS if m["type"] == "binomial"}
 _STATS = ("lift", "ci_low", "ci_high", "p_value", "chance_to_win", "risk")
-
-
-def run_pipeline(directory, messages: list, warehouse: str, *extra) -> None:
-    (directory / "in.jsonl").write_text("\n".join(json.dumps(m) for m in messages) + "\n")
-    (directory / "sluice.json").write_text(json.dumps({"experiments": case.EXPERIMENTS}))  # JSON is YAML
-    summary = run(["--input_files", str(directory / "in.jsonl"), "--config", str(directory / "sluice.json"),
-                   "--warehouse", warehouse, *extra])
-    assert summary["conservation"]["holds"] and summary["stored"] == len(messages), summary
-    duckdb_backend.close_all()  # the analysis opens the file itself
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +27,7 @@ def stored(tmp_path_factory):
     directory = tmp_path_factory.mktemp("analysis")
     events = case.Events()
     url = f"duckdb:///{directory}/w.duckdb"
-    run_pipeline(directory, events.messages, url)
+    case.run_pipeline(directory, events.messages, url)
     return events.messages, url
 
 
@@ -144,14 +132,6 @@ def test_only_one_experiment(stored):
     whole = [r for r in analyzed(url).results if r["experiment_id"] == "pricing"]
     alone = analyzed(url, experiment="pricing").results
     same_rows(alone, whole)
-
-
-def test_an_unknown_experiment_is_refused_naming_those_seen(stored):
-    _, url = stored
-    with pytest.raises(AnalysisError) as refused:
-        analyzed(url, experiment="nope")
-    assert refused.value.where == "--experiment"
-    assert "checkout, pricing, quiet, skewed, sparse" in refused.value.message
 
 
 def test_statistics_match_gbstats_on_the_independent_sums(stored):
@@ -269,7 +249,7 @@ def test_conditions_without_an_sql_form_are_refused_before_any_query(when, where
 def test_duckdb_and_the_bigquery_emulator_give_the_same_results(stored, tmp_path, bigquery_emulator, dataset_name):
     messages, url = stored
     bigquery_url = f"bigquery://{bigquery_emulator.project}/{dataset_name}"
-    run_pipeline(tmp_path, messages, bigquery_url, "--bigquery_endpoint", bigquery_emulator.endpoint)
+    case.run_pipeline(tmp_path, messages, bigquery_url, "--bigquery_endpoint", bigquery_emulator.endpoint)
     duck = analyzed(url, cuped=True)
     big = analyzed(bigquery_url, cuped=True, endpoint=bigquery_emulator.endpoint)
     assert big.warnings == duck.warnings and big.experiments == duck.experiments
@@ -281,11 +261,3 @@ def test_duckdb_and_the_bigquery_emulator_give_the_same_results(stored, tmp_path
             {"n": len(big.results)}]
     finally:
         warehouse.close()
-
-
-def test_no_exposures_table_is_a_clear_refusal(tmp_path):
-    import duckdb
-    duckdb.connect(str(tmp_path / "empty.duckdb")).close()
-    with pytest.raises(AnalysisError) as refused:
-        analyzed(f"duckdb:///{tmp_path}/empty.duckdb")
-    assert refused.value.where == "--warehouse" and queries.EXPOSURES_TABLE in refused.value.message
