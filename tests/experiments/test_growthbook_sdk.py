@@ -13,8 +13,11 @@ read back from the warehouse), and the statistics against gbstats (GrowthBook's 
 
 - checkout-redesign: variations 0 / 1 (50/50); the callback sends `result.variationId`, an int,
   as GrowthBook's older guides and many integrations do. Treatment converts at 18%, control 10%.
-- pricing-page: variations 0 / 1 / 2 (50/25/25); the callback sends `result.key` (a string), as
-  the current Segment guide does. Variation 1 multiplies order revenue by 1.25; 2 changes nothing.
+- pricing-page: variations monthly / annual-first / annual-only (50/25/25), named by the rule's
+  `meta` keys; the callback sends `result.key` (that key), as the current Segment guide does, and
+  the config lists the variations in GrowthBook's order, which pairs them with their weights
+  (without the list the weights would go to the ids sorted, and the sample-ratio check would cry
+  wolf). annual-first multiplies order revenue by 1.25; annual-only changes nothing.
 - 10% of users come back 2-5 days later: a new GrowthBook instance tracks them again (the same
   variation: GrowthBook hashes the id); their window still runs from the first exposure.
 
@@ -55,24 +58,28 @@ START = datetime.datetime(2026, 11, 2, tzinfo=datetime.timezone.utc)
 MARGIN = datetime.timedelta(minutes=5)
 
 CONTROL_RATE, TREATMENT_RATE = 0.10, 0.18   # checkout-redesign's purchase probability per unit
-REVENUE_LIFT = {"1": 1.25}                  # pricing-page variation -> order revenue multiplier
+REVENUE_LIFT = {"annual-first": 1.25}       # pricing-page variation -> order revenue multiplier
+# Each experiment's variation ids as stored, in GrowthBook's order (control first), and its split.
+VARIATIONS = {"checkout-redesign": ("0", "1"), "pricing-page": ("monthly", "annual-first", "annual-only")}
+WEIGHTS = {"checkout-redesign": (0.5, 0.5), "pricing-page": (0.5, 0.25, 0.25)}
 
 FEATURES = {   # a GrowthBook SDK payload's `features`, as its API would serve it
     "checkout-redesign": {"defaultValue": False, "rules": [
         {"key": "checkout-redesign", "variations": [False, True], "weights": [0.5, 0.5], "hashAttribute": "id"}]},
     "pricing-page": {"defaultValue": "monthly", "rules": [
         {"key": "pricing-page", "variations": ["monthly", "annual-first", "annual-only"],
-         "weights": [0.5, 0.25, 0.25], "hashAttribute": "id"}]},
+         "weights": [0.5, 0.25, 0.25], "hashAttribute": "id",
+         "meta": [{"key": "monthly"}, {"key": "annual-first"}, {"key": "annual-only"}]}]},
 }
 # What each experiment's callback sends as variationId (see the module's docstring).
 VARIATION_SENT = {"checkout-redesign": lambda result: result.variationId, "pricing-page": lambda result: result.key}
-WEIGHTS = {"checkout-redesign": (0.5, 0.5), "pricing-page": (0.5, 0.25, 0.25)}
 METRICS = (("purchased", "binomial"), ("orders", "count"), ("revenue", "mean"))
 
 EXPERIMENTS = {   # the config's experiments: section
     "conversion_window_hours": 72,
     "definitions": {"checkout-redesign": {"control": "0", "weights": [0.5, 0.5]},
-                    "pricing-page": {"control": "0", "weights": [0.5, 0.25, 0.25]}},
+                    "pricing-page": {"control": "monthly", "variations": ["monthly", "annual-first", "annual-only"],
+                                     "weights": [0.5, 0.25, 0.25]}},
     "metrics": [{"name": "purchased", "type": "binomial", "event": "Order Completed"},
                 {"name": "orders", "type": "count", "event": "Order Completed"},
                 {"name": "revenue", "type": "mean", "event": "Order Completed", "value": "properties.revenue"}],
@@ -139,7 +146,7 @@ def simulate(sender: Sender, rng: random.Random) -> None:
         redesign, pricing = visit(user_id, first)
         if rng.random() < 0.10:   # a second visit: tracked again, same variations
             assert visit(user_id, first + seconds(48 * hour, 120 * hour)) == (redesign, pricing)
-        multiplier = {"annual-first": REVENUE_LIFT["1"]}.get(pricing, 1.0)
+        multiplier = REVENUE_LIFT.get(pricing, 1.0)   # the feature's values are the variations' keys
         if rng.random() < (TREATMENT_RATE if redesign else CONTROL_RATE):
             for _ in range(rng.choice((1, 1, 1, 2, 2, 3))):
                 order(user_id, first + seconds(MARGIN, WINDOW - MARGIN), multiplier)
@@ -193,12 +200,12 @@ def true_lift(experiment: str, metric: str, variation: str) -> float:
 
 def gbstats_answers(expected: dict) -> dict:
     """gbstats' answer per (experiment, metric) to the independent sums, variations in id order
-    (control "0" first)."""
+    (control first)."""
     keys = sorted({(experiment, metric) for experiment, metric, _ in expected})
     cases = []
     for experiment, metric in keys:
-        variations = [str(v) for v in range(len(WEIGHTS[experiment]))]
-        moments = [dict(zip(("units", "sum", "sum_squares"), expected[experiment, metric, v])) for v in variations]
+        moments = [dict(zip(("units", "sum", "sum_squares"), expected[experiment, metric, v]))
+                   for v in VARIATIONS[experiment]]
         cases.append({"variations": moments, "binomial": metric == "purchased", "weights": list(WEIGHTS[experiment])})
     return dict(zip(keys, gbstats_reference.reference(cases)))
 
@@ -298,7 +305,7 @@ def check_sums(results: list, expected: dict) -> None:
         assert row["sum"] == pytest.approx(total, rel=1e-12), key
         assert row["sum_squares"] == pytest.approx(squares, rel=1e-12), key
         assert row["mean"] == pytest.approx(total / units, rel=1e-12), key
-        assert row["is_control"] == (key[2] == "0"), key
+        assert row["is_control"] == (key[2] == VARIATIONS[key[0]][0]), key
         assert row["multiple_exposure_units"] == 0, key   # GrowthBook's hashing never moves a unit
 
 
@@ -307,15 +314,16 @@ def check_statistics(results: list, expected: dict, answers: dict) -> None:
     sums; the sample-ratio check as gbstats' check_srm and scipy's chi-squared on the units sent."""
     for (experiment, metric, variation), row in by_key(results).items():
         answer = answers[experiment, metric]
-        counts = [expected[experiment, metric, str(v)][0] for v in range(len(WEIGHTS[experiment]))]
+        counts = [expected[experiment, metric, v][0] for v in VARIATIONS[experiment]]
         chi_squared = chisquare(counts, [sum(counts) * w for w in WEIGHTS[experiment]]).pvalue
         assert row["srm_p_value"] == pytest.approx(answer["srm_p_value"], **APPROX)
         assert row["srm_p_value"] == pytest.approx(chi_squared, **APPROX)
         assert row["srm_p_value"] > 0.001   # GrowthBook split them as configured: no mismatch reported
-        if variation == "0":   # control is what the others are compared with
+        index = VARIATIONS[experiment].index(variation)
+        if index == 0:   # control is what the others are compared with
             assert all(row[field] is None for field in STATISTICS)
             continue
-        reference = answer["variations"][int(variation) - 1]
+        reference = answer["variations"][index - 1]
         assert reference["error"] is None and reference["bayesian_error"] is None, reference
         for field in STATISTICS:
             assert row[field] == pytest.approx(reference[field], **APPROX), (experiment, metric, variation, field)
@@ -325,7 +333,7 @@ def check_known_effects(results: list) -> None:
     """The built-in lift lies in every treatment's 95% interval, and checkout-redesign's effect
     (+80% buyers) is detected on each metric."""
     for (experiment, metric, variation), row in by_key(results).items():
-        if variation == "0":
+        if variation == VARIATIONS[experiment][0]:
             continue
         lift = true_lift(experiment, metric, variation)
         assert row["ci_low"] <= lift <= row["ci_high"], (experiment, metric, variation, row)
