@@ -68,7 +68,8 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
     forwarded = selected.deliveries | "Forward" >> ForwardToDestinations(
         config.destinations, timers=streaming and runner.timers, keep_open=not runner.reuses_dofns)
     dead_letters = ((decoded.dead_letters, normalized.dead_letters, checked.dead_letters, consented.dead_letters,
-                     transformed.dead_letters, exposures.dead_letters, write_failures, selected.dead_letters, forwarded.dead_letters)
+                     transformed.dead_letters, exposures.dead_letters, write_failures, selected.dead_letters,
+                     forwarded.dead_letters)
                     | "CollectDeadLetters" >> beam.Flatten())
     _ = dead_letters | "DeadLetters" >> dead_letter_sink
     if delivery_sink is not None:

@@ -68,7 +68,8 @@ def test_both_spellings_pass_and_each_invalid_exposure_is_a_dead_letter_with_its
         assert_that(out.dead_letters | beam.Map(letter_summary), equal_to([
             (body["messageId"], "experiments", "invalid_exposure", SOURCE, line(body).decode(), "utf-8")
             for body, _ in INVALID]), label="dead letters")
-        assert_that(out.dead_letters | "Missing" >> beam.Map(lambda r: (r["message_id"], r["error_details"]["missing"])),
+        assert_that(out.dead_letters | "Missing" >> beam.Map(lambda r: (r["message_id"],
+                                                                         r["error_details"]["missing"])),
                     equal_to([(body["messageId"], missing) for body, missing in INVALID]), label="missing")
     untouched.assert_untouched("exposures", len(bodies))
 
