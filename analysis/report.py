@@ -132,7 +132,8 @@ def _units_table(rows: list) -> str:
     srm = next((_float(row["srm_p_value"]) for row in rows if _finite(row.get("srm_p_value"))), None)
     body = "".join(f'<tr><td>{_e(row["variation_id"])}{" (control)" if row.get("is_control") else ""}</td>'
                    f'<td>{_number(row.get("units"))}</td></tr>' for row in _control_first(rows))
-    return (f'<table class="units"><thead><tr><th>variation</th><th>units</th></tr></thead><tbody>{body}</tbody></table>'
+    return (f'<table class="units"><thead><tr><th>variation</th><th>units</th></tr></thead>'
+            f'<tbody>{body}</tbody></table>'
             f'<p class="meta">Sample ratio check: p = {_p_value(srm)}</p>')
 
 
@@ -173,7 +174,8 @@ def _chart(metric, rows: list) -> str:
            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{_e(metric)}: lift against control">']
     for tick in ticks:
         out.append(f'<g class="tick"><line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{TOP}" y2="{plot_bottom}"/>'
-                   f'<text x="{x(tick):.1f}" y="{plot_bottom + 16}" text-anchor="middle">{_tick_label(tick)}</text></g>')
+                   f'<text x="{x(tick):.1f}" y="{plot_bottom + 16}" text-anchor="middle">'
+                   f'{_tick_label(tick)}</text></g>')
     out.append(f'<text class="axis-title" x="{(PLOT_LEFT + PLOT_RIGHT) / 2:.1f}" y="{plot_bottom + 34}" '
                'text-anchor="middle">relative lift against control (point: estimate; bar: 95% interval)</text>')
     out.append(f'<line class="zero" x1="{x(0):.1f}" x2="{x(0):.1f}" y1="{TOP - 4}" y2="{plot_bottom}"/>')
@@ -203,7 +205,8 @@ def _chart_row(row: dict, y: float, x, low: float, high: float) -> str:
             out.append(_arrow("clipped-low", x(low), y, -1, colour))
         if ci_high > high:
             out.append(_arrow("clipped-high", x(high), y, 1, colour))
-    out.append(f'<circle class="lift {colour}" cx="{x(lift):.1f}" cy="{y:.1f}" r="6" stroke="#1d2330" stroke-width="1.5"/>')
+    out.append(f'<circle class="lift {colour}" cx="{x(lift):.1f}" cy="{y:.1f}" r="6" stroke="#1d2330" '
+               'stroke-width="1.5"/>')
     out.append("</g>")
     return "".join(out)
 

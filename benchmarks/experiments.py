@@ -69,7 +69,8 @@ UNITS = """
 CREATE OR REPLACE TEMP TABLE bench_units AS
 SELECT i, 'u' || i AS unit_id,
        CASE WHEN unif(i, 'variation') < 0.5 THEN '0' ELSE '1' END AS variation_id,
-       TIMESTAMPTZ '2026-11-01 00:00:00+00' + to_microseconds(CAST(unif(i, 'first') * 14 * 86400e6 AS BIGINT)) AS first_exposure,
+       TIMESTAMPTZ '2026-11-01 00:00:00+00'
+           + to_microseconds(CAST(unif(i, 'first') * 14 * 86400e6 AS BIGINT)) AS first_exposure,
        1 + CAST(floor(unif(i, 'views') * 3) AS INTEGER) AS views,
        unif(i, 'converts') < CASE WHEN unif(i, 'variation') < 0.5 THEN 0.10 ELSE 0.11 END AS converts,
        1 + CAST(floor(unif(i, 'orders') * 3) AS INTEGER) AS orders
@@ -99,7 +100,8 @@ WITH orders AS (
            'o-' || i || '-before', 10 + 90 * unif(i, 'revenue-before')
     FROM bench_units WHERE unif(i, 'early') < 0.05
     UNION ALL
-    SELECT i, 'n' || i, TIMESTAMPTZ '2026-11-01 00:00:00+00' + to_microseconds(CAST(unif(i, 'other') * 17 * 86400e6 AS BIGINT)),
+    SELECT i, 'n' || i,
+           TIMESTAMPTZ '2026-11-01 00:00:00+00' + to_microseconds(CAST(unif(i, 'other') * 17 * 86400e6 AS BIGINT)),
            'o-n' || i, 10 + 90 * unif(i, 'revenue-other')
     FROM range(getvariable('units') // 2) AS t(i)
 )
