@@ -171,7 +171,7 @@ def analysis(warehouse, settings) -> float:
     from analysis.analyze import analyze
     from analysis.results import write_results
     started = time.perf_counter()
-    done = analyze(warehouse, settings, experiment="checkout")
+    done = analyze(warehouse, settings)
     write_results(warehouse, done.results)
     elapsed = time.perf_counter() - started
     if len(done.results) != 6 or {w["kind"] for w in done.warnings} != {"multiple_exposure"}:
