@@ -239,6 +239,7 @@ MEASURE = """() => [...document.querySelectorAll('svg.chart')].map((svg) => {
 })"""
 
 
+@pytest.mark.browser
 def test_the_report_opened_in_chromium_draws_its_charts_and_makes_no_request(tmp_path):
     from tests.collector import sdks
     if not Path(sdks.CHROMIUM).exists():
