@@ -110,7 +110,8 @@ def _sums(d: Dialect, events: str, metrics: list, cuped: bool) -> str:
         if cuped:
             sums += [f"SUM({pre})", f"SUM({pre} * {pre})", f"SUM({pre} * {value})"]
         columns += [f"{expr} AS {name}" for expr, name in zip(sums, statistics(m.alias, cuped))]
-    return f"SELECT experiment_id, variation_id, {', '.join(columns)} FROM {events} GROUP BY experiment_id, variation_id"
+    return (f"SELECT experiment_id, variation_id, {', '.join(columns)} FROM {events} "
+            "GROUP BY experiment_id, variation_id")
 
 
 def results_sql(d: Dialect, unit: str, unit_column: str, metrics: list, bounded: list,
