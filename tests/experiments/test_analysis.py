@@ -2,6 +2,7 @@
 against tests/experiments/analysis_case.py's plain-Python computation from the generated events,
 the statistics against gbstats (GrowthBook's engine) fed those independent sums, and DuckDB
 against the BigQuery emulator on the same input."""
+import json
 import math
 
 import pytest
@@ -12,10 +13,12 @@ from analysis.errors import AnalysisError
 from analysis.results import RESULTS_TABLE, write_results
 from analysis.stats import SRM_THRESHOLD
 from analysis.warehouse import open_warehouse
+from pipeline.main import run
 from tests.experiments import analysis_case as case
 from tests.experiments import gbstats_reference
 from transforms.experiments.settings import parse
 from transforms.rules.conditions import compile_condition
+from transforms.warehouse import duckdb_backend
 
 BINOMIAL = {m["name"] for m in case.METRICS if m["type"] == "binomial"}
 _STATS = ("lift", "ci_low", "ci_high", "p_value", "chance_to_win", "risk")
@@ -261,3 +264,33 @@ def test_duckdb_and_the_bigquery_emulator_give_the_same_results(stored, tmp_path
             {"n": len(big.results)}]
     finally:
         warehouse.close()
+
+
+def test_anonymous_ids_as_the_unit(tmp_path):
+    """unit: anonymous_id: exposures and orders matched by anonymousId, userId ignored."""
+    def track(n, anonymous, event, hours, user=None, **properties):
+        message = {"type": "track", "event": event, "anonymousId": anonymous, "messageId": f"a{n}",
+                   "timestamp": case._iso(case.T0 + hours * case.HOUR), "properties": properties}
+        return {**message, "userId": user} if user else message
+    messages = [
+        track(1, "anon-1", "Experiment Viewed", 0, experiment_id="x", variation_id="0"),
+        track(2, "anon-1", "Order Completed", 1, revenue=10.5),
+        track(3, "anon-1", "Order Completed", 80, revenue=99.5),       # after the 72 h window
+        track(4, "anon-2", "Experiment Viewed", 0, user="known", experiment_id="x", variation_id="1"),
+        track(5, "other", "Order Completed", 2, user="known", revenue=7.5),  # same userId, another anonymousId
+        track(6, "anon-2", "Order Completed", 3, user="someone", revenue=2.5),
+        track(7, "anon-3", "Experiment Viewed", 0, experiment_id="x", variation_id="1"),
+    ]
+    section = {"unit": "anonymous_id", "metrics": [case.METRICS[2]]}
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(m) for m in messages) + "\n")
+    (tmp_path / "sluice.json").write_text(json.dumps({"experiments": section}))
+    summary = run(["--input_files", str(tmp_path / "in.jsonl"), "--config", str(tmp_path / "sluice.json"),
+                   "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"])
+    assert summary["stored"] == len(messages)
+    duckdb_backend.close_all()
+    warehouse = open_warehouse(f"duckdb:///{tmp_path}/w.duckdb")
+    try:
+        rows = analyze(warehouse, parse(section)).results
+    finally:
+        warehouse.close()
+    assert [(r["variation_id"], r["units"], r["sum"]) for r in rows] == [("0", 1, 10.5), ("1", 2, 2.5)]
