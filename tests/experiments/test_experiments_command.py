@@ -89,13 +89,6 @@ def test_unknown_experiment_lists_those_seen(stored):
                     "(experiments seen: checkout, pricing, quiet, skewed, sparse)")
 
 
-def test_a_warehouse_without_exposures_is_a_clear_line(tmp_path, stored):
-    _, _, config = stored
-    duckdb.connect(str(tmp_path / "empty.duckdb")).close()
-    line = refusal("--warehouse", f"duckdb:///{tmp_path}/empty.duckdb", "--config", config)
-    assert line.startswith("sluice: error: --warehouse: ") and "no experiment_exposures table yet" in line
-
-
 @pytest.mark.parametrize("args, expected", [
     (("--config", "{config}"), "the following arguments are required: --warehouse"),
     (("--warehouse", "duckdb:///{missing}", "--config", "{config}"), "--warehouse: {missing}: no such DuckDB file"),
@@ -108,6 +101,8 @@ def test_a_warehouse_without_exposures_is_a_clear_line(tmp_path, stored):
      "unrecognized option --experiments"),
     (("--warehouse", "duckdb:///{warehouse}", "--config", "{unsupported}"), "config: experiments.metrics[0].when.op: "),
     (("--warehouse", "duckdb:///{warehouse}", "--config", "{unknown}"), "experiments.metrix"),
+    (("--warehouse", "duckdb:///{empty}", "--config", "{config}"),
+     "--warehouse: duckdb:///{empty} has no experiment_exposures table yet"),
 ])
 def test_mistakes_are_one_line_naming_the_option_or_key(stored, tmp_path, capsys, args, expected):
     """In this process (the subprocess tests above cover the way in): main() as __main__ calls it."""
@@ -118,7 +113,8 @@ def test_mistakes_are_one_line_naming_the_option_or_key(stored, tmp_path, capsys
          "when": {"path": "properties.coupon", "op": "matches", "value": "^S"}}]}}))
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"experiments": {"metrix": []}}))
-    values = {"config": config, "unsupported": unsupported, "unknown": unknown, "warehouse": warehouse,
+    duckdb.connect(str(tmp_path / "empty.duckdb")).close()  # a warehouse without exposures
+    values = {"empty": tmp_path / "empty.duckdb", "config": config, "unsupported": unsupported, "unknown": unknown, "warehouse": warehouse,
               "missing": tmp_path / "missing.duckdb"}
     assert experiments.main([a.format(**values) for a in args]) == 2
     out, err = capsys.readouterr()
