@@ -114,8 +114,8 @@ def test_mistakes_are_one_line_naming_the_option_or_key(stored, tmp_path, capsys
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"experiments": {"metrix": []}}))
     duckdb.connect(str(tmp_path / "empty.duckdb")).close()  # a warehouse without exposures
-    values = {"empty": tmp_path / "empty.duckdb", "config": config, "unsupported": unsupported, "unknown": unknown, "warehouse": warehouse,
-              "missing": tmp_path / "missing.duckdb"}
+    values = {"empty": tmp_path / "empty.duckdb", "config": config, "unsupported": unsupported, "unknown": unknown,
+              "warehouse": warehouse, "missing": tmp_path / "missing.duckdb"}
     assert experiments.main([a.format(**values) for a in args]) == 2
     out, err = capsys.readouterr()
     assert not out and len(err.strip().splitlines()) == 1, err
