@@ -28,7 +28,8 @@ def _table(header: tuple, lines: list, indent: str) -> list:
     out = []
     for cells in [header, *lines]:
         first, *rest = [str(c) for c in cells]
-        out.append(indent + "  ".join([first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:])]))
+        cells = [first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:])]
+        out.append((indent + "  ".join(cells)).rstrip())  # a control's empty cells leave no trailing blanks
     return out
 
 
