@@ -4,8 +4,8 @@ never read back from a warehouse.
 
 Five experiments at once, over overlapping users:
 - checkout: variations 0 / 1 listed, control 0, a start bound (earlier exposures ignored);
+- skewed: an 85/15 split against configured 50/50 weights (SRM), an end bound (later exposures ignored);
 - pricing: three variations a / b / c, no definition (sorted order, control a);
-- skewed: an 85/15 split against configured 50/50 weights (SRM);
 - quiet: units that never order (no conversions at all);
 - sparse: variations 0 / 1 / 2 listed, nobody in 2 (one variation empty).
 Orders fall before exposure, inside the windows, in the delay, and after the window; some units
@@ -23,6 +23,7 @@ from transforms.rules.conditions import compile_condition
 T0 = datetime.datetime(2026, 11, 2, tzinfo=datetime.timezone.utc)
 HOUR = datetime.timedelta(hours=1)
 CHECKOUT_START = T0 + 6 * HOUR
+SKEWED_END = T0 + 40 * HOUR
 WINDOW_HOURS = 72
 
 BIG_ORDER = {"path": "properties.revenue", "op": "gt", "value": 100}
@@ -40,7 +41,7 @@ METRICS = [
 ]
 DEFINITIONS = {
     "checkout": {"control": "0", "variations": ["0", "1"], "start": CHECKOUT_START.isoformat()},
-    "skewed": {"weights": [0.5, 0.5]},
+    "skewed": {"weights": [0.5, 0.5], "end": SKEWED_END.isoformat()},
     "sparse": {"variations": ["0", "1", "2"]},
 }
 EXPERIMENTS = {"conversion_window_hours": WINDOW_HOURS, "definitions": DEFINITIONS, "metrics": METRICS}
@@ -130,8 +131,8 @@ def expected(messages: list, cuped_days=None, metrics=None) -> dict:
         if m["event"] == "Experiment Viewed":
             experiment = m["properties"]["experiment_id"]
             at = _time(m)
-            if experiment == "checkout" and at < CHECKOUT_START:
-                continue   # before the definition's start: not considered at all
+            if (experiment == "checkout" and at < CHECKOUT_START) or (experiment == "skewed" and at >= SKEWED_END):
+                continue   # outside the definition's [start, end): not considered at all
             exposures[experiment, m["userId"]].append((at, str(m["properties"]["variation_id"])))
         elif m["event"] == "Order Completed":
             orders[m["userId"]].append(m)
@@ -185,9 +186,13 @@ def _value(metric: dict, orders: list, first: datetime.datetime, from_hours: flo
 def edge_cases(messages: list) -> dict:
     """How often each edge case occurs among the units analyzed in `checkout`: orders before the
     first exposure, in the first 2 hours (summer_not_app's delay), after the 72 h window; units
-    exposed again later; units whose exposures began before the definition's start."""
+    exposed again later; units whose exposures began before the definition's start; and skewed's
+    exposures after its definition's end."""
     found = expected(messages)
     counts = dict.fromkeys(("before", "in_delay", "after_window", "exposed_again", "exposed_before_start"), 0)
+    counts["skewed_exposures_after_end"] = sum(
+        1 for m in messages if m["event"] == "Experiment Viewed" and m["properties"]["experiment_id"] == "skewed"
+        and _time(m) >= SKEWED_END)
     for unit, (first, _) in found["assigned"]["checkout"].items():
         for order in found["orders"][unit]:
             hours = (_time(order) - first) / HOUR
