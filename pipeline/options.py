@@ -86,7 +86,8 @@ def help_text() -> str:
         epilog="Standard Beam options pass through: --runner, --project, --region, --temp_location, "
                "--streaming, --direct_num_workers, ... Without --runner, batch runs use Beam's in-process "
                "FnApiRunner. Exit status 2 means a command-line or config mistake, named on one line. "
-               "`python -m pipeline replay --help`: send dead letters through the pipeline again.")
+               "`python -m pipeline replay --help`: send dead letters through the pipeline again. "
+               "`python -m pipeline experiments --help`: analyze experiments in the warehouse.")
     SluiceOptions._add_argparse_args(parser)
     return parser.format_help()
 
