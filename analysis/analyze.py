@@ -50,13 +50,15 @@ def _warning(experiment_id, kind: str, message: str) -> dict:
     return {"experiment_id": experiment_id, "kind": kind, "message": message}
 
 
-def _metric_sql(warehouse, metric, index: int, params: dict, warnings: list) -> queries.MetricSql:
+def _metric_sql(warehouse, metric, index: int, params: dict, warnings: list, tables: dict) -> queries.MetricSql:
     """The metric's table and columns looked up (by source pointer) and its SQL pieces made."""
     d = warehouse.dialect
     where = f"experiments.metrics[{index}]"
     table = naming.table_name(metric.event)
     plain = queries.MetricSql(f"m{index}", metric.type, None, None, "TRUE", metric.delay_hours, metric.window_hours)
-    columns = warehouse.columns(table)
+    if table not in tables:  # metrics of one event look its table up once (BigQuery: a tables.get)
+        tables[table] = warehouse.columns(table)
+    columns = tables[table]
     if columns is None:
         warnings.append(_warning(None, "missing_table", f"metric {metric.name}: no table {table} yet (no "
                                                         f"{metric.event!r} event stored): its values are 0"))
@@ -132,7 +134,8 @@ def analyze(warehouse, settings: ExperimentSettings, experiment: Optional[str] =
         raise AnalysisError("--warehouse", f"{warehouse.location} has no {queries.EXPOSURES_TABLE} table yet: run the "
                                            f"pipeline over events that hold {settings.exposure_event!r} exposures")
     warnings, params = [], {"unit": settings.unit}
-    metrics = [_metric_sql(warehouse, m, i, params, warnings) for i, m in enumerate(settings.metrics)]
+    tables = {}
+    metrics = [_metric_sql(warehouse, m, i, params, warnings, tables) for i, m in enumerate(settings.metrics)]
     bounded, whole = _bounds(settings, experiment, params, d)
     cuped_hours = settings.cuped_lookback_days * 24 if settings.cuped_enabled else None
     sql = queries.results_sql(d, d.param("unit"), settings.unit, metrics, bounded, whole, cuped_hours)
