@@ -301,3 +301,16 @@ def test_anonymous_ids_as_the_unit(tmp_path):
     finally:
         warehouse.close()
     assert [(r["variation_id"], r["units"], r["sum"]) for r in rows] == [("0", 1, 10.5), ("1", 2, 2.5)]
+
+
+@pytest.mark.parametrize("definition, seen, order, control", [
+    ({}, {"10", "2", "0"}, ["0", "2", "10"], "0"),                          # numbers by value
+    ({}, {"treatment", "control", "1"}, ["1", "control", "treatment"], "1"),  # numbers, then text
+    ({"variations": ["b", "a"]}, {"a", "b", "c"}, ["b", "a", "c"], "b"),   # listed first, then the rest
+    ({"control": "a", "variations": ["b", "a"]}, {"b"}, ["b", "a"], "a"),  # a control nobody saw keeps its place
+    ({"control": "z"}, {"a", "b"}, ["z", "a", "b"], "z"),
+])
+def test_variation_order_and_control(definition, seen, order, control):
+    from analysis.analyze import variation_order
+    experiments = parse({"definitions": {"x": definition}})
+    assert variation_order(experiments.definitions["x"], seen) == (order, control)
