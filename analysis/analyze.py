@@ -146,7 +146,8 @@ def analyze(warehouse, settings: ExperimentSettings, experiment: Optional[str] =
             listed = ", ".join(seen[:20]) + (", ..." if len(seen) > 20 else "")
             raise AnalysisError("--experiment", f"{experiment!r} has no exposures in {queries.EXPOSURES_TABLE} "
                                                 f"(experiments seen: {listed or 'none'})")
-        warnings.append(_warning(experiment, "no_units", "no exposures between the definition's start and end"))
+        warnings.append(_warning(experiment, "no_units", f"no exposure of a {settings.unit} unit within the "
+                                                         "definition's start and end"))
     analyzed_at = (now or datetime.datetime.now(datetime.timezone.utc)).astimezone(datetime.timezone.utc)
     summaries, results = [], []
     by_experiment = {}
