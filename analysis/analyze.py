@@ -210,6 +210,15 @@ def _moments(row: Optional[dict], alias: str, cuped: bool) -> Moments:
 
 def _srm(definition: Definition, experiment_id: str, order: list, units: list, warnings: list) -> Optional[float]:
     weights = definition.weights or tuple(1 / len(order) for _ in order)
+    if definition.weights and not definition.variations and not all(v.isdigit() for v in order):
+        # Weights pair with the variations in order; without `variations` that order is the ids
+        # sorted, which is the SDK's only for index ids (GrowthBook's 0, 1, 2). Named ids sorted
+        # by name would pair the weights wrongly and report a mismatch that is not there.
+        warnings.append(_warning(experiment_id, "srm_skipped",
+                                 f"weights given without definitions.{experiment_id}.variations and the variation "
+                                 f"ids ({', '.join(order)}) are not indexes: list the variations in the weights' "
+                                 "order to check the split"))
+        return None
     if len(weights) != len(order):
         warnings.append(_warning(experiment_id, "srm_skipped",
                                  f"{len(order)} variations ({', '.join(order)}) but {len(weights)} weights: "

@@ -34,6 +34,8 @@ class DuckDBWarehouse:
             self._conn = duckdb_backend.connect(path)
         except duckdb_backend.WarehouseInUse as exc:
             raise AnalysisError("--warehouse", str(exc)) from None
+        # DuckDB draws a progress bar on stderr past ~2 s of query: noise in the command's output.
+        self._conn.execute("SET enable_progress_bar = false")
         self.dialect = dialect.duckdb()
         self.location = f"duckdb:///{path}"
 

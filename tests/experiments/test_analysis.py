@@ -116,6 +116,20 @@ def test_the_edge_cases_are_in_the_data_and_give_what_the_rules_say(stored):
     assert all(r[f] is None for r in analysis.results if r["is_control"] for f in _STATS)
 
 
+def test_weights_for_named_variations_need_their_order(stored):
+    """Weights pair with the variations in order. For named ids (pricing's a / b / c) no order is
+    implied, so weights without `variations` skip the check with a warning instead of reporting a
+    mismatch made by pairing them alphabetically; listing the variations restores it."""
+    _, url = stored
+    weights = [0.5, 0.25, 0.25]
+    unpaired = analyzed(url, experiment="pricing", definitions={**case.DEFINITIONS, "pricing": {"weights": weights}})
+    assert {r["srm_p_value"] for r in unpaired.results} == {None}
+    assert [w["kind"] for w in unpaired.warnings if w["experiment_id"] == "pricing"] == ["srm_skipped"]
+    listed = analyzed(url, experiment="pricing",
+                      definitions={**case.DEFINITIONS, "pricing": {"weights": weights, "variations": ["a", "b", "c"]}})
+    assert all(r["srm_p_value"] is not None for r in listed.results)
+
+
 def test_windows_delay_and_conditions_each_change_the_figures(stored):
     """Each rule matters on this data: the independent computation without it gives other sums."""
     messages, _ = stored
