@@ -89,11 +89,12 @@ def _events(d: Dialect, table: str, unit_column: str, metrics: list, cuped_hours
     value) from one event table."""
     columns = []
     for m in metrics:
-        columns.append(f"{_value(d, m, m.delay_hours, m.window_hours)} AS {m.alias}_value")
+        # GrowthBook's delay: the window opens `delay` after the first exposure and keeps its length.
+        columns.append(f"{_value(d, m, m.delay_hours, m.delay_hours + m.window_hours)} AS {m.alias}_value")
         if cuped_hours is not None:
             columns.append(f"{_value(d, m, -cuped_hours, 0)} AS {m.alias}_pre")
     lower = -cuped_hours if cuped_hours is not None else min(m.delay_hours for m in metrics)
-    upper = max(m.window_hours for m in metrics)
+    upper = max(m.delay_hours + m.window_hours for m in metrics)
     return (f"SELECT u.experiment_id, u.variation_id, {', '.join(columns)} "
             f"FROM units AS u JOIN {d.events(table)} AS e ON e.{d.quote(unit_column)} = u.unit_id "
             f"WHERE e.timestamp >= {d.shift('u.first_exposure', micros(lower))} "

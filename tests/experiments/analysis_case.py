@@ -8,9 +8,9 @@ Five experiments at once, over overlapping users:
 - pricing: three variations a / b / c, no definition (sorted order, control a);
 - quiet: units that never order (no conversions at all);
 - sparse: variations 0 / 1 / 2 listed, nobody in 2 (one variation empty).
-Orders fall before exposure, inside the windows, in the delay, and after the window; some units
-see two variations of one experiment, some are exposed again later, some exposures come later in
-the file than a unit's later ones.
+Orders fall before exposure, inside the windows, in the delay, after the window, and in the 2 hours
+summer_not_app's delay adds to its window's end; some units see two variations of one experiment,
+some are exposed again later, some exposures come later in the file than a unit's later ones.
 """
 import datetime
 import json
@@ -107,8 +107,10 @@ class Events:
             if rng.random() < 0.7:
                 properties["channel"] = rng.choice(("app", "web"))
             # from 10 days before to 5 days after the first exposure (before, inside, after the window), or
-            # in the 2 hours after it (in summer_not_app's delay)
-            hours = rng.uniform(-240, 120) if rng.random() < 0.8 else rng.uniform(0, 2)
+            # in the 2 hours after it (in summer_not_app's delay), or in the 2 hours after the 72 h window
+            # (inside summer_not_app's window, which its delay moves 2 hours later)
+            draw = rng.random()
+            hours = rng.uniform(-240, 120) if draw < 0.75 else rng.uniform(0, 2) if draw < 0.9 else rng.uniform(72, 74)
             self._track(user, "Order Completed", around + hours * HOUR, properties)
 
 
@@ -153,8 +155,10 @@ def expected(messages: list, cuped_days=None, metrics=None) -> dict:
         for metric in metrics or METRICS:
             per_variation = {v: [] for v in order}
             for unit, (first, variation) in units.items():
-                after = _value(metric, orders[unit], first, metric.get("delay_hours", 0),
-                               metric.get("window_hours", WINDOW_HOURS))
+                # docs/experiments.md: an event counts in [first + delay_hours, first + delay_hours +
+                # window_hours): the delay moves the whole window later, its length stays.
+                delay = metric.get("delay_hours", 0)
+                after = _value(metric, orders[unit], first, delay, delay + metric.get("window_hours", WINDOW_HOURS))
                 before = _value(metric, orders[unit], first, -24 * cuped_days, 0) if cuped_days else None
                 per_variation[variation].append((after, before))
             for variation, values in per_variation.items():
@@ -185,11 +189,14 @@ def _value(metric: dict, orders: list, first: datetime.datetime, from_hours: flo
 
 def edge_cases(messages: list) -> dict:
     """How often each edge case occurs among the units analyzed in `checkout`: orders before the
-    first exposure, in the first 2 hours (summer_not_app's delay), after the 72 h window; units
+    first exposure, in the first 2 hours (summer_not_app's delay), after the 72 h window, and after it
+    but inside summer_not_app's window (its delay moves the window's end too); units
     exposed again later; units whose exposures began before the definition's start; and skewed's
     exposures after its definition's end."""
     found = expected(messages)
-    counts = dict.fromkeys(("before", "in_delay", "after_window", "exposed_again", "exposed_before_start"), 0)
+    counts = dict.fromkeys(("before", "in_delay", "after_window", "delayed_window_end", "exposed_again",
+                            "exposed_before_start"), 0)
+    summer_not_app = compile_condition(SUMMER_NOT_APP, "when")
     counts["skewed_exposures_after_end"] = sum(
         1 for m in messages if m["event"] == "Experiment Viewed" and m["properties"]["experiment_id"] == "skewed"
         and _time(m) >= SKEWED_END)
@@ -199,6 +206,8 @@ def edge_cases(messages: list) -> dict:
             counts["before"] += hours < 0
             counts["in_delay"] += 0 <= hours < 2
             counts["after_window"] += hours >= WINDOW_HOURS
+            # past the 72 h window yet inside summer_not_app's, [2 h, 74 h): counted by it
+            counts["delayed_window_end"] += WINDOW_HOURS <= hours < WINDOW_HOURS + 2 and summer_not_app(order)
     seen = defaultdict(list)
     for m in messages:
         if m["event"] == "Experiment Viewed" and m["properties"]["experiment_id"] == "checkout":

@@ -140,6 +140,8 @@ def test_windows_delay_and_conditions_each_change_the_figures(stored):
         moments = case.expected(messages, metrics=metrics)["moments"]
         return any(moments[key][1] != baseline[key][1] for key in baseline if key[1] == name)
     assert changed("summer_not_app", delay_hours=0) and changed("summer_not_app", when=None)
+    # The delay moves the window's end too (GrowthBook's rule): [2 h, 72 h) would give other sums.
+    assert changed("summer_not_app", window_hours=case.WINDOW_HOURS - 2)
     assert changed("big_orders", window_hours=72) and changed("big_orders", when=None)
     assert changed("orders", window_hours=10_000)
 
