@@ -23,6 +23,7 @@ from transforms.rules import paths
 from transforms.warehouse import naming, planner
 
 _NUMERIC = (planner.INT64, planner.FLOAT64)
+_EVENT_NAME = "/event"  # the source of event_text: the event's name as sent
 _COMPARISON_FIELDS = ("lift", "ci_low", "ci_high", "p_value", "chance_to_win", "risk")
 
 
@@ -77,6 +78,13 @@ def _metric_sql(warehouse, metric, index: int, params: dict, warnings: list, tab
         params[name] = value
         return d.param(name)
 
+    # Event names that differ only in case or punctuation share a table ("Order-Completed",
+    # "order completed"): the metric counts the rows of its own event, by the name each row kept.
+    named = columns.get(_EVENT_NAME)
+    if named is None:
+        raise AnalysisError(f"{where}.event", f"{table} has no column for the event's name ({_EVENT_NAME}): "
+                                              "not an event table the pipeline made")
+    own_event = f"e.{d.quote(named.name)} = {bind(metric.event)}"
     value = None
     if metric.value is not None:
         found = column_of(metric.value, "its values are 0")
@@ -84,7 +92,7 @@ def _metric_sql(warehouse, metric, index: int, params: dict, warnings: list, tab
             raise AnalysisError(f"{where}.value", f"{metric.value} is a {found[1]} column of {table}, not a number")
         value = found[0] if found else None
     condition = conditions.to_sql(metric.when, column_of, bind, f"{where}.when")
-    return plain._replace(table=table, value=value, condition=condition)
+    return plain._replace(table=table, value=value, condition=f"{own_event} AND {condition}")
 
 
 def _natural(variation: str):

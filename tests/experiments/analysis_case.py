@@ -46,6 +46,7 @@ DEFINITIONS = {
 }
 EXPERIMENTS = {"conversion_window_hours": WINDOW_HOURS, "definitions": DEFINITIONS, "metrics": METRICS}
 CUPED_DAYS = 7
+OTHER_NAMES = ("Order-Completed", "order completed")   # other events of the table order_completed
 
 
 def _iso(at: datetime.datetime) -> str:
@@ -111,7 +112,10 @@ class Events:
             # (inside summer_not_app's window, which its delay moves 2 hours later)
             draw = rng.random()
             hours = rng.uniform(-240, 120) if draw < 0.75 else rng.uniform(0, 2) if draw < 0.9 else rng.uniform(72, 74)
-            self._track(user, "Order Completed", around + hours * HOUR, properties)
+            # Other events stored in the same table order_completed (the table name folds case and
+            # punctuation): never counted by a metric of "Order Completed".
+            name = "Order Completed" if rng.random() < 0.85 else rng.choice(OTHER_NAMES)
+            self._track(user, name, around + hours * HOUR, properties)
 
 
 def _time(message: dict) -> datetime.datetime:
@@ -190,13 +194,15 @@ def _value(metric: dict, orders: list, first: datetime.datetime, from_hours: flo
 def edge_cases(messages: list) -> dict:
     """How often each edge case occurs among the units analyzed in `checkout`: orders before the
     first exposure, in the first 2 hours (summer_not_app's delay), after the 72 h window, and after it
-    but inside summer_not_app's window (its delay moves the window's end too); units
+    but inside summer_not_app's window (its delay moves the window's end too); events of another name
+    in the table order_completed inside a window; units
     exposed again later; units whose exposures began before the definition's start; and skewed's
     exposures after its definition's end."""
     found = expected(messages)
     counts = dict.fromkeys(("before", "in_delay", "after_window", "delayed_window_end", "exposed_again",
                             "exposed_before_start"), 0)
     summer_not_app = compile_condition(SUMMER_NOT_APP, "when")
+    counts["other_name_in_window"] = 0
     counts["skewed_exposures_after_end"] = sum(
         1 for m in messages if m["event"] == "Experiment Viewed" and m["properties"]["experiment_id"] == "skewed"
         and _time(m) >= SKEWED_END)
@@ -208,6 +214,12 @@ def edge_cases(messages: list) -> dict:
             counts["after_window"] += hours >= WINDOW_HOURS
             # past the 72 h window yet inside summer_not_app's, [2 h, 74 h): counted by it
             counts["delayed_window_end"] += WINDOW_HOURS <= hours < WINDOW_HOURS + 2 and summer_not_app(order)
+    others = defaultdict(list)
+    for m in messages:
+        if m["event"] in OTHER_NAMES:
+            others[m["userId"]].append(_time(m))
+    for unit, (first, _) in found["assigned"]["checkout"].items():
+        counts["other_name_in_window"] += sum(1 for t in others[unit] if first <= t < first + WINDOW_HOURS * HOUR)
     seen = defaultdict(list)
     for m in messages:
         if m["event"] == "Experiment Viewed" and m["properties"]["experiment_id"] == "checkout":
