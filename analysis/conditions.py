@@ -10,6 +10,12 @@ predicate over the metric's event table, with the rules' meaning kept:
 
 `matches` and `glob` have no form both warehouses share (Python's regular expressions are not
 RE2's or DuckDB's), nor does `contains` on a list: `check` refuses them before any query runs.
+
+JSON `null` is where the warehouse and the rules part: a column holds NULL both for an event
+without the key and for one that sent `"coupon": null`, so the analysis cannot tell them apart.
+For such an event the rules say `exists` true, `missing` false and `eq null` true; here `exists`
+is false, `missing` true (a stored null reads as a path leading nowhere). `eq`, `ne`, `in` and
+`not_in` with a `null` value would have no meaning both share: `check` refuses them.
 A column that does not exist yet is a path that leads nowhere: the leaf becomes the constant the
 rules would give for it, computed by the rules' own compiled condition.
 """
@@ -48,6 +54,13 @@ def check(spec: Optional[dict], where: str) -> None:
     if op not in TRANSLATED:
         raise AnalysisError(f"{where}.op", f"{op} is not translated to SQL for the analysis (it can use "
                                            f"{', '.join(TRANSLATED)})")
+    value = spec.get("value")
+    if op in ("eq", "ne") and value is None:
+        raise AnalysisError(f"{where}.value", f"{op} null: the warehouse stores a JSON null as no value at all; "
+                                              f"test the path with {'missing' if op == 'eq' else 'exists'} instead")
+    if op in ("in", "not_in") and None in value:
+        raise AnalysisError(f"{where}.value[{value.index(None)}]", "null: the warehouse stores a JSON null as no "
+                                                                   "value at all; test the path with missing / exists")
     if op == "contains" and not isinstance(spec.get("value"), str):
         raise AnalysisError(f"{where}.value", "contains in a metric tests a substring: the value must be a string "
                                               "(arrays are not read by the analysis)")

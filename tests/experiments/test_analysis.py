@@ -259,6 +259,11 @@ def test_conditions_select_the_events_the_rules_select(stored):
     ({"any": [{"path": "properties.a", "op": "exists"}, {"path": "properties.tags", "op": "contains", "value": 3}]},
      "experiments.metrics[0].when.any[1].value"),
     ({"not": {"path": "properties.coupon", "op": "glob", "value": "S*"}}, "experiments.metrics[0].when.not.op"),
+    # A stored JSON null is NULL in the warehouse, as an absent key is: null has no shared meaning.
+    ({"path": "properties.coupon", "op": "eq", "value": None}, "experiments.metrics[0].when.value"),
+    ({"all": [{"path": "properties.coupon", "op": "ne", "value": None}]}, "experiments.metrics[0].when.all[0].value"),
+    ({"path": "properties.coupon", "op": "not_in", "value": ["x", None]}, "experiments.metrics[0].when.value[1]"),
+    ({"path": "properties.coupon", "op": "in", "value": [None]}, "experiments.metrics[0].when.value[0]"),
 ])
 def test_conditions_without_an_sql_form_are_refused_before_any_query(when, where):
     section = {"metrics": [{"name": "m", "type": "count", "event": "Order Completed", "when": when}]}
