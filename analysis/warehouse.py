@@ -6,6 +6,7 @@ description (transforms/warehouse/duckdb_backend.py, bigquery_schema.py): a colu
 where its values came from, never by recomputing its name, so a name the pipeline had to suffix
 (two sources proposing it) is still found.
 """
+import contextlib
 import datetime
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -26,7 +27,7 @@ class Typed(NamedTuple):
 
 class DuckDBWarehouse:
     def __init__(self, path: str):
-        import duckdb  # noqa: F401 - fail here, not halfway
+        import duckdb
         from transforms.warehouse import duckdb_backend
         if not Path(path).is_file():
             raise AnalysisError("--warehouse", f"{path}: no such DuckDB file (run the pipeline into it first)")
@@ -34,6 +35,9 @@ class DuckDBWarehouse:
             self._conn = duckdb_backend.connect(path)
         except duckdb_backend.WarehouseInUse as exc:
             raise AnalysisError("--warehouse", str(exc)) from None
+        except duckdb.Error as exc:  # not a DuckDB file, or one of a newer DuckDB
+            raise AnalysisError("--warehouse", f"{path}: not readable as a DuckDB database "
+                                               f"({_first_line(exc)})") from None
         # DuckDB draws a progress bar on stderr past ~2 s of query: noise in the command's output.
         self._conn.execute("SET enable_progress_bar = false")
         self.dialect = dialect.duckdb()
@@ -63,26 +67,50 @@ class DuckDBWarehouse:
         self._conn.close()
 
 
+@contextlib.contextmanager
+def _google_errors(location: str):
+    """Google's refusals (no credentials, expired ones, a dataset not found, no permission) as the
+    one line of the option they concern: something the person running the command must fix."""
+    from google.api_core.exceptions import GoogleAPIError
+    from google.auth.exceptions import GoogleAuthError
+    try:
+        yield
+    except GoogleAuthError as exc:
+        raise AnalysisError("--warehouse", f"{location}: no usable Google credentials ({_first_line(exc)}); "
+                                           "run `gcloud auth application-default login` or set "
+                                           "GOOGLE_APPLICATION_CREDENTIALS") from None
+    except GoogleAPIError as exc:
+        raise AnalysisError("--warehouse", f"{location}: BigQuery refused: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0][:300]
+
+
 class BigQueryWarehouse:
     def __init__(self, project: str, dataset: str, endpoint: Optional[str] = None, location: str = "US"):
         from transforms.warehouse.bigquery_backend import bigquery_client
-        self._client = bigquery_client(project, location, endpoint)
         self.project, self.dataset = project, dataset
         self.dialect = dialect.bigquery(project, dataset)
         self.location = f"bigquery://{project}/{dataset}"
+        with _google_errors(self.location):  # the credentials are looked up here
+            self._client = bigquery_client(project, location, endpoint)
 
     def query(self, sql: str, params: Optional[dict] = None) -> list:
         from google.cloud import bigquery
         config = bigquery.QueryJobConfig(query_parameters=[_bigquery_param(bigquery, name, value)
                                                            for name, value in (params or {}).items()])
-        return [dict(row.items()) for row in self._client.query(sql, job_config=config).result()]
+        with _google_errors(self.location):
+            return [dict(row.items()) for row in self._client.query(sql, job_config=config).result()]
 
     def _table(self, name: str):
         from google.api_core import exceptions
-        try:
-            return self._client.get_table(f"{self.project}.{self.dataset}.{name}")
-        except exceptions.NotFound:
-            return None
+        with _google_errors(self.location):
+            try:
+                return self._client.get_table(f"{self.project}.{self.dataset}.{name}")
+            except exceptions.NotFound:
+                return None
 
     def has_table(self, name: str) -> bool:
         return self._table(name) is not None

@@ -21,7 +21,8 @@ against the configured weights; units that saw more than one variation, left out
 variation, then per metric each variation's units, mean, relative lift against control with its
 95% interval, p-value and chance to win. docs/experiments.md#running-the-analysis has the rules
 (windows, exclusions, the control and variation order). Exit status 2: a mistake in the options
-or the config, or a warehouse without exposures yet, named on one line.
+or the config, a warehouse that cannot be read (not a DuckDB file, no Google credentials, BigQuery
+refusing a request) or without exposures yet, named on one line.
 """
 import argparse
 import sys

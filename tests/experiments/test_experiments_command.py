@@ -103,6 +103,8 @@ def test_unknown_experiment_lists_those_seen(stored):
     (("--warehouse", "duckdb:///{warehouse}", "--config", "{unknown}"), "experiments.metrix"),
     (("--warehouse", "duckdb:///{empty}", "--config", "{config}"),
      "--warehouse: duckdb:///{empty} has no experiment_exposures table yet"),
+    (("--warehouse", "duckdb:///{text}", "--config", "{config}"),   # a file, but no DuckDB database
+     "--warehouse: {text}: not readable as a DuckDB database (IO Error: "),
 ])
 def test_mistakes_are_one_line_naming_the_option_or_key(stored, tmp_path, capsys, args, expected):
     """In this process (the subprocess tests above cover the way in): main() as __main__ calls it."""
@@ -114,13 +116,27 @@ def test_mistakes_are_one_line_naming_the_option_or_key(stored, tmp_path, capsys
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"experiments": {"metrix": []}}))
     duckdb.connect(str(tmp_path / "empty.duckdb")).close()  # a warehouse without exposures
+    (tmp_path / "text.duckdb").write_text("not a database\n" * 1000)
     values = {"empty": tmp_path / "empty.duckdb", "config": config, "unsupported": unsupported, "unknown": unknown,
-              "warehouse": warehouse, "missing": tmp_path / "missing.duckdb"}
+              "warehouse": warehouse, "missing": tmp_path / "missing.duckdb", "text": tmp_path / "text.duckdb"}
     assert experiments.main([a.format(**values) for a in args]) == 2
     out, err = capsys.readouterr()
     assert not out and len(err.strip().splitlines()) == 1, err
     line = err.strip()
     assert line.startswith("sluice: error: ") and expected.format(**values) in line, line
+
+
+def test_bigquery_without_credentials_is_one_line(stored, monkeypatch, capsys):
+    """No emulator endpoint: Google's credentials are looked up, and the file they name is not there
+    (a missing file, so that the lookup never reaches for the metadata server on the network)."""
+    _, _, config = stored
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/sluice-credentials.json")
+    assert experiments.main(["--warehouse", "bigquery://project-1/events", "--config", str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert not out and err.strip() == (
+        "sluice: error: --warehouse: bigquery://project-1/events: no usable Google credentials (File "
+        "/nonexistent/sluice-credentials.json was not found.); run `gcloud auth application-default login` "
+        "or set GOOGLE_APPLICATION_CREDENTIALS"), err
 
 
 def test_help_documents_every_option():
