@@ -35,8 +35,13 @@ class Dialect(NamedTuple):
     def events(self, name: str) -> str:
         """An event table as the analysis reads it: each message once. DuckDB stores each once;
         BigQuery's table may hold a row twice (a streaming insert retried after its insertId was
-        forgotten, a replay), which the `<table>_view` the pipeline keeps beside it leaves out."""
-        return self.table(name if self.namespace is None else f"{name}_view")
+        forgotten, a replay): the newest row per message_id is kept here by the SELECT of the
+        `<table>_view` the pipeline keeps, not by that view, which may be missing (an event table
+        of that very name, `Order Completed View`'s, keeps the pipeline from creating it)."""
+        if self.namespace is None:
+            return self.table(name)
+        from transforms.warehouse import bigquery_schema  # google.cloud.bigquery: not for DuckDB
+        return f"({bigquery_schema.latest_view_sql(f'{self.namespace}.{name}', planner.key_column(name))})"
 
     def param(self, name: str) -> str:
         return self.param_prefix + name

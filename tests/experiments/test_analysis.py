@@ -286,9 +286,14 @@ def test_duckdb_and_the_bigquery_emulator_give_the_same_results(stored, tmp_path
         assert warehouse.query(f"SELECT count(*) AS n FROM {warehouse.dialect.table(RESULTS_TABLE)}") == [
             {"n": len(big.results)}]
         # Every order stored twice, as a streaming insert retried after BigQuery forgot its insertId
-        # leaves it: the analysis reads order_completed_view, each message once.
+        # leaves it: the analysis reads each message once. And order_completed_view a table, not the
+        # view (an event "Order Completed View" stored first keeps the pipeline from making the view):
+        # the analysis does not depend on the view.
         orders = warehouse.dialect.table("order_completed")
         warehouse.query(f"INSERT INTO {orders} SELECT * FROM {orders}")
+        view = warehouse.dialect.table("order_completed_view")
+        warehouse.query(f"DROP VIEW {view}")
+        warehouse.query(f"CREATE TABLE {view} (message_id STRING)")
         assert warehouse.query(f"SELECT count(*) AS n FROM {orders}") == [
             {"n": 2 * sum(1 for m in messages if m["event"] in ("Order Completed",) + case.OTHER_NAMES)}]
     finally:
