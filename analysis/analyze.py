@@ -65,9 +65,11 @@ def _metric_sql(warehouse, metric, index: int, params: dict, warnings: list, tab
                                                         f"{metric.event!r} event stored): its values are 0"))
         return plain
 
-    def column_of(path: str, missing: str = "its condition takes it as missing in every event"):
+    def column_of(path: str, missing: str = "its condition takes it as missing in every event",
+                  key: str = f"{where}.when"):
         found = columns.get(pointer(path))
         if found is None:
+            _refuse_inside_json(columns, pointer(path), path, table, key)
             warnings.append(_warning(None, "missing_column", f"metric {metric.name}: {table} has no column for "
                                                              f"{path} yet: {missing}"))
             return None
@@ -87,12 +89,22 @@ def _metric_sql(warehouse, metric, index: int, params: dict, warnings: list, tab
     own_event = f"e.{d.quote(named.name)} = {bind(metric.event)}"
     value = None
     if metric.value is not None:
-        found = column_of(metric.value, "its values are 0")
+        found = column_of(metric.value, "its values are 0", f"{where}.value")
         if found is not None and found[1] not in _NUMERIC:
             raise AnalysisError(f"{where}.value", f"{metric.value} is a {found[1]} column of {table}, not a number")
         value = found[0] if found else None
     condition = conditions.to_sql(metric.when, column_of, bind, f"{where}.when")
     return plain._replace(table=table, value=value, condition=f"{own_event} AND {condition}")
+
+
+def _refuse_inside_json(columns: dict, source: str, path: str, table: str, key: str) -> None:
+    """A path under a column stored whole as JSON (an array, or an object nested past
+    warehouse.flatten_depth) will never get a column of its own: an error, not a 0."""
+    for column in columns.values():
+        if column.type == planner.JSON and source.startswith(column.source + "/"):
+            raise AnalysisError(key, f"{path} is inside {table}.{column.name}, a column stored whole as JSON (an "
+                                     "array, or objects nested past warehouse.flatten_depth), which the analysis "
+                                     "does not read")
 
 
 def _natural(variation: str):

@@ -301,15 +301,17 @@ def test_duckdb_and_the_bigquery_emulator_give_the_same_results(stored, tmp_path
     same_rows(analyzed(bigquery_url, cuped=True, endpoint=bigquery_emulator.endpoint).results, duck.results)
 
 
-def test_anonymous_ids_as_the_unit(tmp_path):
-    """unit: anonymous_id: exposures and orders matched by anonymousId, userId ignored."""
+def test_anonymous_ids_as_the_unit_and_paths_inside_json(tmp_path):
+    """unit: anonymous_id: exposures and orders matched by anonymousId, userId ignored. On the same
+    small warehouse: a metric's path inside a JSON column is an error naming that column."""
     def track(n, anonymous, event, hours, user=None, **properties):
         message = {"type": "track", "event": event, "anonymousId": anonymous, "messageId": f"a{n}",
                    "timestamp": case._iso(case.T0 + hours * case.HOUR), "properties": properties}
         return {**message, "userId": user} if user else message
     messages = [
         track(1, "anon-1", "Experiment Viewed", 0, experiment_id="x", variation_id="0"),
-        track(2, "anon-1", "Order Completed", 1, revenue=10.5),
+        track(2, "anon-1", "Order Completed", 1, revenue=10.5, items=[{"price": 10.5}],   # arrays: a JSON column
+              deep={"a": {"b": {"c": {"d": {"e": 1}}}}}),  # past flatten_depth 6 from d on: a JSON column
         track(3, "anon-1", "Order Completed", 80, revenue=99.5),       # after the 72 h window
         track(4, "anon-2", "Experiment Viewed", 0, user="known", experiment_id="x", variation_id="1"),
         track(5, "other", "Order Completed", 2, user="known", revenue=7.5),  # same userId, another anonymousId
@@ -329,6 +331,18 @@ def test_anonymous_ids_as_the_unit(tmp_path):
     finally:
         warehouse.close()
     assert [(r["variation_id"], r["units"], r["sum"]) for r in rows] == [("0", 1, 10.5), ("1", 2, 2.5)]
+    # A path inside a column stored whole as JSON never gets a column of its own: refused, naming it.
+    for metric, key, column in [({"value": "properties.items.0.price"}, "value", "items"),
+                                ({"when": {"path": "properties.deep.a.b.c.d.e", "op": "eq", "value": 1}}, "when",
+                                 "deep_a_b_c_d")]:
+        warehouse = open_warehouse(f"duckdb:///{tmp_path}/w.duckdb")
+        try:
+            with pytest.raises(AnalysisError) as refused:
+                analyze(warehouse, parse({**section, "metrics": [{**case.METRICS[2], **metric}]}))
+        finally:
+            warehouse.close()
+        assert refused.value.where == f"experiments.metrics[0].{key}"
+        assert f"inside order_completed.{column}, a column stored whole as JSON" in refused.value.message
 
 
 @pytest.mark.parametrize("definition, seen, order, control", [
