@@ -52,6 +52,7 @@ def build(counters: dict) -> dict:
         "tables": _by_prefix(counters, "rows."),
         "type_conflicts": _by_prefix(counters, "type_conflicts."),
         "column_cap": _by_prefix(counters, "column_cap."),
+        "exposures_unusable": _by_prefix(counters, "exposures_unusable."),
         "contracts": {key: counters.get(f"contracts.{key}", 0) for key in ("unplanned", "violations", "omitted")},
         "consent": {key: counters.get(f"consent.{key}", 0) for key in ("present", "missing")},
         "transforms": {rule: {"applied": 0, **counts}  # matched, applied (changed or dropped), ...
@@ -110,7 +111,8 @@ def format_table(summary: dict) -> str:
         row(name, value, 2)
     for title, key in (("published to Pub/Sub", "published"),
                        ("values kept in _unmapped (type)", "type_conflicts"),
-                       ("values kept in _unmapped (cap)", "column_cap")):
+                       ("values kept in _unmapped (cap)", "column_cap"),
+                       ("exposures stored without a row", "exposures_unusable")):
         if summary[key]:
             row(title, sum(summary[key].values()))
             for name, value in summary[key].items():

@@ -8,6 +8,8 @@ Names are `<kind>` or `<kind>.<key>`:
   type_conflicts.<table>, column_cap.<table> values kept in the table's `_unmapped` column
   stage.<stage>.<route>                      per-stage routing, for dashboards
   published.<what>                           messages published to Pub/Sub (dead_letters)
+  exposures_unusable.<missing>               exposures kept as plain events, no exposure row (unit,
+                                             experiment, variation; experiments.invalid_exposures: store)
 """
 import threading
 from collections import Counter

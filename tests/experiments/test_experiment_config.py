@@ -20,10 +20,13 @@ def experiments(**section) -> ExperimentSettings:
 
 def test_absent_means_the_defaults_and_a_full_section_is_typed():
     assert config.validate({}).experiments == ExperimentSettings()
+    # absent: invalid exposures stored (an upgrade keeps its events); present: dead letters, the rule
+    assert (config.validate({}).experiments.invalid_exposures, experiments().invalid_exposures) == (
+        "store", "dead_letter")
     assert ExperimentSettings().experiment_key == ("properties.experiment_id", "properties.experimentId")
     typed = experiments(
         exposure_event="Flag Seen", experiment_key="properties.flag", variation_key=["properties.v"],
-        unit="anonymous_id", conversion_window_hours=48,
+        unit="anonymous_id", conversion_window_hours=48, invalid_exposures="store",
         definitions={"checkout": {"control": 0, "variations": [0, 1, "2"], "weights": [0.5, 0.25, 0.25],
                                   "start": datetime(2026, 11, 1, tzinfo=timezone.utc), "end": "2026-11-30T00:00:00Z"}},
         metrics=[REVENUE, {"name": "big", "type": "binomial", "event": "Order Completed", "window_hours": 24,
@@ -35,7 +38,7 @@ def test_absent_means_the_defaults_and_a_full_section_is_typed():
                                 datetime(2026, 11, 30, tzinfo=timezone.utc), ("0", "1", "2"))},
         (Metric("revenue", "mean", "Order Completed", "properties.revenue", None, 48.0),
          Metric("big", "binomial", "Order Completed", None, {"path": "properties.revenue", "op": "gt", "value": 100},
-                24.0, 1.0)), True, 7.0)
+                24.0, 1.0)), True, 7.0, "store")
 
 
 def test_a_yaml_date_and_a_time_without_zone_are_utc(tmp_path):
@@ -52,6 +55,7 @@ def test_a_yaml_date_and_a_time_without_zone_are_utc(tmp_path):
     ({"definitions": {"a": {"contol": "0"}}}, "experiments.definitions.a.contol: unknown key"),
     ({"cuped": {"enable": True}}, "experiments.cuped.enable: unknown key"),
     ({"unit": "device_id"}, "experiments.unit:"),
+    ({"invalid_exposures": "drop"}, "experiments.invalid_exposures:"),
     ({"metrics": [{"name": "m", "type": "ratio", "event": "E"}]}, "experiments.metrics[0].type:"),
     ({"metrics": [{"name": "m", "type": "mean", "event": "E"}]}, "experiments.metrics[0]: a mean metric needs `value`"),
     ({"metrics": [{"name": "m", "type": "binomial", "event": "E", "value": "properties.x"}]},

@@ -1,11 +1,13 @@
 """ExtractExposures alone under TestPipeline (FnApiRunner), asserted with assert_that, on events
 from the real Decode and Normalize stages: which exposures pass, which become `invalid_exposure`
-dead letters with their input line untouched, and the rows the warehouse layout makes of them."""
+dead letters with their input line untouched (or, with invalid_exposures: store, pass as plain
+events, counted by reason), and the rows the warehouse layout makes of them."""
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipeline import summary
 from tests.pipeline import untouched
 from tests.pipeline.test_stage_composites import SOURCE, letter_summary, line, normalized_events
 from transforms.experiments.exposures import ExtractExposures
@@ -14,6 +16,7 @@ from transforms.experiments.settings import ExperimentSettings
 from transforms.warehouse import layout, naming
 
 AT = "2026-11-02T09:00:00.000Z"
+DEAD_LETTER = ExperimentSettings(invalid_exposures="dead_letter")  # a config's experiments: section, as parsed
 
 
 def exposure(message_id, properties, **ids):
@@ -58,10 +61,10 @@ def test_both_spellings_pass_and_each_invalid_exposure_is_a_dead_letter_with_its
     bodies = [SEGMENT, GROWTHBOOK, ORDER, PAGE] + [body for body, _ in INVALID]
     with TestPipeline(runner=FnApiRunner()) as p:
         given = normalized_events(p, bodies) | untouched.Kept("exposures")
-        out = given | ExtractExposures(ExperimentSettings())
+        out = given | ExtractExposures(DEAD_LETTER)
         assert_that(out.events | beam.Map(lambda e: e.body["messageId"]),
                     equal_to(["segment", "growthbook", "order", "page"]), label="passed")
-        assert_that(out.events | "Rows" >> reader_rows(ExperimentSettings(), bodies), equal_to([
+        assert_that(out.events | "Rows" >> reader_rows(DEAD_LETTER, bodies), equal_to([
             ("segment", "u-segment", "user_id", "checkout", "b", AT, SOURCE),
             ("growthbook", "u-growthbook", "user_id", "gb-checkout", "1", AT, SOURCE),
         ]), label="rows")
@@ -74,9 +77,27 @@ def test_both_spellings_pass_and_each_invalid_exposure_is_a_dead_letter_with_its
     untouched.assert_untouched("exposures", len(bodies))
 
 
+def test_with_store_each_invalid_exposure_passes_without_a_row_and_is_counted_by_reason():
+    """The default without an experiments: section: an upgrade keeps every event it stored before."""
+    assert ExperimentSettings().invalid_exposures == "store"
+    bodies = [SEGMENT, ORDER] + [body for body, _ in INVALID]
+    p = TestPipeline(runner=FnApiRunner())
+    out = normalized_events(p, bodies) | ExtractExposures(ExperimentSettings())
+    assert_that(out.events | beam.Map(lambda e: e.body["messageId"]),
+                equal_to([body["messageId"] for body in bodies]), label="passed")
+    assert_that(out.events | "Rows" >> reader_rows(ExperimentSettings(), bodies), equal_to([
+        ("segment", "u-segment", "user_id", "checkout", "b", AT, SOURCE)]), label="rows")
+    assert_that(out.dead_letters, equal_to([]), label="no dead letters")
+    result = p.run()
+    result.wait_until_finish()
+    counted = summary.build(summary.counters_from_result(result))["exposures_unusable"]
+    assert counted == {"experiment": 4, "variation": 3, "unit": 1}
+
+
 def test_configured_paths_event_and_unit():
     settings = ExperimentSettings(exposure_event="Flag Evaluated", experiment_key=("properties.flag.key",),
-                                  variation_key=("/properties/flag/variation.id",), unit="anonymous_id")
+                                  variation_key=("/properties/flag/variation.id",), unit="anonymous_id",
+                                  invalid_exposures="dead_letter")
     custom = {"type": "track", "event": "Flag Evaluated", "anonymousId": "anon-9", "userId": "u-9",
               "messageId": "custom", "timestamp": AT,
               "properties": {"flag": {"key": "new-nav", "variation.id": 0}}}

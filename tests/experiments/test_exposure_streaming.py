@@ -35,7 +35,8 @@ def test_exposures_stream_into_bigquery_late_ones_with_their_own_time(tmp_path, 
                "properties": {"variationId": 1}}
     process = start(tmp_path, pubsub_emulator, path, "--warehouse",
                     f"bigquery://{bigquery_emulator.project}/{dataset_name}",
-                    "--bigquery_endpoint", bigquery_emulator.endpoint)
+                    "--bigquery_endpoint", bigquery_emulator.endpoint,
+                    config="experiments: {}\n")  # the section present: an invalid exposure is a dead letter
     for event in exposures + [late, invalid, exposures[0]]:  # e0 redelivered
         publisher.publish(topic, json.dumps(event).encode()).result(timeout=30)
     summary = wait_for_summary(tmp_path, process, lambda s: s["events"] >= 11 and s["conservation"]["holds"])

@@ -1,15 +1,18 @@
 """Exposures through the whole batch job (FnApiRunner) into a real DuckDB file and into the
 BigQuery emulator: the experiment_exposures rows, conservation, a re-run storing nothing twice,
-and an invalid_exposure dead letter replayed once the config names the right path."""
+an invalid_exposure dead letter replayed once the config names the right path, and without an
+experiments: section the invalid exposures stored as plain events (invalid_exposures: store)."""
 import json
 
 import duckdb
 
+from pipeline import summary as summary_module
 from pipeline.main import run_replay
 from tests.conftest import rows, run_file_job
 from tests.integration.test_bigquery_warehouse import query, run_job
 
 DAY = "2026-11-02T09:00:00"
+SECTION = "experiments: {}\n"  # present, all defaults: invalid exposures are dead letters
 
 
 def exposure(message_id, unit, properties, unit_field="userId"):
@@ -36,7 +39,7 @@ EXPOSURES_SQL = ("SELECT unit_id, unit_type, experiment_id, variation_id, messag
 
 
 def test_a_batch_job_writes_the_exposures_table_and_conserves(tmp_path):
-    summary, conn = run_file_job(tmp_path, EVENTS, "")
+    summary, conn = run_file_job(tmp_path, EVENTS, SECTION)
     assert summary["events"] == 7 and summary["stored"] == 5
     assert summary["dead_lettered"] == {"invalid_exposure": 2}
     assert summary["tables"]["experiment_exposures"] == 3 and summary["tables"]["experiment_viewed"] == 3
@@ -56,15 +59,34 @@ def test_a_batch_job_writes_the_exposures_table_and_conserves(tmp_path):
         ("e4", "experiments", EVENTS[3]), ("e5", "experiments", EVENTS[4])]
     conn.close()
 
-    again, conn = run_file_job(tmp_path, EVENTS, "")  # the same input again: every event a duplicate
+    again, conn = run_file_job(tmp_path, EVENTS, SECTION)  # the same input again: every event a duplicate
     assert again["stored"] == 0 and again["dropped"] == {"duplicate": 5}
     assert "experiment_exposures" not in again["tables"]
     assert conn.execute("SELECT count(*) FROM experiment_exposures").fetchone()[0] == 3
     conn.close()
 
 
+def test_without_the_section_an_invalid_exposure_is_a_plain_event_counted_by_reason(tmp_path):
+    """A config written before experiments existed: the anonymous visitor's Experiment Viewed is
+    stored as it was before (tracks, experiment_viewed), with no exposure row, and counted."""
+    summary, conn = run_file_job(tmp_path, EVENTS, "")
+    assert summary["stored"] == 7 and summary["dead_lettered"] == {}
+    assert summary["exposures_unusable"] == {"unit": 1, "experiment": 1}
+    assert summary["tables"]["experiment_exposures"] == 3 and summary["tables"]["experiment_viewed"] == 5
+    assert [tuple(r.values()) for r in rows(conn, EXPOSURES_SQL.format(table="experiment_exposures"))] == EXPECTED
+    assert rows(conn, "SELECT message_id, anonymous_id FROM experiment_viewed WHERE message_id IN ('e4', 'e5') "
+                      "ORDER BY 1") == [{"message_id": "e4", "anonymous_id": "a4"},
+                                        {"message_id": "e5", "anonymous_id": None}]
+    assert {r["message_id"] for r in rows(conn, "SELECT message_id FROM tracks")} >= {"e4", "e5"}
+    conn.close()
+    printed = summary_module.format_table(summary).splitlines()
+    at = next(n for n, line in enumerate(printed) if line.startswith("exposures stored without a row"))
+    assert [line.split() for line in printed[at:at + 3]] == [
+        ["exposures", "stored", "without", "a", "row", "2"], ["experiment", "1"], ["unit", "1"]]
+
+
 def test_an_invalid_exposure_is_replayed_once_the_config_names_its_path(tmp_path):
-    summary, conn = run_file_job(tmp_path, EVENTS[3:5], "")
+    summary, conn = run_file_job(tmp_path, EVENTS[3:5], SECTION)
     conn.close()
     assert summary["dead_lettered"] == {"invalid_exposure": 2}
     config = tmp_path / "sluice.yaml"
@@ -85,7 +107,7 @@ def test_an_invalid_exposure_is_replayed_once_the_config_names_its_path(tmp_path
 
 def test_the_bigquery_emulator_gets_the_same_rows(tmp_path, bigquery_emulator, bigquery_client, dataset_name):
     """A batch job's write path, load jobs (the streaming one, insertAll: test_exposure_streaming.py)."""
-    summary = run_job(tmp_path, bigquery_emulator, dataset_name, EVENTS, method="load")
+    summary = run_job(tmp_path, bigquery_emulator, dataset_name, EVENTS, config=SECTION, method="load")
     assert summary["stored"] == 5 and summary["dead_lettered"] == {"invalid_exposure": 2}
     assert summary["tables"]["experiment_exposures"] == 3
     found = query(bigquery_client, EXPOSURES_SQL.format(table=f"`{dataset_name}.experiment_exposures_view`"))

@@ -16,6 +16,9 @@ from transforms.rules.conditions import ConditionError, compile_condition
 
 METRIC_TYPES = ("binomial", "count", "mean")
 UNITS = ("user_id", "anonymous_id")
+# What becomes of an exposure without a unit, an experiment id or a variation id (docs/experiments.md#exposures):
+# an `invalid_exposure` dead letter, or stored as a plain event without an experiment_exposures row (and counted).
+INVALID_EXPOSURES = ("dead_letter", "store")
 _WEIGHTS_TOLERANCE = 1e-6  # 1/3 written as 0.333333 three times must still sum to 1
 
 
@@ -47,6 +50,9 @@ class ExperimentSettings(NamedTuple):
     metrics: tuple = ()                        # Metric, in config order
     cuped_enabled: bool = False
     cuped_lookback_days: float = 14.0
+    # `store` when the section is absent, so a config written before experiments existed loses no event (an
+    # anonymous visitor's Experiment Viewed stays in tracks); `dead_letter` is parse's default for a section.
+    invalid_exposures: str = "store"
 
 
 class SettingsError(ValueError):
@@ -76,6 +82,9 @@ def parse(section, where: str = "experiments") -> ExperimentSettings:
     unit = section.get("unit", default.unit)
     if unit not in UNITS:
         raise SettingsError(f"{where}.unit", f"{unit!r} is not one of {', '.join(UNITS)}")
+    invalid = section.get("invalid_exposures", "dead_letter")
+    if invalid not in INVALID_EXPOSURES:
+        raise SettingsError(f"{where}.invalid_exposures", f"{invalid!r} is not one of {', '.join(INVALID_EXPOSURES)}")
     cuped = section.get("cuped") or {}
     return ExperimentSettings(
         exposure_event=section.get("exposure_event", default.exposure_event),
@@ -86,7 +95,8 @@ def parse(section, where: str = "experiments") -> ExperimentSettings:
                      for key, spec in (section.get("definitions") or {}).items()},
         metrics=_metrics(section.get("metrics") or (), window, f"{where}.metrics"),
         cuped_enabled=bool(cuped.get("enabled", default.cuped_enabled)),
-        cuped_lookback_days=_positive(cuped, "lookback_days", default.cuped_lookback_days, f"{where}.cuped"))
+        cuped_lookback_days=_positive(cuped, "lookback_days", default.cuped_lookback_days, f"{where}.cuped"),
+        invalid_exposures=invalid)
 
 
 def _positive(section: dict, key: str, default: float, where: str) -> float:
