@@ -81,15 +81,17 @@ def to_raw_message(record: dict, run: str) -> RawMessage:
     data = deadletter.decode_payload(record["payload"], record.get("payload_encoding") or "utf-8")
     if record.get("error_stage") == "forwarding" and record.get("destination"):
         data = _only_to(data, record["destination"])
+    elif record.get("error_stage") == "experiments":  # refused for the warehouse only: it was forwarded then
+        data = _only_to(data, None)
     attributes = {**(record.get("attributes") or {}), REPLAY_ATTRIBUTE: record["dead_letter_id"]}
     position = f"replay:{record['dead_letter_id']}:{run}"
     return RawMessage(data, attributes, record.get("source") or "replay", record.get("received_at"), position)
 
 
 def _only_to(data: bytes, destination: str) -> bytes:
-    """The event with its integrations object narrowed to one destination."""
+    """The event with its integrations object narrowed to one destination (None: to none)."""
     event = json.loads(data)
-    event["integrations"] = {"All": False, destination: True}
+    event["integrations"] = {"All": False, **({destination: True} if destination else {})}
     return json.dumps(event).encode("utf-8")
 
 

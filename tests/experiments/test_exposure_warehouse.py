@@ -5,10 +5,12 @@ experiments: section the invalid exposures stored as plain events (invalid_expos
 import json
 
 import duckdb
+import yaml
 
 from pipeline import summary as summary_module
-from pipeline.main import run_replay
+from pipeline.main import run, run_replay
 from tests.conftest import rows, run_file_job
+from tests.destinations.receiver import Receiver
 from tests.integration.test_bigquery_warehouse import query, run_job
 
 DAY = "2026-11-02T09:00:00"
@@ -103,6 +105,31 @@ def test_an_invalid_exposure_is_replayed_once_the_config_names_its_path(tmp_path
     with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
         assert [tuple(r.values()) for r in rows(conn, EXPOSURES_SQL.format(table="experiment_exposures"))] == [
             ("a4", "anonymous_id", "checkout", "x", "e4"), ("u5", "user_id", "pricing", "b", "e5")]
+
+
+def test_a_replayed_invalid_exposure_goes_to_the_warehouse_only(tmp_path):
+    """Forwarding sent it on as it arrived (the check is the warehouse's): its replay must not send it again."""
+    def write_config(section: dict, url: str) -> str:
+        destination = {"name": "crm", "type": "webhook", "url": url, "allow_private_network": True,
+                       "mapping": {"id": {"@path": "$.messageId"}}, "batch": {"max_events": 10, "max_wait_seconds": 1}}
+        (tmp_path / "sluice.yaml").write_text(yaml.safe_dump({"experiments": section, "destinations": [destination]}))
+        return str(tmp_path / "sluice.yaml")
+
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(e) + "\n" for e in EVENTS[:4]))
+    warehouse = f"duckdb:///{tmp_path}/w.duckdb"
+    with Receiver() as receiver:
+        first = run(["--input_files", str(tmp_path / "in.jsonl"), "--warehouse", warehouse,
+                     "--config", write_config({}, receiver.url)])
+        assert first["dead_lettered"] == {"invalid_exposure": 1} and first["destinations"]["crm"]["delivered"] == 4
+        assert sorted(p["id"] for p in receiver.delivered_payloads()) == ["e1", "e2", "e3", "e4"]
+        replayed = run_replay(["--warehouse", warehouse, "--error_type", "invalid_exposure",
+                               "--config", write_config({"unit": "anonymous_id"}, receiver.url)])
+        assert replayed["replayed"] == 1 and replayed["stored"] == 1 and replayed["conservation"]["holds"]
+        assert replayed["destinations"]["crm"]["dropped_integrations"] == 1
+        assert sorted(p["id"] for p in receiver.delivered_payloads()) == ["e1", "e2", "e3", "e4"]  # none again
+    with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
+        assert rows(conn, "SELECT unit_id, message_id FROM experiment_exposures WHERE unit_type = 'anonymous_id'") == [
+            {"unit_id": "a4", "message_id": "e4"}]
 
 
 def test_the_bigquery_emulator_gets_the_same_rows(tmp_path, bigquery_emulator, bigquery_client, dataset_name):
