@@ -29,20 +29,15 @@ import sys
 from pathlib import Path
 
 from pipeline import config_file
-from pipeline.errors import UsageError
+from pipeline.errors import OneLineParser, UsageError
 from pipeline.warehouse_url import check_endpoint, parse_warehouse_url
 
 # Not pipeline.config: it imports the stages and so Apache Beam (about 1 s); the analysis needs
 # only the experiments section, read and typed here as pipeline.config types it.
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
 def parse_args(argv: list) -> argparse.Namespace:
-    parser = _Parser(prog="python -m pipeline experiments", add_help=False, allow_abbrev=False)
+    parser = OneLineParser(prog="python -m pipeline experiments", add_help=False, allow_abbrev=False)
     parser.add_argument("--warehouse", required=True)
     parser.add_argument("--config", required=True)
     parser.add_argument("--experiment")

@@ -8,16 +8,11 @@ import argparse
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from pipeline.errors import UsageError
+from pipeline.errors import OneLineParser, UsageError
 # Beam-free, shared with pipeline.query and pipeline.experiments; still this module's names too.
 from pipeline.warehouse_url import _BIGQUERY_URL, check_endpoint, parse_warehouse_url  # noqa: F401
 
 DEFAULT_WAREHOUSE = "duckdb:///sluice.duckdb"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print usage and exit; we want one line
-        raise UsageError(message)
 
 
 class SluiceOptions(PipelineOptions):
@@ -73,7 +68,7 @@ class SluiceOptions(PipelineOptions):
 
 def _beam_parser() -> argparse.ArgumentParser:
     """Every option Beam and Sluice know, the way Beam assembles them."""
-    parser = _Parser(allow_abbrev=False, add_help=False)
+    parser = OneLineParser(allow_abbrev=False, add_help=False)
     for cls in PipelineOptions.__subclasses__():
         cls._add_argparse_args(parser)
     return parser
