@@ -20,7 +20,7 @@ from analysis.errors import AnalysisError
 from analysis.stats import SRM_THRESHOLD, Moments, compare, srm_p_value
 from transforms.experiments.settings import Definition, ExperimentSettings
 from transforms.rules import paths
-from transforms.warehouse import naming, planner
+from transforms.warehouse import layout, naming, planner
 
 _NUMERIC = (planner.INT64, planner.FLOAT64)
 _EVENT_NAME = "/event"  # the source of event_text: the event's name as sent
@@ -44,7 +44,7 @@ def check_settings(settings: ExperimentSettings) -> None:
 def pointer(path: str) -> str:
     """A config path (properties.revenue, or /properties/a.b) as the JSON pointer the pipeline
     records as a column's source."""
-    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in paths.parse(path))
+    return layout.pointer(paths.parse(path))
 
 
 def _warning(experiment_id, kind: str, message: str) -> dict:

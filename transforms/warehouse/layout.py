@@ -47,6 +47,12 @@ def _escape(key: str) -> str:
     return key
 
 
+def pointer(parts) -> str:
+    """The JSON pointer of a path's keys, escaped as flatten() escapes its columns' sources (the
+    analysis finds a column by it)."""
+    return "".join("/" + _escape(part) for part in parts)
+
+
 def unescape_pointer(pointer: str) -> tuple:
     return tuple(p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:])
 
