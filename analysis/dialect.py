@@ -7,19 +7,12 @@ from typing import NamedTuple, Optional
 
 from transforms.warehouse import planner
 
-# Column types as each warehouse spells them, keyed by the planner's names (the same types the
-# pipeline creates its tables with: duckdb_backend.SQL_TYPES, bigquery_schema.FIELD_TYPES).
-_DUCKDB_TYPES = {planner.BOOL: "BOOLEAN", planner.INT64: "BIGINT", planner.FLOAT64: "DOUBLE",
-                 planner.STRING: "VARCHAR", planner.TIMESTAMP: "TIMESTAMPTZ"}
-BIGQUERY_TYPES = {planner.BOOL: "BOOL", planner.INT64: "INT64", planner.FLOAT64: "FLOAT64",
-                   planner.STRING: "STRING", planner.TIMESTAMP: "TIMESTAMP"}
-
 
 class Dialect(NamedTuple):
     name: str                 # "duckdb" | "bigquery"
     quote_char: str
     param_prefix: str
-    types: dict
+    types: dict               # planner type -> the warehouse's name: the pipeline's own table (below)
     namespace: Optional[str] = None  # BigQuery: "project.dataset"; DuckDB: tables are plain names
 
     def quote(self, name: str) -> str:
@@ -59,11 +52,15 @@ class Dialect(NamedTuple):
 
 
 def duckdb() -> Dialect:
-    return Dialect("duckdb", '"', "$", _DUCKDB_TYPES)
+    # The types the pipeline creates its tables with; imported here, not at the top, so that
+    # neither warehouse's client library is loaded for the other's runs.
+    from transforms.warehouse.duckdb_backend import SQL_TYPES
+    return Dialect("duckdb", '"', "$", SQL_TYPES)
 
 
 def bigquery(project: str, dataset: str) -> Dialect:
-    return Dialect("bigquery", "`", "@", BIGQUERY_TYPES, f"{project}.{dataset}")
+    from transforms.warehouse.bigquery_schema import FIELD_TYPES
+    return Dialect("bigquery", "`", "@", FIELD_TYPES, f"{project}.{dataset}")
 
 
 def micros(hours: float) -> int:
