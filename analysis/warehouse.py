@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 
 from analysis import dialect
 from analysis.errors import AnalysisError
-from transforms.warehouse import planner
+from transforms.warehouse import planner, split_url
 
 _PARAM_TYPES = {bool: planner.BOOL, int: planner.INT64, float: planner.FLOAT64, str: planner.STRING,
                 datetime.datetime: planner.TIMESTAMP}
@@ -132,12 +132,11 @@ def _plain(value):
 
 def _bigquery_param(bigquery, name: str, value):
     kind = value.type if isinstance(value, Typed) else _PARAM_TYPES[type(value)]
-    return bigquery.ScalarQueryParameter(name, dialect.BIGQUERY_TYPES[kind], _plain(value))
+    from transforms.warehouse.bigquery_schema import FIELD_TYPES
+    return bigquery.ScalarQueryParameter(name, FIELD_TYPES[kind], _plain(value))
 
 
 def open_warehouse(url: str, bigquery_endpoint: Optional[str] = None):
     """duckdb:///PATH or bigquery://PROJECT/DATASET (already checked) -> an open warehouse."""
-    if url.startswith("duckdb:///"):
-        return DuckDBWarehouse(url[len("duckdb:///"):])
-    project, dataset = url[len("bigquery://"):].split("/", 1)
-    return BigQueryWarehouse(project, dataset, bigquery_endpoint)
+    kind, *place = split_url(url)
+    return DuckDBWarehouse(*place) if kind == "duckdb" else BigQueryWarehouse(*place, bigquery_endpoint)

@@ -15,7 +15,7 @@ from transforms import gcpause, metrics, parking
 from transforms.experiments.settings import ExperimentSettings
 from transforms.fallible import FallibleFn, apply_fallible
 from transforms.messages import EventCoder, JsonCoder, Rejection
-from transforms.warehouse import planner
+from transforms.warehouse import planner, split_url
 
 DEFAULT_BATCH_SIZE = 5000
 
@@ -36,21 +36,19 @@ class WarehouseSettings(NamedTuple):
 
 def open_backend(settings: WarehouseSettings):
     """The backend for a warehouse URL; called in DoFn.setup(), never while building the graph."""
-    if settings.url.startswith("duckdb:///"):
+    kind, *place = split_url(settings.url)
+    if kind == "duckdb":
         from transforms.warehouse.duckdb_backend import DuckDBWarehouse
         memory = {"memory_limit_mb": settings.duckdb_memory_limit_mb} if settings.duckdb_memory_limit_mb else {}
-        return DuckDBWarehouse(settings.url[len("duckdb:///"):], settings.max_columns,
+        return DuckDBWarehouse(*place, settings.max_columns,
                                settings.flatten_depth, settings.declared_types,
                                max_new_columns=settings.max_new_columns, experiments=settings.experiments,
                                **memory).open()
-    if settings.url.startswith("bigquery://"):
-        from transforms.warehouse.bigquery_backend import BigQueryWarehouse
-        project, dataset = settings.url[len("bigquery://"):].split("/", 1)
-        return BigQueryWarehouse(project, dataset, settings.bigquery_endpoint, settings.bigquery_location,
-                                 settings.max_columns, settings.flatten_depth, settings.declared_types,
-                                 settings.bigquery_write_method, max_new_columns=settings.max_new_columns,
-                                 experiments=settings.experiments).open()
-    raise ValueError(f"unsupported warehouse URL {settings.url!r}")
+    from transforms.warehouse.bigquery_backend import BigQueryWarehouse
+    return BigQueryWarehouse(*place, settings.bigquery_endpoint, settings.bigquery_location,
+                             settings.max_columns, settings.flatten_depth, settings.declared_types,
+                             settings.bigquery_write_method, max_new_columns=settings.max_new_columns,
+                             experiments=settings.experiments).open()
 
 
 @contextmanager
