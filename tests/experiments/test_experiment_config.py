@@ -75,6 +75,12 @@ def test_a_yaml_date_and_a_time_without_zone_are_utc(tmp_path):
     ({"metrics": [{**REVENUE, "window_hours": 0}]}, "experiments.metrics[0].window_hours:"),
     ({"metrics": [{**REVENUE, "delay_hours": -1}]}, "experiments.metrics[0].delay_hours:"),
     ({"conversion_window_hours": -5}, "experiments.conversion_window_hours:"),
+    # capped at 10 years (cuped: days), so an absurd value is this line, not a warehouse's overflow mid-analysis
+    ({"conversion_window_hours": 1e12}, "experiments.conversion_window_hours: 1000000000000.0 is greater than "
+                                        "the maximum of 87600"),
+    ({"metrics": [{**REVENUE, "window_hours": 87601}]}, "experiments.metrics[0].window_hours: 87601 is greater"),
+    ({"metrics": [{**REVENUE, "delay_hours": 1e12}]}, "experiments.metrics[0].delay_hours: 1000000000000.0 is "),
+    ({"cuped": {"lookback_days": 3651}}, "experiments.cuped.lookback_days: 3651 is greater than the maximum of 3650"),
     ({"cuped": {"lookback_days": 0}}, "experiments.cuped.lookback_days:"),
     ({"definitions": {"a": {"weights": [0.5, 0.4]}}}, "experiments.definitions.a.weights: must sum to 1, found 0.9"),
     ({"definitions": {"a": {"weights": [0.5, 0.5], "variations": ["0", "1", "2"]}}},
@@ -102,6 +108,18 @@ def test_the_command_line_prints_one_line_and_exits_2(tmp_path):
     assert result.returncode == 2, result.stderr
     assert error_lines(result) == ["sluice: error: config: experiments.metrics[0]: a mean metric needs `value`, "
                                    "the path of the number it sums (e.g. properties.revenue)"]
+
+
+def test_the_experiments_command_refuses_an_absurd_window_in_one_line(tmp_path, capsys):
+    """Before the cap, 1e12 hours reached DuckDB as a ConversionException traceback mid-analysis."""
+    from pipeline import experiments as command
+    path = tmp_path / "sluice.yaml"
+    path.write_text("experiments:\n  conversion_window_hours: 1000000000000\n")
+    (tmp_path / "w.duckdb").touch()
+    assert command.main(["--warehouse", f"duckdb:///{tmp_path}/w.duckdb", "--config", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "sluice: error: config: experiments.conversion_window_hours: 1000000000000 is greater than the maximum "
+        "of 87600"]
 
 
 # --- against the contracts (samples/contracts: Order Completed declares revenue and total as numbers)
