@@ -150,8 +150,8 @@ def analyze(warehouse, settings: ExperimentSettings, experiment: Optional[str] =
     """Every experiment with exposures (or only `experiment`), every configured metric."""
     check_settings(settings)
     d = warehouse.dialect
-    if not warehouse.has_table(queries.EXPOSURES_TABLE):
-        raise AnalysisError("--warehouse", f"{warehouse.location} has no {queries.EXPOSURES_TABLE} table yet: run the "
+    if not warehouse.has_table(layout.EXPOSURES_TABLE):
+        raise AnalysisError("--warehouse", f"{warehouse.location} has no {layout.EXPOSURES_TABLE} table yet: run the "
                                            f"pipeline over events that hold {settings.exposure_event!r} exposures")
     warnings, params = [], {"unit": settings.unit}
     tables = {}
@@ -164,7 +164,7 @@ def analyze(warehouse, settings: ExperimentSettings, experiment: Optional[str] =
         seen = [r["experiment_id"] for r in warehouse.query(queries.seen_experiments_sql(d))]
         if experiment not in seen:
             listed = ", ".join(seen[:20]) + (", ..." if len(seen) > 20 else "")
-            raise AnalysisError("--experiment", f"{experiment!r} has no exposures in {queries.EXPOSURES_TABLE} "
+            raise AnalysisError("--experiment", f"{experiment!r} has no exposures in {layout.EXPOSURES_TABLE} "
                                                 f"(experiments seen: {listed or 'none'})")
         warnings.append(_warning(experiment, "no_units", f"no exposure of a {settings.unit} unit within the "
                                                          "definition's start and end"))

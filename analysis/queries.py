@@ -18,8 +18,7 @@ Pure text: the tables and columns are looked up by the caller (analysis/analyze.
 from typing import NamedTuple, Optional
 
 from analysis.dialect import Dialect, micros
-
-EXPOSURES_TABLE = "experiment_exposures"
+from transforms.warehouse.layout import EXPOSURES_TABLE
 
 
 class MetricSql(NamedTuple):
