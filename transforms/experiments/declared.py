@@ -14,8 +14,6 @@ from transforms.contracts.model import COMMON, TRACK_PREFIX
 from transforms.rules import paths
 from transforms.warehouse import naming, planner
 
-_NUMERIC = (planner.INT64, planner.FLOAT64)
-
 
 def _declared(schema: dict, parts: tuple) -> Optional[dict]:
     """The schema of the value at `parts` of an event the contract describes; None when not declared."""
@@ -58,7 +56,7 @@ def problems(settings, contracts) -> list:
             if node is None:
                 found.append((f"{where}.value", f"{metric.value} is not declared in {contract.path} "
                                                 f"(the contract of {metric.event!r})"))
-            elif leaf_type(node, contract.path, "", []) not in _NUMERIC:
+            elif leaf_type(node, contract.path, "", []) not in planner.NUMERIC:
                 found.append((f"{where}.value", f"{metric.value} is declared as "
                                                 f"{leaf_type(node, contract.path, '', []) or 'any type'} in "
                                                 f"{contract.path}; a mean metric sums a number or an integer"))

@@ -16,6 +16,7 @@ from transforms.timeutil import format_time, parse_time
 from transforms.warehouse import layout, naming
 
 BOOL, INT64, FLOAT64, STRING, TIMESTAMP, JSON = "BOOL", "INT64", "FLOAT64", "STRING", "TIMESTAMP", "JSON"
+NUMERIC = (INT64, FLOAT64)  # the types a number is stored as: what a mean metric sums, a comparison orders
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _EXACT_FLOAT = 1 << 53  # integers up to here convert to FLOAT64 exactly
 UNMAPPED_COLUMN = "_unmapped"
