@@ -6,9 +6,10 @@ exposure. One without a unit, an experiment id or a variation id could never be 
 dead letter `invalid_exposure` (stage `experiments`) with its payload untouched, so once the
 config names the right paths (`experiments.experiment_key`...) a replay stores it; with `store`
 (the default without the section) it passes as a plain event, counted `exposures_unusable.<missing>`,
-and the layout writes no exposure row for it. Every other event passes unchanged. The `experiment_exposures` row of a valid exposure is written with the
-event's own rows, by the warehouse layout (transforms/warehouse/layout.py): in the same write,
-so it is stored exactly when the event is and a duplicate event adds none.
+and the layout writes no exposure row for it. Every other event passes unchanged. The
+`experiment_exposures` row of a valid exposure is written with the event's own rows, by the
+warehouse layout (transforms/warehouse/layout.py): in the same write, so it is stored exactly
+when the event is and a duplicate event adds none.
 """
 import apache_beam as beam
 
