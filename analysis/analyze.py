@@ -22,7 +22,6 @@ from transforms.experiments.settings import Definition, ExperimentSettings
 from transforms.rules import paths
 from transforms.warehouse import layout, naming, planner
 
-_NUMERIC = (planner.INT64, planner.FLOAT64)
 _EVENT_NAME = "/event"  # the source of event_text: the event's name as sent
 _COMPARISON_FIELDS = ("lift", "ci_low", "ci_high", "p_value", "chance_to_win", "risk")
 
@@ -90,7 +89,7 @@ def _metric_sql(warehouse, metric, index: int, params: dict, warnings: list, tab
     value = None
     if metric.value is not None:
         found = column_of(metric.value, "its values are 0", f"{where}.value")
-        if found is not None and found[1] not in _NUMERIC:
+        if found is not None and found[1] not in planner.NUMERIC:
             raise AnalysisError(f"{where}.value", f"{metric.value} is a {found[1]} column of {table}, not a number")
         value = found[0] if found else None
     condition = conditions.to_sql(metric.when, column_of, bind, f"{where}.when")

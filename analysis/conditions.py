@@ -28,7 +28,6 @@ from transforms.warehouse import planner
 TRANSLATED = ("exists", "missing", "eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte",
               "contains", "starts_with", "ends_with")
 _COMPARISONS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
-_NUMBERS = (planner.INT64, planner.FLOAT64)
 
 
 def _children(spec: dict, where: str):
@@ -80,7 +79,7 @@ def _fits(value, column_type: str) -> bool:
     """A literal the rules could find equal to a value of this column (JSON types, not SQL's)."""
     if column_type == planner.BOOL:
         return type(value) is bool
-    if column_type in _NUMBERS:
+    if column_type in planner.NUMERIC:
         return type(value) in (int, float)
     return column_type == planner.STRING and type(value) is str
 
@@ -100,7 +99,7 @@ def to_sql(spec: Optional[dict], column_of: Callable, bind: Callable, where: str
     if found is None:  # no such column yet: what the rules give for a path leading nowhere
         return "TRUE" if compile_condition(spec, where)({}) else "FALSE"
     column, column_type = found
-    if column_type not in (planner.BOOL, planner.STRING) + _NUMBERS:
+    if column_type not in (planner.BOOL, planner.STRING) + planner.NUMERIC:
         raise AnalysisError(f"{where}.path", f"{spec['path']} is a {column_type} column; a metric's condition "
                                              "tests booleans, numbers and strings")
     return _leaf(spec["op"], spec.get("value"), column, column_type, bind)
@@ -119,7 +118,7 @@ def _leaf(op: str, value, column: str, column_type: str, bind: Callable) -> str:
         test = f"COALESCE({column} IN ({', '.join(bind(v) for v in fitting)}), FALSE)" if fitting else "FALSE"
         return test if op == "in" else f"(NOT {test})"
     if op in _COMPARISONS:
-        ordered = (column_type in _NUMBERS and type(value) in (int, float)) or \
+        ordered = (column_type in planner.NUMERIC and type(value) in (int, float)) or \
                   (column_type == planner.STRING and type(value) is str)
         return f"COALESCE({column} {_COMPARISONS[op]} {bind(value)}, FALSE)" if ordered else "FALSE"
     if column_type != planner.STRING:  # contains, starts_with, ends_with: strings only
