@@ -145,7 +145,12 @@ def test_the_shipped_config_shows_every_default_key(section, key, default):
 def test_the_shipped_config_is_valid_and_its_values_are_the_defaults(monkeypatch):
     monkeypatch.setenv("SLUICE_HASH_SALT", "test-salt")
     loaded = config.load(str(ROOT / "samples" / "sluice.yaml"))
-    assert loaded._replace(contracts=None, consent=None, transforms=config.Config().transforms) == config.Config()
+    # The sample has an experiments section, whose presence makes dead_letter the default for
+    # invalid exposures (without one, an upgrade's exposures stay plain events): docs/experiments.md.
+    assert loaded.experiments.invalid_exposures == "dead_letter"
+    defaults = loaded._replace(contracts=None, consent=None, transforms=config.Config().transforms,
+                               experiments=loaded.experiments._replace(invalid_exposures="store"))
+    assert defaults == config.Config()
     assert loaded.consent.missing_consent == "allow" and loaded.consent.warehouse == ("analytics",)
     assert [rule["name"] for rule in loaded.transforms.rules][:2] == ["drop-internal-traffic", "hash-emails"]
     assert loaded.contracts.directory == "contracts"

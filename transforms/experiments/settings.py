@@ -29,7 +29,7 @@ class Metric(NamedTuple):
     value: Optional[str]            # dotted path (properties.revenue) of the summed number; mean only
     when: Optional[dict]            # a condition in the rules' language (transforms/rules/conditions.py)
     window_hours: float             # the section's conversion_window_hours unless the metric sets its own
-    delay_hours: float = 0.0        # the window opens this long after the unit's first exposure
+    delay_hours: float = 0.0        # moves the whole window later: [first + delay, first + delay + window)
 
 
 class Definition(NamedTuple):
