@@ -211,22 +211,8 @@ def parse(data: bytes):
             raise Refusal(400, "invalid_utf8", f"the body is not UTF-8 (byte {bad.start})") from None
         raise Refusal(400, "malformed_json", "the body is not valid JSON: " + " ".join(str(exc).split())[:200]) from None
     if type(body) is not dict:
-        raise Refusal(400, "not_an_object", f"the body must be a JSON object, got {_kind(body)}")
+        raise Refusal(400, "not_an_object", f"the body must be a JSON object, got {jsonutil.kind(body)}")
     return body
-
-
-def _kind(value) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "an object"
-    return "a number"
 
 
 def received_at(now: datetime) -> str:
@@ -286,7 +272,7 @@ def handle(request: Request, settings: CollectorSettings, now: datetime) -> Acce
         events = body.get("batch")
         if type(events) is not list:
             raise Refusal(400, "invalid_batch", f"\"batch\" must be an array of events, got "
-                                                f"{'nothing' if 'batch' not in body else _kind(events)}")
+                                                f"{'nothing' if 'batch' not in body else jsonutil.kind(events)}")
         envelope = body
     count = len(events)
     if count > limits.max_batch_events:

@@ -89,7 +89,7 @@ def decode_message(message: RawMessage, received_at: str, limits: DecodeLimits) 
         yield from _split_batch(obj, message, received_at, limits, len(data))
         return
     if not isinstance(obj, dict):
-        yield Refused(Rejection("not_an_object", f"a message must be a JSON object, got {_json_kind(obj)}"),
+        yield Refused(Rejection("not_an_object", f"a message must be a JSON object, got {jsonutil.kind(obj)}"),
                       message.data)
         return
     if len(data) > limits.max_event_bytes:
@@ -104,7 +104,7 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
                  size: int) -> Iterator:
     members = envelope["batch"]
     if not isinstance(members, list):
-        yield Refused(Rejection("invalid_batch", f'"batch" must be an array of events, got {_json_kind(members)}'),
+        yield Refused(Rejection("invalid_batch", f'"batch" must be an array of events, got {jsonutil.kind(members)}'),
                       message.data, source=message.source)
         return
     if not members:
@@ -115,7 +115,7 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
 
     for index, member in enumerate(members):
         if not isinstance(member, dict):
-            yield Refused(Rejection("not_an_object", f"batch member must be a JSON object, got {_json_kind(member)}",
+            yield Refused(Rejection("not_an_object", f"batch member must be a JSON object, got {jsonutil.kind(member)}",
                                     {"batch_index": index}), jsonutil.dumps(member), index, message.source)
             continue
         if check_each:
@@ -136,17 +136,6 @@ def _too_deep(limits: DecodeLimits) -> Rejection:
     return Rejection("too_deep", f"objects and arrays nest more than {limits.max_depth} levels deep "
                                  "(decode.max_depth)", {"limit": limits.max_depth})
 
-
-def _json_kind(value) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if value is None:
-        return "null"
-    return "a number"
 
 
 class DecodeMessagesFn(FallibleFn):

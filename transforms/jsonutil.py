@@ -88,3 +88,18 @@ def dumps(value, sort_keys: bool = False) -> bytes:
 
 def dumps_str(value, sort_keys: bool = False) -> str:
     return dumps(value, sort_keys).decode("utf-8")
+
+
+def kind(value) -> str:
+    """What a parsed JSON value is, for messages: "an array", "a string", "null"..."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    return "a number"
