@@ -14,7 +14,7 @@ PYTHON313 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1
 BQ_EMULATOR := .emulators/bigquery
 BQ_STAMP := $(BQ_EMULATOR)/.installed
 
-.PHONY: demo test test-fast check-prereqs chromium bench bench-streaming bench-forwarding sample clean emulators template
+.PHONY: demo serve test test-fast check-prereqs chromium bench bench-streaming bench-forwarding sample clean emulators template
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,24 @@ demo: $(STAMP)
 	@echo "  $(PY) -m pipeline.query $(DEMO_WAREHOUSE)"
 	@echo "  $(PY) -m pipeline.query $(DEMO_WAREHOUSE) \"SELECT event_text, count(*) AS n FROM tracks GROUP BY 1 ORDER BY n DESC\""
 	@echo "  $(PY) -m pipeline.query $(DEMO_WAREHOUSE) \"SELECT error_type, error_message, payload FROM _dead_letters LIMIT 10\""
+
+# The collector in embedded mode on 127.0.0.1:8088: events sent to it are rows of the demo
+# warehouse seconds later (docs/collector.md). samples/sluice.yaml lists no source, so the
+# config served is that file with one source, web, whose write key is SLUICE_WEB_KEY
+# (demo-write-key unless set), and its contracts directory made absolute.
+SERVE_CONFIG := $(DEMO_DIR)/serve.yaml
+
+$(SERVE_CONFIG): samples/sluice.yaml
+	@mkdir -p $(DEMO_DIR)
+	sed -e 's|^sources: \[\].*|sources: [{name: web, write_key: {env: SLUICE_WEB_KEY}}]   # added by make serve|' \
+		-e 's|^  directory: contracts |  directory: $(CURDIR)/samples/contracts |' samples/sluice.yaml > $@
+
+serve: $(STAMP) $(SERVE_CONFIG)
+	@echo "Send events with the write key $${SLUICE_WEB_KEY:-demo-write-key}, e.g."
+	@echo "  curl -u $${SLUICE_WEB_KEY:-demo-write-key}: -d '{\"event\": \"Signed Up\", \"userId\": \"u1\"}' http://127.0.0.1:8088/v1/track"
+	@echo "and query meanwhile: $(PY) -m pipeline.query $(DEMO_WAREHOUSE) \"SELECT * FROM tracks\""
+	SLUICE_HASH_SALT="$${SLUICE_HASH_SALT:-demo-only-salt}" SLUICE_WEB_KEY="$${SLUICE_WEB_KEY:-demo-write-key}" \
+		$(PY) -m pipeline serve --config $(SERVE_CONFIG) --warehouse $(DEMO_WAREHOUSE) --host 127.0.0.1 --port 8088
 
 # Pinned in package-lock.json: TypeScript's compiler (the tests compile the generated tracking
 # code), @segment/analytics-node and @segment/analytics-next (the collector tests send with them;
@@ -67,7 +85,7 @@ check-prereqs:
 	@PYTHON313="$(PYTHON313)" scripts/check-prereqs
 
 test: check-prereqs $(STAMP) $(NODE_STAMP) $(BQ_STAMP) $(CHROMIUM)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # Everything but the tests that start emulators (marked integration by tests/conftest.py), those
 # that run Node (marked node) and those that drive chromium (marked browser): needs only .venv.
@@ -97,6 +115,7 @@ template: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --events $(N)
+	$(PY) benchmarks/collector.py
 
 # Pub/Sub emulator -> local streaming runner -> DuckDB: messages/s and publish-to-row latency.
 bench-streaming: $(STAMP)

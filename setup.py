@@ -51,5 +51,5 @@ setup(
                              "segment-analytics-python==2.4.0", "rudder-sdk-python==2.1.9",
                              "playwright==1.65.2",  # drives Debian's chromium (analytics.js in a browser)
                              "granian==2.8.7"]},  # the other ASGI server benchmarks/collector.py measures
-    entry_points={"console_scripts": ["sluice = pipeline.main:main"]},
+    entry_points={"console_scripts": ["sluice = pipeline.__main__:main"]},  # serve without Beam
 )

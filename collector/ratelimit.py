@@ -11,6 +11,9 @@ the bucket is full, and leaves the bucket in debt (negative) by the difference, 
 long-run rate still holds: after a 2,500-event batch at 100 events/s with burst 500, the next
 request waits the 20 s the excess took. Its Retry-After is the time until the bucket is full.
 
+Tokens are taken before the sink is handed the request; when the sink cannot take it (503), the
+app gives them back (`give_back`), so the SDK's retry after an outage is not refused 429.
+
 Buckets are keyed by source name (names and keys are one to one; the key is not kept) and live
 as long as the limiter: one per configured source, so memory is bounded by the config. `take`
 does not await, so one event loop needs no lock; a lock makes it safe from threads too.
@@ -50,6 +53,21 @@ class RateLimiter:
                       f"source {source.name} is over its rate limit ({rate:g} events/s, burst {burst}): "
                       f"send again in {wait} s",
                       {"retry-after": str(wait), "x-ratelimit-reset": str(wait)})
+
+    def give_back(self, source: Source, events: int) -> None:
+        """Return `events` tokens taken for a request that was not kept after all (the sink
+        was unavailable): SDKs send it again after the outage, and must not meet a 429 for
+        events never stored. The bucket still never holds more than burst."""
+        if events <= 0:
+            return
+        rate, burst = float(source.rate_limit.events_per_second), float(source.rate_limit.burst)
+        with self._lock:
+            bucket = self._buckets.get(source.name)
+            if bucket is None:
+                return
+            now = self._clock()
+            tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
+            bucket[0], bucket[1] = min(burst, tokens + events), now
 
     def tokens(self, source: Source) -> float:
         """The tokens the source's bucket holds now (for tests and metrics)."""

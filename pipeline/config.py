@@ -5,14 +5,14 @@ before any graph is built. Reading is bounded (docs/configuration.md#limits): th
 size, how deep it nests and how many values it holds once YAML aliases are expanded, so a
 small file cannot make the launch run for minutes (an alias bomb) or overflow the stack.
 """
-import reprlib
 from typing import NamedTuple, Optional
 
-import jsonschema
-import yaml
-from apache_beam.io.filesystems import FileSystems
-
-import schemas
+from collector.settings import CollectorSettings
+# Reading, the bounds, the schema and the collector's sections: pipeline/config_file.py, which
+# imports no stage (and so no Beam) for `serve --sink`. Its names are this module's too.
+from pipeline.config_file import (MAX_CONFIG_BYTES, MAX_DEPTH, MAX_DESTINATIONS, MAX_RULES,  # noqa: F401
+                                  MAX_VALUES, check_schema, collector_section, key_path, read,
+                                  resolve_collector)
 from pipeline.errors import UsageError
 from transforms import dedupe
 from transforms.consent import ConsentSettings
@@ -25,15 +25,6 @@ from transforms.rules.stage import TransformSettings
 from transforms.warehouse import planner
 from transforms.warehouse.duckdb_backend import DEFAULT_MEMORY_LIMIT_MB
 from transforms.warehouse.sink import DEFAULT_BATCH_SIZE
-
-# The bounds on a config file, all far above any real config (1,000 rules of a few keys each
-# are about 15,000 values, 150 KB). Each one measured in docs/configuration.md#limits.
-MAX_CONFIG_BYTES = 1024 * 1024  # read no further: a larger file is refused before parsing
-MAX_DEPTH = 64                  # nesting levels, aliases expanded (PyYAML and jsonschema recurse)
-MAX_VALUES = 100_000            # scalars, lists and mappings, each alias counted as what it stands for
-_SCHEMA = schemas.load("config.schema.json")
-MAX_RULES = _SCHEMA["properties"]["transforms"]["maxItems"]
-MAX_DESTINATIONS = _SCHEMA["properties"]["destinations"]["maxItems"]
 
 
 class Config(NamedTuple):
@@ -49,73 +40,23 @@ class Config(NamedTuple):
     destinations: tuple = ()             # transforms.destinations.model.Destination, in config order
     duckdb_memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB  # the embedded warehouse's memory budget
     max_new_columns_per_batch: int = planner.DEFAULT_MAX_NEW_COLUMNS
-
-
-def key_path(parts) -> str:
-    """('transforms', 2, 'hash') -> 'transforms[2].hash'."""
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
-
-
-def _key_path(error: jsonschema.ValidationError) -> str:
-    path = key_path(error.absolute_path)
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        return ".".join(filter(None, [path, str(extra[0]) if extra else ""])) or "(top level)"
-    return path or "(top level)"
-
-
-# jsonschema's messages start with the whole offending value; a long one is cut to this.
-_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 40, 40
-
-
-def _describe(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties":
-        return "unknown key"
-    if error.validator in ("maxItems", "maxProperties"):
-        return f"at most {error.validator_value:,} allowed, found {len(error.instance):,}"
-    whole = repr(error.instance)
-    if len(whole) > 80 and error.message.startswith(whole):
-        return _SHORT.repr(error.instance) + error.message[len(whole):]
-    return error.message
-
-
-def _unique_items(validator, unique, instance, schema):
-    """uniqueItems, linear: jsonschema compares items it cannot sort pairwise, so 5,000
-    mappings where a list of names belongs took 25 s. Every uniqueItems list in the config
-    schema holds strings (tests/unit/test_config_limits.py checks), so a list holding anything
-    else has already failed its `items` and its uniqueness is not worth computing."""
-    if not (unique and validator.is_type(instance, "array")) or not all(isinstance(i, str) for i in instance):
-        return
-    seen = set()
-    for item in instance:
-        if item in seen:
-            yield jsonschema.ValidationError(f"{item!r} is listed more than once")
-            return
-        seen.add(item)
-
-
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"uniqueItems": _unique_items})
+    collector: CollectorSettings = CollectorSettings()  # write keys may be unread: see resolve_collector
 
 
 def validate(document) -> Config:
     """Check a parsed config document; return the typed Config or raise UsageError."""
-    if document is None:
-        document = {}
-    validator = _Validator(_SCHEMA)
-    errors = sorted(validator.iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.message))
-    if errors:
-        error = errors[0]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise UsageError(f"config: {_key_path(error)}: {_describe(error)}{more}")
+    check_schema(document)
+    document = document or {}
     decode = document.get("decode", {})
     warehouse = document.get("warehouse", {})
     streaming = document.get("streaming", {})
     limits = DecodeLimits(decode.get("max_event_bytes", DecodeLimits().max_event_bytes),
                           decode.get("max_batch_bytes", DecodeLimits().max_batch_bytes),
-                          decode.get("max_depth", DecodeLimits().max_depth))
+                          decode.get("max_depth", DecodeLimits().max_depth),
+                          decode.get("max_record_bytes", DecodeLimits().max_record_bytes))
     if limits.max_batch_bytes < limits.max_event_bytes:
         raise UsageError("config: decode.max_batch_bytes: must not be smaller than decode.max_event_bytes")
+    _decode_holds_collector(document, limits)
     contracts = document.get("contracts")
     if contracts is not None:
         contracts = ContractSettings(contracts["directory"], (), contracts.get("unplanned", "allow"),
@@ -133,7 +74,30 @@ def validate(document) -> Config:
                   streaming.get("max_buffering_seconds", Config().max_buffering_seconds),
                   streaming.get("dedupe_ttl_seconds", Config().dedupe_ttl_seconds),
                   destinations, warehouse.get("duckdb_memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB),
-                  warehouse.get("max_new_columns_per_batch", planner.DEFAULT_MAX_NEW_COLUMNS))
+                  warehouse.get("max_new_columns_per_batch", planner.DEFAULT_MAX_NEW_COLUMNS),
+                  collector=collector_section(document))
+
+
+def _decode_holds_collector(document: dict, limits: DecodeLimits) -> None:
+    """A config with a collector (`sources:` or `collector:`) must decode every event the collector
+    can acknowledge: its largest record (request + enrichment) and its largest event. Checked for
+    `serve --warehouse` and for the batch or streaming job reading the collector's records with
+    this config; else those events would be dead letters for sizes the collector itself allowed."""
+    if "sources" not in document and "collector" not in document:
+        return  # no collector: files or another producer's Pub/Sub keep decode's limits as set
+    section = document.get("collector", {})
+    collector = CollectorSettings().limits._replace(**{k: section[k] for k in (
+        "max_event_bytes", "max_request_bytes", "max_batch_events") if k in section})
+    largest = max(collector.largest_record(source["name"]) for source in document.get("sources") or [{"name": ""}])
+    if max(limits.max_batch_bytes, limits.max_record_bytes) < largest:
+        raise UsageError(f"config: decode.max_record_bytes: {limits.max_record_bytes} is smaller than the largest "
+                         f"record the collector can write, {largest} bytes (collector.max_request_bytes and what "
+                         f"it adds to each of collector.max_batch_events events): set it to at least {largest}, "
+                         "here and in the job that reads the collector's records")
+    if limits.max_event_bytes < collector.max_event_bytes:
+        raise UsageError(f"config: decode.max_event_bytes: {limits.max_event_bytes} is smaller than "
+                         f"collector.max_event_bytes, {collector.max_event_bytes}: the collector would acknowledge "
+                         "events the pipeline refuses")
 
 
 def _consent(section, destinations: tuple) -> Optional[ConsentSettings]:
@@ -169,101 +133,8 @@ def _transforms(rules) -> TransformSettings:
     return TransformSettings(tuple(rules))
 
 
-class _TooLarge(Exception):
-    """A bound of the config file passed while composing; where (a key path) and why."""
-
-    def __init__(self, where: str, message: str):
-        super().__init__(message)
-        self.where, self.message = where, message
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, counting as it composes: the nesting depth and the values the
-    document holds once its aliases are expanded. Composing shares an anchored node between
-    its aliases, so nine levels of nine aliases cost nothing here; it is whatever walks the
-    result (jsonschema, the rules, JSON encoding on workers) that visits 9**9 values. The
-    count stops the document at the first value past the bound, before it is all read.
-    (libyaml's CSafeLoader is faster but cannot be counted, and it crashes the interpreter
-    on deep nesting.)"""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._path = []      # key path parts of the node being composed
-        self._values = 0     # values so far, aliases expanded
-        self._sizes = {}     # id(node) -> (values, depth) of a finished node; the tree keeps it alive
-
-    def compose_node(self, parent, index):
-        event = self.peek_event()
-        self._path.append(index if isinstance(index, int)
-                          else index.value if isinstance(index, yaml.ScalarNode) else None)
-        try:
-            if len(self._path) > MAX_DEPTH:
-                raise _TooLarge(self._where(event), f"nested more than {MAX_DEPTH} levels deep")
-            if not isinstance(event, yaml.AliasEvent):
-                self._count(1, event)  # before its children, so a long flat list stops while read
-            node = super().compose_node(parent, index)
-            if isinstance(event, yaml.AliasEvent):
-                if id(node) not in self._sizes:
-                    raise _TooLarge(self._where(event), f"the alias *{event.anchor} is inside its own anchor "
-                                                   f"&{event.anchor} (a structure with no end)")
-                values, depth = self._sizes[id(node)]
-                self._count(values, event, f"the alias *{event.anchor} repeats {values:,} values, and the config "
-                                           f"holds more than {MAX_VALUES:,} with them")
-                if len(self._path) - 1 + depth > MAX_DEPTH:
-                    raise _TooLarge(self._where(event), f"the alias *{event.anchor} nests the config more than "
-                                                   f"{MAX_DEPTH} levels deep")
-            else:
-                children = (node.value if isinstance(node, yaml.SequenceNode)
-                            else [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
-                            else [])
-                sizes = [self._sizes[id(child)] for child in children]
-                self._sizes[id(node)] = (1 + sum(v for v, _ in sizes), 1 + max((d for _, d in sizes), default=0))
-            return node
-        finally:
-            self._path.pop()
-
-    def _count(self, values: int, event, message: str = f"the config holds more than {MAX_VALUES:,} values") -> None:
-        self._values += values
-        if self._values > MAX_VALUES:
-            raise _TooLarge(self._where(event), message)
-
-    def _where(self, event) -> str:
-        parts = [p for p in self._path if p is not None]
-        line = f"line {event.start_mark.line + 1}" if event.start_mark else ""
-        if len(parts) > 8:  # too deep: the path's start, so the line stays short
-            return f"{key_path(parts[:6])}... ({len(parts)} levels, {line})"
-        return (key_path(parts) or "(top level)") + (f" ({line})" if line else "")
-
-
-def _parse(text):
-    """The YAML document in `text`, composed within the bounds, then built."""
-    loader = _BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
 def load(path) -> Config:
     """Read and check the config file at `path` (local or gs://); None means defaults."""
     if not path:
         return Config()
-    try:
-        with FileSystems.open(path) as handle:
-            text = handle.read(MAX_CONFIG_BYTES + 1)  # no further (a .gz config: its decompressed bytes)
-    except Exception as exc:  # noqa: BLE001 - any filesystem error is the user's to fix, named here
-        raise UsageError(f"--config {path}: cannot read it ({type(exc).__name__}: {exc})") from exc
-    if len(text) > MAX_CONFIG_BYTES:
-        raise UsageError(f"--config {path}: larger than {MAX_CONFIG_BYTES:,} bytes, the most Sluice reads "
-                         f"(at most {MAX_RULES:,} rules and {MAX_DESTINATIONS} destinations fit in far less)")
-    try:
-        document = _parse(text)
-    except _TooLarge as exc:
-        raise UsageError(f"config: {exc.where}: {exc.message}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UsageError(f"--config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
-    if document is not None and not isinstance(document, dict):
-        raise UsageError(f"--config {path}: the top level must be a mapping of sections")
-    return validate(document)
+    return validate(read(path))

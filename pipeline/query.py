@@ -2,11 +2,17 @@
 
     python -m pipeline.query duckdb:///demo-output/sluice.duckdb
     python -m pipeline.query duckdb:///demo-output/sluice.duckdb "SELECT * FROM tracks LIMIT 5"
+
+While `python -m pipeline serve` holds the warehouse (no other process can open a DuckDB file
+that one process has open for writing), the query is sent to that collector over loopback:
+it wrote `<warehouse>.serve.json` (0600) naming its port and a token. It answers reads only
+(SELECT, WITH, DESCRIBE, SHOW, read-only PRAGMAs), at most 10,000 rows, within 30 s.
 """
 import sys
 
 import duckdb
 
+from collector import query as served_query
 from pipeline.errors import UsageError
 from pipeline.options import parse_warehouse_url
 from transforms.warehouse import duckdb_backend
@@ -28,6 +34,13 @@ def main(argv=None) -> int:
         print(f"sluice.query: error: {exc}", file=sys.stderr)
         return 2
     path = argv[0][len("duckdb:///"):]
+    sql = argv[1] if len(argv) > 1 else _OVERVIEW
+    served = served_query.find_server(path)
+    if served is not None:
+        try:
+            return _ask(served, sql)
+        except ConnectionError:
+            pass  # the collector is stopping or gone: the file may be free by now
     try:
         conn = duckdb_backend.connect(path, read_only=True)
     except duckdb_backend.WarehouseInUse as exc:
@@ -36,12 +49,24 @@ def main(argv=None) -> int:
     except duckdb.Error as exc:
         print(f"sluice.query: error: cannot open {path}: {exc}", file=sys.stderr)
         return 2
-    sql = argv[1] if len(argv) > 1 else _OVERVIEW
     try:
         conn.sql(sql).show(max_width=200, max_rows=50)
     except duckdb.Error as exc:
         print(f"sluice.query: error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _ask(served, sql: str) -> int:
+    """The query answered by the collector serving the warehouse, printed as DuckDB prints."""
+    try:
+        table, truncated = served_query.ask(served, sql)
+    except served_query.RemoteError as exc:
+        print(f"sluice.query: error: {exc}", file=sys.stderr)
+        return 2
+    duckdb.connect().from_arrow(table).show(max_width=200, max_rows=50)
+    if truncated:
+        print(f"(the first {table.num_rows:,} rows: the serving collector answers at most that many)")
     return 0
 
 

@@ -18,6 +18,11 @@ FIXTURES = ROOT / "tests" / "golden" / "segment-spec-examples.jsonl"
 SAMPLE = ROOT / "samples" / "events.jsonl"
 
 
+# The emulator fixtures (pubsub_emulator, make_topic, gcs_emulator, gcs_bucket, bigquery_emulator,
+# bigquery_client, ...) for every directory, defined once: one emulator of each kind per session.
+pytest_plugins = ("tests.integration.fixtures",)
+
+
 # What a test needs beyond .venv, by the fixture it uses (directly or through other fixtures):
 # the fixture's emulator marker, and `integration`. `make test-fast` deselects `integration` and
 # `node` (tests that need the pinned TypeScript compiler from node_modules: marked where they are).

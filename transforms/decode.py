@@ -4,7 +4,13 @@ Outcomes of `decode_message`, one per event unit (so `events` can be conserved):
 an Event, a Rejection with the payload it refers to, or a policy drop name.
 A message refused before it could be split (not JSON, too large) is one event unit.
 A batch envelope's top-level string `source` (the collector writes its source's name there)
-becomes the source of its events and of their dead letters, in place of the transport's.
+becomes the source of its events and of their dead letters, in place of the transport's, and
+each event's `source` field (so warehouse rows have a `source` column naming it).
+
+A record the collector wrote (a batch envelope with a string `source` and `receivedAt`) may be
+up to `max_record_bytes`, not `max_batch_bytes`: the collector enriches each event (receivedAt,
+messageId, context.ip), so a request within Segment's 500 KB can become a record of 900 KB, and
+the events of a request the collector acknowledged must not be refused whole for that.
 """
 from typing import Iterator, NamedTuple, Union
 
@@ -17,6 +23,9 @@ from transforms.messages import Event, RawMessage, Rejection
 
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024     # Segment's per-event limit
 DEFAULT_MAX_BATCH_BYTES = 500 * 1024    # Segment's per-batch-request limit
+# A collector record's limit: at least collector.CollectorLimits().largest_record(name) (912,200
+# bytes + 6 per byte of the name, for the default limits); pipeline/config.py checks a config's.
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
 # Objects and arrays nested deeper than this are refused (`too_deep`). Whatever comes later walks
 # events recursively: Python's recursion limit (1,000 frames) broke a 1 KB line of 487 levels
 # while Beam pickled it, orjson writes 254 levels at most, BigQuery nests 15. Real events use a
@@ -31,13 +40,15 @@ class DecodeLimits(NamedTuple):
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # for a record the collector wrote (module docstring)
 
 
 class Refused(NamedTuple):
     rejection: Rejection
     payload: bytes                 # what the dead letter keeps: the message, or the batch member
     batch_index: Union[int, None] = None
-    source: Union[str, None] = None  # the envelope's source, when it names one (else the message's)
+    source: Union[str, None] = None    # for a batch's: its message's source and position, which
+    position: Union[str, None] = None  # name the envelope's source when it has one (see decode_message)
 
 
 class Dropped(NamedTuple):
@@ -63,30 +74,38 @@ def decode_message(message: RawMessage, received_at: str, limits: DecodeLimits) 
         yield Dropped("empty_message")
         return
     refused = _too_large(data, limits)
-    if refused:
+    if refused and len(data) > limits.max_record_bytes:
         yield Refused(refused, message.data)
         return
+    # Over max_batch_bytes but within max_record_bytes: parsed, and kept only if the collector
+    # wrote it; anything else is refused as before, whatever its content.
     try:
         obj = jsonutil.loads(data)
     except jsonutil.TooDeep:
-        yield Refused(_too_deep(limits), message.data)
+        yield Refused(refused or _too_deep(limits), message.data)
         return
     except jsonutil.JSONError as exc:
-        yield Refused(Rejection("malformed_json", f"not valid JSON: {exc}"), message.data)
+        yield Refused(refused or Rejection("malformed_json", f"not valid JSON: {exc}"), message.data)
         return
     envelope = isinstance(obj, dict) and "batch" in obj and "type" not in obj
-    if envelope:
-        named = obj.get("source")
-        if isinstance(named, str) and named:  # the collector's source name: events and dead letters carry it
-            message = message._replace(source=named)
+    if refused and not (envelope and isinstance(obj.get("source"), str) and isinstance(obj.get("receivedAt"), str)):
+        yield Refused(refused, message.data)
+        return
+    named = obj.get("source") if envelope else None
+    if not (isinstance(named, str) and named):
+        named = None
+    elif named != message.source:
+        # the collector's source name: events and dead letters carry it; the transport's
+        # moves into the position, so dead-letter ids still tell two files' lines apart
+        message = message._replace(source=named, position=f"{message.source}:{message.position or ''}")
     # {"batch": [...]} takes two levels. A too-deep envelope is refused whole, as one event unit
     # keeping the message's bytes: a member that deep could not even be written back as JSON.
     if jsonutil.deeper_than(obj, limits.max_depth + (2 if envelope else 0), data) or (envelope and any(
             jsonutil.deeper_than(obj.get(k), limits.max_depth - 1) for k in _ENVELOPE_DEFAULTS if k in obj)):
-        yield Refused(_too_deep(limits), message.data, source=message.source)
+        yield Refused(_too_deep(limits), message.data, source=message.source, position=message.position)
         return
     if envelope:
-        yield from _split_batch(obj, message, received_at, limits, len(data))
+        yield from _split_batch(obj, message, received_at, limits, len(data), named)
         return
     if not isinstance(obj, dict):
         yield Refused(Rejection("not_an_object", f"a message must be a JSON object, got {jsonutil.kind(obj)}"),
@@ -101,11 +120,11 @@ def decode_message(message: RawMessage, received_at: str, limits: DecodeLimits) 
 
 
 def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: DecodeLimits,
-                 size: int) -> Iterator:
+                 size: int, named: Union[str, None]) -> Iterator:
     members = envelope["batch"]
     if not isinstance(members, list):
         yield Refused(Rejection("invalid_batch", f'"batch" must be an array of events, got {jsonutil.kind(members)}'),
-                      message.data, source=message.source)
+                      message.data, None, message.source, message.position)
         return
     if not members:
         yield Dropped("empty_batch")
@@ -116,7 +135,8 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
     for index, member in enumerate(members):
         if not isinstance(member, dict):
             yield Refused(Rejection("not_an_object", f"batch member must be a JSON object, got {jsonutil.kind(member)}",
-                                    {"batch_index": index}), jsonutil.dumps(member), index, message.source)
+                                    {"batch_index": index}), jsonutil.dumps(member), index, message.source,
+                          message.position)
             continue
         if check_each:
             member_size = len(jsonutil.dumps(member))
@@ -124,11 +144,19 @@ def _split_batch(envelope: dict, message: RawMessage, received_at: str, limits: 
                 yield Refused(Rejection("payload_too_large",
                                         f"event is {member_size} bytes, over the {limits.max_event_bytes}-byte limit",
                                         {"size_bytes": member_size, "limit_bytes": limits.max_event_bytes,
-                                         "batch_index": index}), jsonutil.dumps(member), index, message.source)
+                                         "batch_index": index}), jsonutil.dumps(member), index, message.source,
+                              message.position)
                 continue
+        # The envelope's source name (the collector's), not the event's own `source`: the
+        # collector wrote it from the write key, and a client must not label its events as
+        # another source's. `member` itself stays as found (the Event's `original`).
         body = member
         if defaults:
             body = {**{k: v for k, v in defaults.items() if k not in member}, **member}
+            if named is not None:
+                body["source"] = named
+        elif named is not None:
+            body = {**member, "source": named}
         yield Event(body, member, None, message.attributes, message.source, received_at, index, message.position)
 
 
@@ -152,9 +180,11 @@ class DecodeMessagesFn(FallibleFn):
             if isinstance(outcome, Event):
                 outputs.append(outcome)
             elif isinstance(outcome, Refused):
+                named = outcome.source is not None
                 outputs.append(pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
                     "decode", outcome.rejection, outcome.payload, attributes=message.attributes,
-                    source=outcome.source or message.source, received_at=received_at, position=message.position)))
+                    source=outcome.source if named else message.source, received_at=received_at,
+                    position=outcome.position if named else message.position)))
             else:
                 drops.append(outcome.policy)
         metrics.inc("read")  # counted once nothing can fail any more: see transforms.fallible

@@ -1,6 +1,7 @@
 """Where accepted requests go. A record is one accepted request as one JSON line (a batch
 envelope: see collector.requests); `put` returns only once its records are durable, so the
 collector's 2xx means "in the sink"."""
+from typing import Optional
 
 
 class SinkUnavailable(Exception):
@@ -18,9 +19,14 @@ class Sink:
     async def start(self) -> None:
         """Open clients and files; recover what a killed predecessor left."""
 
-    async def put(self, records: list) -> None:
+    async def put(self, records: list, attributes: Optional[list] = None) -> None:
         """Make `records` (bytes, one JSON object each, no newline) durable, or raise
-        SinkUnavailable. Concurrent calls may share one write (group commit)."""
+        SinkUnavailable. Concurrent calls may share one write (group commit).
+
+        `attributes`, when given, holds one dict per record: `source`, `received_at`,
+        `content_type` (strings; the request's), which the Pub/Sub sink publishes as the message
+        attributes. Sinks that keep only the record (spool, GCS: the envelope already holds
+        source and receivedAt) ignore it; every sink accepts it."""
         raise NotImplementedError
 
     async def ready(self) -> bool:

@@ -117,3 +117,72 @@ def test_threads_never_take_more_than_the_bucket_holds():
     for thread in threads:
         thread.join()
     assert len(passed) == 1000
+
+
+def test_give_back_returns_tokens_never_beyond_burst():
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    limiter.take(SOURCE, 50)
+    limiter.give_back(SOURCE, 30)
+    assert limiter.tokens(SOURCE) == 30
+    limiter.give_back(SOURCE, 100)
+    assert limiter.tokens(SOURCE) == 50
+    limiter.give_back(Source("other", "k2"), 5)   # a bucket never taken from stays as it is
+    assert limiter.tokens(Source("other", "k2")) == Source("other", "k2").rate_limit.burst
+
+
+class OutageSink:
+    """The real spool sink, with an outage switched on by the test (a fault no real spool gives
+    on demand): while `down`, put raises SinkUnavailable as the spool does when it cannot write."""
+
+    def __init__(self, directory):
+        from collector.sinks.spool import SpoolSink
+        self.spool, self.down = SpoolSink(directory), False
+
+    async def put(self, records, attributes=None):
+        if self.down:
+            from collector.sinks import SinkUnavailable
+            raise SinkUnavailable("the disk is full", retry_after=2)
+        await self.spool.put(records)
+
+
+def test_a_request_the_sink_could_not_take_gives_its_tokens_back(tmp_path):
+    """An SDK retries a 503 after the outage: it must not then be refused 429 for events that
+    were never stored (the bucket refills at one event in 1,000 s here, so only a refund helps)."""
+    import asyncio
+    import base64
+
+    from collector.app import App
+    from collector.settings import CollectorSettings
+    source = Source("web", "key-web", rate_limit=RateLimit(events_per_second=0.001, burst=5))
+    sink = OutageSink(tmp_path / "spool")
+    app = App(CollectorSettings((source,)), sink)
+    body = json.dumps({"batch": [{"type": "track", "event": "e", "userId": "u", "messageId": f"m{i}"}
+                                 for i in range(5)]}).encode()
+
+    async def post():
+        sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+        auth = b"Basic " + base64.b64encode(b"key-web:")
+        await app({"type": "http", "method": "POST", "path": "/v1/batch", "query_string": b"",
+                   "headers": [(b"authorization", auth), (b"content-type", b"application/json")],
+                   "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80), "scheme": "http"}, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    async def main():
+        await sink.spool.start()
+        sink.down = True
+        status, headers = await post()
+        assert (status, headers[b"retry-after"]) == (503, b"2")
+        sink.down = False
+        assert (await post())[0] == 200      # the SDK's retry: the same 5 events
+        assert (await post())[0] == 429      # and now the bucket is spent
+        await sink.spool.close()
+    asyncio.run(main())
+    lines = [line for path in (tmp_path / "spool").glob("*.jsonl") for line in path.read_bytes().splitlines()]
+    assert len(lines) == 1 and len(json.loads(lines[0])["batch"]) == 5

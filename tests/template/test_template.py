@@ -7,6 +7,7 @@ distributions; the entry file runs the real pipeline locally on FnApiRunner.
 import argparse
 import ast
 import fnmatch
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -445,10 +446,17 @@ def imports() -> list:
     return found
 
 
+@functools.cache
+def packages_distributions() -> dict:
+    """importlib.metadata's, read once: it reads every installed distribution's metadata, and
+    providers() asks for each of some hundred imports."""
+    return importlib.metadata.packages_distributions()
+
+
 def providers(module: str) -> set:
     """Canonical names of the distributions that install `module` (empty if it is not a module)."""
     top = module.split(".")[0]
-    candidates = set(importlib.metadata.packages_distributions().get(top, []))
+    candidates = set(packages_distributions().get(top, []))
     if len(candidates) <= 1:
         return {canonical(name) for name in candidates}
     try:  # a namespace package shared by several distributions: find the one owning the file
@@ -458,9 +466,15 @@ def providers(module: str) -> set:
     if spec is None or not spec.origin or spec.origin == "namespace":
         return set()
     origin = Path(spec.origin).resolve()
-    return {canonical(name) for name in candidates
-            if any(Path(importlib.metadata.distribution(name).locate_file(f)).resolve() == origin
-                   for f in importlib.metadata.distribution(name).files or [])}
+    return {canonical(name) for name in candidates if origin in installed_files(name)}
+
+
+@functools.cache
+def installed_files(name: str) -> frozenset:
+    """The resolved paths of the files distribution `name` installed (read once a name: looking
+    the distribution up again for each of its files took 10 s of the test)."""
+    distribution = importlib.metadata.distribution(name)
+    return frozenset(Path(distribution.locate_file(f)).resolve() for f in distribution.files or [])
 
 
 def test_every_third_party_import_comes_with_setup_py_install_requires():

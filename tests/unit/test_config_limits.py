@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import schemas
-from pipeline import config
+from pipeline import config, config_file
 from pipeline.errors import UsageError
 from tests.conftest import SAMPLE
 from tests.unit.test_cli import error_lines, sluice
@@ -249,7 +249,7 @@ def test_the_most_rules_load_and_fit_well_within_the_other_bounds(tmp_path):
     loaded = config.load(str(path))
     assert len(loaded.transforms.rules) == config.MAX_RULES
     assert len(text.encode()) < config.MAX_CONFIG_BYTES / 4
-    loader = config._BoundedLoader(text)
+    loader = config_file._BoundedLoader(text)
     loader.get_single_node()
     assert loader._values < config.MAX_VALUES / 4
 

@@ -180,3 +180,15 @@ def test_a_too_deep_batch_is_refused_whole_and_its_envelope_levels_do_not_count(
     # an envelope's context is merged into every member: it counts at the member's depth
     merged = ('{"batch":[%s],"context":{"a":{"b":{"c":{}}}}}' % (member % deep(1))).encode()
     assert only_error(merged, DecodeLimits(max_depth=4)) == "too_deep"
+
+
+def test_identical_bad_members_of_two_files_stay_two_dead_letters():
+    """The transport's source (the file) still tells dead letters apart once the envelope's
+    source names them; a re-read of the same file keeps the same id."""
+    from transforms.decode import DecodeMessagesFn
+    fn = DecodeMessagesFn(DecodeLimits())
+    data = b'{"batch": [7], "source": "web"}'
+    letters = [fn.attempt(RawMessage(data, {}, f"file:{name}", NOW, "1"))[0].value for name in ("a", "b", "a")]
+    assert [letter["source"] for letter in letters] == ["web"] * 3
+    assert letters[0]["dead_letter_id"] != letters[1]["dead_letter_id"]
+    assert letters[0]["dead_letter_id"] == letters[2]["dead_letter_id"]

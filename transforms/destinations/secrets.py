@@ -35,9 +35,9 @@ def resolve(ref: SecretRef, environ=None) -> str:
         if not value:
             raise SecretError(f"environment variable {ref.env} is not set (or empty)")
     else:
-        from apache_beam.io.filesystems import FileSystems
+        from transforms.readfile import open_binary  # Beam only for a gs:// or compressed file
         try:
-            with FileSystems.open(ref.file) as handle:
+            with open_binary(ref.file) as handle:
                 value = handle.read().decode("utf-8").strip()
         except Exception as exc:  # noqa: BLE001 - any filesystem error names the file, never the value
             raise SecretError(f"cannot read secret file {ref.file} ({type(exc).__name__})") from None

@@ -210,6 +210,12 @@ class DuckDBWarehouse:
             _release(self.path)
             self._db = None
 
+    def cursor(self):
+        """A connection of its own to this open database (DuckDB's cursor): its reads see what is
+        committed and never wait for the writers' lock (a collector's queries while it loads)."""
+        with self._db.lock:
+            return self._db.conn.cursor()
+
     def _bootstrap(self):
         conn = self._db.conn
         conn.execute(f"CREATE TABLE IF NOT EXISTS {COLUMNS_TABLE} (table_name VARCHAR, column_name VARCHAR, "

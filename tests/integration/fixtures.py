@@ -1,4 +1,9 @@
-"""Integration fixtures: real emulators, started and stopped by the suite, on 127.0.0.1."""
+"""The emulator fixtures: real emulators, started and stopped by the suite, on 127.0.0.1.
+
+A plugin (tests/conftest.py's `pytest_plugins`), not a conftest: fixtures defined once and seen
+by every directory, so tests/integration and tests/collector share one emulator of each kind per
+session. A conftest importing them would define them a second time, and pytest would start a
+second session emulator for that directory's tests."""
 import uuid
 
 import pytest
