@@ -41,7 +41,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "collector", "collector.*",
                                     "transforms", "transforms.*", "schemas"]),
-    package_data={"schemas": ["*.json"]},
+    package_data={"schemas": ["*.json"], "collector.debugger.page": ["*.html", "*.css", "*.js"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.15",
                              "pytest-xdist==3.8.0",  # make test-fast runs on both cores

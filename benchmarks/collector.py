@@ -2,7 +2,7 @@
 baseline, in one run.
 
     python benchmarks/collector.py [--seconds 5] [--connections 64] [--rounds 3]
-                                   [--only all|servers|collector]
+                                   [--only all|servers|collector] [--debugger on|off|both]
 
 The machine's two cores are split: the server runs pinned to core 0, the load generator to
 core 1. The load generator is this file's own (`--loadgen`): an asyncio client on uvloop
@@ -19,12 +19,17 @@ so a figure near it would mean the client, not the server, is the limit.
              sent POST /v1/track (one event) and POST /v1/batch (100 events), in rounds
              alternating with the baseline under uvicorn (both servers up, on core 0), so a
              change in the machine's load moves both; the median round of each is printed.
+             --debugger: the live debugger on (the default for a collector on loopback, as
+             here), off (debugger.enabled: false), or both: two collectors, one of each, up
+             together, taking turns in each round, so the debugger's cost per request is read
+             from one run.
 Prints requests/s, events/s, p50 and p99 latency; targets: batch 1 >= 0.5 of the baseline's
 requests/s, batches of 100 >= 30,000 events/s.
 """
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -277,12 +282,14 @@ def collector_server(spool: str, config: str):
                    "--port", "{port}"])
 
 
-def write_config(directory: str) -> str:
-    path = os.path.join(directory, "bench.yaml")
+def write_config(directory: str, debugger: str = "on") -> str:
+    """The bench source; `debugger: off` turns the debugger off (on, it is the loopback default)."""
+    path = os.path.join(directory, f"bench-debugger-{debugger}.yaml")
     Path(path).write_text(
         "sources:\n"
         f"  - name: bench\n    write_key: {WRITE_KEY}\n"
-        "    rate_limit: {events_per_second: 100000000, burst: 100000000}\n")
+        "    rate_limit: {events_per_second: 100000000, burst: 100000000}\n"
+        + ("debugger: {enabled: false}\n" if debugger == "off" else ""))
     return path
 
 
@@ -314,6 +321,8 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--only", choices=("all", "servers", "collector"), default="all")
     parser.add_argument("--rounds", type=int, default=3, help="collector: rounds alternating with the baseline")
+    parser.add_argument("--debugger", choices=("on", "off", "both"), default="on",
+                        help="collector: the live debugger on (loopback's default), off, or both in turns")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
@@ -341,27 +350,45 @@ def main():
                 print(line(f"{name}, batch 100", load(server.port, hundred, connections, seconds, server_pid=pid),
                            100))
     if args.only in ("all", "collector"):
-        with tempfile.TemporaryDirectory(prefix="sluice-bench-") as directory:
-            config, spool = write_config(directory), os.path.join(directory, "spool")
-            print(f"collector (python -m pipeline serve --sink DIR: spool, fsync, group commit), "
-                  f"{args.rounds} rounds alternating with the baseline, medians:")
-            runs = {"baseline": [], "one": [], "hundred": []}
-            with uvicorn_bare() as baseline_server, collector_server(spool, config) as server:
-                for _ in range(args.rounds):
-                    for name, port, pid, request in (
-                            ("baseline", baseline_server.port, baseline_server.process.pid, one),
-                            ("one", server.port, server.process.pid, one),
-                            ("hundred", server.port, server.process.pid, hundred)):
-                        runs[name].append(load(port, request, connections, seconds, server_pid=pid))
-            baseline = median(runs["baseline"])
-            print(line("baseline: uvicorn, bare 200, batch 1", baseline))
-            print(line("collector, POST /v1/track, batch 1", median(runs["one"]), 1, baseline))
-            print(line("collector, POST /v1/batch, batch 100", median(runs["hundred"]), 100, baseline))
-            ratios = [o["requests"] / b["requests"] for o, b in zip(runs["one"], runs["baseline"])]
-            by_cpu = [b["cpu_us"] / o["cpu_us"] for o, b in zip(runs["one"], runs["baseline"])]
-            print(f"  batch 1 ratio per round: {', '.join(f'{r:.2f}' for r in ratios)}; by server CPU per "
-                  f"request (what a machine to itself would show): {', '.join(f'{r:.2f}' for r in by_cpu)}")
-            print("targets: batch 1 ratio >= 0.50; batch 100 >= 30,000 events/s")
+        collector_rounds(args, one, hundred, connections, seconds)
+
+
+def collector_rounds(args, one: bytes, hundred: bytes, connections: int, seconds: float):
+    variants = ("off", "on") if args.debugger == "both" else (args.debugger,)
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as directory, contextlib.ExitStack() as stack:
+        print(f"collector (python -m pipeline serve --sink DIR: spool, fsync, group commit; debugger "
+              f"{' / '.join(variants)}), {args.rounds} rounds alternating with the baseline, medians:")
+        baseline_server = stack.enter_context(uvicorn_bare())
+        servers = {variant: stack.enter_context(collector_server(os.path.join(directory, f"spool-{variant}"),
+                                                                 write_config(directory, variant)))
+                   for variant in variants}
+        runs = {"baseline": []}
+        for number in range(args.rounds):
+            turns = [("baseline", baseline_server, one)]
+            # the order of the variants alternates too: neither always runs just after the baseline
+            for variant in (variants if number % 2 == 0 else variants[::-1]):
+                turns += [(f"{variant} one", servers[variant], one), (f"{variant} hundred", servers[variant], hundred)]
+            for name, server, request in turns:
+                runs.setdefault(name, []).append(load(server.port, request, connections, seconds,
+                                                      server_pid=server.process.pid))
+    baseline = median(runs["baseline"])
+    print(line("baseline: uvicorn, bare 200, batch 1", baseline))
+    for variant in variants:
+        print(line(f"collector, debugger {variant}, POST /v1/track, batch 1", median(runs[f"{variant} one"]), 1,
+                   baseline))
+        print(line(f"collector, debugger {variant}, POST /v1/batch, batch 100", median(runs[f"{variant} hundred"]),
+                   100, baseline))
+    for variant in variants:
+        ratios = [o["requests"] / b["requests"] for o, b in zip(runs[f"{variant} one"], runs["baseline"])]
+        by_cpu = [b["cpu_us"] / o["cpu_us"] for o, b in zip(runs[f"{variant} one"], runs["baseline"])]
+        print(f"  debugger {variant}: batch 1 ratio per round: {', '.join(f'{r:.2f}' for r in ratios)}; by server "
+              f"CPU per request (what a machine to itself would show): {', '.join(f'{r:.2f}' for r in by_cpu)}")
+    if len(variants) == 2:
+        costs = [on["cpu_us"] - off["cpu_us"] for on, off in zip(runs["on one"], runs["off one"])]
+        print(f"  the debugger's server CPU per batch-1 request (on - off), per round: "
+              f"{', '.join(f'{c:+.1f} us' for c in costs)}")
+    print("targets: batch 1 ratio >= 0.50; batch 100 >= 30,000 events/s")
+
 
 if __name__ == "__main__":
     main()

@@ -85,6 +85,8 @@ class App:
         public = urlsplit(settings.public_url) if settings.public_url else None
         self.public = (public.netloc + public.path.rstrip("/"), public.scheme) if public else None
         self.draining = False   # set by collector.server on SIGTERM: /ready answers 503
+        self.debugger = None    # collector.debugger.service.Debugger, installed once listening
+        self.on_accepted = None  # (record, source name, events) once durable: the debugger's, when on
 
     # ------------------------------------------------------------------ ASGI entry
 
@@ -105,6 +107,12 @@ class App:
         method, path = scope["method"], scope["path"]
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         origin = headers.get("origin")
+        debugger = self.debugger
+        if debugger is not None:   # its own paths; and what POSTs to event paths were refused
+            if path.startswith("/debugger"):
+                return await debugger.http(scope, receive, send)
+            if method == "POST" and debugger.on:
+                receive, send = debugger.watch(scope, headers, receive, send)
         try:
             if method == "POST":
                 await self.post(scope, receive, send, path, headers, origin)
@@ -178,6 +186,8 @@ class App:
                         from None
                 self.metrics.observe_handoff(time.perf_counter() - started)
                 self.metrics.events[name] += accepted.events
+                if self.on_accepted is not None:
+                    self.on_accepted(accepted.record, name, accepted.events)
         except Refusal as refusal:
             await self.refuse(send, refusal, name, origin, cors)
             return

@@ -122,6 +122,7 @@ class EmbeddedLoader:
         self._thread = None
         self._pending = (0, 0)      # (files, bytes) waiting, as of the last look
         self._last_prune = None
+        self.on_loaded = None       # (files, summary) after each successful run: the debugger's fates
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -224,6 +225,8 @@ class EmbeddedLoader:
             t.last_run_seconds = elapsed
             t.last_lag_seconds = max(0.0, time.time() - written)
         self._pending = (max(0, self._pending[0] - len(files)), self._pending[1])
+        if self.on_loaded is not None:   # the files as moved; it never raises (collector.debugger.fates)
+            self.on_loaded([os.path.join(self.loaded_dir, os.path.basename(p)) for p in files], summary)
         return True
 
     def _check(self, files, summary, lines, events) -> None:

@@ -244,6 +244,14 @@ def source_before_body(path: str, query: str, headers: dict, settings: Collector
     """The source a request names before its body: HTTP Basic, or a beacon's ?writeKey=; None when
     only the body can say. Refusal 401/403 for a key that is malformed, unknown or disabled: the
     app calls this before it reads the body, so a wrong key costs no reading, inflating or parsing."""
+    write_key = key_before_body(path, query, headers)
+    return find_source(settings, write_key) if write_key else None
+
+
+def key_before_body(path: str, query: str, headers: dict) -> Optional[str]:
+    """The write key a request names before its body (source_before_body's reading, which the
+    debugger shares to name a refused request's source): HTTP Basic, or a beacon's ?writeKey=.
+    Refusal 401 for a malformed Basic header."""
     found = route(path)
     if found is None or found[0] is _METRICS:   # /v1/m is answered whatever it carries
         return None
@@ -253,7 +261,7 @@ def source_before_body(path: str, query: str, headers: dict, settings: Collector
         write_key = basic_user(authorization)
     if not write_key and query and found[0] is _BEACON:
         write_key = (parse_qs(query).get("writeKey") or [None])[0]
-    return find_source(settings, write_key) if write_key else None
+    return write_key or None
 
 
 def handle(request: Request, settings: CollectorSettings, now: datetime) -> Accepted:

@@ -3,6 +3,8 @@ typed (pipeline/config.py reads and checks them; defaults are Segment's limits a
 SignalSmith plans table's rate)."""
 from typing import NamedTuple
 
+from collector.debugger.settings import DebuggerSettings
+
 
 class RateLimit(NamedTuple):
     """A token bucket counting events, not requests: refilled at events_per_second, holding
@@ -48,3 +50,4 @@ class CollectorSettings(NamedTuple):
     # Where browsers reach the collector (collector.public_url, no trailing '/'): analytics.js's
     # settings point there. "" answers with the request's own Host and scheme.
     public_url: str = ""
+    debugger: DebuggerSettings = DebuggerSettings()   # the `debugger:` section (docs/debugger.md)

@@ -1,5 +1,5 @@
-"""The config file read and checked against schemas/config.schema.json, and its `sources:` and
-`collector:` sections typed: everything the collector's sink modes need of a config.
+"""The config file read and checked against schemas/config.schema.json, and its `sources:`,
+`collector:` and `debugger:` sections typed: everything the collector's sink modes need of a config.
 
 Apart from pipeline/config.py (which types the rest: rules, destinations, contracts) because
 that module imports the stages, and they import Apache Beam: `serve --sink ...` loads its config
@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 import schemas
+from collector.debugger.settings import DebuggerSettings
 from collector.settings import CollectorLimits, CollectorSettings, RateLimit, Source
 from pipeline.errors import UsageError
 from transforms.destinations import secrets
@@ -48,7 +49,7 @@ _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxoth
 
 # A value is never echoed in an error when it may hold a secret: when a key of its path, or a
 # key anywhere inside it, is one of these words (write_key, headers, signing_secret, a webhook
-# url, a future debugger.token...), or when it is in `sources` and not one of a source's plain
+# url, debugger.token...), or when it is in `sources` and not one of a source's plain
 # settings (`sources: {name: web, write_key: K}` or `sources: [[web, K]]` hold a key where no
 # key is expected). jsonschema's messages start with the value; the rest of the message is kept.
 _SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "credential", "auth", "header", "cookie",
@@ -158,12 +159,34 @@ def collector_section(document) -> CollectorSettings:
                                         rate.get("burst", RateLimit().burst)),
                               tuple(spec.get("allowed_origins", Source("", "").allowed_origins))))
     _unique_write_keys(sources)
-    return CollectorSettings(tuple(sources), limits, section.get("public_url", "").rstrip("/"))
+    return CollectorSettings(tuple(sources), limits, public_url=section.get("public_url", "").rstrip("/"),
+                             debugger=_debugger(document.get("debugger", {})))
+
+
+def _debugger(section) -> DebuggerSettings:
+    """The `debugger:` section typed; its token stays a SecretRef until resolve_collector."""
+    default = DebuggerSettings()
+    return DebuggerSettings(section.get("enabled", default.enabled),
+                            secrets.parse(section["token"]) if "token" in section else None,
+                            section.get("max_events_per_source", default.max_events_per_source),
+                            float(section.get("max_events_per_second", default.max_events_per_second)),
+                            section.get("max_payload_bytes", default.max_payload_bytes),
+                            warehouse=section.get("warehouse"), bigquery_endpoint=_endpoint(section),
+                            bigquery_location=section.get("bigquery_location", default.bigquery_location),
+                            poll_seconds=float(section.get("poll_seconds", default.poll_seconds)),
+                            lookup_minutes=float(section.get("lookup_minutes", default.lookup_minutes)),
+                            max_bytes_billed=section.get("max_bytes_billed", default.max_bytes_billed))
+
+
+def _endpoint(section):
+    """debugger.bigquery_endpoint as the job's --bigquery_endpoint is taken (no trailing slash)."""
+    url = section.get("bigquery_endpoint")
+    return url.rstrip("/") if url else None
 
 
 def resolve_collector(settings: CollectorSettings, environ=None) -> CollectorSettings:
-    """The settings with every write key read (from its environment variable or file), for the
-    collector to start with; UsageError naming the key path when one cannot be read (the
+    """The settings with every write key (and the debugger's token) read from its environment
+    variable or file, for the collector to start with; UsageError naming the key path when one cannot be read (the
     message names the variable or file, never a value)."""
     sources = []
     for index, source in enumerate(settings.sources):
@@ -174,7 +197,13 @@ def resolve_collector(settings: CollectorSettings, environ=None) -> CollectorSet
                 raise UsageError(f"config: sources[{index}].write_key: {exc}") from None
         sources.append(source)
     _unique_write_keys(sources)
-    return settings._replace(sources=tuple(sources))
+    debugger = settings.debugger
+    if isinstance(debugger.token, secrets.SecretRef):
+        try:
+            debugger = debugger._replace(token=secrets.resolve(debugger.token, environ))
+        except secrets.SecretError as exc:
+            raise UsageError(f"config: debugger.token: {exc}") from None
+    return settings._replace(sources=tuple(sources), debugger=debugger)
 
 
 def _unique_write_keys(sources) -> None:

@@ -19,13 +19,14 @@ from transforms.destinations.stage import ForwardToDestinations, SelectDeliverie
 from transforms.normalize import NormalizeEvents
 from transforms.pubsub_publish import PublishDeadLetters
 from transforms.rules.stage import ApplyTransforms
-from transforms.warehouse.sink import WarehouseSettings, WriteDeadLetters, WriteWarehouse
+from transforms.warehouse.sink import WarehouseSettings, WriteDeadLetters, WriteDeliveries, WriteWarehouse
 
 
 class Graph(NamedTuple):
     events: beam.PCollection        # transformed events, as they go to the warehouse
     forwardable: beam.PCollection   # events some destination may have (stored or not)
     dead_letters: beam.PCollection  # every stage's dead-letter records
+    deliveries: beam.PCollection    # forwarding's outcomes, a `_deliveries` row per batch
 
 
 def warehouse_settings(url: str, config: Config, **backend) -> WarehouseSettings:
@@ -39,10 +40,11 @@ def warehouse_settings(url: str, config: Config, **backend) -> WarehouseSettings
 
 
 def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink: beam.PTransform,
-                dead_letter_sink: beam.PTransform, trust_event_received_at: bool = True,
-                streaming: bool = False, runner: Runner = LOCAL_BATCH) -> Graph:
+                dead_letter_sink: beam.PTransform, delivery_sink: beam.PTransform = None,
+                trust_event_received_at: bool = True, streaming: bool = False, runner: Runner = LOCAL_BATCH) -> Graph:
     """source: PBegin -> PCollection[RawMessage]; event_sink: Events -> its dead letters;
-    dead_letter_sink: dead-letter records -> anything. streaming: messageIds seen within
+    dead_letter_sink: dead-letter records -> anything; delivery_sink: `_deliveries` rows ->
+    anything (None: the graph's `deliveries` only). streaming: messageIds seen within
     config.dedupe_ttl_seconds are dropped as duplicates (Pub/Sub redelivers). runner: what the
     runner does (pipeline.runners): whether forwarding may wait on timers."""
     messages = pipeline | "Read" >> source
@@ -58,20 +60,22 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
     transformed = consented.events | "Transform" >> ApplyTransforms(config.transforms)
     write_failures = transformed.events | "Warehouse" >> event_sink
     selected = transformed.forwardable | "Forwardable" >> SelectDeliveries(config.destinations)
-    delivery_failures = selected.deliveries | "Forward" >> ForwardToDestinations(
+    forwarded = selected.deliveries | "Forward" >> ForwardToDestinations(
         config.destinations, timers=streaming and runner.timers, keep_open=not runner.reuses_dofns)
     dead_letters = ((decoded.dead_letters, normalized.dead_letters, checked.dead_letters, consented.dead_letters,
-                     transformed.dead_letters, write_failures, selected.dead_letters, delivery_failures)
+                     transformed.dead_letters, write_failures, selected.dead_letters, forwarded.dead_letters)
                     | "CollectDeadLetters" >> beam.Flatten())
     _ = dead_letters | "DeadLetters" >> dead_letter_sink
-    return Graph(transformed.events, transformed.forwardable, dead_letters)
+    if delivery_sink is not None:
+        _ = forwarded.deliveries | "Deliveries" >> delivery_sink
+    return Graph(transformed.events, transformed.forwardable, dead_letters, forwarded.deliveries)
 
 
 def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,
                           trust_event_received_at: bool = True, streaming: bool = False,
                           runner: Runner = LOCAL_BATCH, dead_letter_topic: str = None, **backend) -> Graph:
-    """The production wiring: events and dead letters into the warehouse at `warehouse_url`
-    (and dead letters to `dead_letter_topic` too, when given).
+    """The production wiring: events, dead letters and forwarding's outcomes (`_deliveries`) into
+    the warehouse at `warehouse_url` (and dead letters to `dead_letter_topic` too, when given).
     backend: bigquery_endpoint, bigquery_location, bigquery_write_method."""
     settings = warehouse_settings(warehouse_url, config, **backend)
     # Without processing-time timers (Beam's local runners) a batch cannot wait for company:
@@ -81,6 +85,7 @@ def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, war
     graph = build_graph(pipeline, source, config,
                         event_sink=WriteWarehouse(settings, streaming, wait, per_bundle, keep_open),
                         dead_letter_sink=WriteDeadLetters(settings, streaming, wait, per_bundle, keep_open),
+                        delivery_sink=WriteDeliveries(settings, streaming, wait, per_bundle, keep_open),
                         trust_event_received_at=trust_event_received_at, streaming=streaming, runner=runner)
     if dead_letter_topic:
         _ = graph.dead_letters | "PublishDeadLetters" >> PublishDeadLetters(dead_letter_topic, keep_open)

@@ -154,8 +154,11 @@ def run_built(plan: RunPlan, pipeline: beam.Pipeline):
     """Run the graph `build` made for `plan`; its summary (None: see execute)."""
     with launch_backend(plan) as backend:
         # At launch (also for a flex template launch, which runs nothing here): the dead-letter
-        # table (and BigQuery's view of it) exists from the first run, before anything has failed.
+        # table (and BigQuery's view of it) exists from the first run, before anything has failed;
+        # so does `_deliveries` when the run forwards (DuckDB makes it with the file anyway).
         backend.ensure_dead_letters()
+        if plan.config.destinations:
+            backend.ensure_deliveries()
         if plan.streaming and plan.runner.in_process:
             metrics.count_in_process()
             streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,

@@ -148,10 +148,45 @@ def _serve(args) -> int:
 
     from collector import server
     sink, described = _sink(args.sink) if args.sink is not None else (None, None)  # checked before the config
-    _, settings = settings_of(args.config)
+    config, settings = settings_of(args.config)
     if sink is not None:
-        return uvloop.run(server.serve(settings, sink, args.host, args.port, described, _mark_listened))
+        debugger = _debugger(settings, config, args.config, args.host)
+
+        def on_listening(app, address):
+            _mark_listened()
+            debugger.install(app, address)
+            debugger.look_up_in_warehouse()   # debugger.warehouse: fates from BigQuery, on a thread
+
+        try:
+            return uvloop.run(server.serve(settings, sink, args.host, args.port, described, on_listening))
+        finally:
+            debugger.close()
     return _serve_embedded(args, settings)
+
+
+def _debugger(settings, document, config_path, host):
+    """The live debugger (collector.debugger), checking events with the config's contracts as
+    the pipeline will. A contracts directory that cannot be read does not stop the collector
+    (its events are not checked against contracts here): the pipeline job reports it. Not read
+    at all when the debugger will be off (collector.debugger.settings.access)."""
+    from collector.debugger.service import Debugger
+    from collector.debugger.settings import access
+    if not access(settings.debugger, host)[0]:
+        return Debugger(settings)
+    # Only now: pipeline.config and contracts import the stages (and Beam), which serve --sink
+    # needs for a debugger that is on only (collector.debugger.service imports none).
+    from pipeline import config as config_module, contracts
+    config = config_module.Config()   # decode's defaults, should the config's sections not be read
+    try:
+        # Only the sections the checks read, typed as the pipeline types them: the rest (rules,
+        # destinations) is the job's, and may need secrets the collector is not given.
+        config = config_module.validate({k: document[k] for k in ("decode", "warehouse", "contracts")
+                                         if k in document})
+        config = contracts.load(config, config_path)
+    except Exception as exc:  # noqa: BLE001 - a usage error or an unreadable gs:// directory alike
+        log.warning("debugger: events are not checked against contracts: %s", exc)
+        config = config._replace(contracts=None)
+    return Debugger(settings, config.contracts, config.decode)
 
 
 def _serve_embedded(args, settings) -> int:
@@ -160,13 +195,17 @@ def _serve_embedded(args, settings) -> int:
     import uvloop
 
     from collector import query, server
+    from collector.debugger.service import Debugger
     from collector.embedded import EmbeddedSink, LoaderMetrics
     from pipeline.main import FileLoads
 
+    if settings.debugger.warehouse:
+        log.warning("debugger.warehouse is for serve --sink: embedded mode looks fates up in its own warehouse")
     path = args.warehouse[len("duckdb:///"):]
     loads = FileLoads((["--config", args.config] if args.config else []) + ["--warehouse", args.warehouse])
     sink = EmbeddedSink.for_warehouse(path, loads, limits=loads.limits)
     advertised = []
+    debugger = Debugger(settings, loads.plan.config.contracts, loads.limits, loads.plan.config)   # the loads' own
 
     def on_listening(app, address):
         _mark_listened()
@@ -174,6 +213,9 @@ def _serve_embedded(args, settings) -> int:
         advertised.append(token)
         app.routes[query.PATH] = query.QueryEndpoint(loads.cursor, token)
         app.metrics.registry.register(LoaderMetrics(sink))   # the loader's runs and outcomes on /metrics
+        debugger.install(app, address)
+        if debugger.on:   # each load's outcomes, looked up in what it wrote (collector.debugger.fates)
+            sink.loader.on_loaded = debugger.fates(loads.cursor).loaded
 
     try:
         return uvloop.run(server.serve(settings, sink, args.host, args.port,

@@ -522,7 +522,10 @@ class GcsSink(Sink):
     def _bucket_reachable(self) -> bool:
         from google.api_core import exceptions
         try:
-            return self._bucket.exists(timeout=2.0)
+            # retry=None: the default retry goes on for 120 s behind ready()'s 3 s wait, so while
+            # GCS was down each probe left a thread retrying in the default executor (the Pub/Sub
+            # sink's probe is the same)
+            return self._bucket.exists(timeout=2.0, retry=None)
         except exceptions.Forbidden:
             return True  # GCS answered; a least-privilege account may create objects without reading the bucket
 

@@ -24,11 +24,13 @@ SOURCES = [
 ]
 
 
-def write_config(directory, sources=None, collector=None, extra: str = "") -> Path:
-    """A config file holding `sources` (default SOURCES) and a `collector:` section."""
+def write_config(directory, sources=None, collector=None, extra: str = "", debugger=None) -> Path:
+    """A config file holding `sources` (default SOURCES), a `collector:` and a `debugger:` section."""
     document = {"sources": SOURCES if sources is None else sources}
     if collector:
         document["collector"] = collector
+    if debugger is not None:
+        document["debugger"] = debugger
     path = Path(directory) / "collector.yaml"
     path.write_text(json.dumps(document, indent=1) + "\n" + extra)   # JSON is YAML
     return path

@@ -131,6 +131,8 @@ def test_a_bad_sources_section_exits_2_with_one_line(tmp_path):
     "sources: [SECRETKEY123]\n",
     "sources:\n  - {name: web, write_key: x, rate_limit: [SECRETKEY123]}\n",
     "destinations:\n  - {name: d, type: webhook, url: 'https://h.example/SECRETKEY123', headers: [SECRETKEY123]}\n",
+    "debugger: {token: SECRETKEY123}\n",                    # the token itself where a secret reference belongs
+    "debugger: {token: {env: [SECRETKEY123]}}\n",
 ])
 def test_a_misplaced_secret_is_never_echoed_in_the_one_line_error(tmp_path, text):
     path = tmp_path / "sluice.yaml"
@@ -140,6 +142,28 @@ def test_a_misplaced_secret_is_never_echoed_in_the_one_line_error(tmp_path, text
     [line] = error_lines(result)
     assert line.startswith("sluice: error: config: ") and "not shown" in line, line
     assert "SECRETKEY123" not in result.stderr + result.stdout
+
+
+def test_the_debugger_section_is_typed_and_its_token_read_only_when_resolved(tmp_path, monkeypatch):
+    """pipeline/config_file.py types the `debugger:` section with the collector's (serve --sink
+    reads no more than that module); the token, like a write key, is read when the collector starts."""
+    from collector.debugger.settings import DebuggerSettings
+    from pipeline import config_file
+    tokenfile = tmp_path / "debugger.token"
+    tokenfile.write_text("t0k3n-from-file\n")
+    document = yaml.safe_load(f"sources: [{{name: web, write_key: wk}}]\n"
+                              f"debugger: {{enabled: true, token: {{file: {tokenfile}}}, max_events_per_source: 50,"
+                              f" max_events_per_second: 5, max_payload_bytes: 1024}}\n")
+    settings = config_file.collector_section(document)
+    assert settings.debugger == DebuggerSettings(True, SecretRef(file=str(tokenfile)), 50, 5.0, 1024)
+    assert config.validate(document).collector == settings
+    assert config_file.resolve_collector(settings).debugger.token == "t0k3n-from-file"
+    monkeypatch.delenv("SLUICE_TEST_UNSET_DEBUGGER_TOKEN", raising=False)
+    unset = config_file.collector_section({"debugger": {"token": {"env": "SLUICE_TEST_UNSET_DEBUGGER_TOKEN"}}})
+    with pytest.raises(UsageError, match=r"^config: debugger\.token: environment variable "
+                                         r"SLUICE_TEST_UNSET_DEBUGGER_TOKEN is not set"):
+        config_file.resolve_collector(unset)
+    assert config_file.collector_section({}).debugger == DebuggerSettings()
 
 
 def test_the_sample_config_reads(monkeypatch):

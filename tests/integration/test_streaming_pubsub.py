@@ -170,3 +170,9 @@ def test_streaming_forwards_each_event_once_to_a_webhook_through_failures(tmp_pa
     assert all(len(json.loads(r.body)["batch"]) <= 4 for r in receiver.requests)
     crm = summary["destinations"]["crm"]
     assert (crm["delivered"], crm["failed"], crm["retried"]) == (52, 0, 2)
+    # each batch is one `_deliveries` row, its attempts counting the 503 and the 429 it went through
+    with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
+        outcomes = rows(conn, "SELECT status, http_status, attempts, message_ids FROM _deliveries")
+    assert {(o["status"], o["http_status"]) for o in outcomes} == {("delivered", 200)}
+    assert sum(o["attempts"] for o in outcomes) == len(receiver.requests) and len(outcomes) == len(receiver.accepted())
+    assert Counter(i for o in outcomes for i in o["message_ids"]) == delivered

@@ -245,9 +245,15 @@ def run_forwarding(config: Config, bodies, expected_letters: list):
         assert_that(routed.dead_letters, equal_to([]), label="consent takes every event")
         selected = routed.events | SelectDeliveries(config.destinations)
         assert_that(selected.dead_letters, equal_to([]), label="selection fails nothing")
-        failed = selected.deliveries | ForwardToDestinations(config.destinations)
-        assert_that(failed | beam.Map(lambda r: (*letter_summary(r), r["destination"], r["error_details"]["status"])),
+        forwarded = selected.deliveries | ForwardToDestinations(config.destinations)
+        assert_that(forwarded.dead_letters | beam.Map(lambda r: (*letter_summary(r), r["destination"],
+                                                                 r["error_details"]["status"])),
                     equal_to(expected_letters), label="dead letters")
+        # every forwarded event is in one `_deliveries` row, delivered when no dead letter says otherwise
+        status = "failed" if expected_letters else "delivered"
+        assert_that(forwarded.deliveries | beam.FlatMap(lambda r: [(r["destination"], r["status"], i)
+                                                                   for i in r["message_ids"]]),
+                    equal_to([("crm", status, b["messageId"]) for b in FORWARDED]), label="outcome rows")
 
 
 def test_forward_to_a_destination_answering_200_delivers_each_event_once_and_no_dead_letters(tmp_path):

@@ -12,14 +12,15 @@ from pipeline.graph import build_warehouse_graph
 from pipeline.sources import ReadInputFiles, ReadPubSubMessages
 
 STEPS = ["Read", "Decode", "Normalize", "Dedupe", "Contracts", "Consent", "Transform", "Warehouse",
-         "Forwardable", "Forward", "CollectDeadLetters", "DeadLetters"]
+         "Forwardable", "Forward", "CollectDeadLetters", "DeadLetters", "Deliveries"]
 
 # The steps inside them, on Dataflow, streaming. A rename here breaks --update of running jobs.
 NESTED_STREAMING = [
     "Read/Pull", "Read/AsRawMessages", "Decode/ParDo(DecodeMessagesFn)", "Normalize/ParDo(NormalizeEventsFn)",
     "Dedupe/ByMessageId", "Dedupe/DropSeen", "Contracts/ParDo(ValidateContractsFn)",
     "Consent/ParDo(ApplyConsentFn)", "Transform/ParDo(ApplyTransformsFn)", "Warehouse/Batch", "Warehouse/Write",
-    "Forwardable/SelectDeliveries", "Forward/BatchAndRetry", "DeadLetters/Batch", "DeadLetters/Write"]
+    "Forwardable/SelectDeliveries", "Forward/BatchAndRetry", "DeadLetters/Batch", "DeadLetters/Write",
+    "Deliveries/Batch", "Deliveries/Write"]
 
 CONFIGURED = {"consent": {"warehouse": ["analytics"]},
               "transforms": [{"name": "strip", "drop": ["context.ip"]}],

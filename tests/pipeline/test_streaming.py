@@ -89,13 +89,16 @@ def webhook(name, receiver, max_events=100, max_bytes=100_000, retry=RetryPolicy
                        batch=Batching(max_events, max_bytes, 5), retry=retry)
 
 
-def forward_in_state(stream, destinations, clock=StartOfTestTime()) -> list:
-    """The stateful forwarding DoFn (streaming where timers fire) over `stream`; its dead letters."""
+def forward_in_state(stream, destinations, clock=StartOfTestTime(), rows: list = None) -> list:
+    """The stateful forwarding DoFn (streaming where timers fire) over `stream`; its dead letters
+    (and its `_deliveries` rows appended to `rows`, when given)."""
     dead = []
     with streaming_pipeline() as p:
-        letters = (p | stream | beam.ParDo(BatchAndRetryFn(destinations, clock=clock, rand=lambda: 1.0))
-                   .with_outputs(DEAD_LETTERS, main="delivered")).dead_letters
-        letters | beam.Map(Collected(dead).add)
+        outputs = (p | stream | beam.ParDo(BatchAndRetryFn(destinations, clock=clock, rand=lambda: 1.0))
+                   .with_outputs(DEAD_LETTERS, main="delivered"))
+        outputs.dead_letters | "Letters" >> beam.Map(Collected(dead).add)
+        if rows is not None:
+            outputs.delivered | "Rows" >> beam.Map(Collected(rows).add)
     return dead
 
 
@@ -140,9 +143,16 @@ def test_a_destination_that_is_down_waits_in_state_while_another_is_delivered():
         for _ in range(5):
             stream = stream.advance_processing_time(10)   # the wait, then each retry's timer
         stream = stream.advance_watermark_to_infinity()
-        dead = forward_in_state(stream, (webhook("down", down), webhook("up", up)))
+        rows = []
+        dead = forward_in_state(stream, (webhook("down", down), webhook("up", up)), rows=rows)
         assert dead == []
         assert [r.status for r in down.requests] == [503, 503, 503, 200]
+        # one `_deliveries` row per batch, its attempts and their time carried through state
+        outcomes = {r["destination"]: r for r in rows}
+        assert len(rows) == 2 and (outcomes["down"]["status"], outcomes["down"]["attempts"]) == ("delivered", 4)
+        assert (outcomes["up"]["status"], outcomes["up"]["attempts"], outcomes["up"]["http_status"]) == (
+            "delivered", 1, 200)
+        assert outcomes["down"]["message_ids"] == ["down0"] and outcomes["down"]["latency_ms"] > 0
         assert len({r.headers["Idempotency-Key"] for r in down.requests}) == 1  # one batch, retried
         assert down.delivered_payloads() == ["down0".ljust(8, "x")] and up.delivered_payloads() == ["up0".ljust(8, "x")]
         assert up.requests[0].at < down.requests[1].at
@@ -153,9 +163,12 @@ def test_a_batch_out_of_attempts_is_dead_lettered_once_per_event():
         stream = TestStream().add_elements([delivery("down", 0), delivery("down", 1)])
         for _ in range(4):
             stream = stream.advance_processing_time(10)
+        rows = []
         dead = forward_in_state(stream.advance_watermark_to_infinity(),
-                                (webhook("down", down, retry=RetryPolicy(3, 0.5, 8.0, 600)),))
+                                (webhook("down", down, retry=RetryPolicy(3, 0.5, 8.0, 600)),), rows=rows)
         assert len(down.requests) == 3
+        assert [(r["status"], r["http_status"], r["attempts"], sorted(r["message_ids"])) for r in rows] == [
+            ("failed", 503, 3, ["down0", "down1"])]
         assert sorted((d["message_id"], d["error_type"], d["error_details"]["attempts"]) for d in dead) == [
             ("down0", "delivery_failed", 3), ("down1", "delivery_failed", 3)]
 

@@ -55,6 +55,24 @@ def test_deliveries_and_waiting_batches_round_trip():
     assert round_trip(PendingCoder(), waiting) == waiting
 
 
+def test_a_waiting_batch_keeps_its_first_request_time_and_latency_so_far():
+    item = Delivery("crm", b'{"id":"m1"}', "m1", 1.5, b"{}", {}, "file:/x", NOW, "12", 4)
+    waiting = Pending(2, 1.5, 9.25, [item], requested_at=1764590400.125, latency=0.75)
+    assert round_trip(PendingCoder(), waiting) == waiting
+
+
+def test_a_batch_waiting_in_the_state_of_a_job_started_before_deliveries_were_recorded_still_decodes():
+    """The first release wrote (attempts, born, next_at, deliveries) alone: such state, taken
+    over with --update, decodes with no first request time and no latency counted yet."""
+    item = Delivery("crm", b'{"id":"m1"}', "m1", 1.5, b"{}", {}, "file:/x", NOW, "12", 4)
+    first_release = beam.coders.TupleCoder([beam.coders.VarIntCoder(), beam.coders.FloatCoder(),
+                                            beam.coders.FloatCoder(), beam.coders.IterableCoder(DeliveryCoder())])
+    old = first_release.encode((3, 1.5, 9.25, [item, item]))
+    assert PendingCoder().decode(old) == Pending(3, 1.5, 9.25, [item, item], None, 0.0)
+    # and what this release writes starts with those same bytes
+    assert PendingCoder().encode(Pending(3, 1.5, 9.25, [item, item], 2.0, 0.5)).startswith(old)
+
+
 def test_dead_letter_records_round_trip_as_json():
     record = {"dead_letter_id": "x", "error_details": {"violations": [{"pointer": "/a"}]}, "message_id": None}
     assert round_trip(JsonCoder(), record) == record

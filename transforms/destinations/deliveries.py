@@ -3,16 +3,29 @@
 A delivery carries only what its request and its dead letter need (not the whole event), so
 little crosses the batching shuffle or sits in state, and it has an explicit coder: state a
 running job holds must stay readable by the next version (Dataflow's --update).
+
+A settled batch is also one outcome row for the warehouse's `_deliveries` table
+(transforms.warehouse.planner.DELIVERY_COLUMNS): delivered or failed, the last answer's status,
+the attempts, their summed request time and the batch's message ids, so "did event X reach
+destination Y" is one query. Its `delivery_id` is a hash of the destination, the batch's
+Idempotency-Key (its message ids) and the time of its first request: the same outcome written
+twice (a write retried) is one row, while a batch requested again is a row of its own: a replay,
+or a bundle retried after its requests went out (the receiver saw the batch twice, under the same
+Idempotency-Key; the first row is there when that bundle got as far as writing it). Rows are
+never merged across requests: each stands for requests that were made.
 """
 import hashlib
+from datetime import datetime, timezone
 from typing import NamedTuple, Optional
 
 from apache_beam import coders, pvalue
+from apache_beam.coders.coder_impl import create_InputStream
 
 from transforms import deadletter, jsonutil, metrics
 from transforms.destinations.delivery import Outcome
 from transforms.fallible import DEAD_LETTERS
 from transforms.messages import Event, Rejection
+from transforms.timeutil import format_time
 
 
 class Delivery(NamedTuple):
@@ -65,15 +78,34 @@ def count_attempts(name: str, latencies, retried: int = 0) -> None:
         metrics.distribution(f"destination.{name}.latency_ms", int(seconds * 1000))
 
 
-def settle(name: str, deliveries: list, last: Outcome, attempts: int) -> list:
-    """A batch's final outcome counted; its dead letters (one per event) when it failed."""
+def settle(name: str, deliveries: list, last: Outcome, attempts: int, requested_at: float,
+           latency: float) -> list:
+    """A batch's final outcome counted, and its outputs: its `_deliveries` row (the main output)
+    and, when it failed, its dead letters (one per event). requested_at: wall-clock seconds of
+    its first request; latency: seconds its requests took, summed."""
+    record = outcome_record(name, deliveries, requested_at, attempts, latency, last.ok, last.status,
+                            None if last.ok else last.detail)
     if last.ok:
         metrics.inc(f"forwarded.{name}", len(deliveries))
-        return []
+        return [record]
     metrics.inc(f"destination.{name}.failed", len(deliveries))
     details = {"destination": name, "status": last.status, "attempts": attempts, **(last.internal or {})}
     rejection = Rejection("internal_error" if last.internal else "delivery_failed", f"{name}: {last.detail}", details)
-    return [pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(d, rejection)) for d in deliveries]
+    return [record] + [pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(d, rejection)) for d in deliveries]
+
+
+def outcome_record(name: str, deliveries: list, requested_at: float, attempts: Optional[int],
+                   latency: Optional[float], delivered: bool, http_status: Optional[int],
+                   error: Optional[str]) -> dict:
+    """A `_deliveries` row (a JSON-ready dict). attempts and latency are None when not known (the
+    forwarding code itself broke); http_status None when no HTTP answer came (or Pub/Sub)."""
+    key = batch_key(deliveries)
+    requested = format_time(datetime.fromtimestamp(requested_at, timezone.utc))
+    row_id = hashlib.sha256(f"{name}\n{key}\n{requested}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return {"delivery_id": row_id, "destination": name, "requested_at": requested,
+            "status": "delivered" if delivered else "failed", "http_status": http_status, "attempts": attempts,
+            "latency_ms": None if latency is None else round(latency * 1000, 3),
+            "message_ids": [d.message_id for d in deliveries], "idempotency_key": key, "error_message": error}
 
 
 # -- coders ---------------------------------------------------------------------------------
@@ -112,17 +144,26 @@ class Pending(NamedTuple):
     born: float               # wall-clock seconds: its oldest delivery's ready_at
     next_at: float            # wall-clock seconds of the next attempt
     deliveries: list
+    requested_at: Optional[float] = None  # wall-clock seconds of its first request (None: none made yet)
+    latency: float = 0.0      # seconds its requests have taken so far
 
 
 class PendingCoder(coders.Coder):
+    """The first four fields as the first release wrote them, then the two added for
+    `_deliveries` (requested_at, latency). A batch that waited in the state of a job started
+    before them decodes with none: no first request time known, no latency counted so far."""
     _FIELDS = coders.TupleCoder([coders.VarIntCoder(), _FLOAT, _FLOAT, coders.IterableCoder(DeliveryCoder())])
+    _ADDED = coders.TupleCoder([coders.NullableCoder(_FLOAT), _FLOAT])
 
     def encode(self, p: Pending) -> bytes:
-        return self._FIELDS.encode(tuple(p))
+        return self._FIELDS.encode(tuple(p[:4])) + self._ADDED.encode((p.requested_at, p.latency))
 
     def decode(self, data: bytes) -> Pending:
-        attempts, born, next_at, deliveries = self._FIELDS.decode(data)
-        return Pending(attempts, born, next_at, list(deliveries))
+        stream = create_InputStream(data)  # the first release's bytes are self-delimiting: read them, then the rest
+        attempts, born, next_at, deliveries = self._FIELDS.get_impl().decode_from_stream(stream, True)
+        requested_at, latency = self._ADDED.get_impl().decode_from_stream(stream, False) if stream.size() \
+            else (None, 0.0)
+        return Pending(attempts, born, next_at, list(deliveries), requested_at, latency)
 
     def is_deterministic(self) -> bool:
         return False

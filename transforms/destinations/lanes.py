@@ -6,8 +6,9 @@ its local streaming runner never), so a retry cannot wait on a timer there. Inst
 delivering DoFn hands each batch to its destination's lane (`shards` threads, each with its own
 connection) and goes on at once: a destination that is down backs off and retries on its own
 threads while the others' batches go out as they are cut. The DoFn collects finished batches as
-it goes and waits for the rest at the end of the bundle, so every outcome (a counter, or a dead
-letter per event) is emitted within the bundle that took the events in.
+it goes and waits for the rest at the end of the bundle, so every outcome (counters, the batch's
+`_deliveries` row, a dead letter per event when it failed) is emitted within the bundle that took
+the events in.
 """
 import threading
 import time
@@ -20,8 +21,9 @@ from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import deadletter, metrics, parking
-from transforms.destinations.deliveries import Delivery, batch_key, count_attempts, dead_letter, settle
-from transforms.destinations.delivery import Result, deliver
+from transforms.destinations.deliveries import (Delivery, batch_key, count_attempts, dead_letter, outcome_record,
+                                                settle)
+from transforms.destinations.delivery import deliver
 from transforms.destinations.senders import batch_body, open_sender
 from transforms.fallible import DEAD_LETTERS
 
@@ -80,18 +82,19 @@ class Lane:
         self._local, self._senders, self._lock = threading.local(), [], threading.Lock()
 
     def submit(self, deliveries: list):
-        """A future of the batch's delivery Result."""
+        """A future of (wall-clock seconds of the batch's first request, its delivery Result)."""
         return self._pool.submit(self._deliver, deliveries)
 
-    def _deliver(self, deliveries: list) -> Result:
+    def _deliver(self, deliveries: list) -> tuple:
         sender = getattr(self._local, "sender", None)
         if sender is None:
             sender = self._local.sender = open_sender(self._destination)
             with self._lock:
                 self._senders.append(sender)
-        age = max(0.0, time.time() - min(d.ready_at for d in deliveries))
-        return deliver(sender.attempt([d.payload for d in deliveries], batch_key(deliveries)),
-                       self._destination.retry, time.monotonic() - age)
+        requested_at = time.time()
+        age = max(0.0, requested_at - min(d.ready_at for d in deliveries))
+        return requested_at, deliver(sender.attempt([d.payload for d in deliveries], batch_key(deliveries)),
+                                     self._destination.retry, time.monotonic() - age)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -103,13 +106,15 @@ class Lane:
 class _InFlight(NamedTuple):
     name: str
     deliveries: list
+    submitted_at: float  # wall-clock seconds
     future: object
 
 
 class DeliverOnLanesFn(beam.DoFn):
-    """(destination, batch) -> each batch delivered on its destination's lane; `dead_letters`:
-    one per event of a batch that finally failed. keep_open: lanes are parked between bundles
-    (the local streaming runner tears DoFns down after each; see transforms.parking)."""
+    """(destination, batch) -> each batch delivered on its destination's lane; the main output:
+    its `_deliveries` row; `dead_letters`: one per event of a batch that finally failed.
+    keep_open: lanes are parked between bundles (the local streaming runner tears DoFns down
+    after each; see transforms.parking)."""
 
     def __init__(self, destinations: tuple, keep_open: bool = False):
         self._destinations, self._keep_open = destinations, keep_open
@@ -133,12 +138,15 @@ class DeliverOnLanesFn(beam.DoFn):
 
     def process(self, element):
         name, deliveries = element
-        self._in_flight.append(_InFlight(name, deliveries, self._lanes[name].submit(deliveries)))
+        self._in_flight.append(_InFlight(name, deliveries, time.time(), self._lanes[name].submit(deliveries)))
         yield from self._collect(wait=False)
 
     def finish_bundle(self):
         for output in self._collect(wait=True):
-            yield pvalue.TaggedOutput(output.tag, _in_global_window(output.value))
+            if isinstance(output, pvalue.TaggedOutput):
+                yield pvalue.TaggedOutput(output.tag, _in_global_window(output.value))
+            else:
+                yield _in_global_window(output)
 
     def _collect(self, wait: bool) -> list:
         """The outputs of the batches that are done (all of them, waiting, when `wait`)."""
@@ -147,22 +155,25 @@ class DeliverOnLanesFn(beam.DoFn):
             (done if wait or flight.future.done() else still).append(flight)
         self._in_flight = still
         outputs = []
-        for name, deliveries, future in done:
+        for name, deliveries, submitted_at, future in done:
             error = future.exception()
             if error is None:
-                result = future.result()
+                requested_at, result = future.result()
                 count_attempts(name, result.latencies, retried=result.attempts - 1)
-                outputs += settle(name, deliveries, result.last, result.attempts)
+                outputs += settle(name, deliveries, result.last, result.attempts, requested_at, sum(result.latencies))
             else:  # delivery itself broke (a bug): the events are kept, as internal errors
-                outputs += _internal_errors(name, deliveries, error)
+                outputs += _internal_errors(name, deliveries, error, submitted_at)
         return outputs
 
 
-def _internal_errors(name: str, deliveries: list, error: Exception) -> list:
+def _internal_errors(name: str, deliveries: list, error: Exception, submitted_at: float) -> list:
+    """Dead letters, and a failed row whose attempts and latency are not known (NULL): the lane
+    broke before or while it made its requests. Its time is when the batch was handed over."""
     metrics.inc(f"destination.{name}.failed", len(deliveries))
     rejection = deadletter.internal_error("forwarding", error)
     rejection = rejection._replace(details={**rejection.details, "destination": name})
-    return [pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(d, rejection)) for d in deliveries]
+    record = outcome_record(name, deliveries, submitted_at, None, None, False, None, rejection.message)
+    return [record] + [pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(d, rejection)) for d in deliveries]
 
 
 def _lane_key(destination) -> str:

@@ -9,7 +9,9 @@ One stateful DoFn per (destination, shard) key batches and delivers:
   brings it back then. The DoFn's thread is held for one request at a time, never for a
   backoff, so a destination that is down costs the others nothing;
 - a batch delivered, refused for good, out of attempts or past max_age_seconds is settled:
-  counted, and when it failed, one dead letter per event;
+  counted, its `_deliveries` row emitted (the main output; the time of its first request and
+  the summed time of its requests are kept in state with it meanwhile), and when it failed,
+  one dead letter per event;
 - at the end of the window (a drain) the open batch is sent and every waiting batch gets one
   last attempt; what still fails is dead-lettered, so nothing stays behind in state.
 
@@ -111,19 +113,22 @@ class BatchAndRetryFn(beam.DoFn):
     def _attempt(self, name: str, entry: Pending, pending, retry_at, retry, last_chance: bool = False) -> list:
         """One request for a batch: settled (its outputs returned), or back in state for later."""
         policy = self._by_name[name].retry
+        requested_at = entry.requested_at if entry.requested_at is not None else self._clock()
         began = time.monotonic()
         outcome = attempt(self._senders[name].attempt([d.payload for d in entry.deliveries],
                                                       batch_key(entry.deliveries)))
+        took = time.monotonic() - began
         attempts, now = entry.attempts + 1, self._clock()
         wait = None if last_chance else next_wait(outcome, attempts, policy, now - entry.born, self._rand)
-        count_attempts(name, (time.monotonic() - began,), retried=0 if wait is None else 1)
+        count_attempts(name, (took,), retried=0 if wait is None else 1)
+        entry = entry._replace(attempts=attempts, requested_at=requested_at, latency=entry.latency + took)
         if wait is not None:
-            _pend(entry._replace(attempts=attempts, next_at=now + wait), pending, retry_at, retry)
+            _pend(entry._replace(next_at=now + wait), pending, retry_at, retry)
             return []
         last = outcome if last_chance else final(outcome, attempts, policy)
         if last_chance and not last.ok and last.transient:
             last = last._replace(detail=f"{last.detail}; gave up: the window ended (the job was drained)")
-        return settle(name, entry.deliveries, last, attempts)
+        return settle(name, entry.deliveries, last, attempts, entry.requested_at, entry.latency)
 
 
 def _take(buffer, held) -> list:

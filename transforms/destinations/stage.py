@@ -10,10 +10,12 @@
                    BatchAndRetry    batches and retries in keyed state, on timers
                                     (transforms.destinations.retrying)
 
-Either way one destination that is down never holds up another, and a batch that finally fails
-becomes one `delivery_failed` dead letter per event. The branch reads the Transform stage's
-`forwardable` output, every event some destination may take, so nothing is merged before
-selection: a Flatten of all events would make Beam's local runner keep every event in memory.
+Either way one destination that is down never holds up another, every settled batch is one
+`_deliveries` row (its outcome: transforms.destinations.deliveries), and a batch that finally
+fails becomes one `delivery_failed` dead letter per event as well. The branch reads the
+Transform stage's `forwardable` output, every event some destination may take, so nothing is
+merged before selection: a Flatten of all events would make Beam's local runner keep every
+event in memory.
 
 Counters per destination `d`: `destination.d.candidates` (events consent let through),
 `destination.d.dropped_filter`, `forwarded.d` (delivered), `destination.d.failed`,
@@ -93,7 +95,8 @@ class SelectDeliveries(beam.PTransform):
 
 
 class ForwardToDestinations(beam.PTransform):
-    """Keyed deliveries -> delivered; returns the dead letters of what finally failed."""
+    """Keyed deliveries -> delivered; returns its outputs: `deliveries` (a `_deliveries` row per
+    settled batch) and `dead_letters` (of what finally failed)."""
 
     def __init__(self, destinations: tuple, timers: bool = False, keep_open: bool = False):
         """timers: the runner fires processing-time timers (streaming on Dataflow): batches wait
@@ -106,7 +109,7 @@ class ForwardToDestinations(beam.PTransform):
     def expand(self, deliveries):
         if self._timers:
             return (deliveries | "BatchAndRetry" >> beam.ParDo(BatchAndRetryFn(self._destinations))
-                    .with_outputs(DEAD_LETTERS, main="delivered")).dead_letters
+                    .with_outputs(DEAD_LETTERS, main="deliveries"))
         batches = deliveries | "Batch" >> beam.ParDo(BatchPerBundleFn(self._destinations))
-        return apply_fallible(batches, DeliverOnLanesFn(self._destinations, self._keep_open), main="delivered",
-                              label="Deliver").dead_letters
+        return apply_fallible(batches, DeliverOnLanesFn(self._destinations, self._keep_open), main="deliveries",
+                              label="Deliver")

@@ -46,6 +46,18 @@ def _lagging(error: dict, known: set) -> bool:
             and error.get("location") in known)
 
 
+def bigquery_client(project: str, location: str, endpoint: str = None):
+    """A BigQuery client: Google's API with the environment's credentials, or an emulator's URL
+    with none (the job's --bigquery_endpoint, the debugger's debugger.bigquery_endpoint)."""
+    from google.cloud import bigquery
+    options = {}
+    if endpoint:  # an emulator: no Google credentials involved
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+        options = {"credentials": AnonymousCredentials(), "client_options": ClientOptions(api_endpoint=endpoint)}
+    return bigquery.Client(project=project, location=location, **options)
+
+
 class BigQueryWarehouse:
     def __init__(self, project: str, dataset: str, endpoint: str = None, location: str = "US",
                  max_columns: int = planner.DEFAULT_MAX_COLUMNS, flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH,
@@ -67,12 +79,7 @@ class BigQueryWarehouse:
     # -- lifecycle -------------------------------------------------------------------
     def open(self) -> "BigQueryWarehouse":
         from google.cloud import bigquery
-        options = {}
-        if self.endpoint:  # an emulator: no Google credentials involved
-            from google.api_core.client_options import ClientOptions
-            from google.auth.credentials import AnonymousCredentials
-            options = {"credentials": AnonymousCredentials(), "client_options": ClientOptions(api_endpoint=self.endpoint)}
-        self._client = bigquery.Client(project=self.project, location=self.location, **options)
+        self._client = bigquery_client(self.project, self.location, self.endpoint)
         dataset = bigquery.Dataset(f"{self.project}.{self.dataset}")
         dataset.location = self.location
         self._call("datasets.insert", self._client.create_dataset, dataset, exists_ok=True)
@@ -174,7 +181,7 @@ class BigQueryWarehouse:
     def replayed(self, ids: list) -> set:
         """Which of these dead letters were replayed already."""
         self._ensure_replays()
-        return self._dead_letter_ids_in(replays.REPLAYS_TABLE, ids) if ids else set()
+        return self._ids_in(replays.REPLAYS_TABLE, ids) if ids else set()
 
     def _ensure_replays(self) -> None:
         self._tables.ensure(replays.REPLAYS_TABLE,
@@ -276,15 +283,22 @@ class BigQueryWarehouse:
         """Run one lease statement; how many rows it changed."""
         return self._lease_query(template, params).num_dml_affected_rows or 0
 
-    def _dead_letter_ids_in(self, table: str, ids: list) -> set:
-        """Which of these dead-letter ids `table` (_dead_letters, _replays) holds. Not pruned by
-        time: a dead letter's failed_at differs run to run, and these tables are small."""
+    def _ids_in(self, table: str, ids: list, column: str = "dead_letter_id", within: tuple = None) -> set:
+        """Which of these ids (`column`: dead-letter ids, or _deliveries' delivery ids) `table`
+        (_dead_letters, _replays, _deliveries) holds. Dead letters are not pruned by time (a
+        dead letter's failed_at differs run to run; these tables are small); `within`:
+        (time column, first, last) prunes to the partitions the rows' own times fall in."""
         from google.cloud import bigquery
-        config = bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", list(ids))])
-        sql = (f"SELECT DISTINCT dead_letter_id FROM `{self._tables.ref(table)}` "
-               "WHERE dead_letter_id IN UNNEST(@ids)")
+        params = [bigquery.ArrayQueryParameter("ids", "STRING", list(ids))]
+        sql = f"SELECT DISTINCT {column} AS id FROM `{self._tables.ref(table)}` WHERE {column} IN UNNEST(@ids)"
+        if within:
+            time_column, first, last = within
+            sql += f" AND {time_column} BETWEEN @first AND @last"
+            params += [bigquery.ScalarQueryParameter("first", "TIMESTAMP", first),
+                       bigquery.ScalarQueryParameter("last", "TIMESTAMP", last)]
+        config = bigquery.QueryJobConfig(query_parameters=params)
         self.calls["jobs.query"] += 1
-        return {row.dead_letter_id for row in self._client.query_and_wait(sql, job_config=config, retry=self.retry)}
+        return {row.id for row in self._client.query_and_wait(sql, job_config=config, retry=self.retry)}
 
     def _write(self, items: list, events: list, result: WriteResult) -> dict:
         """Write (event index, TableRow) items; return {event index: error} for refused ones."""
@@ -428,23 +442,47 @@ class BigQueryWarehouse:
         """Dead letters have nowhere further to go: a refusal here raises (the bundle fails
         and is retried), never drops them. insertAll with insertId = the dead letter's stable
         id: a re-read of the same bad line within the window is stored once."""
-        table = planner.DEAD_LETTER_TABLE
         self.ensure_dead_letters()
+        return self._insert_records(planner.DEAD_LETTER_TABLE, planner.DEAD_LETTER_COLUMNS, "dead_letter_id",
+                                    records, "dead letters")
+
+    # -- forwarding's outcomes ---------------------------------------------------------
+    def ensure_deliveries(self) -> None:
+        """`_deliveries` and `_deliveries_view` exist (the launcher calls this when the config
+        forwards anywhere; the first write does too). Partitioned by requested_at, clustered by
+        destination and status; message_ids is a REPEATED STRING."""
+        self._tables.ensure(planner.DELIVERIES_TABLE,
+                            [planner.Column(n, t, "$" + n) for n, t in planner.DELIVERY_COLUMNS])
+
+    def write_deliveries(self, records: list) -> int:
+        """Forwarding's outcome rows, as dead letters are written: insertId = delivery_id (and, in
+        load mode, the ids stored already left out), so an outcome written twice is one row, in
+        `_deliveries_view` whenever it happened. A refusal raises."""
+        self.ensure_deliveries()
+        return self._insert_records(planner.DELIVERIES_TABLE, planner.DELIVERY_COLUMNS, "delivery_id",
+                                    records, "delivery outcomes", time_column="requested_at")
+
+    def _insert_records(self, table: str, columns, key: str, records: list, what: str,
+                        time_column: str = None) -> int:
+        """Rows of a fixed layout (dicts) through insertAll, insertId = the row's `key`.
+        time_column: part of the key, so a stored copy has the same time (its lookup is pruned)."""
         if self.write_method == "load":  # a batch run, maybe a re-run: insertIds only dedupe for a minute
-            stored = self._dead_letter_ids_in(table, [r["dead_letter_id"] for r in records])
-            records = [r for r in records if r["dead_letter_id"] not in stored]
+            times = sorted(r[time_column] for r in records) if time_column else None
+            stored = self._ids_in(table, [r[key] for r in records], key,
+                                  (time_column, times[0], times[-1]) if times else None)
+            records = [r for r in records if r[key] not in stored]
             if not records:
                 return 0
         loaded_at = format_time(datetime.now(timezone.utc))
         rows = []
         for record in records:
             row = {"loaded_at": loaded_at}
-            for name, kind in planner.DEAD_LETTER_COLUMNS:
+            for name, kind in columns:
                 value = record.get(name)
                 if value is not None and name != "loaded_at":
                     row[name] = planner.fit(planner.JSON, value) if kind == planner.JSON else value
             rows.append(row)
-        refused = self._insert(table, rows, [r["dead_letter_id"] for r in records], set())
+        refused = self._insert(table, rows, [r[key] for r in records], set())
         if refused:
-            raise RuntimeError(f"BigQuery refused {len(refused)} dead letters: {next(iter(refused.values()))}")
+            raise RuntimeError(f"BigQuery refused {len(refused)} {what}: {next(iter(refused.values()))}")
         return len(rows)

@@ -18,6 +18,8 @@ MAX_COLUMNS = 10_000  # BigQuery's own limit per table
 
 
 def field(column: planner.Column) -> bigquery.SchemaField:
+    if column.type == planner.STRINGS:  # `_deliveries.message_ids`: queried with `'X' IN UNNEST(message_ids)`
+        return bigquery.SchemaField(column.name, "STRING", mode="REPEATED", description=column.source)
     return bigquery.SchemaField(column.name, FIELD_TYPES[column.type], mode="NULLABLE", description=column.source)
 
 
@@ -39,6 +41,8 @@ def clustering(table: str) -> list:
         return ["id"]
     if table == planner.DEAD_LETTER_TABLE:
         return ["error_stage", "error_type"]
+    if table == planner.DELIVERIES_TABLE:
+        return ["destination", "status"]
     if table == replays.REPLAYS_TABLE:
         return ["dead_letter_id"]
     names = {c.name for c in planner.fixed_columns(table)}
@@ -48,7 +52,8 @@ def clustering(table: str) -> list:
 def new_table(ref: str, table: str, columns) -> bigquery.Table:
     """A table as Sluice creates it: partitioned by day on its time, clustered by event / user."""
     created = bigquery.Table(ref, schema=[field(c) for c in columns])
-    time_field = {planner.DEAD_LETTER_TABLE: "failed_at", replays.REPLAYS_TABLE: "replayed_at"}.get(table, "timestamp")
+    time_field = {planner.DEAD_LETTER_TABLE: "failed_at", planner.DELIVERIES_TABLE: "requested_at",
+                  replays.REPLAYS_TABLE: "replayed_at"}.get(table, "timestamp")
     created.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field=time_field)
     created.clustering_fields = clustering(table)
     created.description = "Written by Sluice; each column's description is the JSON pointer its values come from."

@@ -114,7 +114,8 @@ class BigQueryTables:
         if table == "users":
             self._replace_view("users_view", bq.users_view_sql(self.ref(table), columns))
         else:
-            key = "dead_letter_id" if table == planner.DEAD_LETTER_TABLE else planner.key_column(table)
+            key = {planner.DEAD_LETTER_TABLE: "dead_letter_id",
+                   planner.DELIVERIES_TABLE: "delivery_id"}.get(table) or planner.key_column(table)
             self._replace_view(f"{table}_view", bq.latest_view_sql(self.ref(table), key))
 
     def _replace_view(self, name: str, select: str) -> None:

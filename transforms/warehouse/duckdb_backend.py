@@ -32,10 +32,11 @@ from transforms.warehouse.result import WriteResult
 _LOG = logging.getLogger(__name__)
 
 SQL_TYPES = {planner.BOOL: "BOOLEAN", planner.INT64: "BIGINT", planner.FLOAT64: "DOUBLE",
-             planner.STRING: "VARCHAR", planner.TIMESTAMP: "TIMESTAMPTZ", planner.JSON: "JSON"}
+             planner.STRING: "VARCHAR", planner.TIMESTAMP: "TIMESTAMPTZ", planner.JSON: "JSON",
+             planner.STRINGS: "VARCHAR[]"}
 ARROW_TYPES = {planner.BOOL: pa.bool_(), planner.INT64: pa.int64(), planner.FLOAT64: pa.float64(),
                planner.STRING: pa.string(), planner.TIMESTAMP: pa.string(),  # ISO strings: DuckDB casts
-               planner.JSON: pa.string()}
+               planner.JSON: pa.string(), planner.STRINGS: pa.list_(pa.string())}
 COLUMNS_TABLE = "_sluice_columns"
 # Which events are stored: a 128-bit key per (table, message_id) of each event's primary row.
 # Each batch's keys are looked up with one hash join over this narrow column (DuckDB would scan
@@ -47,6 +48,7 @@ KEYS_TABLE = "_sluice_message_keys"
 _KEY = "md5_number({})"  # 128 bits of the string `<table>:<message_id>` (a table name has no ':')
 DEAD_LETTER_TABLE = planner.DEAD_LETTER_TABLE
 DEAD_LETTER_COLUMNS = planner.DEAD_LETTER_COLUMNS
+DELIVERIES_TABLE = planner.DELIVERIES_TABLE
 _EXACT_FLOAT = 1 << 53
 
 
@@ -222,6 +224,7 @@ class DuckDBWarehouse:
                      "column_type VARCHAR, source VARCHAR, added_at TIMESTAMPTZ, "
                      "PRIMARY KEY (table_name, column_name))")
         self.ensure_dead_letters()
+        self.ensure_deliveries()
         self._ensure_keys()
         self._db.schemas = self._registered_schemas()
 
@@ -504,9 +507,29 @@ class DuckDBWarehouse:
 
     def write_dead_letters(self, records: list) -> int:
         """Insert dead-letter records; the same dead letter read twice is stored once."""
+        return self._insert_records(DEAD_LETTER_TABLE, DEAD_LETTER_COLUMNS, records)
+
+    # -- forwarding's outcomes ---------------------------------------------------------
+    def ensure_deliveries(self) -> None:
+        """`_deliveries` exists (with the file, as `_dead_letters` does): "did event X reach
+        destination Y" can be asked of any warehouse. Its primary key keeps one row per
+        delivery_id (a rewritten outcome); a row per forwarded batch keeps its index small."""
+        columns = ", ".join(f"{quote(n)} {SQL_TYPES[t]}" + (" PRIMARY KEY" if n == "delivery_id" else "")
+                            for n, t in planner.DELIVERY_COLUMNS)
+        with self._db.lock:
+            self._db.conn.execute(f"CREATE TABLE IF NOT EXISTS {DELIVERIES_TABLE} ({columns})")
+
+    def write_deliveries(self, records: list) -> int:
+        """Insert forwarding's outcome rows (transforms.destinations.deliveries); one written
+        twice is stored once."""
+        return self._insert_records(DELIVERIES_TABLE, planner.DELIVERY_COLUMNS, records)
+
+    def _insert_records(self, table: str, columns, records: list) -> int:
+        """Rows of a fixed layout (dicts), as one Arrow table; rows whose key is stored already
+        are left out (INSERT OR IGNORE on the primary key)."""
         loaded_at = datetime.now(timezone.utc)
         arrays = {}
-        for name, kind in DEAD_LETTER_COLUMNS:
+        for name, kind in columns:
             if name == "loaded_at":
                 values = [format_time(loaded_at)] * len(records)
             elif kind == planner.JSON:
@@ -518,6 +541,6 @@ class DuckDBWarehouse:
             arrays[name] = pa.array(values, ARROW_TYPES[kind])
         with self._db.lock:
             conn = self._db.conn
-            with _registered(conn, "_sluice_dead_letters", pa.table(arrays)):
-                return conn.execute(f"INSERT OR IGNORE INTO {DEAD_LETTER_TABLE} BY NAME "
-                                    "SELECT * FROM _sluice_dead_letters").fetchone()[0]
+            with _registered(conn, "_sluice_records", pa.table(arrays)):
+                return conn.execute(f"INSERT OR IGNORE INTO {table} BY NAME "
+                                    "SELECT * FROM _sluice_records").fetchone()[0]

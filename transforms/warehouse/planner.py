@@ -63,6 +63,17 @@ DEAD_LETTER_COLUMNS = (
     ("source", STRING), ("received_at", TIMESTAMP), ("failed_at", TIMESTAMP),
     ("pipeline_version", STRING), ("destination", STRING), ("loaded_at", TIMESTAMP),
 )
+# Forwarding's outcomes, one row per batch a destination settled (delivered or failed), in every
+# backend (transforms.destinations.deliveries makes the rows). Not events: no message_id key of
+# their own, no place in conservation. STRINGS is a list of strings (BigQuery: a REPEATED STRING,
+# DuckDB: VARCHAR[]), for this table only: event columns never take it.
+STRINGS = "ARRAY<STRING>"
+DELIVERIES_TABLE = "_deliveries"
+DELIVERY_COLUMNS = (
+    ("delivery_id", STRING), ("destination", STRING), ("requested_at", TIMESTAMP), ("status", STRING),
+    ("http_status", INT64), ("attempts", INT64), ("latency_ms", FLOAT64), ("message_ids", STRINGS),
+    ("idempotency_key", STRING), ("error_message", STRING), ("loaded_at", TIMESTAMP),
+)
 
 
 def fixed_columns(table: str) -> tuple:

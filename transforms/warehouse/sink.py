@@ -1,4 +1,4 @@
-"""Composite sinks: events and dead letters into the warehouse named by a URL.
+"""Composite sinks: events, dead letters and forwarding's outcomes into the warehouse named by a URL.
 
 Events are grouped into bounded batches (BatchElements, so batch and streaming runs
 share the code) and each batch is written in bulk. Events the warehouse cannot take
@@ -121,6 +121,22 @@ class WriteDeadLettersFn(WarehouseFn):
         self._count_calls()
 
 
+class WriteDeliveriesFn(WarehouseFn):
+    """Forwarding's outcome rows -> `_deliveries`. Like dead letters, a failure here fails the
+    bundle (retried; the rows' ids keep a rewrite to one row). The backend is opened on the
+    first batch, not in setup(): the step is in every graph (stable step names) and most runs
+    forward nowhere, so most never open it (for BigQuery an open is an API call)."""
+
+    def setup(self):
+        self._backend = None
+
+    def process(self, batch):
+        if self._backend is None:
+            super().setup()
+        metrics.inc(f"rows.{planner.DELIVERIES_TABLE}", self._backend.write_deliveries(batch))
+        self._count_calls()
+
+
 class Batches(beam.PTransform):
     """Bounded batches.
 
@@ -197,8 +213,10 @@ class WriteWarehouse(beam.PTransform):
                               label="Write").dead_letters
 
 
-class WriteDeadLetters(beam.PTransform):
-    """Dead-letter records -> the warehouse's `_dead_letters` table."""
+class _WriteRecords(beam.PTransform):
+    """Records (JSON-ready dicts) of one of Sluice's own tables -> that table, in batches; WRITER
+    is the DoFn that writes a batch."""
+    WRITER = None
 
     def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0,
                  per_bundle: bool = None, keep_open: bool = False):
@@ -210,4 +228,15 @@ class WriteDeadLetters(beam.PTransform):
         return (records
                 | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait, min_size=1,
                                      per_bundle=self._per_bundle, coder=JsonCoder())
-                | "Write" >> beam.ParDo(WriteDeadLettersFn(self._settings, self._keep_open)))
+                | "Write" >> beam.ParDo(self.WRITER(self._settings, self._keep_open)))
+
+
+class WriteDeadLetters(_WriteRecords):
+    """Dead-letter records -> the warehouse's `_dead_letters` table."""
+    WRITER = WriteDeadLettersFn
+
+
+class WriteDeliveries(_WriteRecords):
+    """Forwarding's outcome rows (transforms.destinations.deliveries) -> the warehouse's
+    `_deliveries` table."""
+    WRITER = WriteDeliveriesFn
