@@ -142,7 +142,7 @@ class App:
         if route(path) is None:
             raise Refusal(404, "not_found", "no such path: events go to POST /v1/batch, /v1/track, ...")
         try:   # a key in the headers is judged before the body is read (or counted in the body budget)
-            source_before_body(path, scope["query_string"].decode("latin-1"), headers, self.settings)
+            before_body = source_before_body(path, scope["query_string"].decode("latin-1"), headers, self.settings)
         except Refusal as refusal:
             refusal.headers = {**refusal.headers, "connection": "close"}   # the body is left unread
             raise
@@ -157,7 +157,7 @@ class App:
             request = Request("POST", path, scope["query_string"].decode("latin-1"), headers, body,
                               client[0] if client else "")
             now = datetime.now(timezone.utc)
-            accepted = handle(request, self.settings, now)
+            accepted = handle(request, self.settings, now, before_body)
         finally:
             self.body_bytes -= len(body)
         source = accepted.source

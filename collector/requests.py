@@ -264,8 +264,13 @@ def key_before_body(path: str, query: str, headers: dict) -> Optional[str]:
     return write_key or None
 
 
-def handle(request: Request, settings: CollectorSettings, now: datetime) -> Accepted:
-    """Judge one request to an event path: Accepted, or raise Refusal. See the module docstring."""
+_NOT_ASKED = object()
+
+
+def handle(request: Request, settings: CollectorSettings, now: datetime, before_body=_NOT_ASKED) -> Accepted:
+    """Judge one request to an event path: Accepted, or raise Refusal. See the module docstring.
+    `before_body`: what source_before_body answered for this request, when the caller asked it
+    already (the app does, before reading the body): the Basic header is not decoded twice."""
     found = route(request.path)
     if found is None:
         raise Refusal(404, "not_found", "no such path: events go to POST /v1/batch, /v1/track, ...")
@@ -278,7 +283,8 @@ def handle(request: Request, settings: CollectorSettings, now: datetime) -> Acce
     headers = request.headers
 
     # Auth from the headers (or the beacon's query) first: an unknown key costs no inflating or parsing.
-    source = source_before_body(request.path, request.query, headers, settings)
+    source = source_before_body(request.path, request.query, headers, settings) if before_body is _NOT_ASKED \
+        else before_body
 
     data = request.body
     encoding = headers.get("content-encoding")

@@ -156,6 +156,7 @@ def _serve(args) -> int:
             _mark_listened()
             debugger.install(app, address)
             debugger.look_up_in_warehouse()   # debugger.warehouse: fates from BigQuery, on a thread
+            server.settle_heap()   # every module imported: out of the cyclic collector's way
 
         try:
             return uvloop.run(server.serve(settings, sink, args.host, args.port, described, on_listening))
@@ -216,6 +217,7 @@ def _serve_embedded(args, settings) -> int:
         debugger.install(app, address)
         if debugger.on:   # each load's outcomes, looked up in what it wrote (collector.debugger.fates)
             sink.loader.on_loaded = debugger.fates(loads.cursor).loaded
+        server.settle_heap()
 
     try:
         return uvloop.run(server.serve(settings, sink, args.host, args.port,

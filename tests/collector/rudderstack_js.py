@@ -10,14 +10,12 @@ The page (served from 127.0.0.1) loads the SDK as a site would and calls
 sets messageIds itself (the API takes none): the driver reads them from each call's callback.
 Nothing beyond 127.0.0.1 is reached (sdks._Sinkhole fails the send otherwise).
 """
-import http.server
 import json
-import threading
 import time
 import urllib.parse
 from pathlib import Path
 
-from tests.collector.sdks import CHROMIUM, CHROMIUM_ARGS, ROOT, SdkDeliveryError, _Sinkhole
+from tests.collector.sdks import CHROMIUM, CHROMIUM_ARGS, ROOT, SdkDeliveryError, StaticSite, _Sinkhole
 
 RS_BUNDLED = ROOT / "node_modules" / "@rudderstack" / "analytics-js" / "dist" / "npm" / "modern" / "bundled" \
     / "umd" / "index.js"
@@ -76,38 +74,16 @@ def available() -> bool:
     return RS_BUNDLED.exists() and Path(CHROMIUM).exists()
 
 
-class _Site:
+def _site(page: bytes, port: int = 0) -> StaticSite:
     """The site: the page and the SDK's file, on 127.0.0.1:`port` (a free one when 0)."""
 
-    def __init__(self, page: bytes, port: int = 0):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                path = urllib.parse.urlsplit(self.path).path
-                if path == "/":
-                    status, body, kind = 200, page, "text/html; charset=utf-8"
-                elif path == "/rudder-analytics.js":
-                    status, body, kind = 200, RS_BUNDLED.read_bytes(), "application/javascript"
-                else:
-                    status, body, kind = 404, b"", "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def resolve(path: str) -> tuple:
+        if path == "/":
+            return 200, page, "text/html; charset=utf-8"
+        if path == "/rudder-analytics.js":
+            return 200, RS_BUNDLED.read_bytes(), "application/javascript"
+        return 404, b"", "text/plain"
+    return StaticSite(resolve, port)
 
 
 def send_rudderstack_js(base_url: str, write_key: str, events, timeout: float = 30, load_options: dict = None,
@@ -124,7 +100,7 @@ def send_rudderstack_js(base_url: str, write_key: str, events, timeout: float = 
 
     config = {"writeKey": write_key, "dataPlaneUrl": base_url.rstrip("/"), "configUrl": base_url.rstrip("/"),
               "loadOptions": {"polyfillIfRequired": False, **(load_options or {})}}
-    site, sinkhole = _Site((_PAGE % json.dumps(config)).encode(), page_port), _Sinkhole()
+    site, sinkhole = _site((_PAGE % json.dumps(config)).encode(), page_port), _Sinkhole()
     collector = urllib.parse.urlsplit(base_url).netloc
     delivered, console = set(), [] if log is None else log
     deadline = time.monotonic() + timeout

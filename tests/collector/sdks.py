@@ -229,11 +229,11 @@ class _Sinkhole:
         self.dead.close()
 
 
-class _PageServer:
-    """Serves the test page, the standalone analytics.js (at the path the snippet uses) and the
-    build's lazily loaded chunks, on 127.0.0.1: the site a user's browser would load."""
+class StaticSite:
+    """A site a test page needs, on 127.0.0.1:`port` (a free one when 0): `resolve(path)` gives
+    (status, body, content type) for each GET, answered with Cache-Control: no-store."""
 
-    def __init__(self, page: bytes, port: int = 0):
+    def __init__(self, resolve, port: int = 0):
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
@@ -241,23 +241,7 @@ class _PageServer:
                 pass
 
             def do_GET(self):
-                path = urllib.parse.urlsplit(self.path).path
-                if path in ("/", "/index.html"):
-                    body, kind = page, "text/html; charset=utf-8"
-                elif path.startswith("/analytics.js/v1/") and path.endswith("/analytics.min.js"):
-                    body, kind = AJS_STANDALONE.read_bytes(), "application/javascript"
-                elif path.startswith("/analytics-next/bundles/") and "/" not in path[len("/analytics-next/bundles/"):]:
-                    file = AJS_DIST / path.rsplit("/", 1)[1]
-                    if not file.is_file():
-                        return self._send(404, b"", "text/plain")
-                    body, kind = file.read_bytes(), mimetypes.guess_type(file.name)[0] or "application/javascript"
-                elif path == "/favicon.ico":
-                    return self._send(204, b"", "image/x-icon")
-                else:
-                    return self._send(404, b"", "text/plain")
-                self._send(200, body, kind)
-
-            def _send(self, status, body, kind):
+                status, body, kind = resolve(urllib.parse.urlsplit(self.path).path)
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
@@ -273,6 +257,26 @@ class _PageServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _page_server(page: bytes, port: int = 0) -> StaticSite:
+    """The test page, the standalone analytics.js (at the path the snippet uses) and the build's
+    lazily loaded chunks: the site a user's browser would load."""
+
+    def resolve(path: str) -> tuple:
+        if path in ("/", "/index.html"):
+            return 200, page, "text/html; charset=utf-8"
+        if path.startswith("/analytics.js/v1/") and path.endswith("/analytics.min.js"):
+            return 200, AJS_STANDALONE.read_bytes(), "application/javascript"
+        if path.startswith("/analytics-next/bundles/") and "/" not in path[len("/analytics-next/bundles/"):]:
+            file = AJS_DIST / path.rsplit("/", 1)[1]
+            if file.is_file():
+                return 200, file.read_bytes(), mimetypes.guess_type(file.name)[0] or "application/javascript"
+            return 404, b"", "text/plain"
+        if path == "/favicon.ico":
+            return 204, b"", "image/x-icon"
+        return 404, b"", "text/plain"
+    return StaticSite(resolve, port)
 
 
 # The page calls the real analytics object (window.analytics once analytics.js has replaced the
@@ -319,7 +323,7 @@ def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60
     page_html = PAGE_TEMPLATE.read_text(encoding="utf-8").replace("/*SLUICE_CONFIG*/null", json.dumps(config))
     collector = urllib.parse.urlsplit(base_url)
     delivered, console = set(), [] if log is None else log
-    sinkhole, pages = _Sinkhole(), _PageServer(page_html.encode(), page_port)
+    sinkhole, pages = _Sinkhole(), _page_server(page_html.encode(), page_port)
     deadline = time.monotonic() + timeout  # one budget for loading and delivering
 
     def left_ms() -> float:

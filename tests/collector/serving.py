@@ -93,12 +93,16 @@ class Collector:
             self.process.wait()
         self._log.close()
 
+    def status_kb(self, field: str) -> int:
+        """A memory figure of the process from /proc/PID/status (VmRSS, VmHWM...), in KB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} in /proc/{self.pid}/status")
+
     def rss_peak_kb(self) -> int:
         """The process's peak resident memory (VmHWM), in KB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmHWM")
+        return self.status_kb("VmHWM")
 
 
 def request(url: str, method: str = "GET", body: bytes = None, headers: dict = None, timeout: float = 10.0):

@@ -14,7 +14,6 @@ import http.client
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -32,13 +31,6 @@ ENTRY_FIXED_BYTES = 3072
 # its parsed events), the spool's buffers, the API's answers being written, the allocator's slack.
 WORKING_BYTES = 16 * 1024 * 1024
 HANG_GUARD_SECONDS = 120
-
-
-def status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def batch_template() -> bytes:
@@ -68,7 +60,7 @@ def test_the_api_under_a_5000_events_per_second_load_stays_within_its_memory_bou
         assert post(warm, template.replace(b"@@@@@@@@", b"warm%04d" % n)) == 200
     assert request(collector.url + f"/debugger/api/events?limit={LIMIT}&q=load")[0] == 200
     assert request(collector.url + "/debugger/api/reset", "POST", b"")[0] == 200
-    baseline_kb, peak_before_kb = status_kb(collector.pid, "VmRSS"), status_kb(collector.pid, "VmHWM")
+    baseline_kb, peak_before_kb = collector.status_kb("VmRSS"), collector.status_kb("VmHWM")
 
     entries_bound = (len(SOURCES) + 1) * LIMITS["max_events_per_source"]   # each source and (unknown)
     bound_kb = baseline_kb + (entries_bound * (LIMITS["max_payload_bytes"] + ENTRY_FIXED_BYTES) + WORKING_BYTES) // 1024
@@ -99,7 +91,7 @@ def test_the_api_under_a_5000_events_per_second_load_stays_within_its_memory_bou
         queries = [f"limit={LIMIT}", f"limit={LIMIT}&q=user-9", f"limit={LIMIT}&event=Load%203", ""]   # "": 100
         n = 0
         while not done.is_set():
-            rss_kb.append(status_kb(collector.pid, "VmRSS"))
+            rss_kb.append(collector.status_kb("VmRSS"))
             status, _, body = request(f"{collector.url}/debugger/api/events?{queries[n % len(queries)]}")
             if status != 200:
                 failures.append(f"api: {status} {body[:200]!r}")
@@ -120,8 +112,8 @@ def test_the_api_under_a_5000_events_per_second_load_stays_within_its_memory_bou
     while (answer := json.loads(request(collector.url + "/debugger/api/events?limit=1000")[2]))["events"][0][
             "message_id"] != last and time.monotonic() < deadline:
         time.sleep(0.05)
-    peak_kb = status_kb(collector.pid, "VmHWM")
-    rss_kb.append(status_kb(collector.pid, "VmRSS"))
+    peak_kb = collector.status_kb("VmHWM")
+    rss_kb.append(collector.status_kb("VmRSS"))
 
     server = answer["sampling"]["sources"]["server"]
     assert server["received"] == REQUESTS * EVENTS and server["skipped"] == 0   # all seen, all inspected

@@ -7,26 +7,10 @@ import json
 import orjson
 import pytest
 
+from tests.collector.asgi import call as _call
 from tests.collector.serving import basic, request, write_config
 
 pytestmark = pytest.mark.slow
-
-
-async def _call(app, method: str, path: str, query: str = "", headers: dict = None, body: bytes = b"") -> tuple:
-    sent = []
-
-    async def receive():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(),
-             "headers": [(k.lower().encode(), v.encode()) for k, v in {"host": "127.0.0.1:8088",
-                                                                        **(headers or {})}.items()],
-             "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 8088), "scheme": "http"}
-    await app(scope, receive, send)
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
 def _app(debugger_settings, host: str = "127.0.0.1", trusted_proxies: tuple = ()):

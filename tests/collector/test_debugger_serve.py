@@ -15,6 +15,7 @@ from urllib.parse import quote
 import orjson
 import pytest
 
+from tests.collector.asgi import call
 from tests.collector.serving import SOURCES, basic, request
 from tests.destinations.receiver import Receiver
 
@@ -188,21 +189,10 @@ def test_the_api_refuses_a_host_that_is_not_loopback_and_bad_filters(collector):
 
 # -- beyond loopback: the real app, in-process --------------------------------------------------
 
-async def _call(app, method: str, path: str, query: str = "", headers: dict = None, body: bytes = b"") -> tuple:
-    sent = []
-
-    async def receive():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(),
-             "headers": [(k.lower().encode(), v.encode()) for k, v in {"host": "collector.example",
-                                                                        **(headers or {})}.items()],
-             "client": ("203.0.113.9", 5555), "server": ("10.0.0.2", 8088), "scheme": "http"}
-    await app(scope, receive, send)
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+def _call(app, method: str, path: str, **kwargs):
+    """A request from beyond loopback: a public peer, a public Host."""
+    return call(app, method, path, host="collector.example", client="203.0.113.9", server="10.0.0.2",
+                **kwargs)
 
 
 def _app(debugger_settings, host: str):

@@ -7,7 +7,6 @@ import http.client
 import json
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,13 +20,6 @@ EVENTS, PER_REQUEST, PAD = 2000, 20, 15_000
 ENTRY_FIXED_BYTES = 3072          # an entry besides its payload (1.4 KB measured, doubled: test_debugger_memory)
 WORKING_BYTES = 16 * 1024 * 1024  # requests in flight, the transports' paused buffers, the allocator's slack
 HANG_GUARD_SECONDS = 120
-
-
-def status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field}")
 
 
 def open_stream(host: str, port: int) -> socket.socket:
@@ -70,13 +62,13 @@ def test_streams_that_do_not_read_hold_a_bounded_backlog(start_collector, tmp_pa
     post(-PER_REQUEST)   # warm: inspection and the API once, then the baseline with the store empty
     assert request(collector.url + "/debugger/api/events?limit=100")[0] == 200
     assert request(collector.url + "/debugger/api/reset", "POST", b"")[0] == 200
-    baseline_kb = status_kb(collector.pid, "VmRSS")
+    baseline_kb = collector.status_kb("VmRSS")
 
     streams = [open_stream(host, port) for _ in range(MAX_STREAMS)]
     rss_kb = []
     for first in range(0, EVENTS, PER_REQUEST):
         post(first)
-        rss_kb.append(status_kb(collector.pid, "VmRSS"))
+        rss_kb.append(collector.status_kb("VmRSS"))
     deadline = time.monotonic() + HANG_GUARD_SECONDS   # the inspection runs after each answer: wait for the last
     while True:
         newest = json.loads(request(collector.url + "/debugger/api/events?limit=1")[2])["events"]
@@ -84,8 +76,8 @@ def test_streams_that_do_not_read_hold_a_bounded_backlog(start_collector, tmp_pa
             break
         assert time.monotonic() < deadline, "the debugger did not inspect the last event"
         time.sleep(0.1)
-    rss_kb.append(status_kb(collector.pid, "VmRSS"))
-    peak_kb = status_kb(collector.pid, "VmHWM")
+    rss_kb.append(collector.status_kb("VmRSS"))
+    peak_kb = collector.status_kb("VmHWM")
 
     rings = (len(SOURCES) + 1) * LIMITS["max_events_per_source"] * (LIMITS["max_payload_bytes"] + ENTRY_FIXED_BYTES)
     bound_kb = baseline_kb + (rings + MAX_STREAMS * STREAM_QUEUE_BYTES + WORKING_BYTES) // 1024
