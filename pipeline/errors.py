@@ -8,8 +8,9 @@ class UsageError(Exception):
 
 def did_you_mean(word: str, choices) -> str:
     """' (did you mean X?)' naming the choice closest to a mistyped word, or '' when none is
-    close (difflib's ratio of at least 0.6: one or two letters off in a name of six or more)."""
+    close. The cutoff, difflib's ratio 0.7 (its default 0.6 offered `collector` for `colour`), still
+    takes a swapped, missing or extra letter or two (dorp, batchsize, DirectRunnr)."""
     choices = list(choices)
     by_folded = {choice.lower(): choice for choice in choices}
-    close = difflib.get_close_matches(word.lower(), list(by_folded), n=1)
+    close = difflib.get_close_matches(word.lower(), list(by_folded), n=1, cutoff=0.7)
     return f" (did you mean {by_folded[close[0]]}?)" if close else ""

@@ -9,7 +9,7 @@ import re
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, did_you_mean
 
 DEFAULT_WAREHOUSE = "duckdb:///sluice.duckdb"
 # Project ids: 6-30 of [a-z0-9-] (or domain-scoped, example.com:project); datasets: [A-Za-z0-9_].
@@ -94,11 +94,13 @@ def help_text() -> str:
 
 def parse_args(argv: list) -> tuple:
     """argv -> (SluiceOptions, PipelineOptions). Raises UsageError for unknown or malformed options."""
-    _, unknown = _beam_parser().parse_known_args(argv)
+    parser = _beam_parser()
+    _, unknown = parser.parse_known_args(argv)
     for arg in unknown:
         name = arg.split("=", 1)[0]
         if name.startswith("-"):
-            raise UsageError(f"unrecognized option {name} (see --help)")
+            known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+            raise UsageError(f"unrecognized option {name}{did_you_mean(name, known)} (see --help)")
         raise UsageError(f"unexpected argument {arg!r} (options take the form --name=value)")
     options = PipelineOptions(argv)
     return options.view_as(SluiceOptions), options
