@@ -15,6 +15,7 @@ from pipeline import segment_import, typegen
 from pipeline.config import Config
 from pipeline.errors import UsageError
 from transforms.contracts.lint import check_directory, errors
+from transforms.contracts.loader import MissingDirectory
 
 
 def resolve_directory(directory: str, config_path) -> str:
@@ -30,7 +31,10 @@ def load(config: Config, config_path=None, warn=sys.stderr) -> Config:
     if settings is None:
         return config
     directory = resolve_directory(settings.directory, config_path)
-    contracts, problems = check_directory(directory, config.flatten_depth)
+    try:
+        contracts, problems = check_directory(directory, config.flatten_depth)
+    except MissingDirectory as exc:
+        raise UsageError(f"contracts.directory: {exc}") from None
     for problem in problems:
         if problem.severity != "error":
             print(f"sluice: {problem}", file=warn)
@@ -46,11 +50,15 @@ def load(config: Config, config_path=None, warn=sys.stderr) -> Config:
     return config._replace(contracts=settings._replace(directory=directory, contracts=contracts))
 
 
+def _checked(directory: str, depth: int = Config().flatten_depth) -> tuple:
+    try:
+        return check_directory(directory, depth)
+    except MissingDirectory as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _check(args) -> int:
-    if not os.path.isdir(args.directory) and "://" not in args.directory:
-        print(f"contracts: error: {args.directory}: no such directory", file=sys.stderr)
-        return 2
-    contracts, problems = check_directory(args.directory, args.flatten_depth)
+    contracts, problems = _checked(args.directory, args.flatten_depth)
     for problem in problems:
         print(problem)
     failed = errors(problems)
@@ -69,7 +77,7 @@ def _import(args) -> int:
 
 
 def _typegen(args) -> int:
-    contracts, problems = check_directory(args.directory)
+    contracts, problems = _checked(args.directory)
     failed = errors(problems)
     if failed:
         for problem in failed:
