@@ -75,8 +75,18 @@ def check(sluice_options, pipeline_options, replaying: bool = False) -> RunPlan:
         backend = {"bigquery_endpoint": options_module.check_endpoint(sluice_options.bigquery_endpoint),
                    "bigquery_location": sluice_options.bigquery_location, "bigquery_write_method": method}
     dead_letter_topic = sources.check_topic("dead_letter_topic", sluice_options.dead_letter_topic)
+    check_pubsub_exists(sluice_options, replaying)
     return RunPlan(source, streaming, config, sluice_options.warehouse, backend, sluice_options.summary_path,
                    dead_letter_topic, runner)
+
+
+def check_pubsub_exists(sluice_options, replaying: bool) -> None:
+    """The Pub/Sub subscription and topics the run reads and publishes to exist, asked last (the
+    options' forms and the config are checked first, without a network call)."""
+    names = ("dead_letter_topic",) if replaying else ("input_subscription", "input_topic", "dead_letter_topic")
+    for name in names:
+        if getattr(sluice_options, name):
+            sources.check_exists(name, getattr(sluice_options, name))
 
 
 def check_destinations(config: Config) -> None:
@@ -257,17 +267,18 @@ class FileLoads:
 
 def run_replay(argv: list) -> dict:
     """`replay`: the dead letters a selection names, through the pipeline again; on success
-    they are recorded as replayed. The summary gains `replayed` (how many were recorded)."""
+    they are recorded as replayed. The summary gains `replayed` (how many were recorded) and
+    `failed_again` (of them, how many became new dead letters)."""
     selection, files, dry_run, rest = replay.parse_replay_args(argv)
     run_id, started_at = replay.new_run()
     selection = selection._replace(before=started_at)
     sluice_options, pipeline_options = options_module.parse_args(rest)
     if files:
-        sources.check_input_files(files)
+        sources.check_input_files(files, "dead_letter_files")
     plan = check(sluice_options, pipeline_options, replaying=True)
     settings = warehouse_settings(plan.warehouse_url, plan.config, **plan.backend)
     if dry_run:
-        return {"dry_run": replay.describe(replay.selected(settings, selection, files))}
+        return {"dry_run": replay.describe(replay.selected(settings, selection, files, read_only=True))}
     plan = plan._replace(source=replay.ReadDeadLetters(settings, selection, run_id, files))
     # The lease, from before the workers select until what they replayed is recorded: another
     # replay started meanwhile would select the same dead letters (it exits 2 naming this one).
@@ -279,6 +290,8 @@ def run_replay(argv: list) -> dict:
         ids = [r["dead_letter_id"] for r in replay.selected(settings, selection, files)]
         replay.record(settings, ids, run_id)
     summary["replayed"] = len(ids)
+    # A replayed record that fails again is one new dead letter (delivery_failed included)
+    summary["failed_again"] = min(len(ids), sum(summary["dead_lettered"].values()))
     return summary
 
 
@@ -315,7 +328,7 @@ def _main(argv=None) -> int:
         return 0
     print(summary_module.format_table(summary))
     if replaying:
-        print(f"replayed {summary['replayed']:,} dead letters (recorded in _replays)")
+        print(replay.outcome(summary))
     if not summary["conservation"]["holds"]:
         print("sluice: error: conservation check failed; see the summary above", file=sys.stderr)
         return 1

@@ -70,10 +70,12 @@ class Selection(NamedTuple):
     until: Optional[str] = None        # failed_at < until
     source: Optional[str] = None       # a glob on the dead letter's source, e.g. file:gs://b/2026-11-*
 
-    def where(self) -> tuple:
-        """(SQL conditions joined by AND with @name parameters, {name: (type, value)})."""
-        conditions = ["failed_at < @before",
-                      f"dead_letter_id NOT IN (SELECT dead_letter_id FROM {REPLAYS_TABLE})"]
+    def where(self, replays_table: bool = True) -> tuple:
+        """(SQL conditions joined by AND with @name parameters, {name: (type, value)}).
+        replays_table: False when `_replays` does not exist (a dry run creates nothing): none replayed."""
+        conditions = ["failed_at < @before"]
+        if replays_table:
+            conditions.append(f"dead_letter_id NOT IN (SELECT dead_letter_id FROM {REPLAYS_TABLE})")
         params = {"before": ("TIMESTAMP", self.before)}
         if self.error_types:
             conditions.append("error_type IN UNNEST(@error_types)")

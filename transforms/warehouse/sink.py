@@ -32,27 +32,30 @@ class WarehouseSettings(NamedTuple):
     max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS  # columns one batch may add to a table
 
 
-def open_backend(settings: WarehouseSettings):
-    """The backend for a warehouse URL; called in DoFn.setup(), never while building the graph."""
+def open_backend(settings: WarehouseSettings, read_only: bool = False):
+    """The backend for a warehouse URL; called in DoFn.setup(), never while building the graph.
+    read_only: for reads that must create nothing (a replay's dry run); a warehouse that does not
+    exist raises LookupError."""
     if settings.url.startswith("duckdb:///"):
         from transforms.warehouse.duckdb_backend import DuckDBWarehouse
         memory = {"memory_limit_mb": settings.duckdb_memory_limit_mb} if settings.duckdb_memory_limit_mb else {}
         return DuckDBWarehouse(settings.url[len("duckdb:///"):], settings.max_columns,
                                settings.flatten_depth, settings.declared_types,
-                               max_new_columns=settings.max_new_columns, **memory).open()
+                               max_new_columns=settings.max_new_columns, **memory).open(read_only)
     if settings.url.startswith("bigquery://"):
         from transforms.warehouse.bigquery_backend import BigQueryWarehouse
         project, dataset = settings.url[len("bigquery://"):].split("/", 1)
         return BigQueryWarehouse(project, dataset, settings.bigquery_endpoint, settings.bigquery_location,
                                  settings.max_columns, settings.flatten_depth, settings.declared_types,
-                                 settings.bigquery_write_method, max_new_columns=settings.max_new_columns).open()
+                                 settings.bigquery_write_method, max_new_columns=settings.max_new_columns
+                                 ).open(read_only)
     raise ValueError(f"unsupported warehouse URL {settings.url!r}")
 
 
 @contextmanager
-def opened_backend(settings: WarehouseSettings):
+def opened_backend(settings: WarehouseSettings, read_only: bool = False):
     """The backend, open for the block (the launcher's own reads and writes, e.g. replay's)."""
-    backend = open_backend(settings)
+    backend = open_backend(settings, read_only)
     try:
         yield backend
     finally:
