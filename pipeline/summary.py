@@ -118,7 +118,7 @@ def format_table(summary: dict) -> str:
     contracts = summary.get("contracts", {})
     if any(contracts.values()):
         row("contracts: unplanned events", contracts["unplanned"])
-        row("contracts: violations recorded", contracts["violations"])
+        row("contracts: violations", contracts["violations"])  # kept, omitted or blocked
         row("contracts: values omitted", contracts["omitted"])
     consent = summary.get("consent", {})
     if any(consent.values()):
