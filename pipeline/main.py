@@ -113,8 +113,8 @@ def _progress_writer(path):
     if not path:
         return None
 
-    def write(_result):
-        summary_module.write(path, summary_module.build(metrics.in_process_counts()))
+    def write(_result):  # mid-run: events in flight between stages are not yet accounted for
+        summary_module.write(path, summary_module.build(metrics.in_process_counts(), running=True))
     return write
 
 

@@ -292,10 +292,12 @@ class DuckDBWarehouse:
         result = WriteResult()
         kept, keys = self._split_duplicates(events, rows, result)
         plans = {}
+        users = 0
         for table, table_rows in _by_table(kept).items():
             schema = (self._db.schemas.get(table) or planner.TableSchema(table)).copy()
             schema.declare(planner.declared_for(self.declared_types, table))
             if table == "users":
+                users = len(table_rows)  # identifies applied, counted as BigQuery's appends are
                 table_rows = planner.collapse_by_key(table_rows)
             plans[table] = schema, planner.plan_rows(schema, table_rows, self.max_columns, self.max_new_columns)
         for table, (schema, plan) in plans.items():
@@ -307,7 +309,10 @@ class DuckDBWarehouse:
                 with _registered(conn, "_sluice_new_keys", pa.table({"k": pa.array(keys, pa.string())})):
                     conn.execute(f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM _sluice_new_keys")
             for table, (schema, plan) in plans.items():
-                result.rows[table] += self._insert(table, schema, plan, loaded_at)
+                written = self._insert(table, schema, plan, loaded_at)
+                # users: one row a user, the newest traits (the upsert); rows.users counts the identifies
+                # merged into it, so that it does not depend on how the run cut its batches
+                result.rows[table] += users if table == "users" else written
                 result.type_conflicts[table] += plan.type_conflicts
                 result.capped[table] += plan.capped
             conn.execute("COMMIT")
