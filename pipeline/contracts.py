@@ -2,7 +2,7 @@
 
     python -m pipeline.contracts check DIR
     python -m pipeline.contracts import-segment PLAN.json DIR
-    python -m pipeline.contracts typegen DIR --lang typescript|python [--out FILE]
+    python -m pipeline.contracts typegen DIR --lang typescript|python [--sdk SDK] [--out FILE]
 
 `check` prints every problem as `file#/pointer: severity: message` and exits 1 when any
 is an error (0 otherwise); a missing argument or directory exits 2.
@@ -83,7 +83,10 @@ def _typegen(args) -> int:
         for problem in failed:
             print(problem, file=sys.stderr)
         return 1
-    text = typegen.generate(contracts, args.lang)
+    try:
+        text = typegen.generate(contracts, args.lang, args.sdk)
+    except ValueError as exc:
+        raise UsageError(f"--sdk: {exc}") from None
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -108,6 +111,9 @@ def parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("typegen", help="typed tracking code for every planned event")
     gen.add_argument("directory")
     gen.add_argument("--lang", required=True, choices=typegen.LANGUAGES)
+    gen.add_argument("--sdk", choices=sorted({s for sdks in typegen.SDKS.values() for s in sdks}),
+                     help="the client the code calls: analytics-next (analytics.js, TypeScript's default), "
+                          "analytics-node, analytics-python (Python's)")
     gen.add_argument("--out")
     gen.set_defaults(run=_typegen)
     return root

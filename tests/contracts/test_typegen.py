@@ -12,12 +12,15 @@ from transforms.contracts.lint import check_directory
 CONTRACTS, _ = check_directory(str(ROOT / "samples" / "contracts"))
 TSC = ROOT / "node_modules" / ".bin" / "tsc"
 
-TS_GOOD = """import { track, identify, Analytics } from "./tracking";
+TS_GOOD = """import { track, identify, group, page, screen, Analytics } from "./tracking";
 declare const analytics: Analytics;
 track(analytics, "Order Completed", { orderId: "o-1", total: 12.5, currency: "EUR",
   products: [{ productId: "sku-1", price: 12.5, quantity: 1 }] });
 track(analytics, "Video Played", { videoId: "v-1", position: 3, playerSettings: { quality: "hd" } });
 identify(analytics, "u-1", { email: "a@example.com", logins: 3 });
+group(analytics, "g-1", { name: "Acme" });
+page(analytics, "Home", { path: "/" });
+screen(analytics, "Inbox", { path: "/inbox" }, "Mail");
 """
 TS_BAD = {
     "wrong property type": ('track(analytics, "Order Completed", { orderId: "o-1", total: "12.5", currency: "EUR" });',
@@ -27,17 +30,22 @@ TS_BAD = {
     "value outside the enum": ('track(analytics, "Order Completed", { orderId: "o", total: 1, currency: "JPY" });',
                                "TS2322"),
 }
-PY_GOOD = """from tracking import Analytics, identify, track_order_completed
+PY_GOOD = """from tracking import Analytics, group, identify, page, screen, track_order_completed
 
 def send(client: Analytics) -> None:
     track_order_completed(client, "u-1", {"orderId": "o-1", "total": 12.5, "currency": "EUR",
                                           "products": [{"productId": "sku-1", "price": 12, "quantity": 1}]})
     identify(client, "u-1", {"email": "a@example.com", "plan": "pro"})
+    group(client, "u-1", "g-1", {"name": "Acme"})
+    page(client, "u-1", "Home", {"path": "/"})
+    screen(client, "u-1", "Inbox", {"path": "/inbox"}, category="Mail")
 """
 PY_BAD = {
     "wrong property type": 'track_order_completed(client, "u-1", {"orderId": "o-1", "total": "12.5", "currency": "EUR"})',
     "missing required property": 'track_order_completed(client, "u-1", {"orderId": "o-1", "currency": "EUR"})',
     "value outside the enum": 'track_order_completed(client, "u-1", {"orderId": "o", "total": 1, "currency": "JPY"})',
+    # What the helper took before it called segment-analytics-python's group(user_id, group_id, traits).
+    "group without the user": 'group(client, "g-1", {"name": "Acme"})',
 }
 
 
@@ -64,7 +72,8 @@ def test_typescript_output_compiles_and_rejects_wrong_calls(tmp_path):
         (tmp_path / "usage.ts").write_text(TS_GOOD + line + "\n")
         done = tsc(tmp_path)
         assert done.returncode != 0 and code in done.stdout, (case, done.stdout)
-        assert "usage.ts(7," in done.stdout, (case, done.stdout)  # the bad line, not the generated file
+        # the bad line, not the generated file
+        assert f"usage.ts({len(TS_GOOD.splitlines()) + 1}," in done.stdout, (case, done.stdout)
 
 
 @pytest.mark.slow
@@ -76,7 +85,8 @@ def test_python_output_type_checks_and_rejects_wrong_calls(tmp_path):
     for case, line in PY_BAD.items():
         (tmp_path / "usage.py").write_text(PY_GOOD + "    " + line + "\n")
         done = mypy(tmp_path)
-        assert done.returncode == 1 and "usage.py:7: error" in done.stdout, (case, done.stdout)
+        assert done.returncode == 1 and f"usage.py:{len(PY_GOOD.splitlines()) + 1}: error" in done.stdout, \
+            (case, done.stdout)
         assert "tracking.py" not in done.stdout, done.stdout
 
 
