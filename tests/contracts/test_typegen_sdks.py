@@ -1,9 +1,9 @@
 """Generated tracking code called against the real SDKs: every helper typegen writes, sending
-with segment-analytics-python or @segment/analytics-node to a capture server on 127.0.0.1.
-What arrives must be each helper's event with its type, ids, names and properties, and valid
-under its contracts. mypy and tsc accepted helpers that
-passed the group id as the user id and the properties as the page's category, which the
-Python client refused at run time; only a real call shows that."""
+with segment-analytics-python, @segment/analytics-node (one node process) or analytics.js (in
+headless chromium) to a capture server on 127.0.0.1. What arrives must be each helper's event
+with its type, ids, names and properties, and valid under its contracts. mypy and tsc accepted
+Python helpers that passed the group id as the user id and a page's properties as its category,
+which the client refused at run time; only a real call shows that."""
 import importlib.util
 import inspect
 import json
@@ -23,8 +23,11 @@ CONTRACTS, _ = check_directory(str(ROOT / "samples" / "contracts"))
 TSC = ROOT / "node_modules" / ".bin" / "tsc"
 ORDER = {"orderId": "o-1", "total": 12.5, "currency": "EUR", "products": [{"productId": "sku-1", "price": 12.5}]}
 
-# (helper, its arguments after the client and user id, what must arrive beside type and userId)
+# (helper, its arguments after the client and user id, what must arrive beside userId). identify
+# first: analytics.js takes the user from it, so calls made before it may or may not carry it.
 CALLS = [
+    ("identify", ({"email": "a@example.com", "plan": "pro"},),
+     {"type": "identify", "traits": {"email": "a@example.com", "plan": "pro"}}),
     ("track", ("Order Completed", ORDER), {"type": "track", "event": "Order Completed", "properties": ORDER}),
     ("track", ("Video Played", {"videoId": "v-1", "position": 3}),
      {"type": "track", "event": "Video Played", "properties": {"videoId": "v-1", "position": 3}}),
@@ -32,8 +35,6 @@ CALLS = [
      {"type": "track", "event": "Button Clicked", "properties": {"buttonText": "Buy"}}),
     ("track", ("Product Viewed", {"productId": "sku-1"}),
      {"type": "track", "event": "Product Viewed", "properties": {"productId": "sku-1"}}),
-    ("identify", ({"email": "a@example.com", "plan": "pro"},),
-     {"type": "identify", "traits": {"email": "a@example.com", "plan": "pro"}}),
     ("group", ("g-1", {"name": "Acme", "employees": 12}),
      {"type": "group", "groupId": "g-1", "traits": {"name": "Acme", "employees": 12}}),
     ("page", ("Pricing", {"path": "/pricing"}, "Docs"),
@@ -49,17 +50,19 @@ def arrived(server) -> list:
     return [event for request in server.posts() for event in request.events()]
 
 
-def assert_arrived(events, user_id, page_category_in_properties=False):
+def assert_arrived(events, sdk: str):
     """Each call's event, in order, carrying what the call gave and valid under its contracts.
-    analytics-node (its analytics-core event factory) also copies a page's category into its
-    properties, as analytics.js does."""
+    The JS SDKs (their analytics-core event factory) also copy a page's category into its
+    properties; analytics.js adds the page's own (path, url, title...)."""
     assert len(events) == len(CALLS), events
     by_name = {c.name: c for c in CONTRACTS}
     for event, (helper, args, expected) in zip(events, CALLS):
-        if page_category_in_properties and helper == "page" and "category" in expected:
+        if sdk != "analytics-python" and helper == "page" and "category" in expected:
             expected = {**expected, "properties": {**expected["properties"], "category": expected["category"]}}
         got = {k: event.get(k) for k in [*expected, "userId"]}
-        assert {**expected, "userId": user_id} == got, (helper, args, event)
+        if sdk == "analytics-next" and helper in ("page", "screen"):
+            got["properties"] = {k: v for k, v in got["properties"].items() if k in expected["properties"]}
+        assert {**expected, "userId": "u-1"} == got, (helper, args, event)
         assert "category" in expected or event.get("category") is None, event
         contract = by_name[f"track/{naming.table_name(event['event'])}" if helper == "track" else helper]
         for schema in (contract.schema, by_name["common"].schema):
@@ -88,7 +91,7 @@ def test_every_python_helper_sends_its_event(tmp_path):
         events = arrived(server)
     helpers = {n for n, f in vars(tracking).items() if inspect.isfunction(f) and f.__module__ == tracking.__name__}
     assert called == helpers  # every generated helper was called
-    assert_arrived(events, "u-1")
+    assert_arrived(events, "analytics-python")
 
 
 NODE_USAGE = """import { Analytics } from "@segment/analytics-node";
@@ -119,27 +122,67 @@ analytics.closeAndFlush({ timeout: 20000 }).then(() => {
 """
 
 
-@pytest.mark.node
-def test_every_typescript_helper_sends_its_event(tmp_path):
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Both TypeScript flavours and usage.ts, compiled to JavaScript with one tsc run."""
     if not (TSC.exists() and sdks.node_available()):
         pytest.fail("node_modules is missing tsc or @segment/analytics-node: `make test` installs them (npm ci)")
-    (tmp_path / "tracking_node.ts").write_text(typegen.generate(CONTRACTS, "typescript", "analytics-node"))
-    (tmp_path / "tracking_browser.ts").write_text(typegen.generate(CONTRACTS, "typescript", "analytics-next"))
-    (tmp_path / "usage.ts").write_text(NODE_USAGE)
-    (tmp_path / "node_modules").symlink_to(ROOT / "node_modules")  # where tsc and node resolve the SDKs
+    directory = tmp_path_factory.mktemp("typescript")
+    (directory / "tracking_node.ts").write_text(typegen.generate(CONTRACTS, "typescript", "analytics-node"))
+    (directory / "tracking_browser.ts").write_text(typegen.generate(CONTRACTS, "typescript", "analytics-next"))
+    (directory / "usage.ts").write_text(NODE_USAGE)
+    (directory / "node_modules").symlink_to(ROOT / "node_modules")  # where tsc and node resolve the SDKs
     done = subprocess.run([str(TSC), "--strict", "--skipLibCheck", "--target", "es2020", "--module", "commonjs",
-                           "--outDir", str(tmp_path / "out"), *sorted(str(p) for p in tmp_path.glob("*.ts"))],
-                          capture_output=True, text=True, cwd=tmp_path)
+                           "--outDir", str(directory / "out"), *sorted(str(p) for p in directory.glob("*.ts"))],
+                          capture_output=True, text=True, cwd=directory)
     assert done.returncode == 0, done.stdout + done.stderr
+    return directory
+
+
+@pytest.mark.node
+def test_every_analytics_node_helper_sends_its_event(compiled):
     with CaptureServer() as server:
-        done = subprocess.run(["node", str(tmp_path / "out" / "usage.js"), server.base_url,
+        done = subprocess.run(["node", str(compiled / "out" / "usage.js"), server.base_url,
                                json.dumps([[helper, list(args)] for helper, args, _ in CALLS])],
-                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                              capture_output=True, text=True, timeout=60, cwd=compiled)
         events = arrived(server)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert sorted(result["helpers"]) == sorted({helper for helper, _, _ in CALLS})
-    assert_arrived(events, "u-1", page_category_in_properties=True)
+    assert_arrived(events, "analytics-node")
+
+
+# In the page: the compiled helpers (CommonJS: they fill `exports`) called with window.analytics.
+# A source middleware gives each event the messageId the driver waits for (the helpers, like a
+# site's code, pass none); it is registered before the first call.
+BROWSER_CALLS = """async (calls) => {
+  const exports = {};
+  new Function("exports", %s)(exports);
+  const ids = calls.map((c) => c.messageId);
+  await window.analytics.addSourceMiddleware(({ payload, next }) => {
+    payload.obj.messageId = ids.shift();
+    next(payload);
+  });
+  const uncalled = Object.keys(exports)
+    .filter((k) => typeof exports[k] === "function" && !calls.some((c) => c.helper === k));
+  if (uncalled.length) throw new Error("helpers the test does not call: " + uncalled);
+  for (const c of calls) exports[c.helper](window.analytics, ...c.args);
+}"""
+
+
+@pytest.mark.node
+@pytest.mark.browser
+def test_every_analytics_js_helper_sends_its_event(compiled):
+    if not sdks.chromium_available():
+        pytest.fail("Debian's chromium is missing: `make test` installs it (make chromium)")
+    script = BROWSER_CALLS % json.dumps((compiled / "out" / "tracking_browser.js").read_text())
+    # analytics.js's helpers take no user but identify's: the rest go as the browser's current user.
+    calls = [{"helper": helper, "args": ["u-1", *args] if helper == "identify" else list(args)}
+             for helper, args, _ in CALLS]
+    with CaptureServer() as server:
+        ids = sdks.send_analytics_js(server.base_url, "k", calls, timeout=30, call=script)
+        by_id = {event["messageId"]: event for event in arrived(server)}
+    assert_arrived([by_id[i] for i in ids], "analytics-next")
 
 
 def test_an_sdk_the_language_has_no_code_for_is_one_line():
