@@ -171,8 +171,13 @@ def run_built(plan: RunPlan, pipeline: beam.Pipeline):
             backend.ensure_deliveries()
         if plan.streaming and plan.runner.in_process:
             metrics.count_in_process()
-            streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
-                                        close=close_warehouses, on_tick=_progress_writer(plan.summary_path))
+            try:
+                streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
+                                            close=close_warehouses, on_tick=_progress_writer(plan.summary_path))
+            except streaming.RunFailed:
+                if plan.summary_path:  # what the run did before it failed, for whoever looks
+                    summary_module.write(plan.summary_path, summary_module.build(metrics.in_process_counts()))
+                raise
             counters = metrics.in_process_counts()
         else:
             result = pipeline.run()
@@ -320,6 +325,9 @@ def _main(argv=None) -> int:
     except duckdb_backend.WarehouseInUse as exc:  # opened before the launcher's check (replay's reads)
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
+    except streaming.RunFailed as exc:
+        print(f"sluice: error: the run failed and stopped: {exc}", file=sys.stderr)
+        return 3
     if summary is None:
         print("sluice: job written for the flex template launcher; its counters are in the Dataflow console")
         return 0

@@ -127,8 +127,9 @@ def check_exists(option: str, path: str) -> None:
                          "application-default login`, or set PUBSUB_EMULATOR_HOST for the emulator)") from None
     except exceptions.GoogleAPIError as exc:
         where = os.environ.get("PUBSUB_EMULATOR_HOST") or "pubsub.googleapis.com"
+        cause = exc.cause if isinstance(exc, exceptions.RetryError) and exc.cause else exc  # the last try's
         raise UsageError(f"--{option} {path}: cannot ask Pub/Sub ({where}) whether the {kind} exists: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                         f"{(str(cause) or type(cause).__name__).splitlines()[0]}") from None
 
 
 def _closest(client, kind: str, path: str) -> str:
