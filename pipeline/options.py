@@ -86,7 +86,8 @@ def help_text() -> str:
         description="Sluice: Segment-compatible events in, warehouse tables and dead letters out.",
         epilog="Standard Beam options pass through: --runner, --project, --region, --temp_location, "
                "--streaming, --direct_num_workers, ... Without --runner, batch runs use Beam's in-process "
-               "FnApiRunner. Exit status 2 means a command-line or config mistake, named on one line. "
+               "FnApiRunner. Exit status 2 means a command-line or config mistake, named on one line; 1, a "
+               "conservation failure (a bug); 3, a streaming run stopped by an error of its own. "
                "`python -m pipeline replay --help`: send dead letters through the pipeline again.")
     SluiceOptions._add_argparse_args(parser)
     return parser.format_help()
