@@ -48,7 +48,7 @@ def _name_for(directory: str, path: str, event) -> tuple:
         if naming.table_name(stem[len(TRACK_PREFIX):]) == stem[len(TRACK_PREFIX):]:
             return stem, None  # a title naming another table is lint's to report, at /title
         table = naming.table_name(event or stem[len(TRACK_PREFIX):])
-        if event is not None:  # the title names the event; lint's title check would say it again
+        if event:  # the title names the event; lint's title check would say it again
             return TRACK_PREFIX + table, Problem(path, "", "a track contract is named after its event's table: "
                                                            + belongs(event, table))
         return TRACK_PREFIX + table, Problem(
