@@ -174,3 +174,13 @@ def test_bigquery_option_mistakes_exit_2(args, expected):
     assert result.returncode == 2, result.stderr
     [line] = error_lines(result)
     assert expected in line
+
+
+def test_pipeline_query_refuses_a_bigquery_url_with_one_line_saying_what_to_use():
+    result = subprocess.run([sys.executable, "-m", "pipeline.query", "bigquery://demo-project/events"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "sluice.query: error: bigquery://demo-project/events: pipeline.query reads DuckDB files (duckdb:///PATH); "
+        "query BigQuery with bq (bq query --nouse_legacy_sql 'SELECT ... FROM `demo-project.events.tracks`') "
+        "or its console"]
