@@ -88,8 +88,12 @@ def _typegen(args) -> int:
     except ValueError as exc:
         raise UsageError(f"--sdk: {exc}") from None
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            with open(args.out, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise UsageError(f"--out {args.out}: cannot write it ({exc.strerror})") from None
+        print(f"wrote {args.out}")  # as import-segment says; without --out, stdout is the code alone
     else:
         sys.stdout.write(text)
     return 0
