@@ -10,7 +10,8 @@ replays nothing.
 Dead letters come from the warehouse's `_dead_letters` table, or from dead-letter files
 (newline-delimited JSON records, e.g. an export) with --dead_letter_files; both are read by
 the pipeline's workers, not here. Each record becomes the message it was: its payload bytes,
-its attributes plus `sluice_replay_of`, its source and receive time. A `delivery_failed`
+its attributes plus `sluice_replay_of` and `sluice_replay_origin` (the original failure), its
+source and receive time. A `delivery_failed`
 record is replayed to its destination only (its `integrations` narrowed to it).
 
 After the run succeeds, the replayed dead letters are recorded in `_replays`, and a later
@@ -42,10 +43,11 @@ from pipeline.errors import UsageError, did_you_mean
 from transforms import deadletter
 from transforms.messages import RawMessage
 from transforms.timeutil import format_time, parse_time
+from transforms.warehouse import replays
 from transforms.warehouse.replays import Selection, as_record
 from transforms.warehouse.sink import WarehouseFn, opened_backend
 
-REPLAY_ATTRIBUTE = "sluice_replay_of"
+REPLAY_ATTRIBUTE = replays.REPLAY_OF
 # A running replay renews its lease every LEASE_SECONDS / 4; one that stops renewing (killed, its
 # machine gone) leaves a lease that lapses this long after the last renewal.
 LEASE_SECONDS = 600
@@ -85,7 +87,8 @@ def to_raw_message(record: dict, run: str) -> RawMessage:
     data = deadletter.decode_payload(record["payload"], record.get("payload_encoding") or "utf-8")
     if record.get("error_stage") == "forwarding" and record.get("destination"):
         data = _only_to(data, record["destination"])
-    attributes = {**(record.get("attributes") or {}), REPLAY_ATTRIBUTE: record["dead_letter_id"]}
+    attributes = {**(record.get("attributes") or {}), REPLAY_ATTRIBUTE: record["dead_letter_id"],
+                  replays.REPLAY_ORIGIN: replays.origin_of(record)}
     position = f"replay:{record['dead_letter_id']}:{run}"
     return RawMessage(data, attributes, record.get("source") or "replay", record.get("received_at"), position)
 

@@ -175,3 +175,23 @@ def test_the_known_error_types_are_those_the_code_writes_and_the_docs_list():
     row = next(line for line in docs.splitlines() if line.startswith("| `error_type` |"))
     assert set(re.findall(r"`([a-z_]+)`", row)) - {"error_type", "exception_type", "exception_message", "raised_at",
                                                    "error_details", "destination"} == set(ERROR_TYPES)
+
+
+def test_the_dead_letters_view_shows_each_original_failure_once_with_its_latest_state(tmp_path, blocked):
+    """Two records failing again twice, then fixed: _dead_letters gains a row each time (3, 5, 7),
+    the view keeps the three original failures, each with what became of it."""
+    warehouse, config, contract = blocked
+    states = "SELECT error_type, state, latest_error_type FROM _dead_letters_view ORDER BY 1, 2"
+    assert table(tmp_path, states) == [
+        {"error_type": "contract_violation", "state": "open", "latest_error_type": "contract_violation"}] * 2 + [
+        {"error_type": "malformed_json", "state": "open", "latest_error_type": "malformed_json"}]
+    for _ in range(2):  # the contract not fixed yet: each replay fails again
+        run_replay(["--warehouse", warehouse, "--config", config, "--error_type", "contract_violation"])
+    assert table(tmp_path, "SELECT count(*) AS n FROM _dead_letters")[0]["n"] == 7
+    assert [(r["error_type"], r["state"]) for r in table(tmp_path, states)] == [
+        ("contract_violation", "failed_again"), ("contract_violation", "failed_again"), ("malformed_json", "open")]
+    contract.write_text(json.dumps({"type": "object"}))
+    assert run_replay(["--warehouse", warehouse, "--config", config, "--error_type", "contract_violation"])[
+        "stored"] == 2
+    assert [(r["error_type"], r["state"]) for r in table(tmp_path, states)] == [
+        ("contract_violation", "fixed"), ("contract_violation", "fixed"), ("malformed_json", "open")]

@@ -113,9 +113,13 @@ class BigQueryTables:
             return
         if table == "users":
             self._replace_view("users_view", bq.users_view_sql(self.ref(table), columns))
+        elif table == planner.DEAD_LETTER_TABLE:  # each original failure once, its latest state: needs _replays
+            self.ensure(replays.REPLAYS_TABLE, [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
+            letters = f"({bq.latest_view_sql(self.ref(table), 'dead_letter_id')})"
+            self._replace_view(replays.STATES_VIEW, replays.states_view_sql(
+                letters, f"`{self.ref(replays.REPLAYS_TABLE)}`", "JSON_VALUE"))
         else:
-            key = {planner.DEAD_LETTER_TABLE: "dead_letter_id",
-                   planner.DELIVERIES_TABLE: "delivery_id"}.get(table) or planner.key_column(table)
+            key = {planner.DELIVERIES_TABLE: "delivery_id"}.get(table) or planner.key_column(table)
             self._replace_view(f"{table}_view", bq.latest_view_sql(self.ref(table), key))
 
     def _replace_view(self, name: str, select: str) -> None:

@@ -443,12 +443,16 @@ class DuckDBWarehouse:
     # -- dead letters ------------------------------------------------------------------
     def ensure_dead_letters(self) -> None:
         """`_dead_letters` exists, empty until something fails (a monitoring query on it works
-        from the first run). Done when the file is opened; DuckDB needs no view: the primary
-        key keeps one row per dead letter."""
+        from the first run; its primary key keeps one row per dead letter), and so do `_replays`
+        and `_dead_letters_view`, each original failure once with its latest state. Done when the
+        file is opened."""
         columns = ", ".join(f"{quote(n)} {SQL_TYPES[t]}" + (" PRIMARY KEY" if n == "dead_letter_id" else "")
                             for n, t in DEAD_LETTER_COLUMNS)
         with self._db.lock:
             self._db.conn.execute(f"CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} ({columns})")
+            self._ensure_replays()
+            self._db.conn.execute(f"CREATE OR REPLACE VIEW {replays.STATES_VIEW} AS " + replays.states_view_sql(
+                DEAD_LETTER_TABLE, replays.REPLAYS_TABLE, "json_extract_string"))
 
     def select_dead_letters(self, selection) -> list:
         """Dead-letter records (dicts, times as ISO strings) a replay selection names."""
