@@ -105,6 +105,9 @@ def test_pubsub_to_duckdb_stops_cleanly_with_everything_accounted_for(tmp_path, 
     with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:  # complete on its own
         tracks = rows(conn, "SELECT message_id, received_at, _metadata FROM tracks ORDER BY 1")
         letters = rows(conn, "SELECT error_type, attributes, source FROM _dead_letters ORDER BY 1")
+        users = rows(conn, USERS_SQL.format("users"))
+    # the same users as the batch runs of test_users_rule (u2 is MESSAGES' own identify)
+    assert final["tables"]["users"] == 5 and [u for u in users if u["id"] != "u2"] == USERS
     assert sorted(t["message_id"] for t in tracks) == sorted(f"m{i}" for i in range(1, 51))
     today = datetime.now(timezone.utc).date()
     assert {t["received_at"].astimezone(timezone.utc).date() for t in tracks} == {today}  # publish time
