@@ -453,6 +453,7 @@ class BigQueryWarehouse:
         none where the launcher's cached schema is shared (local runs)."""
         self._tables.ensure(planner.DEAD_LETTER_TABLE,
                             [planner.Column(n, t, "$" + n) for n, t in planner.DEAD_LETTER_COLUMNS])
+        self._tables.ensure_states_view()  # a dataset from before the view of each failure's state
 
     def write_dead_letters(self, records: list) -> int:
         """Dead letters have nowhere further to go: a refusal here raises (the bundle fails
