@@ -5,7 +5,10 @@ once their cause is fixed (a contract, the config, a destination).
         [--until TIME] [--source GLOB] [--dead_letter_files PATTERN] [--dry_run] [Beam options]
 
 --dry_run prints how many dead letters the selection names, by error type and source, and
-replays nothing.
+replays and writes nothing (the warehouse must exist). --error_type takes the codes of
+docs/warehouse.md#dead-letters, comma-separated. The last line says how many were replayed, and
+of them how many were fixed and how many failed again; _dead_letters_view shows each original
+failure once with its latest state (open, failed_again, fixed).
 
 Dead letters come from the warehouse's `_dead_letters` table, or from dead-letter files
 (newline-delimited JSON records, e.g. an export) with --dead_letter_files; both are read by
