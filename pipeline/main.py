@@ -153,7 +153,13 @@ def execute(plan: RunPlan, pipeline_options):
 
 def build(plan: RunPlan, pipeline_options) -> beam.Pipeline:
     """The job's graph, not run yet (run_built runs it; a batch graph may be run again)."""
-    pipeline = beam.Pipeline(runner=plan.runner.runner, options=pipeline_options)
+    try:
+        pipeline = beam.Pipeline(runner=plan.runner.runner, options=pipeline_options)
+    except ValueError as exc:  # Beam checks the options for the runner here: a usage error, before anything runs
+        if not str(exc).startswith("Pipeline has validations errors"):
+            raise
+        problems = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
+        raise UsageError(f"Beam's options for --runner {plan.runner.name}: {'; '.join(problems)}") from None
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
                           trust_event_received_at=not plan.streaming, streaming=plan.streaming, runner=plan.runner,
                           dead_letter_topic=plan.dead_letter_topic, **plan.backend)

@@ -65,6 +65,8 @@ def error_lines(result):
     (["--input_files", str(SAMPLE), "--direct_num_workers", "two"], "argument --direct_num_workers: invalid int"),
     (["--input_files", str(SAMPLE), "--max_num_workers", "1.5"], "argument --max_num_workers: invalid int"),
     (["--input_files", str(SAMPLE), "--streaming=yes"], "argument --streaming: ignored explicit argument 'yes'"),
+    (["--input_files", str(SAMPLE), "--runner", "DataflowRunner", "--warehouse", "bigquery://demo-project/d"],
+     "Beam's options for --runner DataflowRunner: Missing GCS path option: temp_location; "),  # Beam's own checks
     (["--input_files", str(SAMPLE), "--runner", "DataflowRunner"],
      "--runner DataflowRunner cannot write to an embedded DuckDB file"),
 ])
