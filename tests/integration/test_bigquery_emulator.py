@@ -1,6 +1,17 @@
 """The emulator itself: started by the suite, answering the real client on 127.0.0.1."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+
 import pytest
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
+
+from tests.conftest import ROOT
+from tests.integration.emulators import _stop_session, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -18,17 +29,6 @@ def test_make_bigquery_emulator_starts_one_for_manual_runs_and_stops_it_with_its
     """The documented one-line start (docs/bigquery.md): `make bigquery-emulator` runs the
     module below; started here on a free port, it answers the real client, and a stop signal
     ends it and its emulator."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-
-    from tests.conftest import ROOT
-    from tests.integration.emulators import _stop_session, free_port
     dry = subprocess.run(["make", "-n", "bigquery-emulator"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ".venv/bin/python -m tests.integration.emulators --port ${BQ_PORT:-9050}" in dry.stdout, dry.stdout
     port = free_port()
