@@ -20,7 +20,7 @@ PYTHON311 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1
 GBSTATS := .emulators/gbstats
 GBSTATS_STAMP := $(GBSTATS)/.installed
 
-.PHONY: demo serve test test-fast check-prereqs chromium bench bench-streaming bench-forwarding sample clean emulators gbstats template
+.PHONY: demo serve test test-fast check-prereqs chromium bench bench-streaming bench-forwarding sample clean emulators gbstats bigquery-emulator template
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,6 +96,11 @@ $(GBSTATS_STAMP): emulators/gbstats-requirements.txt
 gbstats: $(GBSTATS_STAMP)
 
 emulators: $(BQ_STAMP) $(GBSTATS_STAMP)
+
+# The BigQuery emulator for manual runs, on 127.0.0.1:9050 until Ctrl-C (docs/bigquery.md#a-local-emulator);
+# BQ_PORT, BQ_PROJECT change its port and project. Its tables stay in demo-output/bigquery-emulator.
+bigquery-emulator: $(STAMP) $(BQ_STAMP)
+	$(PY) -m tests.integration.emulators --port $${BQ_PORT:-9050} --project $${BQ_PROJECT:-demo-project}
 
 # make test needs Java, the Cloud SDK's Pub/Sub emulator, Node/npm and Python 3.13: checked first
 # (make builds prerequisites in the order listed), one line per missing one (docs/testing.md).

@@ -1,5 +1,6 @@
 """Errors a person fixes on the command line or in the config file (exit status 2)."""
 import argparse
+import difflib
 
 
 class UsageError(Exception):
@@ -12,3 +13,18 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
+
+
+def closest(word: str, choices):
+    """The choice closest to a mistyped word (case aside), or None when none is close. The
+    cutoff, difflib's ratio 0.7 (its default 0.6 offered `collector` for `colour`), still takes a
+    swapped, missing or extra letter or two (dorp, batchsize, DirectRunnr)."""
+    by_folded = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_folded), n=1, cutoff=0.7)
+    return by_folded[close[0]] if close else None
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean X?)' for the closest choice, to end a UsageError's line; '' for none."""
+    match = closest(word, choices)
+    return f" (did you mean {match}?)" if match else ""

@@ -8,7 +8,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from pipeline.errors import OneLineParser, UsageError
+from pipeline.errors import OneLineParser, UsageError, did_you_mean
 # Beam-free, shared with pipeline.query and pipeline.experiments; still this module's names too.
 from pipeline.warehouse_url import _BIGQUERY_URL, check_endpoint, parse_warehouse_url  # noqa: F401
 
@@ -80,7 +80,8 @@ def help_text() -> str:
         description="Sluice: Segment-compatible events in, warehouse tables and dead letters out.",
         epilog="Standard Beam options pass through: --runner, --project, --region, --temp_location, "
                "--streaming, --direct_num_workers, ... Without --runner, batch runs use Beam's in-process "
-               "FnApiRunner. Exit status 2 means a command-line or config mistake, named on one line. "
+               "FnApiRunner. Exit status 2 means a command-line or config mistake, named on one line; 1, a "
+               "conservation failure (a bug); 3, a streaming run stopped by an error of its own. "
                "`python -m pipeline replay --help`: send dead letters through the pipeline again. "
                "`python -m pipeline experiments --help`: analyze experiments in the warehouse.")
     SluiceOptions._add_argparse_args(parser)
@@ -89,11 +90,13 @@ def help_text() -> str:
 
 def parse_args(argv: list) -> tuple:
     """argv -> (SluiceOptions, PipelineOptions). Raises UsageError for unknown or malformed options."""
-    _, unknown = _beam_parser().parse_known_args(argv)
+    parser = _beam_parser()
+    _, unknown = parser.parse_known_args(argv)
     for arg in unknown:
         name = arg.split("=", 1)[0]
         if name.startswith("-"):
-            raise UsageError(f"unrecognized option {name} (see --help)")
+            known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+            raise UsageError(f"unrecognized option {name}{did_you_mean(name, known)} (see --help)")
         raise UsageError(f"unexpected argument {arg!r} (options take the form --name=value)")
     options = PipelineOptions(argv)
     return options.view_as(SluiceOptions), options

@@ -5,12 +5,16 @@ once their cause is fixed (a contract, the config, a destination).
         [--until TIME] [--source GLOB] [--dead_letter_files PATTERN] [--dry_run] [Beam options]
 
 --dry_run prints how many dead letters the selection names, by error type and source, and
-replays nothing.
+replays and writes nothing (the warehouse must exist). --error_type takes the codes of
+docs/warehouse.md#dead-letters, comma-separated. The last line says how many were replayed, and
+of them how many were fixed and how many failed again; _dead_letters_view shows each original
+failure once with its latest state (open, failed_again, fixed).
 
 Dead letters come from the warehouse's `_dead_letters` table, or from dead-letter files
 (newline-delimited JSON records, e.g. an export) with --dead_letter_files; both are read by
 the pipeline's workers, not here. Each record becomes the message it was: its payload bytes,
-its attributes plus `sluice_replay_of`, its source and receive time. A `delivery_failed`
+its attributes plus `sluice_replay_of` and `sluice_replay_origin` (the original failure), its
+source and receive time. A `delivery_failed`
 record is replayed to its destination only (its `integrations` narrowed to it).
 
 After the run succeeds, the replayed dead letters are recorded in `_replays`, and a later
@@ -38,14 +42,15 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, did_you_mean
 from transforms import deadletter
 from transforms.messages import RawMessage
 from transforms.timeutil import format_time, parse_time
+from transforms.warehouse import replays
 from transforms.warehouse.replays import Selection, as_record
 from transforms.warehouse.sink import WarehouseFn, opened_backend
 
-REPLAY_ATTRIBUTE = "sluice_replay_of"
+REPLAY_ATTRIBUTE = replays.REPLAY_OF
 # A running replay renews its lease every LEASE_SECONDS / 4; one that stops renewing (killed, its
 # machine gone) leaves a lease that lapses this long after the last renewal.
 LEASE_SECONDS = 600
@@ -72,6 +77,10 @@ def parse_replay_args(argv: list) -> tuple:
         except ValueError:
             raise UsageError(f"--{name} {value!r}: expected an ISO-8601 time such as 2026-11-25T00:00:00Z") from None
     types = tuple(t.strip() for t in known.error_type.split(",") if t.strip())
+    for name in types:
+        if name not in deadletter.ERROR_TYPES:  # a typo would select nothing: "would replay 0"
+            raise UsageError(f"--error_type {name!r}: not an error type{did_you_mean(name, deadletter.ERROR_TYPES)} "
+                             "(docs/warehouse.md#dead-letters lists them)")
     selection = Selection("", types, times["since"], times["until"], known.source)
     return selection, known.dead_letter_files, known.dry_run, rest
 
@@ -83,7 +92,8 @@ def to_raw_message(record: dict, run: str) -> RawMessage:
         data = _only_to(data, record["destination"])
     elif record.get("error_stage") == "experiments":  # refused for the warehouse only: it was forwarded then
         data = _only_to(data, None)
-    attributes = {**(record.get("attributes") or {}), REPLAY_ATTRIBUTE: record["dead_letter_id"]}
+    attributes = {**(record.get("attributes") or {}), REPLAY_ATTRIBUTE: record["dead_letter_id"],
+                  replays.REPLAY_ORIGIN: replays.origin_of(record)}
     position = f"replay:{record['dead_letter_id']}:{run}"
     return RawMessage(data, attributes, record.get("source") or "replay", record.get("received_at"), position)
 
@@ -159,18 +169,25 @@ def new_run() -> tuple:
     return uuid.uuid4().hex[:12], format_time(datetime.now(timezone.utc))
 
 
-def selected(settings, selection: Selection, files: str = None) -> list:
-    """The records the selection names now, read here (a dry run; after a successful run, the
-    ids it replayed: the same selection, read again)."""
-    with opened_backend(settings) as backend:
-        if not files:
-            return backend.select_dead_letters(selection)
-        records = []
-        for match in FileSystems.match([files])[0].metadata_list:
-            with FileSystems.open(match.path) as handle:
-                records += [r for r in read_records(handle) if selection.keeps(r)]
-        done = backend.replayed([r["dead_letter_id"] for r in records])
-        return [r for r in records if r["dead_letter_id"] not in done]
+def selected(settings, selection: Selection, files: str = None, read_only: bool = False) -> list:
+    """The records the selection names now, read here (a dry run, read_only: nothing is created,
+    not even the warehouse; after a successful run, the ids it replayed: the same selection,
+    read again)."""
+    if read_only and settings.url.startswith("duckdb:///") and not os.path.exists(settings.url[len("duckdb:///"):]):
+        raise UsageError(f"--warehouse {settings.url}: no such DuckDB file (a dry run reads an existing warehouse "
+                         "and creates nothing)")
+    try:
+        with opened_backend(settings, read_only=read_only) as backend:
+            if not files:
+                return backend.select_dead_letters(selection)
+            records = []
+            for match in FileSystems.match([files])[0].metadata_list:
+                with FileSystems.open(match.path) as handle:
+                    records += [r for r in read_records(handle) if selection.keeps(r)]
+            done = backend.replayed([r["dead_letter_id"] for r in records])
+            return [r for r in records if r["dead_letter_id"] not in done]
+    except LookupError as exc:  # a read-only open of a BigQuery dataset that does not exist
+        raise UsageError(f"--warehouse {settings.url}: {exc} (a dry run creates nothing)") from None
 
 
 def describe(records: list) -> str:
@@ -180,6 +197,13 @@ def describe(records: list) -> str:
         counts = Counter(r.get(key) or "?" for r in records)
         lines += [f"  {key} {value}: {count:,}" for value, count in counts.most_common()]
     return "\n".join(lines)
+
+
+def outcome(summary: dict) -> str:
+    """A replay's last line: how many it replayed, and of them how many failed again."""
+    replayed, again = summary["replayed"], summary.get("failed_again", 0)
+    line = f"replayed {replayed:,} dead letters (recorded in _replays): {replayed - again:,} fixed"
+    return line + (f", {again:,} failed again (new dead letters in _dead_letters)" if again else "")
 
 
 def record(settings, ids: list, run: str) -> int:

@@ -40,7 +40,10 @@ def _nested(flat: dict) -> dict:
     return dict(nested)
 
 
-def build(counters: dict) -> dict:
+def build(counters: dict, running: bool = False) -> dict:
+    """The summary of the counters. running: a streaming run's live summary, whose events may be
+    in flight between stages: its conservation says how many (`in_flight`) instead of holding or
+    failing, which only the run's end decides."""
     summary = {
         "read": counters.get("read", 0),
         "events": counters.get("events", 0),
@@ -65,6 +68,11 @@ def build(counters: dict) -> dict:
     accounted = summary["stored"] + sum(summary["dead_lettered"].values()) + sum(summary["dropped"].values())
     by_destination = {name: d["candidates"] - d["dropped_filter"] - d["delivered"] - d["failed"]
                       for name, d in summary["destinations"].items()}
+    if running:
+        summary["conservation"] = {"running": True, "in_flight": summary["events"] - accounted}
+        if any(by_destination.values()):
+            summary["conservation"]["in_flight_by_destination"] = {k: v for k, v in by_destination.items() if v}
+        return summary
     summary["conservation"] = {"holds": accounted == summary["events"] and not any(by_destination.values()),
                                "unaccounted": summary["events"] - accounted}
     if any(by_destination.values()):
@@ -120,7 +128,7 @@ def format_table(summary: dict) -> str:
     contracts = summary.get("contracts", {})
     if any(contracts.values()):
         row("contracts: unplanned events", contracts["unplanned"])
-        row("contracts: violations recorded", contracts["violations"])
+        row("contracts: violations", contracts["violations"])  # kept, omitted or blocked
         row("contracts: values omitted", contracts["omitted"])
     consent = summary.get("consent", {})
     if any(consent.values()):
@@ -138,8 +146,16 @@ def format_table(summary: dict) -> str:
         for name in ("failed", "dropped_filter", "dropped_consent", "dropped_integrations", "requests", "retried"):
             if counts[name]:
                 row(name, counts[name], 2)
+    for title, key in (("BigQuery API calls", "api_calls"),):  # the figures bigquery.md#api-calls promises
+        if summary.get(key):
+            row(title, sum(summary[key].values()))
+            for name, value in summary[key].items():
+                row(name, value, 2)
     lines.append("-" * 44)
     conservation = summary["conservation"]
+    if conservation.get("running"):
+        lines.append(f"conservation checked at the end: {conservation['in_flight']:,} events in flight")
+        return "\n".join(lines)
     verdict = ("holds: events = stored + dead-lettered + dropped" if conservation["holds"]
                else f"BROKEN: {conservation['unaccounted']:,} events unaccounted for"
                + "".join(f"; {n:,} for destination {d}"

@@ -5,6 +5,7 @@ environment, installed by `make emulators` from emulators/bigquery-requirements.
 looks for its extensions under $HOME/.duckdb and would try to download missing ones, so
 each emulator gets a HOME of its own with the extensions copied in from that environment.
 """
+import argparse
 import os
 import shutil
 import signal
@@ -112,9 +113,9 @@ class PubSubEmulator(_SessionEmulator):
 class BigQueryEmulator:
     """`with BigQueryEmulator(workdir) as bq:` -> bq.endpoint, bq.project, bq.grpc_port."""
 
-    def __init__(self, workdir: Path, project: str = PROJECT):
+    def __init__(self, workdir: Path, project: str = PROJECT, port: int = None):
         self.workdir, self.project = Path(workdir), project
-        self.port, self.grpc_port = free_port(), free_port()
+        self.port, self.grpc_port = port or free_port(), free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._process = None
 
@@ -190,3 +191,38 @@ class GcsEmulator(_SessionEmulator):
         client.project = PROJECT
         return client
 
+
+
+def serve_bigquery(argv=None) -> int:
+    """`make bigquery-emulator`: the emulator the tests use, started the same way, for manual
+    runs (`--bigquery_endpoint`); in the foreground until Ctrl-C, its tables kept in --data."""
+    parser = argparse.ArgumentParser(prog="make bigquery-emulator",
+                                     description="The BigQuery emulator on 127.0.0.1, until Ctrl-C.")
+    parser.add_argument("--port", type=int, default=9050)
+    parser.add_argument("--project", default="demo-project")
+    parser.add_argument("--data", default=str(ROOT / "demo-output" / "bigquery-emulator"),
+                        help="where its tables and log are kept between starts (default %(default)s)")
+    args = parser.parse_args(argv)
+    emulator = BigQueryEmulator(Path(args.data), args.project, args.port)
+
+    def stop(signum, frame):  # SIGTERM too (and SIGINT where a shell left it ignored): the emulator goes with us
+        raise KeyboardInterrupt
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    try:
+        emulator.start()
+        print(f"BigQuery emulator on {emulator.endpoint} (project {args.project}, log {args.data}/"
+              f"bigquery-emulator.log); Ctrl-C stops it. Runs take: --warehouse bigquery://{args.project}/DATASET "
+              f"--bigquery_endpoint {emulator.endpoint}", flush=True)
+        return emulator._process.wait()
+    except (EmulatorMissing, RuntimeError) as exc:
+        print(f"bigquery-emulator: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(serve_bigquery())

@@ -7,6 +7,7 @@ import json
 import duckdb
 import pytest
 
+from pipeline.errors import UsageError
 from pipeline.main import run
 from tests.conftest import rows
 from tests.integration.test_bigquery_warehouse import query
@@ -95,11 +96,28 @@ def test_replay_on_bigquery_stores_a_fixed_event_once(tmp_path, bigquery_emulato
     common = ["--config", str(tmp_path / "sluice.yaml"), "--bigquery_endpoint", bigquery_emulator.endpoint,
               "--warehouse", f"bigquery://{bigquery_emulator.project}/{dataset_name}"]
     assert run(["--input_files", str(tmp_path / "events.jsonl"), *common])["dead_lettered"] == {"contract_violation": 2}
+    states = f"SELECT state, latest_error_type FROM `{dataset_name}._dead_letters_view`"
+    assert run_replay([*common, "--dry_run"])["dry_run"].splitlines()[0] == "would replay 2 dead letters"
+    again = run_replay(common)  # the contract not fixed: both fail again, and count once each
+    assert (again["replayed"], again["failed_again"]) == (2, 2)
+    assert query(bigquery_client, states) == [{"state": "failed_again", "latest_error_type": "contract_violation"}] * 2
     contract.write_text(json.dumps({"type": "object"}))
     replayed = run_replay(common)
     assert (replayed["replayed"], replayed["stored"]) == (2, 2)
     assert run_replay(common)["replayed"] == 0
+    assert query(bigquery_client, states) == [{"state": "fixed", "latest_error_type": "contract_violation"}] * 2
+    assert query(bigquery_client, f"SELECT count(*) AS n FROM `{dataset_name}._dead_letters`")[0]["n"] == 4
     stored = query(bigquery_client, f"SELECT message_id FROM `{dataset_name}.order_completed` ORDER BY 1")
     assert [r["message_id"] for r in stored] == ["good", "in-batch", "string-total"]
     schema = bigquery_client.get_table(f"{dataset_name}._replays")
     assert schema.clustering_fields == ["dead_letter_id"] and schema.time_partitioning.field == "replayed_at"
+
+
+def test_a_dry_run_on_a_bigquery_dataset_that_does_not_exist_creates_nothing(bigquery_emulator, bigquery_client,
+                                                                            dataset_name):
+    from pipeline.main import run_replay
+    with pytest.raises(UsageError, match=f"--warehouse bigquery://{bigquery_emulator.project}/{dataset_name}: "
+                                         "no dataset .* \\(a dry run creates nothing\\)"):
+        run_replay(["--warehouse", f"bigquery://{bigquery_emulator.project}/{dataset_name}", "--bigquery_endpoint",
+                    bigquery_emulator.endpoint, "--dry_run"])
+    assert [d.dataset_id for d in bigquery_client.list_datasets()].count(dataset_name) == 0

@@ -61,7 +61,7 @@ def test_rewriting_the_same_events_adds_nothing(tmp_path):
 def test_stored_events_are_keyed_by_128_bit_numbers_and_no_event_table_has_an_index(tmp_path):
     """An index lives in memory and grows with the warehouse: the stored events' keys are one
     narrow column instead; users keep their primary key (identifies are upserted by user id), and
-    the two small internal tables theirs (a row per dead letter, a row per forwarded batch)."""
+    the small internal tables theirs (a row per dead letter, per replayed one, per forwarded batch)."""
     warehouse = open_warehouse(tmp_path)
     warehouse.write_events([track("m1", {"a": 1}), event({"type": "identify", "userId": "u", "messageId": "i1"})])
     warehouse.close()
@@ -69,7 +69,7 @@ def test_stored_events_are_keyed_by_128_bit_numbers_and_no_event_table_has_an_in
                                                "WHERE constraint_type = 'PRIMARY KEY' ORDER BY 1")
     keyed = {table: columns for table, columns in constraints if not table.startswith("_sluice_columns")}
     assert keyed == {"_dead_letters": ["dead_letter_id"], "_deliveries": ["delivery_id"],
-                     "users": ["id"]}
+                     "_replays": ["dead_letter_id"], "users": ["id"]}
     assert query(tmp_path / "w.duckdb", f"SELECT count(*), typeof(any_value(key)) FROM {KEYS_TABLE}") == [(2, "UHUGEINT")]
 
 

@@ -74,7 +74,13 @@ def test_a_backfill_is_redistributed_after_reading_where_the_runner_distributes_
 
 
 @pytest.mark.parametrize("args, expected", [
-    (("--runner", "DirectRunnr"), "--runner DirectRunnr: Unexpected pipeline runner"),
+    (("--runner", "DirectRunnr"), "--runner DirectRunnr: unknown runner (did you mean DirectRunner?)"),
+    (("--runner", "Nimbus"), "--runner Nimbus: unknown runner; Beam's are DataflowRunner, "),
+    (("--runner", "apache_beam.runners.Nope"), "--runner apache_beam.runners.Nope: cannot import it"),
+    (("--runner", "nosuch_module.Runner"), "--runner nosuch_module.Runner: cannot import it"),
+    # Beam would instantiate any class it names and run the job on it
+    (("--runner", "apache_beam.options.pipeline_options.PipelineOptions"), "--runner apache_beam.options."
+     "pipeline_options.PipelineOptions: not a PipelineRunner subclass"),
     (("--runner", "FnApiRunner", "--streaming"), "--runner FnApiRunner cannot run a streaming job"),
 ])
 def test_runner_mistakes_are_usage_errors(args, expected):

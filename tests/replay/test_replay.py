@@ -1,14 +1,19 @@
 """`python -m pipeline replay`, end to end: an event blocked by its contract is replayed once
 the contract is fixed and is stored once; replayed dead letters are not replayed twice; a
 record that fails again is a new dead letter with its new error."""
+import ast
 import json
+import re
+import subprocess
+import sys
 
 import duckdb
 import pytest
 
 from pipeline.main import main, run, run_replay
 from pipeline.errors import UsageError
-from tests.conftest import rows
+from tests.conftest import ROOT, rows
+from transforms.deadletter import ERROR_TYPES
 
 CONTRACT = {"type": "object", "properties": {"properties": {
     "type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}}}
@@ -110,8 +115,83 @@ def test_the_command_line_dispatches_replay(tmp_path, blocked, capsys):
 
 def test_a_dry_run_counts_what_would_be_replayed_and_replays_nothing(tmp_path, blocked):
     warehouse, config, _ = blocked
+    tables = "SELECT table_name FROM duckdb_tables() ORDER BY 1"
+    before = table(tmp_path, tables)
     summary = run_replay(["--warehouse", warehouse, "--config", config, "--dry_run"])
     assert summary["dry_run"].splitlines()[:3] == ["would replay 3 dead letters", "  error_type contract_violation: 2",
                                                    "  error_type malformed_json: 1"]
-    assert table(tmp_path, "SELECT count(*) AS n FROM _replays")[0]["n"] == 0
+    assert table(tmp_path, tables) == before  # nothing created, not even `_replays`
     assert run_replay(["--warehouse", warehouse, "--config", config])["replayed"] == 3  # still all there
+
+
+def replay_process(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "pipeline", "replay", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--warehouse", "duckdb:///nope.duckdb", "--dry_run"],
+     "--warehouse duckdb:///nope.duckdb: no such DuckDB file (a dry run reads an existing warehouse and creates "
+     "nothing)"),
+    (["--warehouse", "duckdb:///nope.duckdb", "--error_type", "contract_violaton", "--dry_run"],
+     "--error_type 'contract_violaton': not an error type (did you mean contract_violation?) "
+     "(docs/warehouse.md#dead-letters lists them)"),
+    (["--warehouse", "duckdb:///nope.duckdb", "--dead_letter_files", "letters/*.jsonl"],
+     "--dead_letter_files: no file matches letters/*.jsonl"),
+])
+def test_replay_mistakes_on_the_command_line_are_one_line_exit_2_and_create_nothing(tmp_path, args, expected):
+    result = replay_process(*args, cwd=tmp_path)
+    assert (result.returncode, result.stderr.splitlines()) == (2, [f"sluice: error: {expected}"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_last_line_says_how_many_were_fixed_and_how_many_failed_again(tmp_path, blocked):
+    warehouse, config, contract = blocked
+    again = replay_process("--warehouse", warehouse, "--config", config, "--error_type", "contract_violation",
+                           cwd=tmp_path)  # the contract not fixed: both fail again
+    assert again.returncode == 0
+    assert again.stdout.splitlines()[-1] == ("replayed 2 dead letters (recorded in _replays): 0 fixed, 2 failed again "
+                                             "(new dead letters in _dead_letters)")
+    contract.write_text(json.dumps({"type": "object"}))
+    fixed = replay_process("--warehouse", warehouse, "--config", config, cwd=tmp_path)
+    assert fixed.returncode == 0
+    assert fixed.stdout.splitlines()[-1] == "replayed 3 dead letters (recorded in _replays): 2 fixed, 1 failed again " \
+                                            "(new dead letters in _dead_letters)"
+
+
+def written_error_types() -> set:
+    """The error types the code writes: the string constants of each Rejection(...)'s first argument."""
+    found = set()
+    for path in [*(ROOT / "transforms").rglob("*.py"), *(ROOT / "pipeline").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Rejection" and node.args:
+                found |= {c.value for c in ast.walk(node.args[0]) if isinstance(c, ast.Constant)}
+    return found
+
+
+def test_the_known_error_types_are_those_the_code_writes_and_the_docs_list():
+    assert written_error_types() <= set(ERROR_TYPES)  # decode names two through a variable: a subset
+    docs = (ROOT / "docs" / "warehouse.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `error_type` |"))
+    assert set(re.findall(r"`([a-z_]+)`", row)) - {"error_type", "exception_type", "exception_message", "raised_at",
+                                                   "error_details", "destination", "missing"} == set(ERROR_TYPES)
+
+
+def test_the_dead_letters_view_shows_each_original_failure_once_with_its_latest_state(tmp_path, blocked):
+    """Two records failing again twice, then fixed: _dead_letters gains a row each time (3, 5, 7),
+    the view keeps the three original failures, each with what became of it."""
+    warehouse, config, contract = blocked
+    states = "SELECT error_type, state, latest_error_type FROM _dead_letters_view ORDER BY 1, 2"
+    assert table(tmp_path, states) == [
+        {"error_type": "contract_violation", "state": "open", "latest_error_type": "contract_violation"}] * 2 + [
+        {"error_type": "malformed_json", "state": "open", "latest_error_type": "malformed_json"}]
+    for _ in range(2):  # the contract not fixed yet: each replay fails again
+        run_replay(["--warehouse", warehouse, "--config", config, "--error_type", "contract_violation"])
+    assert table(tmp_path, "SELECT count(*) AS n FROM _dead_letters")[0]["n"] == 7
+    assert [(r["error_type"], r["state"]) for r in table(tmp_path, states)] == [
+        ("contract_violation", "failed_again"), ("contract_violation", "failed_again"), ("malformed_json", "open")]
+    contract.write_text(json.dumps({"type": "object"}))
+    assert run_replay(["--warehouse", warehouse, "--config", config, "--error_type", "contract_violation"])[
+        "stored"] == 2
+    assert [(r["error_type"], r["state"]) for r in table(tmp_path, states)] == [
+        ("contract_violation", "fixed"), ("contract_violation", "fixed"), ("malformed_json", "open")]

@@ -79,14 +79,25 @@ class BigQueryWarehouse:
         self.lag_deadline = lag_deadline
         self.calls = Counter()  # API calls by kind: the benchmark reports them per 10,000 rows
         self._client = self._tables = None
+        self.read_only = False
 
     # -- lifecycle -------------------------------------------------------------------
-    def open(self) -> "BigQueryWarehouse":
+    def open(self, read_only: bool = False) -> "BigQueryWarehouse":
+        """read_only: reads only (a replay's dry run), creating nothing; a missing dataset raises
+        LookupError."""
         from google.cloud import bigquery
+        self.read_only = read_only
         self._client = bigquery_client(self.project, self.location, self.endpoint)
         dataset = bigquery.Dataset(f"{self.project}.{self.dataset}")
         dataset.location = self.location
-        self._call("datasets.insert", self._client.create_dataset, dataset, exists_ok=True)
+        if read_only:
+            try:
+                self._call("datasets.get", self._client.get_dataset, dataset.reference)
+            except exceptions.NotFound:
+                self.close()
+                raise LookupError(f"no dataset {self.project}.{self.dataset}") from None
+        else:
+            self._call("datasets.insert", self._client.create_dataset, dataset, exists_ok=True)
         self._tables = BigQueryTables(self._client, self.project, self.dataset, self.retry, self.calls)
         return self
 
@@ -168,10 +179,10 @@ class BigQueryWarehouse:
     def select_dead_letters(self, selection) -> list:
         """Dead-letter records (dicts, times as ISO strings) a replay selection names."""
         from google.cloud import bigquery
-        self._ensure_replays()
+        replays_table = self._ensure_replays()
         if self._tables.schema(planner.DEAD_LETTER_TABLE) is None:
             return []
-        where, params = selection.where()
+        where, params = selection.where(replays_table)
         sql = (f"SELECT * FROM `{self._tables.ref(planner.DEAD_LETTER_TABLE)}` WHERE "
                + where.replace(f"FROM {replays.REPLAYS_TABLE}", f"FROM `{self._tables.ref(replays.REPLAYS_TABLE)}`"))
         query_params = [bigquery.ArrayQueryParameter(name, "STRING", value) if kind.startswith("ARRAY")
@@ -184,12 +195,17 @@ class BigQueryWarehouse:
 
     def replayed(self, ids: list) -> set:
         """Which of these dead letters were replayed already."""
-        self._ensure_replays()
+        if not self._ensure_replays():
+            return set()
         return self._ids_in(replays.REPLAYS_TABLE, ids) if ids else set()
 
-    def _ensure_replays(self) -> None:
+    def _ensure_replays(self) -> bool:
+        """`_replays` exists (created unless read-only); whether it does."""
+        if self.read_only:
+            return self._tables.schema(replays.REPLAYS_TABLE) is not None
         self._tables.ensure(replays.REPLAYS_TABLE,
                             [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
+        return True
 
     def record_replays(self, ids: list, run: str) -> int:
         """Remember that these dead letters were replayed (insertAll, insertId = the id)."""
@@ -441,6 +457,7 @@ class BigQueryWarehouse:
         none where the launcher's cached schema is shared (local runs)."""
         self._tables.ensure(planner.DEAD_LETTER_TABLE,
                             [planner.Column(n, t, "$" + n) for n, t in planner.DEAD_LETTER_COLUMNS])
+        self._tables.ensure_states_view()  # a dataset from before the view of each failure's state
 
     def write_dead_letters(self, records: list) -> int:
         """Dead letters have nowhere further to go: a refusal here raises (the bundle fails

@@ -20,6 +20,12 @@ from typing import NamedTuple, Optional
 from transforms.timeutil import format_time
 from transforms.warehouse import planner
 
+# A replayed message's attributes: the dead letter it replays, and the original failure that
+# dead letter goes back to (itself, unless a replay made it), so a chain of failures stays one.
+REPLAY_OF = "sluice_replay_of"
+REPLAY_ORIGIN = "sluice_replay_origin"
+STATES_VIEW = "_dead_letters_view"
+
 REPLAYS_TABLE = "_replays"
 REPLAYS_COLUMNS = (("dead_letter_id", planner.STRING), ("replayed_at", planner.TIMESTAMP),
                    ("replay_run", planner.STRING))
@@ -70,10 +76,12 @@ class Selection(NamedTuple):
     until: Optional[str] = None        # failed_at < until
     source: Optional[str] = None       # a glob on the dead letter's source, e.g. file:gs://b/2026-11-*
 
-    def where(self) -> tuple:
-        """(SQL conditions joined by AND with @name parameters, {name: (type, value)})."""
-        conditions = ["failed_at < @before",
-                      f"dead_letter_id NOT IN (SELECT dead_letter_id FROM {REPLAYS_TABLE})"]
+    def where(self, replays_table: bool = True) -> tuple:
+        """(SQL conditions joined by AND with @name parameters, {name: (type, value)}).
+        replays_table: False when `_replays` does not exist (a dry run creates nothing): none replayed."""
+        conditions = ["failed_at < @before"]
+        if replays_table:
+            conditions.append(f"dead_letter_id NOT IN (SELECT dead_letter_id FROM {REPLAYS_TABLE})")
         params = {"before": ("TIMESTAMP", self.before)}
         if self.error_types:
             conditions.append("error_type IN UNNEST(@error_types)")
@@ -110,3 +118,34 @@ def as_record(row: dict) -> dict:
         if isinstance(record.get(name), datetime):
             record[name] = format_time(record[name])
     return record
+
+
+def origin_of(record: dict) -> str:
+    """The original failure a dead-letter record goes back to (see REPLAY_ORIGIN; a record of a
+    replay from before the attribute names only its parent, which was then the original)."""
+    attributes = record.get("attributes") or {}
+    return attributes.get(REPLAY_ORIGIN) or attributes.get(REPLAY_OF) or record["dead_letter_id"]
+
+
+def states_view_sql(letters: str, replayed: str, json_string: str) -> str:
+    """`_dead_letters_view`: each original failure once (a dead letter no replay made), with the
+    latest state of what became of it, so that counting it does not count a failure again for
+    each replay that failed: `state` 'open' (never replayed), 'fixed' (its latest dead letter,
+    itself or one a replay of it made, was replayed and nothing failed since) or 'failed_again'
+    (a replay of it failed, and that dead letter waits), with `latest_dead_letter_id`,
+    `latest_error_type` and `latest_failed_at`. letters: the dead letters, one row each (BigQuery:
+    its newest-row view's query); replayed: `_replays`; json_string: the dialect's function
+    reading a JSON string (JSON_VALUE, DuckDB's json_extract_string). The origin is origin_of's."""
+    origin = (f"COALESCE({json_string}(attributes, '$.{REPLAY_ORIGIN}'), "
+              f"{json_string}(attributes, '$.{REPLAY_OF}'), dead_letter_id)")
+    columns = ", ".join(f"o.{name}" for name, _ in planner.DEAD_LETTER_COLUMNS)
+    return (f"WITH family AS (SELECT *, {origin} AS origin_id FROM {letters}), "
+            "latest AS (SELECT origin_id, dead_letter_id, error_type, failed_at, ROW_NUMBER() OVER "
+            "(PARTITION BY origin_id ORDER BY failed_at DESC, dead_letter_id DESC) AS n FROM family) "
+            f"SELECT {columns}, CASE WHEN p.dead_letter_id IS NOT NULL THEN 'fixed' "
+            "WHEN l.dead_letter_id = o.dead_letter_id THEN 'open' ELSE 'failed_again' END AS state, "
+            "l.dead_letter_id AS latest_dead_letter_id, l.error_type AS latest_error_type, "
+            "l.failed_at AS latest_failed_at "
+            "FROM family AS o JOIN latest AS l ON l.origin_id = o.dead_letter_id AND l.n = 1 "
+            f"LEFT JOIN (SELECT DISTINCT dead_letter_id FROM {replayed}) AS p ON p.dead_letter_id = l.dead_letter_id "
+            "WHERE o.origin_id = o.dead_letter_id")

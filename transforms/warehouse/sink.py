@@ -34,8 +34,10 @@ class WarehouseSettings(NamedTuple):
     experiments: Optional[ExperimentSettings] = None  # exposures also get an experiment_exposures row; None: none
 
 
-def open_backend(settings: WarehouseSettings):
-    """The backend for a warehouse URL; called in DoFn.setup(), never while building the graph."""
+def open_backend(settings: WarehouseSettings, read_only: bool = False):
+    """The backend for a warehouse URL; called in DoFn.setup(), never while building the graph.
+    read_only: for reads that must create nothing (a replay's dry run); a warehouse that does not
+    exist raises LookupError."""
     kind, *place = split_url(settings.url)
     if kind == "duckdb":
         from transforms.warehouse.duckdb_backend import DuckDBWarehouse
@@ -43,18 +45,18 @@ def open_backend(settings: WarehouseSettings):
         return DuckDBWarehouse(*place, settings.max_columns,
                                settings.flatten_depth, settings.declared_types,
                                max_new_columns=settings.max_new_columns, experiments=settings.experiments,
-                               **memory).open()
+                               **memory).open(read_only)
     from transforms.warehouse.bigquery_backend import BigQueryWarehouse
     return BigQueryWarehouse(*place, settings.bigquery_endpoint, settings.bigquery_location,
                              settings.max_columns, settings.flatten_depth, settings.declared_types,
                              settings.bigquery_write_method, max_new_columns=settings.max_new_columns,
-                             experiments=settings.experiments).open()
+                             experiments=settings.experiments).open(read_only)
 
 
 @contextmanager
-def opened_backend(settings: WarehouseSettings):
+def opened_backend(settings: WarehouseSettings, read_only: bool = False):
     """The backend, open for the block (the launcher's own reads and writes, e.g. replay's)."""
-    backend = open_backend(settings)
+    backend = open_backend(settings, read_only)
     try:
         yield backend
     finally:
