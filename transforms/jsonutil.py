@@ -48,13 +48,17 @@ def _not_utf8(data: bytes):
 
 
 def _loads_exact(data: bytes):
+    # Decoded here, not by json.loads: given bytes, it guesses UTF-16 or UTF-32 from NUL bytes and
+    # skips a UTF-8 BOM, where orjson (and RFC 8259) read UTF-8 only, so the two paths would disagree.
     try:
-        value = json.loads(data, parse_constant=_reject_constant, parse_float=_strict_float)
-    except RecursionError as exc:
-        raise TooDeep("nesting too deep") from exc
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _not_utf8(data) from exc
-    except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_strict_float)
+    except RecursionError as exc:
+        raise TooDeep("nesting too deep") from exc
+    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise JSONError(str(exc)) from exc
     try:  # lone surrogates parse in the stdlib but cannot be written as UTF-8
         json.dumps(value, ensure_ascii=False).encode("utf-8")
