@@ -14,6 +14,11 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
 
+    def option_names(self) -> list:
+        """Every --name this parser knows, to suggest the closest to an unknown one. argparse
+        offers no public list; its _actions is what its own error messages read."""
+        return [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+
 
 def closest(word: str, choices):
     """The choice closest to a mistyped word (case aside), or None when none is close. The
@@ -25,6 +30,16 @@ def closest(word: str, choices):
 
 
 def did_you_mean(word: str, choices) -> str:
-    """' (did you mean X?)' for the closest choice, to end a UsageError's line; '' for none."""
+    """' (did you mean X?)' for the closest choice, to end a UsageError's line; '' for none.
+    choices may map each name compared to the text shown for it (a short name to a full path)."""
     match = closest(word, choices)
-    return f" (did you mean {match}?)" if match else ""
+    if match is None:
+        return ""
+    return f" (did you mean {choices[match] if isinstance(choices, dict) else match}?)"
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for a message: its type and the first line of its text (a
+    library's error may run to a page, a traceback of its own included)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

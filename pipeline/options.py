@@ -95,10 +95,14 @@ def parse_args(argv: list) -> tuple:
     for arg in unknown:
         name = arg.split("=", 1)[0]
         if name.startswith("-"):
-            known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
-            raise UsageError(f"unrecognized option {name}{did_you_mean(name, known)} (see --help)")
+            raise UsageError(f"unrecognized option {name}{did_you_mean(name, parser.option_names())} (see --help)")
         raise UsageError(f"unexpected argument {arg!r} (options take the form --name=value)")
     options = PipelineOptions(argv)
+    # Beam takes any int and fails deep in the runner (an IndexError for a negative one); 0 means
+    # one worker per core, Beam's own default.
+    workers = options.view_as(DirectOptions).direct_num_workers
+    if workers < 0:
+        raise UsageError(f"--direct_num_workers {workers}: a number of workers, 0 or more (0: one per core)")
     return options.view_as(SluiceOptions), options
 
 

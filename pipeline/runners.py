@@ -13,7 +13,7 @@ from typing import NamedTuple
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
-from pipeline.errors import UsageError, did_you_mean
+from pipeline.errors import UsageError, did_you_mean, first_line
 
 # The names that mean "Beam's local runner": ours picks FnApiRunner for batch and the
 # BundleBasedDirectRunner for streaming, as Beam's DirectRunner does once it has given up on
@@ -67,12 +67,15 @@ def _create(name: str) -> PipelineRunner:
                 did_you_mean(name, known) or f"; Beam's are {', '.join(known)}, or module.Class of a "
                                              "PipelineRunner subclass")) from None
         except ImportError as exc:  # a runner of an extra not installed (apache_beam[interactive])
-            raise UsageError(f"--runner {name}: {_first_line(exc)}") from None
+            raise UsageError(f"--runner {name}: {first_line(exc)}") from None
+    if not all(part.isidentifier() for part in name.split(".")):  # import_module("") is a ValueError
+        raise UsageError(f"--runner {name}: expected a runner name (DirectRunner, DataflowRunner, ...) or "
+                         "module.Class of a PipelineRunner subclass")
     module, _, attribute = name.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError) as exc:
-        raise UsageError(f"--runner {name}: cannot import it ({_first_line(exc)})") from None
+        raise UsageError(f"--runner {name}: cannot import it ({first_line(exc)})") from None
     if not (isinstance(cls, type) and issubclass(cls, PipelineRunner)):
         raise UsageError(f"--runner {name}: not a PipelineRunner subclass")
     return cls()
@@ -89,8 +92,3 @@ def _traits(runner, streaming: bool) -> Runner:
     # Dataflow and the portable runners (Prism, Flink, Spark) fire processing-time timers;
     # all but Prism (one local process) spread the work over machines.
     return Runner(runner, cls, False, True, True, cls != "PrismRunner")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -43,7 +43,7 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--port", default=str(DEFAULT_PORT))
     args, rest = parser.parse_known_args(argv)
     if rest:
-        known = [o for action in parser._actions for o in action.option_strings]
+        known = parser.option_names()
         raise UsageError(f"unrecognized option {rest[0]}{did_you_mean(rest[0].split('=', 1)[0], known)} "
                          "(see python -m pipeline serve --help)"
                          if rest[0].startswith("-") else f"unexpected argument {rest[0]!r}")

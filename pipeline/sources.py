@@ -8,7 +8,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.errors import UsageError, closest
+from pipeline.errors import UsageError, did_you_mean, first_line
 from transforms import pubsub_names
 from transforms.messages import RawMessage
 from transforms.timeutil import format_time
@@ -129,7 +129,7 @@ def check_exists(option: str, path: str) -> None:
         where = os.environ.get("PUBSUB_EMULATOR_HOST") or "pubsub.googleapis.com"
         cause = exc.cause if isinstance(exc, exceptions.RetryError) and exc.cause else exc  # the last try's
         raise UsageError(f"--{option} {path}: cannot ask Pub/Sub ({where}) whether the {kind} exists: "
-                         f"{(str(cause) or type(cause).__name__).splitlines()[0]}") from None
+                         f"{first_line(cause)}") from None
 
 
 def _closest(client, kind: str, path: str) -> str:
@@ -145,8 +145,7 @@ def _closest(client, kind: str, path: str) -> str:
         names = {item.name.rsplit("/", 1)[1]: item.name for item in itertools.islice(listing, 1000)}
     except exceptions.GoogleAPIError:
         return ""
-    match = closest(name, names)
-    return f" (did you mean {names[match]}?)" if match else ""
+    return did_you_mean(name, names)
 
 
 def to_raw_message(message, source: str) -> RawMessage:

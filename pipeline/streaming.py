@@ -17,6 +17,8 @@ import time
 
 from apache_beam.runners.runner import PipelineState
 
+from pipeline.errors import first_line
+
 _LOG = logging.getLogger(__name__)
 # Set once a local streaming run has stopped: the runner's Pub/Sub pull can block a
 # non-daemon thread for up to 30 s, so the entry point exits without waiting for it.
@@ -75,7 +77,7 @@ def run_until_stopped(pipeline, flush_seconds: float, stop: StopRequested = None
         stop.restore()
         stopped_local_run.set()
     if failed:
-        raise RunFailed(_first_line(failed[0])) from failed[0]
+        raise RunFailed(first_line(failed[0])) from failed[0]
     return result
 
 
@@ -94,10 +96,6 @@ def _watch(result) -> list:
     threading.Thread(target=wait, name="sluice-watch-run", daemon=True).start()
     return failure
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def _cancel(result, wait: float) -> None:

@@ -4,6 +4,7 @@ import json
 from pipeline import contracts as cli
 from tests.contracts.helpers import COMMON, ORDER, write_contracts
 from tests.conftest import ROOT
+from tests.unit.test_cli import sluice_process
 from transforms.contracts.lint import check_directory
 
 
@@ -87,10 +88,7 @@ def test_check_command_exit_codes(tmp_path, capsys):
 
 
 def check_run(directory):
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-m", "pipeline.contracts", "check", str(directory)],
-                          capture_output=True, text=True, cwd=ROOT)
+    return sluice_process("check", str(directory), module="pipeline.contracts")
 
 
 def test_check_reports_every_kind_of_problem_in_one_pass(tmp_path):
@@ -130,15 +128,12 @@ def test_a_missing_directory_is_one_line(tmp_path):
 
 
 def test_the_pipeline_refuses_to_start_and_lists_every_error(tmp_path):
-    import subprocess
-    import sys
     write_contracts(tmp_path / "c", {"common": {"type": 12}, "identify": {"properties": {"traits": {
         "properties": {"a": {"type": "null"}}}}}})
     (tmp_path / "sluice.yaml").write_text("contracts:\n  directory: c\n")
     (tmp_path / "in.jsonl").write_text(json.dumps({"type": "track", "event": "x", "userId": "u"}) + "\n")
-    done = subprocess.run([sys.executable, "-m", "pipeline", "--input_files", str(tmp_path / "in.jsonl"),
-                           "--config", str(tmp_path / "sluice.yaml"),
-                           "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"], capture_output=True, text=True, cwd=ROOT)
+    done = sluice_process("--input_files", str(tmp_path / "in.jsonl"), "--config", str(tmp_path / "sluice.yaml"),
+                          "--warehouse", f"duckdb:///{tmp_path}/w.duckdb")
     assert done.returncode == 2
     assert "contracts.directory: 2 problem(s)" in done.stderr
     assert "common.json#/type: error" in done.stderr and "identify.json#/properties/traits/properties/a" in done.stderr

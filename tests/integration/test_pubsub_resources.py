@@ -4,24 +4,16 @@ subscription deleted while a streaming run reads it ends the run with exit 3 and
 not an idle process that prints "conservation holds" and exit 0 on Ctrl-C."""
 import json
 import logging
-import os
-import subprocess
-import sys
 
 import pytest
 
 from pipeline import sources
 from pipeline.errors import UsageError
-from tests.conftest import ROOT, SAMPLE
+from tests.conftest import SAMPLE
 from tests.integration.test_streaming_pubsub import start, wait_for_summary
+from tests.unit.test_cli import sluice_process
 
 pytestmark = pytest.mark.integration
-
-
-def sluice(pubsub_emulator, *args):
-    env = {**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator.host}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
 
 
 def test_a_missing_or_misspelt_subscription_or_topic_is_one_line_and_exit_2(tmp_path, pubsub_emulator, make_topic):
@@ -39,7 +31,8 @@ def test_a_missing_or_misspelt_subscription_or_topic_is_one_line_and_exit_2(tmp_
          f"--dead_letter_topic {project}/topics/nosuch: no such topic"),
     ]
     for args, expected in cases:
-        result = sluice(pubsub_emulator, *args, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb")
+        result = sluice_process(*args, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb",
+                                env={"PUBSUB_EMULATOR_HOST": pubsub_emulator.host})
         assert result.returncode == 2, result.stderr
         assert result.stderr.splitlines() == [f"sluice: error: {expected}"], result.stderr
     assert not (tmp_path / "w.duckdb").exists()  # refused before the warehouse was opened

@@ -78,6 +78,10 @@ def test_a_backfill_is_redistributed_after_reading_where_the_runner_distributes_
     (("--runner", "Nimbus"), "--runner Nimbus: unknown runner; Beam's are DataflowRunner, "),
     (("--runner", "apache_beam.runners.Nope"), "--runner apache_beam.runners.Nope: cannot import it"),
     (("--runner", "nosuch_module.Runner"), "--runner nosuch_module.Runner: cannot import it"),
+    # not a dotted name: importlib raises ValueError or TypeError for these, not ImportError
+    (("--runner", ".DirectRunner"), "--runner .DirectRunner: expected a runner name (DirectRunner, "),
+    (("--runner", "..DirectRunner"), "--runner ..DirectRunner: expected a runner name"),
+    (("--runner", "apache_beam.runners."), "--runner apache_beam.runners.: expected a runner name"),
     # Beam would instantiate any class it names and run the job on it
     (("--runner", "apache_beam.options.pipeline_options.PipelineOptions"), "--runner apache_beam.options."
      "pipeline_options.PipelineOptions: not a PipelineRunner subclass"),

@@ -31,10 +31,11 @@ def sluice(*args, cwd=ROOT):
     return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], code, out.getvalue(), err.getvalue())
 
 
-def sluice_process(*args, cwd=ROOT):
-    """The same as a process of its own: what a shell sees, start-up included."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+def sluice_process(*args, cwd=ROOT, env=None, module="pipeline"):
+    """The same as a process of its own: what a shell sees, start-up included. env: variables
+    added to this process's (an emulator's address); module: another command (pipeline.contracts)."""
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **env} if env else None, timeout=120)
 
 
 def error_lines(result):
@@ -63,6 +64,8 @@ def error_lines(result):
     (["--input_files", str(SAMPLE), "--runner", "apache_beam.runners.Nope"], "--runner apache_beam.runners.Nope: "
      "cannot import it"),
     (["--input_files", str(SAMPLE), "--direct_num_workers", "two"], "argument --direct_num_workers: invalid int"),
+    (["--input_files", str(SAMPLE), "--direct_num_workers", "-3"], "--direct_num_workers -3: a number of workers"),
+    (["--input_files", str(SAMPLE), "--runner", ".DirectRunner"], "--runner .DirectRunner: expected a runner name"),
     (["--input_files", str(SAMPLE), "--max_num_workers", "1.5"], "argument --max_num_workers: invalid int"),
     (["--input_files", str(SAMPLE), "--streaming=yes"], "argument --streaming: ignored explicit argument 'yes'"),
     (["--input_files", str(SAMPLE), "--runner", "DataflowRunner", "--warehouse", "bigquery://demo-project/d"],
