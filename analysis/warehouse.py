@@ -27,17 +27,13 @@ class Typed(NamedTuple):
 
 class DuckDBWarehouse:
     def __init__(self, path: str):
-        import duckdb
         from transforms.warehouse import duckdb_backend
         if not Path(path).is_file():
             raise AnalysisError("--warehouse", f"{path}: no such DuckDB file (run the pipeline into it first)")
         try:
             self._conn = duckdb_backend.connect(path)
-        except duckdb_backend.WarehouseInUse as exc:
+        except duckdb_backend.WarehouseUnusable as exc:  # another process has it, or not a DuckDB file
             raise AnalysisError("--warehouse", str(exc)) from None
-        except duckdb.Error as exc:  # not a DuckDB file, or one of a newer DuckDB
-            raise AnalysisError("--warehouse", f"{path}: not readable as a DuckDB database "
-                                               f"({_first_line(exc)})") from None
         # DuckDB draws a progress bar on stderr past ~2 s of query: noise in the command's output.
         self._conn.execute("SET enable_progress_bar = false")
         self.dialect = dialect.duckdb()

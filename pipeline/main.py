@@ -135,10 +135,11 @@ def run(argv: list):
 def launch_backend(plan: RunPlan):
     """The warehouse, opened by the launcher and held for the whole run: an embedded DuckDB file
     is then this process's until the run ends (another process on it is refused, not
-    interleaved), and one that another process holds is a usage error before anything runs."""
+    interleaved), and one that another process holds, or that is no DuckDB database, is a usage
+    error before anything runs."""
     try:
         backend = open_backend(warehouse_settings(plan.warehouse_url, plan.config, **plan.backend))
-    except duckdb_backend.WarehouseInUse as exc:
+    except duckdb_backend.WarehouseUnusable as exc:
         raise UsageError(f"--warehouse {plan.warehouse_url}: {exc}") from None
     try:
         yield backend
@@ -233,7 +234,7 @@ class FileLoads:
         self._lock = threading.Lock()
         try:
             self._held = open_backend(self.settings)
-        except duckdb_backend.WarehouseInUse as exc:
+        except duckdb_backend.WarehouseUnusable as exc:
             raise UsageError(f"--warehouse {self.plan.warehouse_url}: {exc}") from None
         os.makedirs(self.staging, exist_ok=True)
         self._empty_staging()  # what a killed predecessor linked: the spool still has the files
@@ -328,8 +329,8 @@ def _main(argv=None) -> int:
     except UsageError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
-    except duckdb_backend.WarehouseInUse as exc:  # opened before the launcher's check (replay's reads)
-        print(f"sluice: error: {exc}", file=sys.stderr)
+    except duckdb_backend.WarehouseUnusable as exc:  # opened before the launcher's check (replay's reads)
+        print(f"sluice: error: --warehouse: {exc}", file=sys.stderr)
         return 2
     except streaming.RunFailed as exc:
         print(f"sluice: error: the run failed and stopped: {exc}", file=sys.stderr)

@@ -51,11 +51,8 @@ def main(argv=None) -> int:
             pass  # the collector is stopping or gone: the file may be free by now
     try:
         conn = duckdb_backend.connect(path, read_only=True)
-    except duckdb_backend.WarehouseInUse as exc:
+    except duckdb_backend.WarehouseUnusable as exc:  # another process has it, or not a DuckDB file
         print(f"sluice.query: error: {exc}", file=sys.stderr)
-        return 2
-    except duckdb.Error as exc:
-        print(f"sluice.query: error: cannot open {path}: {exc}", file=sys.stderr)
         return 2
     try:
         conn.sql(sql).show(max_width=200, max_rows=50)

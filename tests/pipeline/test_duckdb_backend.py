@@ -278,3 +278,25 @@ def test_a_run_on_a_file_another_process_holds_is_one_line_and_exit_2(file_held_
     assert query_main([f"duckdb:///{path}"]) == 2  # a person's query is refused the same way
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("sluice.query: error: ") and f"(PID {pid}: " in line
+
+
+@pytest.mark.parametrize("kind", ["text file", "directory"])
+def test_a_warehouse_that_is_no_duckdb_database_is_one_line_and_exit_2(tmp_path, capsys, kind):
+    from pipeline.main import main
+    path = tmp_path / "w.duckdb"
+    if kind == "directory":
+        path.mkdir()
+        reason = "Is a directory"
+    else:
+        path.write_text("not a database\n")
+        reason = "not a valid DuckDB database file"
+    events = tmp_path / "in.jsonl"
+    events.write_text('{"type":"track","event":"A","userId":"u"}\n')
+    warehouse = f"duckdb:///{path}"
+    for args, named in ((["--input_files", str(events)], f"--warehouse {warehouse}: "),  # a run
+                        (["replay"], "--warehouse: "), (["replay", "--dry_run"], "--warehouse: ")):
+        assert main([*args, "--warehouse", warehouse]) == 2, args
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"sluice: error: {named}{path}: not readable as a DuckDB database (IO Error: ")
+        assert reason in line, line
+    assert path.is_dir() if kind == "directory" else path.read_text() == "not a database\n"  # left as it was

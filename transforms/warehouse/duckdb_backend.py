@@ -67,7 +67,12 @@ DEFAULT_MEMORY_LIMIT_MB = 64
 _MEMORY_CEILING_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 8 // 10 >> 20
 
 
-class WarehouseInUse(RuntimeError):
+class WarehouseUnusable(RuntimeError):
+    """The DuckDB file cannot be opened, for a reason its owner fixes (the commands report it as
+    one line naming --warehouse, exit 2); the message names the path and why."""
+
+
+class WarehouseInUse(WarehouseUnusable):
     """Another process has the DuckDB file open (DuckDB lets one process write a file, and no
     other process read it meanwhile); the message names that process."""
 
@@ -77,13 +82,24 @@ class WarehouseInUse(RuntimeError):
         self.path, self.holder = path, holder
 
 
+class NotADatabase(WarehouseUnusable):
+    """DuckDB cannot read the path as a database: a text file, a directory, a newer DuckDB's
+    file, or (read-only) nothing at all."""
+
+    def __init__(self, path: str, error: Exception):
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # DuckDB's own line
+        super().__init__(f"{path}: not readable as a DuckDB database ({reason})")
+        self.path = path
+
+
 def connect(path: str, **options):
-    """duckdb.connect, with WarehouseInUse for a file another process holds."""
+    """duckdb.connect, with WarehouseInUse for a file another process holds and NotADatabase for
+    one DuckDB cannot read as a database."""
     try:
         return duckdb.connect(path, **options)
-    except duckdb.IOException as exc:
+    except duckdb.IOException as exc:  # not other duckdb.Errors: a bad config option is Sluice's bug
         if "lock" not in str(exc).lower():
-            raise
+            raise NotADatabase(path, exc) from None
         raise WarehouseInUse(path, _holder(str(exc))) from None
 
 
