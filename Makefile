@@ -19,6 +19,8 @@ PYTHON311 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1
                          $(shell command -v python3.11 2>/dev/null))
 GBSTATS := .emulators/gbstats
 GBSTATS_STAMP := $(GBSTATS)/.installed
+DLT_ENV := .bench/dlt
+DLT_STAMP := $(DLT_ENV)/.installed
 
 .PHONY: demo serve test test-fast check-prereqs chromium bench bench-streaming bench-forwarding sample clean emulators gbstats bigquery-emulator template
 
@@ -136,7 +138,17 @@ template: $(STAMP)
 		--image $(IMAGE) --sdk-language PYTHON --metadata-file templates/metadata.json
 	@echo "Template $(TEMPLATE); launch it with --parameters sdk_container_image=$(IMAGE)"
 
+# dlt, the peer benchmarks/throughput.py runs beside Sluice, in an environment of its own from a pinned
+# list (never a dependency of Sluice). When it cannot be installed, the benchmark says so and skips dlt.
+$(DLT_STAMP): benchmarks/dlt-requirements.txt
+	rm -rf $(DLT_ENV)
+	$(PYTHON) -m venv $(DLT_ENV)
+	$(DLT_ENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		-r benchmarks/dlt-requirements.txt
+	@touch $(DLT_STAMP)
+
 bench: $(STAMP)
+	@$(MAKE) --no-print-directory $(DLT_STAMP) || echo "make bench: dlt could not be installed in $(DLT_ENV)" >&2
 	$(PY) benchmarks/throughput.py --events $(N)
 	$(PY) benchmarks/collector.py
 	$(PY) benchmarks/experiments.py
@@ -153,4 +165,4 @@ sample: $(STAMP)
 	$(PY) samples/generate.py samples/events.jsonl
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .hypothesis .emulators
+	rm -rf $(DEMO_DIR) .pytest_cache .hypothesis .emulators .bench
