@@ -280,7 +280,7 @@ class FileLoads:
 def run_replay(argv: list) -> dict:
     """`replay`: the dead letters a selection names, through the pipeline again; on success
     they are recorded as replayed. The summary gains `replayed` (how many were recorded) and
-    `failed_again` (of them, how many became new dead letters)."""
+    `failed_again` (of them, how many made new dead letters: one each, however many it made)."""
     selection, files, dry_run, rest = replay.parse_replay_args(argv)
     run_id, started_at = replay.new_run()
     selection = selection._replace(before=started_at)
@@ -295,15 +295,19 @@ def run_replay(argv: list) -> dict:
     # The lease, from before the workers select until what they replayed is recorded: another
     # replay started meanwhile would select the same dead letters (it exits 2 naming this one).
     with replay.leased(settings, selection, run_id, files):
+        # Files are read here first (the workers read them again): a line that is no dead-letter
+        # record is then one line naming it, exit 2, before anything runs. The ids do not change
+        # while the lease is held (_replays is written below), so they are those the run replayed.
+        ids = [r["dead_letter_id"] for r in replay.selected(settings, selection, files)] if files else None
         summary = execute(plan, pipeline_options)
         if summary is None:
             raise UsageError("replay records what it replayed once its job has finished: "
                              "run it directly, not as a template (--template_location)")
-        ids = [r["dead_letter_id"] for r in replay.selected(settings, selection, files)]
+        if ids is None:
+            ids = [r["dead_letter_id"] for r in replay.selected(settings, selection)]
         replay.record(settings, ids, run_id)
+        summary["failed_again"] = replay.failed_again(settings, ids, started_at)
     summary["replayed"] = len(ids)
-    # A replayed record that fails again is one new dead letter (delivery_failed included)
-    summary["failed_again"] = min(len(ids), sum(summary["dead_lettered"].values()))
     return summary
 
 
