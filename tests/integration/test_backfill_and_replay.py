@@ -113,6 +113,30 @@ def test_replay_on_bigquery_stores_a_fixed_event_once(tmp_path, bigquery_emulato
     assert schema.clustering_fields == ["dead_letter_id"] and schema.time_partitioning.field == "replayed_at"
 
 
+def test_the_bigquery_view_follows_chains_and_shows_failures_whose_original_is_elsewhere(tmp_path, bigquery_emulator,
+                                                                                         bigquery_client, dataset_name):
+    """The view's recursive CTE on BigQuery: a pre-upgrade chain D1 -> D2 -> D3 (only
+    sluice_replay_of) with D3 waiting is one failure, failed again; F2, a replay's failure whose
+    original F1 is in an export, shows by itself."""
+    (tmp_path / "events.jsonl").write_text("{not json\n")
+    warehouse = f"bigquery://{bigquery_emulator.project}/{dataset_name}"
+    run(["--input_files", str(tmp_path / "events.jsonl"), "--warehouse", warehouse, "--bigquery_endpoint",
+         bigquery_emulator.endpoint])  # the dataset, _dead_letters (its row M1), _replays and the view
+    letters = (("D1", 1, {}), ("D2", 2, {"sluice_replay_of": "D1"}), ("D3", 3, {"sluice_replay_of": "D2"}),
+               ("F2", 2, {"sluice_replay_of": "F1", "sluice_replay_origin": "F1"}))
+    values = ", ".join(f"('{i}', 'contract_violation', TIMESTAMP '2026-11-0{day} 00:00:00+00', "
+                       f"JSON '{json.dumps(attributes)}')" for i, day, attributes in letters)
+    query(bigquery_client, f"INSERT INTO `{dataset_name}._dead_letters` (dead_letter_id, error_type, failed_at, "
+                           f"attributes) VALUES {values}")
+    query(bigquery_client, f"INSERT INTO `{dataset_name}._replays` (dead_letter_id, replayed_at, replay_run) "
+                           "VALUES ('D1', CURRENT_TIMESTAMP(), 'r1'), ('D2', CURRENT_TIMESTAMP(), 'r2')")
+    view = query(bigquery_client, f"SELECT dead_letter_id, state, latest_dead_letter_id FROM "
+                                  f"`{dataset_name}._dead_letters_view` WHERE error_type = 'contract_violation' "
+                                  "ORDER BY 1")
+    assert view == [{"dead_letter_id": "D1", "state": "failed_again", "latest_dead_letter_id": "D3"},
+                    {"dead_letter_id": "F2", "state": "failed_again", "latest_dead_letter_id": "F2"}]
+
+
 def test_a_dry_run_on_a_bigquery_dataset_that_does_not_exist_creates_nothing(bigquery_emulator, bigquery_client,
                                                                             dataset_name):
     from pipeline.main import run_replay
