@@ -14,6 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms import metrics
+from transforms.warehouse.bigquery_backend import NOT_CALLS
 
 
 def counters_from_result(result) -> dict:
@@ -114,9 +115,14 @@ def format_table(summary: dict) -> str:
         for name, value in summary[key].items():
             row(name, value, 2)
     lines.append("-" * 44)
-    row("rows written", sum(summary["tables"].values()))
-    for name, value in summary["tables"].items():
+    # rows.users counts identifies applied, not rows: DuckDB upserts them into one row per user
+    # (docs/warehouse.md#summary-and-metrics), so it is neither summed nor labelled as rows.
+    tables = {name: value for name, value in summary["tables"].items() if name != "users"}
+    row("rows written", sum(tables.values()))
+    for name, value in tables.items():
         row(name, value, 2)
+    if "users" in summary["tables"]:
+        row("identifies applied to users", summary["tables"]["users"])
     for title, key in (("published to Pub/Sub", "published"),
                        ("values kept in _unmapped (type)", "type_conflicts"),
                        ("values kept in _unmapped (cap)", "column_cap"),
@@ -146,11 +152,14 @@ def format_table(summary: dict) -> str:
         for name in ("failed", "dropped_filter", "dropped_consent", "dropped_integrations", "requests", "retried"):
             if counts[name]:
                 row(name, counts[name], 2)
-    for title, key in (("BigQuery API calls", "api_calls"),):  # the figures bigquery.md#api-calls promises
-        if summary.get(key):
-            row(title, sum(summary[key].values()))
-            for name, value in summary[key].items():
-                row(name, value, 2)
+    calls = {name: value for name, value in summary.get("api_calls", {}).items() if name not in NOT_CALLS}
+    if calls:  # the figures bigquery.md#api-calls promises
+        row("BigQuery API calls", sum(calls.values()))
+        for name, value in calls.items():
+            row(name, value, 2)
+    for name, label in NOT_CALLS.items():
+        if summary.get("api_calls", {}).get(name):
+            row(label, summary["api_calls"][name])
     lines.append("-" * 44)
     conservation = summary["conservation"]
     if conservation.get("running"):

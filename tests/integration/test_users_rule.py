@@ -44,6 +44,12 @@ def test_a_duckdb_batch_run_keeps_the_newest_traits_per_user_and_counts_every_id
     assert summary["tables"]["users"] == 4  # 2 before: the batch's rows merged per user first
     with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
         assert rows(conn, USERS_SQL.format("users")) == USERS
+    # The printed table does not call the 4 rows (the table has 2), nor adds them to the rows written.
+    printed = format_table(summary).splitlines()
+    assert "identifies applied to users 4" in [" ".join(line.split()) for line in printed]
+    assert not any(line.split()[0] == "users" for line in printed if line.strip())
+    identifies = summary["tables"]["identifies"]
+    assert [line.split()[-1] for line in printed if line.startswith("rows written")] == [str(identifies)]
 
 
 def test_a_bigquery_batch_run_keeps_the_same_users_and_prints_its_api_calls(tmp_path, bigquery_emulator,
