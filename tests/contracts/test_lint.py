@@ -127,6 +127,22 @@ def test_a_missing_directory_is_one_line(tmp_path):
     assert str(raised.value) == f"contracts.directory: {tmp_path}/nosuch: no such directory"
 
 
+def test_a_file_given_as_the_directory_is_one_line(tmp_path):
+    (tmp_path / "events.jsonl").write_text("{}\n")
+    done = check_run(tmp_path / "events.jsonl")  # it read as an empty directory: "0 contract(s)", exit 0
+    line = f"contracts: error: {tmp_path}/events.jsonl: a file, not a directory of contracts (common.json, "
+    assert (done.returncode, done.stdout) == (2, "") and done.stderr.startswith(line), done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_an_empty_title_names_no_event(tmp_path):
+    # "" named the event for lint (track/event_da39a3ee.json) but not for the file name (track/foo.json)
+    found = problems_of(tmp_path, {"track/Foo": {"title": "", "properties": {}}})
+    assert [(pointer, message.rsplit(" ", 1)[-1]) for _, pointer, _, message in found] == [("", "track/foo.json")]
+    done = check_run(tmp_path / "c")
+    assert done.returncode == 1 and "event_" not in done.stdout and done.stdout.count("track/foo.json") == 1
+
+
 def test_the_pipeline_refuses_to_start_and_lists_every_error(tmp_path):
     write_contracts(tmp_path / "c", {"common": {"type": 12}, "identify": {"properties": {"traits": {
         "properties": {"a": {"type": "null"}}}}}})

@@ -4,6 +4,7 @@ Reading happens at launch, before the graph is built; the schemas then travel wi
 graph, so workers never need to reach the directory.
 """
 import json
+import os
 import posixpath
 from typing import NamedTuple
 
@@ -14,7 +15,7 @@ from transforms.warehouse import naming
 
 
 class MissingDirectory(Exception):
-    """The contracts directory is not there: one line, not a problem per file."""
+    """The contracts directory is not there, or is a file: one line, not a problem per file."""
 
 
 def _join(directory: str, *parts: str) -> str:
@@ -24,6 +25,13 @@ def _join(directory: str, *parts: str) -> str:
 def _list(pattern: str) -> list:
     matches = FileSystems.match([pattern])[0].metadata_list
     return sorted(m.path for m in matches)
+
+
+def _is_file(path: str) -> bool:
+    """Whether the path is a file (an object, on gs://, where a directory is only a prefix)."""
+    if FileSystems.get_scheme(path) is None:
+        return os.path.isfile(path)
+    return any(m.path == path for m in FileSystems.match([path])[0].metadata_list)
 
 
 def _read_json(path: str):
@@ -66,9 +74,12 @@ class Directory(NamedTuple):
 
 
 def load_directory(directory: str) -> Directory:
-    """Every file of a directory read; a directory that is missing raises MissingDirectory."""
+    """Every file of a directory read; a directory that is missing (or a file) raises MissingDirectory."""
     if not FileSystems.exists(directory.rstrip("/") or "/"):
         raise MissingDirectory(f"{directory}: no such directory")
+    if _is_file(directory.rstrip("/")):  # else it would read as an empty directory: "0 contract(s)"
+        raise MissingDirectory(f"{directory}: a file, not a directory of contracts (common.json, "
+                               "track/<table>.json, ...)")
     paths = _list(_join(directory, "*")) + _list(_join(directory, "track", "*"))
     found = Directory([], [], [], [])
     for path in paths:
@@ -86,7 +97,7 @@ def load_directory(directory: str) -> Directory:
             found.problems.append(Problem(path, "", "a contract must be a JSON Schema object"))
             continue
         title = schema.get("title") if path[len(directory.rstrip("/")) + 1:].startswith(TRACK_PREFIX) else None
-        event = title if isinstance(title, str) else None
+        event = title if isinstance(title, str) and title else None  # "": no event name, as when absent
         name, problem = _name_for(directory, path, event)
         contract = Contract(name or path, path, schema, event)
         if problem is not None:
