@@ -22,7 +22,8 @@ GBSTATS_STAMP := $(GBSTATS)/.installed
 DLT_ENV := .bench/dlt
 DLT_STAMP := $(DLT_ENV)/.installed
 
-.PHONY: demo serve test test-fast check-prereqs chromium bench bench-streaming bench-forwarding sample clean emulators gbstats bigquery-emulator template
+.PHONY: demo serve test test-fast check-prereqs chromium bench bench-streaming bench-forwarding sample clean \
+        emulators gbstats bigquery-emulator template
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
