@@ -32,3 +32,10 @@ def test_files_a_walkthrough_writes_are_ignored_by_git(doc, section):
     for path in paths:
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
         assert ignored.returncode == 0, f"{doc} writes {path}, which git does not ignore"
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout")
+def test_the_walkthrough_summary_is_ignored_only_where_it_is_written():
+    # the walkthrough runs at the top of the tree; a stream.json elsewhere may be a project's file
+    assert subprocess.run(["git", "check-ignore", "-q", "stream.json"], cwd=ROOT).returncode == 0
+    assert subprocess.run(["git", "check-ignore", "-q", "samples/stream.json"], cwd=ROOT).returncode == 1
