@@ -116,23 +116,27 @@ class BigQueryTables:
             self._replace_view("users_view", bq.users_view_sql(self.ref(table), columns))
         elif table == planner.DEAD_LETTER_TABLE:  # each original failure once, its latest state: needs _replays
             self.ensure(replays.REPLAYS_TABLE, [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
-            letters = f"({bq.latest_view_sql(self.ref(table), 'dead_letter_id')})"
-            self._replace_view(replays.STATES_VIEW, replays.states_view_sql(
-                letters, f"`{self.ref(replays.REPLAYS_TABLE)}`", "JSON_VALUE"))
+            self._replace_view(replays.STATES_VIEW, self._states_select())
             _STATES_CURRENT.add((self.project, self.dataset))
         else:
             key = {planner.DELIVERIES_TABLE: "delivery_id"}.get(table) or planner.key_column(table)
             self._replace_view(f"{table}_view", bq.latest_view_sql(self.ref(table), key))
 
+    def _states_select(self) -> str:
+        letters = f"({bq.latest_view_sql(self.ref(planner.DEAD_LETTER_TABLE), 'dead_letter_id')})"
+        return replays.states_view_sql(letters, f"`{self.ref(replays.REPLAYS_TABLE)}`", "JSON_VALUE")
+
     def ensure_states_view(self) -> None:
-        """`_dead_letters_view` is the one with each original failure's state: a dataset made before
-        it has the newest row per dead_letter_id instead, replaced here. Once per process and
-        dataset (one tables.get when it is current)."""
+        """`_dead_letters_view` is this version's view of each original failure's state: a dataset
+        made before has another query (the newest row per dead_letter_id, or a state view without
+        replay chains), replaced here. BigQuery keeps a view's query as given, so comparing it
+        tells. Once per process and dataset (one tables.get when it is current)."""
         if (self.project, self.dataset) in _STATES_CURRENT:
             return
         with _LOCK:
             view = self._fetch(replays.STATES_VIEW)
-            if view is None or (view.table_type == "VIEW" and "state" not in {f.name for f in view.schema}):
+            if view is None or (view.table_type == "VIEW"
+                                and (view.view_query or "").strip() != self._states_select().strip()):
                 self._create_view(planner.DEAD_LETTER_TABLE, None)
             _STATES_CURRENT.add((self.project, self.dataset))
 
