@@ -49,3 +49,31 @@ def test_make_bigquery_emulator_starts_one_for_manual_runs_and_stops_it_with_its
         _stop_session(process)
     with socket.socket() as probe:  # the emulator went with it
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_make_bigquery_emulator_on_a_port_in_use_says_so(tmp_path):
+    """Something else answered on the port: the readiness check passed against it, the start line
+    was printed, and the emulator, unable to bind, exited 3 without a word of why."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "tests.integration.emulators", "--port", str(port),
+                               "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (f"bigquery-emulator: 127.0.0.1:{port} is in use by another process (Address already in "
+                           "use), an emulator still running, say: stop it, or choose another port "
+                           "(BQ_PORT=9060 make bigquery-emulator)\n")
+    assert not (tmp_path / "bigquery-emulator.log").exists()  # none was started
+
+
+def test_an_emulator_that_exits_is_reported_with_the_last_line_of_its_log(tmp_path):
+    """`make bigquery-emulator` prints the error's first line: it said only `emulator exited with 3:`."""
+    from tests.integration.emulators import _wait_for
+    log = tmp_path / "emulator.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-c", "print('starting'); print('ERROR: cannot bind'); "
+                                    "print(); raise SystemExit(3)"], stdout=out)
+    with pytest.raises(RuntimeError) as failed:
+        _wait_for(f"http://127.0.0.1:{free_port()}/", process, log)
+    assert str(failed.value).splitlines()[0] == f"emulator exited with 3: ERROR: cannot bind (log {log})"
