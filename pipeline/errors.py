@@ -29,13 +29,13 @@ def closest(word: str, choices):
     return by_folded[close[0]] if close else None
 
 
-def did_you_mean(word: str, choices) -> str:
+def did_you_mean(word: str, choices, shown: dict = None) -> str:
     """' (did you mean X?)' for the closest choice, to end a UsageError's line; '' for none.
-    choices may map each name compared to the text shown for it (a short name to a full path)."""
+    shown: the text to show for a choice, when not the choice itself (a short name's full path)."""
     match = closest(word, choices)
     if match is None:
         return ""
-    return f" (did you mean {choices[match] if isinstance(choices, dict) else match}?)"
+    return f" (did you mean {shown[match] if shown else match}?)"
 
 
 def first_line(exc: BaseException) -> str:

@@ -145,7 +145,7 @@ def _closest(client, kind: str, path: str) -> str:
         names = {item.name.rsplit("/", 1)[1]: item.name for item in itertools.islice(listing, 1000)}
     except exceptions.GoogleAPIError:
         return ""
-    return did_you_mean(name, names)
+    return did_you_mean(name, names, shown=names)
 
 
 def to_raw_message(message, source: str) -> RawMessage:
