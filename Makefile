@@ -13,8 +13,17 @@ PYTHON313 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1
                          $(shell command -v python3.13 2>/dev/null))
 BQ_EMULATOR := .emulators/bigquery
 BQ_STAMP := $(BQ_EMULATOR)/.installed
+# gbstats, GrowthBook's stats engine, the reference of the experiment statistics' tests, needs Python 3.11:
+# pyenv's, else one on PATH (its pandas 1.5.3 has no wheels for later ones).
+PYTHON311 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.11*/bin/python3.11) \
+                         $(shell command -v python3.11 2>/dev/null))
+GBSTATS := .emulators/gbstats
+GBSTATS_STAMP := $(GBSTATS)/.installed
+DLT_ENV := .bench/dlt
+DLT_STAMP := $(DLT_ENV)/.installed
 
-.PHONY: demo serve test test-fast check-prereqs chromium bench bench-streaming bench-forwarding sample clean emulators template
+.PHONY: demo serve test test-fast check-prereqs chromium bench bench-streaming bench-forwarding sample clean \
+        emulators gbstats bigquery-emulator template
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,14 +86,31 @@ $(BQ_STAMP): emulators/bigquery-requirements.txt
 		-r emulators/bigquery-requirements.txt
 	@touch $(BQ_STAMP)
 
-emulators: $(BQ_STAMP)
+# gbstats 0.8.0 needs numpy<2 and pandas<2, so it can't share .venv: tests/experiments/gbstats_reference.py
+# runs it in this environment by subprocess (make test-fast skips those tests when it is missing).
+$(GBSTATS_STAMP): emulators/gbstats-requirements.txt
+	@test -n "$(PYTHON311)" || { echo "make: gbstats needs Python 3.11 (pyenv install 3.11)" >&2; exit 1; }
+	rm -rf $(GBSTATS)
+	$(PYTHON311) -m venv $(GBSTATS)
+	$(GBSTATS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		-r emulators/gbstats-requirements.txt
+	@touch $(GBSTATS_STAMP)
+
+gbstats: $(GBSTATS_STAMP)
+
+emulators: $(BQ_STAMP) $(GBSTATS_STAMP)
+
+# The BigQuery emulator for manual runs, on 127.0.0.1:9050 until Ctrl-C (docs/bigquery.md#a-local-emulator);
+# BQ_PORT, BQ_PROJECT change its port and project. Its tables stay in demo-output/bigquery-emulator.
+bigquery-emulator: $(STAMP) $(BQ_STAMP)
+	$(PY) -m tests.integration.emulators --port $${BQ_PORT:-9050} --project $${BQ_PROJECT:-demo-project}
 
 # make test needs Java, the Cloud SDK's Pub/Sub emulator, Node/npm and Python 3.13: checked first
 # (make builds prerequisites in the order listed), one line per missing one (docs/testing.md).
 check-prereqs:
 	@PYTHON313="$(PYTHON313)" scripts/check-prereqs
 
-test: check-prereqs $(STAMP) $(NODE_STAMP) $(BQ_STAMP) $(CHROMIUM)
+test: check-prereqs $(STAMP) $(NODE_STAMP) $(BQ_STAMP) $(GBSTATS_STAMP) $(CHROMIUM)
 	$(PY) -m pytest --durations=25
 
 # Everything but the tests that start emulators (marked integration by tests/conftest.py), those
@@ -113,9 +139,20 @@ template: $(STAMP)
 		--image $(IMAGE) --sdk-language PYTHON --metadata-file templates/metadata.json
 	@echo "Template $(TEMPLATE); launch it with --parameters sdk_container_image=$(IMAGE)"
 
+# dlt, the peer benchmarks/throughput.py runs beside Sluice, in an environment of its own from a pinned
+# list (never a dependency of Sluice). When it cannot be installed, the benchmark says so and skips dlt.
+$(DLT_STAMP): benchmarks/dlt-requirements.txt
+	rm -rf $(DLT_ENV)
+	$(PYTHON) -m venv $(DLT_ENV)
+	$(DLT_ENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		-r benchmarks/dlt-requirements.txt
+	@touch $(DLT_STAMP)
+
 bench: $(STAMP)
+	@$(MAKE) --no-print-directory $(DLT_STAMP) || echo "make bench: dlt could not be installed in $(DLT_ENV)" >&2
 	$(PY) benchmarks/throughput.py --events $(N)
 	$(PY) benchmarks/collector.py
+	$(PY) benchmarks/experiments.py
 
 # Pub/Sub emulator -> local streaming runner -> DuckDB: messages/s and publish-to-row latency.
 bench-streaming: $(STAMP)
@@ -129,4 +166,4 @@ sample: $(STAMP)
 	$(PY) samples/generate.py samples/events.jsonl
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .hypothesis .emulators
+	rm -rf $(DEMO_DIR) .pytest_cache .hypothesis .emulators .bench

@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "pyarrow==25.0.1",
     "PyYAML==6.0.3",
     "pytz==2026.6",  # DuckDB needs it to hand TIMESTAMPTZ values to Python
+    "scipy==1.17.1",  # experiment statistics (analysis/stats.py); 1.18 needs Python 3.12
     "ua-parser==1.0.2",             # user-agent enrichment, offline rules
     "ua-parser-builtins==202610",   # the rules themselves, shipped in the wheel
     "ua-parser-rs==0.1.5",          # compiled matcher: 19 us a parse against 1 ms for pure Python
@@ -40,7 +41,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "collector", "collector.*",
-                                    "transforms", "transforms.*", "schemas"]),
+                                    "transforms", "transforms.*", "analysis", "analysis.*", "schemas"]),
     package_data={"schemas": ["*.json"], "collector.debugger.page": ["*.html", "*.css", "*.js"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.15",
@@ -49,6 +50,8 @@ setup(
                              "gcp-storage-emulator==2026.7.19",  # gs:// backfills, started by the tests
                              # the real SDKs users send with, pointed at the collector by the tests
                              "segment-analytics-python==2.4.0", "rudder-sdk-python==2.1.9",
+                             # a real flag SDK assigns the experiment test's users (features inline, no API host)
+                             "growthbook==4.0.0",
                              "playwright==1.65.2",  # drives Debian's chromium (analytics.js in a browser)
                              "granian==2.8.7"]},  # the other ASGI server benchmarks/collector.py measures
     entry_points={"console_scripts": ["sluice = pipeline.__main__:main"]},  # serve without Beam

@@ -1,9 +1,22 @@
-"""Throughput of the batch pipeline against a baseline, in one run.
+"""Throughput of the batch pipeline against dlt and a baseline, in one run.
 
-    python benchmarks/throughput.py [--events 200000]
+    python benchmarks/throughput.py [--events 200000] [--rounds 3] [--only peers]
 
 Generates N events with the sample mix (all six types, batch envelopes, nested context,
-arrays, unicode), then times, on one FnApiRunner worker reading the same file:
+arrays, unicode), then:
+
+Side by side (first; `--only peers` for this alone): in alternating rounds, each run in a
+process of its own over the same file into a fresh DuckDB file,
+  sluice:       the whole pipeline on one FnApiRunner worker;
+  dlt segment:  dlt routing the events into Segment's layout (benchmarks/peers.py);
+  dlt one row:  dlt loading one row per event into one table;
+  reference:    DuckDB alone, read_json and SQL flattening into Segment's layout.
+dlt runs from .bench/dlt (`make bench` installs benchmarks/dlt-requirements.txt there) and is
+skipped, with one line, when that environment is missing or broken. Prints the medians of
+events/s and peak resident memory of each, and the ratios sluice/dlt. Each run's tables are
+read back and must hold every event, or the benchmark stops.
+
+Then times, on one FnApiRunner worker reading the same file:
   baseline: the same file source, each line parsed and serialized again, nothing else;
   sluice:   the whole pipeline into a fresh DuckDB file.
 Prints events/s for both and the ratio sluice/baseline.
@@ -28,6 +41,7 @@ Two reference points, measured in the same run, say where a faster Sluice could 
                  size and one commit per batch), from ready-made Arrow tables.
 """
 import argparse
+import json
 import os
 import random
 import subprocess
@@ -61,6 +75,7 @@ from transforms.messages import RawMessage  # noqa: E402
 from transforms.normalize import normalize_event  # noqa: E402
 from pipeline.graph import build_graph, build_warehouse_graph  # noqa: E402
 from pipeline.sources import ReadInputFiles  # noqa: E402
+from peers import expected_rows, stored_rows, table_rows  # noqa: E402 - benchmarks/peers.py
 
 
 def write_input(path: str, events: int) -> tuple:
@@ -260,6 +275,119 @@ def report_memory(sizes: list, tmp: str) -> None:
     print(f"  ratio largest/smallest: {peaks[-1] / peaks[0]:.2f}  (target <= 1.30)")
 
 
+DLT_PYTHON = ROOT / ".bench" / "dlt" / "bin" / "python"
+PEERS = ROOT / "benchmarks" / "peers.py"
+LAYOUT = ("tracks", "identifies", "pages", "screens", "groups", "aliases", "users", "event tables")
+
+
+def dlt_version() -> str:
+    pins = (ROOT / "benchmarks" / "dlt-requirements.txt").read_text().splitlines()
+    return next(line.split("==")[1] for line in pins if line.startswith("dlt=="))
+
+
+def dlt_unusable() -> str:
+    """Why .bench/dlt cannot run dlt, in one line, or '' when it can."""
+    if not DLT_PYTHON.exists():
+        return f"{DLT_PYTHON.relative_to(ROOT)} is missing (`make bench` installs it)"
+    done = subprocess.run([str(DLT_PYTHON), "-c", "import dlt, duckdb, pyarrow"], capture_output=True, text=True)
+    if done.returncode:
+        return f"{DLT_PYTHON.relative_to(ROOT)} cannot import dlt: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+    return ""
+
+
+# As _PEAK_OF, and the child's CPU time (user + system, all its threads) beside its peak.
+_USAGE_OF = ("import os, subprocess, sys; child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+             "_, status, usage = os.wait4(child.pid, 0); "
+             "print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime, os.waitstatus_to_exitcode(status))")
+
+
+def measured(command: list, result: str) -> tuple:
+    """(seconds the command reports in `result`, its peak resident memory in MB, its CPU seconds from
+    start to exit), run in a process of its own started from a small go-between (see _PEAK_OF)."""
+    done = subprocess.run([sys.executable, "-c", _USAGE_OF, *command], cwd=ROOT, capture_output=True, text=True)
+    kilobytes, cpu, status = done.stdout.split()
+    if int(status) != 0:
+        raise SystemExit(f"{' '.join(command[1:3])} failed: {done.stderr[-3000:]}")
+    with open(result) as handle:
+        return json.load(handle)["seconds"], int(kilobytes) / 1024, float(cpu)
+
+
+def check_rows(name: str, database: str, schema: str, expected: dict, one_row: bool) -> dict:
+    """The run's tables, read back: they must hold every event (a failing run can't look fast)."""
+    rows = table_rows(database, schema)
+    got, keys = stored_rows(rows), ("events",) if one_row else LAYOUT
+    wrong = {key: (got[key], expected[key]) for key in keys if got[key] != expected[key]}
+    if wrong:
+        raise SystemExit(f"{name} did not store every event ({{table: (rows, expected)}}): {wrong}; tables: {rows}")
+    return rows
+
+
+def _median(values: list) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def report_peers(path: str, events: int, tmp: str, rounds: int) -> None:
+    """Sluice, dlt (Segment's layout, one row per event) and DuckDB's own reference, alternating."""
+    expected = expected_rows(path)
+    if expected["events"] != events:
+        raise SystemExit(f"the file holds {expected['events']} events, not {events}")
+    result = os.path.join(tmp, "result.json")
+    runs = [("sluice", lambda db: [sys.executable, __file__, "--run-sluice", path, db, result], "main", False),
+            ("dlt segment", lambda db: [str(DLT_PYTHON), str(PEERS), "dlt-segment", path, db, result], "segment",
+             False),
+            ("dlt one row", lambda db: [str(DLT_PYTHON), str(PEERS), "dlt-rows", path, db, result], "segment", True),
+            ("reference", lambda db: [sys.executable, str(PEERS), "reference", path, db, result], "main", False)]
+    unusable = dlt_unusable()
+    if unusable:
+        print(f"dlt skipped: {unusable}")
+        runs = [run for run in runs if not run[0].startswith("dlt")]
+    print(f"side by side, {rounds} alternating rounds, each run in its own process into a fresh DuckDB file "
+          f"(load average at the start: {' '.join(f'{n:.2f}' for n in os.getloadavg())}):")
+    seconds, peaks, cpus = ({name: [] for name, *_ in runs} for _ in range(3))
+    for round_number in range(1, rounds + 1):
+        line = []
+        for name, command, schema, one_row in runs:
+            database = os.path.join(tmp, f"{name.replace(' ', '-')}-{round_number}.duckdb")
+            elapsed, megabytes, cpu = measured(command(database), result)
+            check_rows(name, database, schema, expected, one_row)
+            os.remove(database)
+            seconds[name].append(elapsed)
+            peaks[name].append(megabytes)
+            cpus[name].append(cpu)
+            line.append(f"{name} {events / elapsed:,.0f}")
+        print(f"  round {round_number}: " + ", ".join(line) + " events/s"
+              f"  (load {os.getloadavg()[0]:.2f})")
+    labels = {"sluice": "Sluice, Segment layout (one worker)",
+              "dlt segment": f"dlt {dlt_version()}, Segment layout (parquet, 1 worker)",
+              "dlt one row": f"dlt {dlt_version()}, one row per event (parquet)",
+              "reference": "DuckDB read_json + SQL, Segment layout"}
+    rates = {name: events / _median(times) for name, times in seconds.items()}
+    print(f"  {'medians:':<53}{'events/s':>10}{'seconds':>9}{'peak RSS':>10}{'CPU us/event':>14}")
+    for name in seconds:
+        print(f"  {labels[name]:<53}{rates[name]:10,.0f}{_median(seconds[name]):9.2f}"
+              f"{_median(peaks[name]):7.0f} MB{_median(cpus[name]) / events * 1e6:14.1f}")
+    for name, target in (("dlt segment", 2.0), ("dlt one row", 1.5)):
+        if name in rates:
+            each = [other / mine for mine, other in zip(seconds["sluice"], seconds[name])]
+            print(f"  ratio sluice/{name}: {rates['sluice'] / rates[name]:.2f} (target >= {target}; "
+                  f"rounds {min(each):.2f} to {max(each):.2f})")
+    print("  (CPU: the whole process, start-up and imports included, all threads; less moved by other jobs "
+          "than events/s)")
+    print(f"  rows checked: {expected['events']:,} events; Segment layout {sum(expected[k] for k in LAYOUT):,} rows "
+          f"({expected['users']:,} users) in each of its runs; dlt's child tables of lists not counted")
+
+
+def sluice_child(path: str, database: str, result: str) -> None:
+    """One timed Sluice run for report_peers, in this process of its own."""
+    elapsed, summary_ = run_sluice(path, f"duckdb:///{database}", Config())
+    if not summary_["conservation"]["holds"] or summary_["stored"] != summary_["events"]:
+        raise SystemExit(f"sluice did not store every event: {summary_}")
+    with open(result, "w") as handle:
+        json.dump({"seconds": elapsed}, handle)
+
+
 def run_sluice(path: str, warehouse: str, config: Config) -> tuple:
     start = time.perf_counter()
     p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
@@ -273,11 +401,17 @@ def run_sluice(path: str, warehouse: str, config: Config) -> tuple:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--only", choices=("all", "rules", "memory"), default="all",
-                        help="rules: only the consent and transformations measurement; memory: only peak memory")
+    parser.add_argument("--only", choices=("all", "peers", "rules", "memory"), default="all",
+                        help="peers: only Sluice beside dlt and DuckDB's reference; rules: only the consent and "
+                             "transformations measurement; memory: only peak memory")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds side by side (default %(default)s)")
+    parser.add_argument("--run-sluice", nargs=3, metavar=("INPUT", "DATABASE", "RESULT"), help=argparse.SUPPRESS)
     parser.add_argument("--memory-events", default="100000,1000000",
                         help="input sizes (comma-separated) whose peak memory is compared (default %(default)s)")
     args = parser.parse_args()
+    if args.run_sluice:
+        sluice_child(*args.run_sluice)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         if args.only == "memory":
             report_memory([int(n) for n in args.memory_events.split(",")], tmp)
@@ -288,6 +422,9 @@ def main():
         print(f"input: {events:,} events in {messages:,} messages, {size_mb:.1f} MB")
         if args.only == "rules":
             report_rules(path, tmp)
+            return
+        report_peers(path, events, tmp, args.rounds)
+        if args.only == "peers":
             return
         baseline = run_baseline(path)
         elapsed, result = run_sluice(path, f"duckdb:///{tmp}/bench.duckdb", Config())

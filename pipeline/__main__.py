@@ -13,6 +13,10 @@ def main() -> int:
         # (about 1 s and 130 MB of every start), which only `serve --warehouse` (embedded) loads.
         from pipeline import serve
         return serve.main(sys.argv[2:])
+    if sys.argv[1:2] == ["experiments"]:
+        # Straight to the analysis, which runs SQL in the warehouse: no Beam import either.
+        from pipeline import experiments
+        return experiments.main(sys.argv[2:])
     from pipeline.main import main as run
     return run()
 

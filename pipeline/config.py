@@ -19,6 +19,7 @@ from transforms.consent import ConsentSettings
 from transforms.contracts.model import ContractSettings
 from transforms.decode import DecodeLimits
 from transforms.destinations import model as destination_model
+from transforms.experiments.settings import ExperimentSettings, SettingsError, parse as parse_experiments
 from transforms.rules.actions import RuleError
 from transforms.rules.engine import TransformRules
 from transforms.rules.stage import TransformSettings
@@ -41,6 +42,7 @@ class Config(NamedTuple):
     duckdb_memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB  # the embedded warehouse's memory budget
     max_new_columns_per_batch: int = planner.DEFAULT_MAX_NEW_COLUMNS
     collector: CollectorSettings = CollectorSettings()  # write keys may be unread: see resolve_collector
+    experiments: ExperimentSettings = ExperimentSettings()  # checked against the contracts by pipeline.contracts
 
 
 def validate(document) -> Config:
@@ -75,7 +77,7 @@ def validate(document) -> Config:
                   streaming.get("dedupe_ttl_seconds", Config().dedupe_ttl_seconds),
                   destinations, warehouse.get("duckdb_memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB),
                   warehouse.get("max_new_columns_per_batch", planner.DEFAULT_MAX_NEW_COLUMNS),
-                  collector=collector_section(document))
+                  collector=collector_section(document), experiments=_experiments(document.get("experiments")))
 
 
 def _decode_holds_collector(document: dict, limits: DecodeLimits) -> None:
@@ -119,6 +121,13 @@ def _consent(section, destinations: tuple) -> Optional[ConsentSettings]:
         categories += [c for c in destination.consent if c not in categories]
     return ConsentSettings(section.get("missing_consent", "allow"), tuple(section.get("warehouse", ())),
                            tuple((name, tuple(categories)) for name, categories in sorted(by_name.items())))
+
+
+def _experiments(section) -> ExperimentSettings:
+    try:
+        return parse_experiments(section)
+    except SettingsError as exc:
+        raise UsageError(f"config: {exc.where}: {exc.message}") from None
 
 
 def _transforms(rules) -> TransformSettings:

@@ -15,7 +15,7 @@ import yaml
 import schemas
 from collector.debugger.settings import DebuggerSettings
 from collector.settings import CollectorLimits, CollectorSettings, RateLimit, Source
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, did_you_mean
 from transforms.destinations import secrets
 from transforms.readfile import open_binary
 
@@ -34,11 +34,16 @@ def key_path(parts) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
+def _unknown_key(error: jsonschema.ValidationError) -> str:
+    """The key an additionalProperties error is about (the first, sorted), or ''."""
+    extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+    return str(extra[0]) if extra else ""
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     path = key_path(error.absolute_path)
     if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        return ".".join(filter(None, [path, str(extra[0]) if extra else ""])) or "(top level)"
+        return ".".join(filter(None, [path, _unknown_key(error)])) or "(top level)"
     return path or "(top level)"
 
 
@@ -85,7 +90,7 @@ def _value_hidden(error: jsonschema.ValidationError) -> bool:
 
 def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
-        return "unknown key"
+        return "unknown key" + did_you_mean(_unknown_key(error), error.schema.get("properties", {}))
     if "write_key" in error.absolute_path:  # the value may be a key: never echoed
         return "must be a non-empty string or a secret {env: VAR} / {file: PATH}"
     if error.validator in ("maxItems", "maxProperties"):

@@ -2,7 +2,7 @@
 
     python -m pipeline.contracts check DIR
     python -m pipeline.contracts import-segment PLAN.json DIR
-    python -m pipeline.contracts typegen DIR --lang typescript|python [--out FILE]
+    python -m pipeline.contracts typegen DIR --lang typescript|python [--sdk SDK] [--out FILE]
 
 `check` prints every problem as `file#/pointer: severity: message` and exits 1 when any
 is an error (0 otherwise); a missing argument or directory exits 2.
@@ -15,6 +15,8 @@ from pipeline import segment_import, typegen
 from pipeline.config import Config
 from pipeline.errors import UsageError
 from transforms.contracts.lint import check_directory, errors
+from transforms.contracts.loader import MissingDirectory
+from transforms.experiments import declared
 
 
 def resolve_directory(directory: str, config_path) -> str:
@@ -30,7 +32,10 @@ def load(config: Config, config_path=None, warn=sys.stderr) -> Config:
     if settings is None:
         return config
     directory = resolve_directory(settings.directory, config_path)
-    contracts, problems = check_directory(directory, config.flatten_depth)
+    try:
+        contracts, problems = check_directory(directory, config.flatten_depth)
+    except MissingDirectory as exc:
+        raise UsageError(f"contracts.directory: {exc}") from None
     for problem in problems:
         if problem.severity != "error":
             print(f"sluice: {problem}", file=warn)
@@ -43,14 +48,20 @@ def load(config: Config, config_path=None, warn=sys.stderr) -> Config:
         if name not in names:
             raise UsageError(f"config: contracts.overrides.{name}: no such contract in {directory} "
                              f"(names: {', '.join(sorted(names)) or 'none'})")
+    for where, message in declared.problems(config.experiments, contracts)[:1]:
+        raise UsageError(f"config: {where}: {message}")
     return config._replace(contracts=settings._replace(directory=directory, contracts=contracts))
 
 
+def _checked(directory: str, depth: int = Config().flatten_depth) -> tuple:
+    try:
+        return check_directory(directory, depth)
+    except MissingDirectory as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _check(args) -> int:
-    if not os.path.isdir(args.directory) and "://" not in args.directory:
-        print(f"contracts: error: {args.directory}: no such directory", file=sys.stderr)
-        return 2
-    contracts, problems = check_directory(args.directory, args.flatten_depth)
+    contracts, problems = _checked(args.directory, args.flatten_depth)
     for problem in problems:
         print(problem)
     failed = errors(problems)
@@ -69,16 +80,23 @@ def _import(args) -> int:
 
 
 def _typegen(args) -> int:
-    contracts, problems = check_directory(args.directory)
+    contracts, problems = _checked(args.directory)
     failed = errors(problems)
     if failed:
         for problem in failed:
             print(problem, file=sys.stderr)
         return 1
-    text = typegen.generate(contracts, args.lang)
+    try:
+        text = typegen.generate(contracts, args.lang, args.sdk)
+    except ValueError as exc:
+        raise UsageError(f"--sdk: {exc}") from None
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            with open(args.out, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise UsageError(f"--out {args.out}: cannot write it ({exc.strerror})") from None
+        print(f"wrote {args.out}")  # as import-segment says; without --out, stdout is the code alone
     else:
         sys.stdout.write(text)
     return 0
@@ -100,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("typegen", help="typed tracking code for every planned event")
     gen.add_argument("directory")
     gen.add_argument("--lang", required=True, choices=typegen.LANGUAGES)
+    gen.add_argument("--sdk", choices=sorted({s for sdks in typegen.SDKS.values() for s in sdks}),
+                     help="the client the code calls: analytics-next (analytics.js, TypeScript's default), "
+                          "analytics-node, analytics-python (Python's)")
     gen.add_argument("--out")
     gen.set_defaults(run=_typegen)
     return root

@@ -15,6 +15,7 @@ from transforms.contracts.model import ContractSettings
 from transforms.contracts.stage import ValidateContracts
 from transforms.decode import DecodeMessages
 from transforms.dedupe import DropRepeatedMessages
+from transforms.experiments.exposures import ExtractExposures
 from transforms.destinations.stage import ForwardToDestinations, SelectDeliveries
 from transforms.normalize import NormalizeEvents
 from transforms.pubsub_publish import PublishDeadLetters
@@ -36,7 +37,8 @@ def warehouse_settings(url: str, config: Config, **backend) -> WarehouseSettings
         declared = columns.declared_types(config.contracts.contracts, config.flatten_depth, [])
     return WarehouseSettings(url, config.max_columns_per_table, config.flatten_depth, config.batch_size, declared,
                              duckdb_memory_limit_mb=config.duckdb_memory_limit_mb,
-                             max_new_columns=config.max_new_columns_per_batch, **backend)
+                             max_new_columns=config.max_new_columns_per_batch, experiments=config.experiments,
+                             **backend)
 
 
 def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink: beam.PTransform,
@@ -58,17 +60,21 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
     checked = events | "Contracts" >> ValidateContracts(config.contracts or ContractSettings(""))
     consented = checked.events | "Consent" >> ApplyConsent(config.consent)
     transformed = consented.events | "Transform" >> ApplyTransforms(config.transforms)
-    write_failures = transformed.events | "Warehouse" >> event_sink
+    # After the rules, which may rename an event or move its properties; for the warehouse's events
+    # only (forwarding sends an exposure on as it is, valid or not).
+    exposures = transformed.events | "Exposures" >> ExtractExposures(config.experiments)
+    write_failures = exposures.events | "Warehouse" >> event_sink
     selected = transformed.forwardable | "Forwardable" >> SelectDeliveries(config.destinations)
     forwarded = selected.deliveries | "Forward" >> ForwardToDestinations(
         config.destinations, timers=streaming and runner.timers, keep_open=not runner.reuses_dofns)
     dead_letters = ((decoded.dead_letters, normalized.dead_letters, checked.dead_letters, consented.dead_letters,
-                     transformed.dead_letters, write_failures, selected.dead_letters, forwarded.dead_letters)
+                     transformed.dead_letters, exposures.dead_letters, write_failures, selected.dead_letters,
+                     forwarded.dead_letters)
                     | "CollectDeadLetters" >> beam.Flatten())
     _ = dead_letters | "DeadLetters" >> dead_letter_sink
     if delivery_sink is not None:
         _ = forwarded.deliveries | "Deliveries" >> delivery_sink
-    return Graph(transformed.events, transformed.forwardable, dead_letters, forwarded.deliveries)
+    return Graph(exposures.events, transformed.forwardable, dead_letters, forwarded.deliveries)
 
 
 def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,

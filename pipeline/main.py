@@ -75,8 +75,18 @@ def check(sluice_options, pipeline_options, replaying: bool = False) -> RunPlan:
         backend = {"bigquery_endpoint": options_module.check_endpoint(sluice_options.bigquery_endpoint),
                    "bigquery_location": sluice_options.bigquery_location, "bigquery_write_method": method}
     dead_letter_topic = sources.check_topic("dead_letter_topic", sluice_options.dead_letter_topic)
+    check_pubsub_exists(sluice_options, replaying)
     return RunPlan(source, streaming, config, sluice_options.warehouse, backend, sluice_options.summary_path,
                    dead_letter_topic, runner)
+
+
+def check_pubsub_exists(sluice_options, replaying: bool) -> None:
+    """The Pub/Sub subscription and topics the run reads and publishes to exist, asked last (the
+    options' forms and the config are checked first, without a network call)."""
+    names = ("dead_letter_topic",) if replaying else ("input_subscription", "input_topic", "dead_letter_topic")
+    for name in names:
+        if getattr(sluice_options, name):
+            sources.check_exists(name, getattr(sluice_options, name))
 
 
 def check_destinations(config: Config) -> None:
@@ -103,8 +113,8 @@ def _progress_writer(path):
     if not path:
         return None
 
-    def write(_result):
-        summary_module.write(path, summary_module.build(metrics.in_process_counts()))
+    def write(_result):  # mid-run: events in flight between stages are not yet accounted for
+        summary_module.write(path, summary_module.build(metrics.in_process_counts(), running=True))
     return write
 
 
@@ -125,10 +135,11 @@ def run(argv: list):
 def launch_backend(plan: RunPlan):
     """The warehouse, opened by the launcher and held for the whole run: an embedded DuckDB file
     is then this process's until the run ends (another process on it is refused, not
-    interleaved), and one that another process holds is a usage error before anything runs."""
+    interleaved), and one that another process holds, or that is no DuckDB database, is a usage
+    error before anything runs."""
     try:
         backend = open_backend(warehouse_settings(plan.warehouse_url, plan.config, **plan.backend))
-    except duckdb_backend.WarehouseInUse as exc:
+    except duckdb_backend.WarehouseUnusable as exc:
         raise UsageError(f"--warehouse {plan.warehouse_url}: {exc}") from None
     try:
         yield backend
@@ -143,7 +154,13 @@ def execute(plan: RunPlan, pipeline_options):
 
 def build(plan: RunPlan, pipeline_options) -> beam.Pipeline:
     """The job's graph, not run yet (run_built runs it; a batch graph may be run again)."""
-    pipeline = beam.Pipeline(runner=plan.runner.runner, options=pipeline_options)
+    try:
+        pipeline = beam.Pipeline(runner=plan.runner.runner, options=pipeline_options)
+    except ValueError as exc:  # Beam checks the options for the runner here: a usage error, before anything runs
+        if not str(exc).startswith("Pipeline has validations errors"):
+            raise
+        problems = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
+        raise UsageError(f"Beam's options for --runner {plan.runner.name}: {'; '.join(problems)}") from None
     build_warehouse_graph(pipeline, plan.source, plan.config, plan.warehouse_url,
                           trust_event_received_at=not plan.streaming, streaming=plan.streaming, runner=plan.runner,
                           dead_letter_topic=plan.dead_letter_topic, **plan.backend)
@@ -161,8 +178,13 @@ def run_built(plan: RunPlan, pipeline: beam.Pipeline):
             backend.ensure_deliveries()
         if plan.streaming and plan.runner.in_process:
             metrics.count_in_process()
-            streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
-                                        close=close_warehouses, on_tick=_progress_writer(plan.summary_path))
+            try:
+                streaming.run_until_stopped(pipeline, plan.config.max_buffering_seconds + 1,
+                                            close=close_warehouses, on_tick=_progress_writer(plan.summary_path))
+            except streaming.RunFailed:
+                if plan.summary_path:  # what the run did before it failed, for whoever looks
+                    summary_module.write(plan.summary_path, summary_module.build(metrics.in_process_counts()))
+                raise
             counters = metrics.in_process_counts()
         else:
             result = pipeline.run()
@@ -212,7 +234,7 @@ class FileLoads:
         self._lock = threading.Lock()
         try:
             self._held = open_backend(self.settings)
-        except duckdb_backend.WarehouseInUse as exc:
+        except duckdb_backend.WarehouseUnusable as exc:
             raise UsageError(f"--warehouse {self.plan.warehouse_url}: {exc}") from None
         os.makedirs(self.staging, exist_ok=True)
         self._empty_staging()  # what a killed predecessor linked: the spool still has the files
@@ -257,27 +279,34 @@ class FileLoads:
 
 def run_replay(argv: list) -> dict:
     """`replay`: the dead letters a selection names, through the pipeline again; on success
-    they are recorded as replayed. The summary gains `replayed` (how many were recorded)."""
+    they are recorded as replayed. The summary gains `replayed` (how many were recorded) and
+    `failed_again` (of them, how many made new dead letters: one each, however many it made)."""
     selection, files, dry_run, rest = replay.parse_replay_args(argv)
     run_id, started_at = replay.new_run()
     selection = selection._replace(before=started_at)
     sluice_options, pipeline_options = options_module.parse_args(rest)
     if files:
-        sources.check_input_files(files)
+        sources.check_input_files(files, "dead_letter_files")
     plan = check(sluice_options, pipeline_options, replaying=True)
     settings = warehouse_settings(plan.warehouse_url, plan.config, **plan.backend)
     if dry_run:
-        return {"dry_run": replay.describe(replay.selected(settings, selection, files))}
+        return {"dry_run": replay.describe(replay.selected(settings, selection, files, read_only=True))}
     plan = plan._replace(source=replay.ReadDeadLetters(settings, selection, run_id, files))
     # The lease, from before the workers select until what they replayed is recorded: another
     # replay started meanwhile would select the same dead letters (it exits 2 naming this one).
     with replay.leased(settings, selection, run_id, files):
+        # Files are read here first (the workers read them again): a line that is no dead-letter
+        # record is then one line naming it, exit 2, before anything runs. The ids do not change
+        # while the lease is held (_replays is written below), so they are those the run replayed.
+        ids = [r["dead_letter_id"] for r in replay.selected(settings, selection, files)] if files else None
         summary = execute(plan, pipeline_options)
         if summary is None:
             raise UsageError("replay records what it replayed once its job has finished: "
                              "run it directly, not as a template (--template_location)")
-        ids = [r["dead_letter_id"] for r in replay.selected(settings, selection, files)]
+        if ids is None:
+            ids = [r["dead_letter_id"] for r in replay.selected(settings, selection)]
         replay.record(settings, ids, run_id)
+        summary["failed_again"] = replay.failed_again(settings, ids, started_at)
     summary["replayed"] = len(ids)
     return summary
 
@@ -304,9 +333,12 @@ def _main(argv=None) -> int:
     except UsageError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
-    except duckdb_backend.WarehouseInUse as exc:  # opened before the launcher's check (replay's reads)
-        print(f"sluice: error: {exc}", file=sys.stderr)
+    except duckdb_backend.WarehouseUnusable as exc:  # opened before the launcher's check (replay's reads)
+        print(f"sluice: error: --warehouse: {exc}", file=sys.stderr)
         return 2
+    except streaming.RunFailed as exc:
+        print(f"sluice: error: the run failed and stopped: {exc}", file=sys.stderr)
+        return 3
     if summary is None:
         print("sluice: job written for the flex template launcher; its counters are in the Dataflow console")
         return 0
@@ -315,7 +347,7 @@ def _main(argv=None) -> int:
         return 0
     print(summary_module.format_table(summary))
     if replaying:
-        print(f"replayed {summary['replayed']:,} dead letters (recorded in _replays)")
+        print(replay.outcome(summary))
     if not summary["conservation"]["holds"]:
         print("sluice: error: conservation check failed; see the summary above", file=sys.stderr)
         return 1

@@ -5,20 +5,14 @@ naming it, any option neither Sluice nor Beam knows: Beam alone would only log a
 and drop a mistyped `--input_file`, leaving the run to fail later and further from the cause.
 """
 import argparse
-import re
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from pipeline.errors import UsageError
+from pipeline.errors import OneLineParser, UsageError, did_you_mean
+# Beam-free, shared with pipeline.query and pipeline.experiments; still this module's names too.
+from pipeline.warehouse_url import _BIGQUERY_URL, check_endpoint, parse_warehouse_url  # noqa: F401
 
 DEFAULT_WAREHOUSE = "duckdb:///sluice.duckdb"
-# Project ids: 6-30 of [a-z0-9-] (or domain-scoped, example.com:project); datasets: [A-Za-z0-9_].
-_BIGQUERY_URL = re.compile(r"bigquery://((?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9])/([A-Za-z0-9_]{1,1024})")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print usage and exit; we want one line
-        raise UsageError(message)
 
 
 class SluiceOptions(PipelineOptions):
@@ -74,7 +68,7 @@ class SluiceOptions(PipelineOptions):
 
 def _beam_parser() -> argparse.ArgumentParser:
     """Every option Beam and Sluice know, the way Beam assembles them."""
-    parser = _Parser(allow_abbrev=False, add_help=False)
+    parser = OneLineParser(allow_abbrev=False, add_help=False)
     for cls in PipelineOptions.__subclasses__():
         cls._add_argparse_args(parser)
     return parser
@@ -86,47 +80,30 @@ def help_text() -> str:
         description="Sluice: Segment-compatible events in, warehouse tables and dead letters out.",
         epilog="Standard Beam options pass through: --runner, --project, --region, --temp_location, "
                "--streaming, --direct_num_workers, ... Without --runner, batch runs use Beam's in-process "
-               "FnApiRunner. Exit status 2 means a command-line or config mistake, named on one line. "
-               "`python -m pipeline replay --help`: send dead letters through the pipeline again.")
+               "FnApiRunner. Exit status 2 means a command-line or config mistake, named on one line; 1, a "
+               "conservation failure (a bug); 3, a streaming run stopped by an error of its own. "
+               "`python -m pipeline replay --help`: send dead letters through the pipeline again. "
+               "`python -m pipeline experiments --help`: analyze experiments in the warehouse.")
     SluiceOptions._add_argparse_args(parser)
     return parser.format_help()
 
 
 def parse_args(argv: list) -> tuple:
     """argv -> (SluiceOptions, PipelineOptions). Raises UsageError for unknown or malformed options."""
-    _, unknown = _beam_parser().parse_known_args(argv)
+    parser = _beam_parser()
+    _, unknown = parser.parse_known_args(argv)
     for arg in unknown:
         name = arg.split("=", 1)[0]
         if name.startswith("-"):
-            raise UsageError(f"unrecognized option {name} (see --help)")
+            raise UsageError(f"unrecognized option {name}{did_you_mean(name, parser.option_names())} (see --help)")
         raise UsageError(f"unexpected argument {arg!r} (options take the form --name=value)")
     options = PipelineOptions(argv)
+    # Beam takes any int and fails deep in the runner (an IndexError for a negative one); 0 means
+    # one worker per core, Beam's own default.
+    workers = options.view_as(DirectOptions).direct_num_workers
+    if workers < 0:
+        raise UsageError(f"--direct_num_workers {workers}: a number of workers, 0 or more (0: one per core)")
     return options.view_as(SluiceOptions), options
-
-
-def parse_warehouse_url(url: str) -> str:
-    """Check a --warehouse URL; return its kind."""
-    if url.startswith("duckdb:///") and len(url) > len("duckdb:///"):
-        return "duckdb"
-    if url.startswith("duckdb:"):
-        raise UsageError(f"--warehouse {url!r}: write duckdb:///relative/path.duckdb or "
-                         "duckdb:////absolute/path.duckdb")
-    if url.startswith("bigquery:"):
-        match = _BIGQUERY_URL.fullmatch(url)
-        if not match:
-            raise UsageError(f"--warehouse {url!r}: write bigquery://PROJECT/DATASET (a project id, and a dataset "
-                             "name of letters, digits and underscores)")
-        return "bigquery"
-    raise UsageError(f"--warehouse {url!r}: expected duckdb:///PATH or bigquery://PROJECT/DATASET")
-
-
-def check_endpoint(url):
-    """--bigquery_endpoint: an http(s) URL with a host, or None."""
-    if url is None:
-        return None
-    if not re.fullmatch(r"https?://[^/\s]+/?", url):
-        raise UsageError(f"--bigquery_endpoint {url!r}: expected a URL such as http://127.0.0.1:9050")
-    return url.rstrip("/")
 
 
 def check_runner(options: PipelineOptions, warehouse_kind: str, runner_name: str) -> None:

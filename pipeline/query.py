@@ -3,6 +3,8 @@
     python -m pipeline.query duckdb:///demo-output/sluice.duckdb
     python -m pipeline.query duckdb:///demo-output/sluice.duckdb "SELECT * FROM tracks LIMIT 5"
 
+A BigQuery warehouse (bigquery://PROJECT/DATASET) is queried with bq or the console instead.
+
 While `python -m pipeline serve` holds the warehouse (no other process can open a DuckDB file
 that one process has open for writing), the query is sent to that collector over loopback:
 it wrote `<warehouse>.serve.json` (0600) naming its port and a token. It answers reads only
@@ -14,7 +16,7 @@ import duckdb
 
 from collector import query as served_query
 from pipeline.errors import UsageError
-from pipeline.options import parse_warehouse_url
+from pipeline.warehouse_url import parse_warehouse_url
 from transforms.warehouse import duckdb_backend
 
 _OVERVIEW = """
@@ -29,9 +31,15 @@ def main(argv=None) -> int:
         print(__doc__.strip())
         return 0 if argv else 2
     try:
-        parse_warehouse_url(argv[0])
+        kind = parse_warehouse_url(argv[0])
     except UsageError as exc:
         print(f"sluice.query: error: {exc}", file=sys.stderr)
+        return 2
+    if kind == "bigquery":  # BigQuery has its own clients, which know the user's credentials and billing
+        project, dataset = argv[0][len("bigquery://"):].split("/", 1)
+        print(f"sluice.query: error: {argv[0]}: pipeline.query reads DuckDB files (duckdb:///PATH); query "
+              f"BigQuery with bq (bq query --nouse_legacy_sql 'SELECT ... FROM `{project}.{dataset}.tracks`') "
+              "or its console", file=sys.stderr)
         return 2
     path = argv[0][len("duckdb:///"):]
     sql = argv[1] if len(argv) > 1 else _OVERVIEW
@@ -43,11 +51,8 @@ def main(argv=None) -> int:
             pass  # the collector is stopping or gone: the file may be free by now
     try:
         conn = duckdb_backend.connect(path, read_only=True)
-    except duckdb_backend.WarehouseInUse as exc:
+    except duckdb_backend.WarehouseUnusable as exc:  # another process has it, or not a DuckDB file
         print(f"sluice.query: error: {exc}", file=sys.stderr)
-        return 2
-    except duckdb.Error as exc:
-        print(f"sluice.query: error: cannot open {path}: {exc}", file=sys.stderr)
         return 2
     try:
         conn.sql(sql).show(max_width=200, max_rows=50)

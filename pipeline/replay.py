@@ -5,12 +5,16 @@ once their cause is fixed (a contract, the config, a destination).
         [--until TIME] [--source GLOB] [--dead_letter_files PATTERN] [--dry_run] [Beam options]
 
 --dry_run prints how many dead letters the selection names, by error type and source, and
-replays nothing.
+replays and writes nothing (the warehouse must exist). --error_type takes the codes of
+docs/warehouse.md#dead-letters, comma-separated. The last line says how many were replayed, and
+of them how many were fixed and how many failed again; _dead_letters_view shows each original
+failure once with its latest state (open, failed_again, fixed).
 
 Dead letters come from the warehouse's `_dead_letters` table, or from dead-letter files
 (newline-delimited JSON records, e.g. an export) with --dead_letter_files; both are read by
 the pipeline's workers, not here. Each record becomes the message it was: its payload bytes,
-its attributes plus `sluice_replay_of`, its source and receive time. A `delivery_failed`
+its attributes plus `sluice_replay_of` and `sluice_replay_origin` (the original failure), its
+source and receive time. A `delivery_failed`
 record is replayed to its destination only (its `integrations` narrowed to it).
 
 After the run succeeds, the replayed dead letters are recorded in `_replays`, and a later
@@ -38,14 +42,16 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.errors import UsageError
+from pipeline import options as options_module
+from pipeline.errors import UsageError, did_you_mean
 from transforms import deadletter
 from transforms.messages import RawMessage
 from transforms.timeutil import format_time, parse_time
+from transforms.warehouse import replays
 from transforms.warehouse.replays import Selection, as_record
-from transforms.warehouse.sink import WarehouseFn, opened_backend
+from transforms.warehouse.sink import WarehouseFn, open_backend, opened_backend
 
-REPLAY_ATTRIBUTE = "sluice_replay_of"
+REPLAY_ATTRIBUTE = replays.REPLAY_OF
 # A running replay renews its lease every LEASE_SECONDS / 4; one that stops renewing (killed, its
 # machine gone) leaves a lease that lapses this long after the last renewal.
 LEASE_SECONDS = 600
@@ -61,6 +67,7 @@ def parse_replay_args(argv: list) -> tuple:
     parser.add_argument("--dead_letter_files")
     parser.add_argument("--dry_run", action="store_true")
     known, rest = parser.parse_known_args(argv)
+    _check_unknown(rest, [o for action in parser._actions for o in action.option_strings])
     for name in ("input_files", "input_subscription", "input_topic"):
         if any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in rest):
             raise UsageError(f"--{name}: replay reads dead letters (from --warehouse, or --dead_letter_files)")
@@ -72,8 +79,25 @@ def parse_replay_args(argv: list) -> tuple:
         except ValueError:
             raise UsageError(f"--{name} {value!r}: expected an ISO-8601 time such as 2026-11-25T00:00:00Z") from None
     types = tuple(t.strip() for t in known.error_type.split(",") if t.strip())
+    for name in types:
+        if name not in deadletter.ERROR_TYPES:  # a typo would select nothing: "would replay 0"
+            raise UsageError(f"--error_type {name!r}: not an error type{did_you_mean(name, deadletter.ERROR_TYPES)} "
+                             "(docs/warehouse.md#dead-letters lists them)")
     selection = Selection("", types, times["since"], times["until"], known.source)
     return selection, known.dead_letter_files, known.dry_run, rest
+
+
+def _check_unknown(rest: list, own: list) -> None:
+    """An option neither replay's nor Beam's (nor the job's): one line offering the closest of
+    both, pointing to replay's --help (options.parse_args, which sees only the rest, knows
+    neither replay's names nor its help)."""
+    beam = options_module._beam_parser()  # noqa: SLF001 -- the parser parse_args uses, for the same names
+    _, unknown = beam.parse_known_args(rest)
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--"):
+            raise UsageError(f"unrecognized option {name}{did_you_mean(name, [*own, *beam.option_names()])} "
+                             "(see python -m pipeline replay --help)")
 
 
 def to_raw_message(record: dict, run: str) -> RawMessage:
@@ -81,15 +105,18 @@ def to_raw_message(record: dict, run: str) -> RawMessage:
     data = deadletter.decode_payload(record["payload"], record.get("payload_encoding") or "utf-8")
     if record.get("error_stage") == "forwarding" and record.get("destination"):
         data = _only_to(data, record["destination"])
-    attributes = {**(record.get("attributes") or {}), REPLAY_ATTRIBUTE: record["dead_letter_id"]}
+    elif record.get("error_stage") == "experiments":  # refused for the warehouse only: it was forwarded then
+        data = _only_to(data, None)
+    attributes = {**(record.get("attributes") or {}), REPLAY_ATTRIBUTE: record["dead_letter_id"],
+                  replays.REPLAY_ORIGIN: replays.origin_of(record)}
     position = f"replay:{record['dead_letter_id']}:{run}"
     return RawMessage(data, attributes, record.get("source") or "replay", record.get("received_at"), position)
 
 
 def _only_to(data: bytes, destination: str) -> bytes:
-    """The event with its integrations object narrowed to one destination."""
+    """The event with its integrations object narrowed to one destination (None: to none)."""
     event = json.loads(data)
-    event["integrations"] = {"All": False, destination: True}
+    event["integrations"] = {"All": False, **({destination: True} if destination else {})}
     return json.dumps(event).encode("utf-8")
 
 
@@ -109,17 +136,32 @@ class SelectDeadLettersFn(_WarehouseReaderFn):
             yield to_raw_message(record, self._run)
 
 
-def read_records(handle):
+def read_records(handle, path: str):
     """Dead-letter records of a file, as the warehouse would give them back: JSON columns as
-    objects (an export may hold them as strings), times in the canonical UTC form."""
-    for line in iter(handle.readline, b""):
+    objects (an export may hold them as strings), times in the canonical UTC form. A line that
+    is not such a record raises UsageError naming --dead_letter_files PATH:LINE."""
+    for number, line in enumerate(iter(handle.readline, b""), 1):
         if not line.strip():
             continue
-        record = as_record(json.loads(line))
-        for name in ("received_at", "failed_at"):  # text in a file: "2026-11-25 10:00:00+00:00" too
-            if record.get(name):
-                record[name] = format_time(parse_time(str(record[name]).replace(" ", "T", 1)))
-        yield record
+        try:
+            yield _record(line)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            problem = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            raise UsageError(f"--dead_letter_files {path}:{number}: not a dead-letter record ({problem})") from None
+
+
+def _record(line: bytes) -> dict:
+    record = json.loads(line)
+    if not isinstance(record, dict):
+        raise ValueError(f"a JSON {type(record).__name__}, not an object")
+    for name in ("dead_letter_id", "payload"):  # what a replay reads of every record
+        if not isinstance(record[name], str):
+            raise ValueError(f"{name} is not a string")
+    record = as_record(record)
+    for name in ("received_at", "failed_at"):  # text in a file: "2026-11-25 10:00:00+00:00" too
+        if record.get(name):
+            record[name] = format_time(parse_time(str(record[name]).replace(" ", "T", 1)))
+    return record
 
 
 class ReadDeadLetterFilesFn(_WarehouseReaderFn):
@@ -127,7 +169,7 @@ class ReadDeadLetterFilesFn(_WarehouseReaderFn):
 
     def process(self, readable_file):
         with readable_file.open() as handle:
-            records = [r for r in read_records(handle) if self._selection.keeps(r)]
+            records = [r for r in read_records(handle, readable_file.metadata.path) if self._selection.keeps(r)]
         done = self._backend.replayed([r["dead_letter_id"] for r in records])
         for record in records:
             if record["dead_letter_id"] not in done:
@@ -157,18 +199,28 @@ def new_run() -> tuple:
     return uuid.uuid4().hex[:12], format_time(datetime.now(timezone.utc))
 
 
-def selected(settings, selection: Selection, files: str = None) -> list:
-    """The records the selection names now, read here (a dry run; after a successful run, the
-    ids it replayed: the same selection, read again)."""
-    with opened_backend(settings) as backend:
+def selected(settings, selection: Selection, files: str = None, read_only: bool = False) -> list:
+    """The records the selection names now, read here (a dry run, read_only: nothing is created,
+    not even the warehouse; after a successful run, the ids it replayed: the same selection,
+    read again)."""
+    if read_only and settings.url.startswith("duckdb:///") and not os.path.exists(settings.url[len("duckdb:///"):]):
+        raise UsageError(f"--warehouse {settings.url}: no such DuckDB file (a dry run reads an existing warehouse "
+                         "and creates nothing)")
+    try:
+        backend = open_backend(settings, read_only=read_only)
+    except LookupError as exc:  # a read-only open of a BigQuery dataset that does not exist (only the open)
+        raise UsageError(f"--warehouse {settings.url}: {exc} (a dry run creates nothing)") from None
+    try:
         if not files:
             return backend.select_dead_letters(selection)
         records = []
         for match in FileSystems.match([files])[0].metadata_list:
             with FileSystems.open(match.path) as handle:
-                records += [r for r in read_records(handle) if selection.keeps(r)]
+                records += [r for r in read_records(handle, match.path) if selection.keeps(r)]
         done = backend.replayed([r["dead_letter_id"] for r in records])
         return [r for r in records if r["dead_letter_id"] not in done]
+    finally:
+        backend.close()
 
 
 def describe(records: list) -> str:
@@ -178,6 +230,26 @@ def describe(records: list) -> str:
         counts = Counter(r.get(key) or "?" for r in records)
         lines += [f"  {key} {value}: {count:,}" for value, count in counts.most_common()]
     return "\n".join(lines)
+
+
+def outcome(summary: dict) -> str:
+    """A replay's last line: how many it replayed, and of them how many failed again."""
+    replayed, again = summary["replayed"], summary.get("failed_again", 0)
+    line = f"replayed {replayed:,} dead letters (recorded in _replays): {replayed - again:,} fixed"
+    return line + (f", {again:,} failed again (new dead letters in _dead_letters)" if again else "")
+
+
+def failed_again(settings, ids: list, started_at: str) -> int:
+    """How many of the replayed dead letters (ids) made new dead letters in the replay started at
+    started_at: counted by the new ones' REPLAY_OF, since one record can make several (a batch
+    whose events each fail again, a record failing for two destinations). The warehouse keeps
+    every dead letter (a --dead_letter_topic gets copies), so it is asked, after the run."""
+    wanted = set(ids)
+    since = Selection(before="9999-12-31T00:00:00Z", since=started_at)  # any time after the start
+    with opened_backend(settings) as backend:
+        letters = backend.select_dead_letters(since)
+    return len({parent for parent in ((r.get("attributes") or {}).get(REPLAY_ATTRIBUTE) for r in letters)
+                if parent in wanted})
 
 
 def record(settings, ids: list, run: str) -> int:

@@ -7,12 +7,13 @@ tears it down around each bundle. So `--runner DirectRunner --streaming` gets th
 no --runner at all, and Dataflow gets the timers. `--runner` names are checked here, before
 anything is built: a misspelt one is a usage error, not a traceback.
 """
+import importlib
 from typing import NamedTuple
 
 from apache_beam.options.pipeline_options import StandardOptions
-from apache_beam.runners.runner import create_runner
+from apache_beam.runners.runner import PipelineRunner, create_runner
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, did_you_mean, first_line
 
 # The names that mean "Beam's local runner": ours picks FnApiRunner for batch and the
 # BundleBasedDirectRunner for streaming, as Beam's DirectRunner does once it has given up on
@@ -50,11 +51,34 @@ def resolve(options) -> Runner:
     if key == "bundlebaseddirectrunner":
         from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
         return Runner(BundleBasedDirectRunner(), "BundleBasedDirectRunner", True, False, False, False)
+    return _traits(given if not isinstance(given, str) else _create(given), streaming)
+
+
+def _create(name: str) -> PipelineRunner:
+    """The runner a --runner name means: one of Beam's names (any case, `Runner` optional) or
+    module.Class. Beam's create_runner would instantiate whatever class a dotted name names and
+    let an AttributeError through, so a dotted name is imported and checked here."""
+    if "." not in name:
+        try:
+            return create_runner(name)
+        except ValueError:
+            known = StandardOptions.KNOWN_RUNNER_NAMES
+            raise UsageError(f"--runner {name}: unknown runner" + (
+                did_you_mean(name, known) or f"; Beam's are {', '.join(known)}, or module.Class of a "
+                                             "PipelineRunner subclass")) from None
+        except ImportError as exc:  # a runner of an extra not installed (apache_beam[interactive])
+            raise UsageError(f"--runner {name}: {first_line(exc)}") from None
+    if not all(part.isidentifier() for part in name.split(".")):  # import_module("") is a ValueError
+        raise UsageError(f"--runner {name}: expected a runner name (DirectRunner, DataflowRunner, ...) or "
+                         "module.Class of a PipelineRunner subclass")
+    module, _, attribute = name.rpartition(".")
     try:
-        runner = given if not isinstance(given, str) else create_runner(given)
-    except (ValueError, ImportError) as exc:
-        raise UsageError(f"--runner {name}: {_first_line(exc)}") from None
-    return _traits(runner, streaming)
+        cls = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--runner {name}: cannot import it ({first_line(exc)})") from None
+    if not (isinstance(cls, type) and issubclass(cls, PipelineRunner)):
+        raise UsageError(f"--runner {name}: not a PipelineRunner subclass")
+    return cls()
 
 
 def _traits(runner, streaming: bool) -> Runner:
@@ -68,8 +92,3 @@ def _traits(runner, streaming: bool) -> Runner:
     # Dataflow and the portable runners (Prism, Flink, Spark) fire processing-time timers;
     # all but Prism (one local process) spread the work over machines.
     return Runner(runner, cls, False, True, True, cls != "PrismRunner")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

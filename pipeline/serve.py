@@ -28,19 +28,14 @@ import sys
 # Not pipeline.config or pipeline.main: they import the stages and so Apache Beam (about 1 s and
 # 100 MB), which only embedded mode needs; config_file reads and checks the file without it.
 from pipeline import config_file
-from pipeline.errors import UsageError
+from pipeline.errors import OneLineParser, UsageError, did_you_mean
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8088
 log = logging.getLogger("sluice.collector")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
 def parse_args(argv: list) -> argparse.Namespace:
-    parser = _Parser(prog="python -m pipeline serve", add_help=False, allow_abbrev=False)
+    parser = OneLineParser(prog="python -m pipeline serve", add_help=False, allow_abbrev=False)
     parser.add_argument("--config")
     parser.add_argument("--sink")
     parser.add_argument("--warehouse")
@@ -48,7 +43,9 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--port", default=str(DEFAULT_PORT))
     args, rest = parser.parse_known_args(argv)
     if rest:
-        raise UsageError(f"unrecognized option {rest[0]} (see python -m pipeline serve --help)"
+        known = parser.option_names()
+        raise UsageError(f"unrecognized option {rest[0]}{did_you_mean(rest[0].split('=', 1)[0], known)} "
+                         "(see python -m pipeline serve --help)"
                          if rest[0].startswith("-") else f"unexpected argument {rest[0]!r}")
     if (args.sink is None) == (args.warehouse is None):
         raise UsageError("give exactly one of --sink (DIR, gs://BUCKET/PREFIX or pubsub://projects/P/topics/T) "

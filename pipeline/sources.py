@@ -1,4 +1,6 @@
 """Input sources: each yields RawMessage, so every input shares one pipeline."""
+import itertools
+import logging
 import os
 from datetime import datetime, timezone
 
@@ -6,30 +8,32 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, did_you_mean, first_line
 from transforms import pubsub_names
 from transforms.messages import RawMessage
 from transforms.timeutil import format_time
 
+_LOG = logging.getLogger(__name__)
 
 def split_patterns(spec: str) -> list:
     return [p.strip() for p in (spec or "").split(",") if p.strip()]
 
 
-def check_input_files(spec: str) -> list:
-    """The patterns of --input_files, each matching at least one file; else UsageError."""
+def check_input_files(spec: str, option: str = "input_files") -> list:
+    """The patterns of --input_files (or of `option`, e.g. replay's dead_letter_files), each matching
+    at least one file; else UsageError naming the option."""
     patterns = split_patterns(spec)
     if not patterns:
-        raise UsageError("--input_files: give a path, a glob or a comma-separated list")
+        raise UsageError(f"--{option}: give a path, a glob or a comma-separated list")
     for pattern in patterns:
         if "://" not in pattern and os.path.isdir(pattern):
-            raise UsageError(f"--input_files {pattern}: is a directory; use a glob such as {pattern.rstrip('/')}/*.jsonl")
+            raise UsageError(f"--{option} {pattern}: is a directory; use a glob such as {pattern.rstrip('/')}/*.jsonl")
         try:
             matched = FileSystems.match([pattern])[0].metadata_list
         except Exception as exc:  # noqa: BLE001 - any filesystem error is the user's to see, named here
-            raise UsageError(f"--input_files {pattern}: cannot list it ({type(exc).__name__}: {exc})") from exc
+            raise UsageError(f"--{option} {pattern}: cannot list it ({type(exc).__name__}: {exc})") from exc
         if not matched:
-            raise UsageError(f"--input_files: no file matches {pattern}")
+            raise UsageError(f"--{option}: no file matches {pattern}")
     return patterns
 
 
@@ -93,6 +97,55 @@ def check_topic(option: str, topic):
         raise UsageError(f"--{option} {topic!r}: expected projects/PROJECT/topics/NAME "
                          "(a project id of 6-63 lower-case letters, digits and dashes)")
     return topic
+
+
+def check_exists(option: str, path: str) -> None:
+    """At launch, before the graph is built: the subscription or topic an option names exists
+    (Pub/Sub, or the emulator PUBSUB_EMULATOR_HOST names, answers a get). Beam's read of a missing
+    one logs 404 tracebacks, gives up, and leaves a local run idle. Missing, unreachable, or no
+    credentials: UsageError naming the option. Permission denied is not "missing": the least
+    roles (pubsub.subscriber, pubsub.publisher) may pull or publish without the get permission,
+    as the collector's Pub/Sub sink also assumes, so it is a warning and the run goes on."""
+    from google.api_core import exceptions, retry
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.cloud import pubsub_v1
+    kind = "subscription" if "/subscriptions/" in path else "topic"
+    again = retry.Retry(predicate=retry.if_exception_type(exceptions.ServiceUnavailable, exceptions.DeadlineExceeded),
+                        initial=0.2, maximum=1.0, timeout=10.0)
+    try:
+        with (pubsub_v1.SubscriberClient() if kind == "subscription" else pubsub_v1.PublisherClient()) as client:
+            get = client.get_subscription if kind == "subscription" else client.get_topic
+            try:
+                get(request={kind: path}, retry=again, timeout=5.0)
+            except exceptions.NotFound:
+                raise UsageError(f"--{option} {path}: no such {kind}{_closest(client, kind, path)}") from None
+    except exceptions.PermissionDenied as exc:
+        _LOG.warning("--%s %s: cannot check that the %s exists (permission denied: %s); going on",
+                     option, path, kind, exc.message)
+    except DefaultCredentialsError:
+        raise UsageError(f"--{option} {path}: no Google credentials to reach Pub/Sub (run `gcloud auth "
+                         "application-default login`, or set PUBSUB_EMULATOR_HOST for the emulator)") from None
+    except exceptions.GoogleAPIError as exc:
+        where = os.environ.get("PUBSUB_EMULATOR_HOST") or "pubsub.googleapis.com"
+        cause = exc.cause if isinstance(exc, exceptions.RetryError) and exc.cause else exc  # the last try's
+        raise UsageError(f"--{option} {path}: cannot ask Pub/Sub ({where}) whether the {kind} exists: "
+                         f"{first_line(cause)}") from None
+
+
+def _closest(client, kind: str, path: str) -> str:
+    """' (did you mean NAME?)' among the project's subscriptions or topics, by their short names
+    (the shared projects/P/... prefix would make every name look close); '' when listing them is
+    not allowed or none is close. The first 1,000 are enough for a typo."""
+    from google.api_core import exceptions
+    project, name = "/".join(path.split("/")[:2]), path.rsplit("/", 1)[1]
+    request = {"project": project, "page_size": 1000}
+    try:
+        listing = client.list_subscriptions(request=request, timeout=5.0) if kind == "subscription" else \
+            client.list_topics(request=request, timeout=5.0)
+        names = {item.name.rsplit("/", 1)[1]: item.name for item in itertools.islice(listing, 1000)}
+    except exceptions.GoogleAPIError:
+        return ""
+    return did_you_mean(name, names, shown=names)
 
 
 def to_raw_message(message, source: str) -> RawMessage:

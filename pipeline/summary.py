@@ -14,6 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms import metrics
+from transforms.warehouse.bigquery_backend import NOT_CALLS
 
 
 def counters_from_result(result) -> dict:
@@ -40,7 +41,10 @@ def _nested(flat: dict) -> dict:
     return dict(nested)
 
 
-def build(counters: dict) -> dict:
+def build(counters: dict, running: bool = False) -> dict:
+    """The summary of the counters. running: a streaming run's live summary, whose events may be
+    in flight between stages: its conservation says how many (`in_flight`) instead of holding or
+    failing, which only the run's end decides."""
     summary = {
         "read": counters.get("read", 0),
         "events": counters.get("events", 0),
@@ -52,6 +56,7 @@ def build(counters: dict) -> dict:
         "tables": _by_prefix(counters, "rows."),
         "type_conflicts": _by_prefix(counters, "type_conflicts."),
         "column_cap": _by_prefix(counters, "column_cap."),
+        "exposures_unusable": _by_prefix(counters, "exposures_unusable."),
         "contracts": {key: counters.get(f"contracts.{key}", 0) for key in ("unplanned", "violations", "omitted")},
         "consent": {key: counters.get(f"consent.{key}", 0) for key in ("present", "missing")},
         "transforms": {rule: {"applied": 0, **counts}  # matched, applied (changed or dropped), ...
@@ -64,6 +69,11 @@ def build(counters: dict) -> dict:
     accounted = summary["stored"] + sum(summary["dead_lettered"].values()) + sum(summary["dropped"].values())
     by_destination = {name: d["candidates"] - d["dropped_filter"] - d["delivered"] - d["failed"]
                       for name, d in summary["destinations"].items()}
+    if running:
+        summary["conservation"] = {"running": True, "in_flight": summary["events"] - accounted}
+        if any(by_destination.values()):
+            summary["conservation"]["in_flight_by_destination"] = {k: v for k, v in by_destination.items() if v}
+        return summary
     summary["conservation"] = {"holds": accounted == summary["events"] and not any(by_destination.values()),
                                "unaccounted": summary["events"] - accounted}
     if any(by_destination.values()):
@@ -105,12 +115,18 @@ def format_table(summary: dict) -> str:
         for name, value in summary[key].items():
             row(name, value, 2)
     lines.append("-" * 44)
-    row("rows written", sum(summary["tables"].values()))
-    for name, value in summary["tables"].items():
+    # rows.users counts identifies applied, not rows: DuckDB upserts them into one row per user
+    # (docs/warehouse.md#summary-and-metrics), so it is neither summed nor labelled as rows.
+    tables = {name: value for name, value in summary["tables"].items() if name != "users"}
+    row("rows written", sum(tables.values()))
+    for name, value in tables.items():
         row(name, value, 2)
+    if "users" in summary["tables"]:
+        row("identifies applied to users", summary["tables"]["users"])
     for title, key in (("published to Pub/Sub", "published"),
                        ("values kept in _unmapped (type)", "type_conflicts"),
-                       ("values kept in _unmapped (cap)", "column_cap")):
+                       ("values kept in _unmapped (cap)", "column_cap"),
+                       ("exposures stored without a row", "exposures_unusable")):
         if summary[key]:
             row(title, sum(summary[key].values()))
             for name, value in summary[key].items():
@@ -118,7 +134,7 @@ def format_table(summary: dict) -> str:
     contracts = summary.get("contracts", {})
     if any(contracts.values()):
         row("contracts: unplanned events", contracts["unplanned"])
-        row("contracts: violations recorded", contracts["violations"])
+        row("contracts: violations", contracts["violations"])  # kept, omitted or blocked
         row("contracts: values omitted", contracts["omitted"])
     consent = summary.get("consent", {})
     if any(consent.values()):
@@ -136,8 +152,19 @@ def format_table(summary: dict) -> str:
         for name in ("failed", "dropped_filter", "dropped_consent", "dropped_integrations", "requests", "retried"):
             if counts[name]:
                 row(name, counts[name], 2)
+    calls = {name: value for name, value in summary.get("api_calls", {}).items() if name not in NOT_CALLS}
+    if calls:  # the figures bigquery.md#api-calls promises
+        row("BigQuery API calls", sum(calls.values()))
+        for name, value in calls.items():
+            row(name, value, 2)
+    for name, label in NOT_CALLS.items():
+        if summary.get("api_calls", {}).get(name):
+            row(label, summary["api_calls"][name])
     lines.append("-" * 44)
     conservation = summary["conservation"]
+    if conservation.get("running"):
+        lines.append(f"conservation checked at the end: {conservation['in_flight']:,} events in flight")
+        return "\n".join(lines)
     verdict = ("holds: events = stored + dead-lettered + dropped" if conservation["holds"]
                else f"BROKEN: {conservation['unaccounted']:,} events unaccounted for"
                + "".join(f"; {n:,} for destination {d}"

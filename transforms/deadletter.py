@@ -16,7 +16,13 @@ from transforms import jsonutil
 from transforms.messages import Event, RawMessage, Rejection
 from transforms.timeutil import format_time
 
-STAGES = ("decode", "normalize", "contracts", "consent", "transform", "warehouse", "forwarding")
+STAGES = ("decode", "normalize", "contracts", "consent", "transform", "experiments", "warehouse", "forwarding")
+# Every error_type a stage writes (the stable codes of docs/warehouse.md#dead-letters): replay's
+# --error_type is checked against them, and a test keeps them in step with the code.
+ERROR_TYPES = ("internal_error", "malformed_json", "not_an_object", "invalid_batch", "unknown_type", "invalid_field",
+               "missing_identity", "missing_event_name", "invalid_timestamp", "payload_too_large",
+               "batch_too_large", "too_deep", "unplanned_event", "contract_violation", "invalid_consent",
+               "transform_failed", "invalid_exposure", "insert_failed", "delivery_failed")
 
 
 def encode_payload(data: bytes) -> tuple[str, str]:

@@ -35,12 +35,30 @@ def _strict_float(text):
     return value
 
 
-def _loads_exact(data: bytes):
+def _not_utf8(data: bytes):
+    """A JSONError naming the first byte that is not UTF-8, or None for UTF-8 text. orjson says
+    "str is not valid UTF-8: surrogates not allowed" at line 1 column 1, whatever the byte and
+    wherever it is, which reads like a lone-surrogate escape; asked only once parsing failed."""
     try:
-        value = json.loads(data, parse_constant=_reject_constant, parse_float=_strict_float)
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return JSONError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} ({exc.reason}); "
+                         "JSON must be UTF-8")
+    return None
+
+
+def _loads_exact(data: bytes):
+    # Decoded here, not by json.loads: given bytes, it guesses UTF-16 or UTF-32 from NUL bytes and
+    # skips a UTF-8 BOM, where orjson (and RFC 8259) read UTF-8 only, so the two paths would disagree.
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(data) from exc
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_strict_float)
     except RecursionError as exc:
         raise TooDeep("nesting too deep") from exc
-    except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise JSONError(str(exc)) from exc
     try:  # lone surrogates parse in the stdlib but cannot be written as UTF-8
         json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -58,7 +76,7 @@ def loads(data: bytes):
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise (TooDeep if "depth limit" in str(exc) else JSONError)(str(exc)) from exc
+        raise _not_utf8(data) or (TooDeep if "depth limit" in str(exc) else JSONError)(str(exc)) from exc
 
 
 def deeper_than(value, limit: int, data: bytes = None) -> bool:

@@ -4,10 +4,13 @@ Names are `<kind>` or `<kind>.<key>`:
   read, events, stored                       conservation totals
   dead_lettered.<error_type>                 one per dead letter, at the stage that made it
   dropped.<policy>                           policy drops (never errors)
-  rows.<table>                               rows written per warehouse table
+  rows.<table>                               rows written per warehouse table (rows.users: the
+                                             identifies applied to it, which DuckDB upserts)
   type_conflicts.<table>, column_cap.<table> values kept in the table's `_unmapped` column
   stage.<stage>.<route>                      per-stage routing, for dashboards
   published.<what>                           messages published to Pub/Sub (dead_letters)
+  exposures_unusable.<missing>               exposures kept as plain events, no exposure row (unit,
+                                             experiment, variation; experiments.invalid_exposures: store)
 """
 import threading
 from collections import Counter

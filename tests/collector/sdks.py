@@ -306,14 +306,16 @@ _CALL_EVENTS = """(events) => {
 
 
 def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60, load_options: dict = None,
-                      log: list = None, page_port: int = 0) -> list:
+                      log: list = None, page_port: int = 0, call: str = _CALL_EVENTS) -> list:
     """analytics.js as a site loads it: the snippet with `analytics._cdn = base_url` (so the
     settings come from {base_url}/v1/projects/{write_key}/settings), the standalone build from
     a local page server, headless chromium. Returns once the collector answered < 400 to a
     request carrying each event (seen on the network). `load_options` become the snippet's
     `_loadOptions` (analytics.load's second argument). `log`, when given, receives what the page
     printed and every request it made, for a test to look at. The page's origin is
-    http://127.0.0.1:{page_port} (a free port when 0): set it to test a source's allowed_origins."""
+    http://127.0.0.1:{page_port} (a free port when 0): set it to test a source's allowed_origins.
+    `call`, a JS function the page awaits with `events`, sends them (default: the spec's method
+    for each); whatever it calls must send one event per entry, carrying its messageId."""
     from playwright.sync_api import sync_playwright
 
     events = _with_ids(events)
@@ -368,7 +370,7 @@ def send_analytics_js(base_url: str, write_key: str, events, timeout: float = 60
                 page.evaluate("""() => { window.__sluiceFailures = [];
                     window.analytics.on('error', (e) => window.__sluiceFailures.push(
                         {messageId: e.ctx && e.ctx.event.messageId, code: e.code, reason: String(e.reason)})); }""")
-                page.evaluate(_CALL_EVENTS, events)
+                page.evaluate(call, events)
                 while not wanted <= delivered:
                     failures = page.evaluate("window.__sluiceFailures")
                     if failures:

@@ -143,7 +143,7 @@ def test_published_records_read_by_the_streaming_job_name_their_source(tmp_path,
         await sink.close()
     asyncio.run(send())
     process = start(tmp_path, pubsub_emulator, topic.subscription, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb")
-    wait_for_summary(tmp_path, process, lambda s: s["events"] >= 7 and s["conservation"]["holds"])
+    wait_for_summary(tmp_path, process, lambda s: s["events"] >= 7 and s["conservation"]["in_flight"] == 0)
     took, code, out, err = stop(process)
     assert code == 0, err
     with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:

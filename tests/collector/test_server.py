@@ -642,6 +642,7 @@ def test_kill_9_under_load_then_restart_keeps_every_acknowledged_event(start_col
     (["--sink", "/tmp/x", "--port", "99999"], "--port"),
     (["--sink", "/tmp/x", "--port", "http"], "--port"),
     (["--sink", "/tmp/x", "--bogus"], "--bogus"),
+    (["--sinc", "/tmp/x"], "unrecognized option --sinc (did you mean --sink?)"),
     (["--warehouse", "bigquery://p/d"], "--warehouse"),
     (["--sink", "pubsub://topics/t"], "--sink"),
     (["--sink", "/tmp/x"], "--config"),

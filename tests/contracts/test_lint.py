@@ -4,6 +4,7 @@ import json
 from pipeline import contracts as cli
 from tests.contracts.helpers import COMMON, ORDER, write_contracts
 from tests.conftest import ROOT
+from tests.unit.test_cli import sluice_process
 from transforms.contracts.lint import check_directory
 
 
@@ -86,16 +87,69 @@ def test_check_command_exit_codes(tmp_path, capsys):
     assert cli.main(["check", str(tmp_path / "missing")]) == 2
 
 
+def check_run(directory):
+    return sluice_process("check", str(directory), module="pipeline.contracts")
+
+
+def test_check_reports_every_kind_of_problem_in_one_pass(tmp_path):
+    # A misnamed file used to hide its meta-schema error, which hid its lint problems: three rounds.
+    refunded = {"title": "Order Refunded", "properties": {"properties": {"properties": {
+        "orderId": {"type": "strin"}, "order_id": {"type": "string"}, "gone": {"type": "null"}}}}}
+    directory = write_contracts(tmp_path / "c", {"track/OrderRefunded": refunded, "checkout": {"type": 5}})
+    done = check_run(directory)
+    assert done.returncode == 1, done.stderr
+    lines = [line.split("/c/", 1)[1] for line in done.stdout.splitlines()]
+    pointer = "track/OrderRefunded.json#/properties/properties/properties/"
+    assert lines == [
+        "checkout.json#: error: not a contract name: use common.json, identify.json, group.json, page.json, "
+        "screen.json, alias.json or track/<table>.json",
+        "checkout.json#/type: error: not a valid schema: 5 is not valid under any of the given schemas",
+        "track/OrderRefunded.json#: error: a track contract is named after its event's table: event 'Order Refunded' "
+        "lands in table 'order_refunded', so its contract belongs in track/order_refunded.json",
+        pointer + "gone: error: a value that can only be null cannot be a warehouse column",
+        pointer + "orderId: error: /properties/orderId and /properties/order_id both become the column 'order_id'; "
+                  "rename one so they stay apart",
+        pointer + "orderId/type: error: not a valid schema: 'strin' is not valid under any of the given schemas",
+        pointer + "order_id: error: /properties/orderId and /properties/order_id both become the column 'order_id'; "
+                  "rename one so they stay apart"], done.stdout
+    assert done.stderr == "0 contract(s), 7 error(s), 0 warning(s)\n"
+
+
+def test_a_missing_directory_is_one_line(tmp_path):
+    done = check_run(tmp_path / "nosuch")
+    line = f"contracts: error: {tmp_path}/nosuch: no such directory\n"
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", line)
+    from pipeline.config import validate
+    from pipeline.errors import UsageError
+    import pytest
+    with pytest.raises(UsageError) as raised:  # the pipeline's launch check, as the line it exits 2 with
+        cli.load(validate({"contracts": {"directory": str(tmp_path / "nosuch")}}))
+    assert str(raised.value) == f"contracts.directory: {tmp_path}/nosuch: no such directory"
+
+
+def test_a_file_given_as_the_directory_is_one_line(tmp_path):
+    (tmp_path / "events.jsonl").write_text("{}\n")
+    done = check_run(tmp_path / "events.jsonl")  # it read as an empty directory: "0 contract(s)", exit 0
+    line = f"contracts: error: {tmp_path}/events.jsonl: a file, not a directory of contracts (common.json, "
+    assert (done.returncode, done.stdout) == (2, "") and done.stderr.startswith(line), done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_an_empty_title_names_no_event(tmp_path):
+    # "" named the event for lint (track/event_da39a3ee.json) but not for the file name (track/foo.json)
+    found = problems_of(tmp_path, {"track/Foo": {"title": "", "properties": {}}})
+    assert [(pointer, message.rsplit(" ", 1)[-1]) for _, pointer, _, message in found] == [("", "track/foo.json")]
+    done = check_run(tmp_path / "c")
+    assert done.returncode == 1 and "event_" not in done.stdout and done.stdout.count("track/foo.json") == 1
+
+
 def test_the_pipeline_refuses_to_start_and_lists_every_error(tmp_path):
-    import subprocess
-    import sys
     write_contracts(tmp_path / "c", {"common": {"type": 12}, "identify": {"properties": {"traits": {
         "properties": {"a": {"type": "null"}}}}}})
     (tmp_path / "sluice.yaml").write_text("contracts:\n  directory: c\n")
     (tmp_path / "in.jsonl").write_text(json.dumps({"type": "track", "event": "x", "userId": "u"}) + "\n")
-    done = subprocess.run([sys.executable, "-m", "pipeline", "--input_files", str(tmp_path / "in.jsonl"),
-                           "--config", str(tmp_path / "sluice.yaml"),
-                           "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"], capture_output=True, text=True, cwd=ROOT)
+    done = sluice_process("--input_files", str(tmp_path / "in.jsonl"), "--config", str(tmp_path / "sluice.yaml"),
+                          "--warehouse", f"duckdb:///{tmp_path}/w.duckdb")
     assert done.returncode == 2
     assert "contracts.directory: 2 problem(s)" in done.stderr
     assert "common.json#/type: error" in done.stderr and "identify.json#/properties/traits/properties/a" in done.stderr

@@ -40,6 +40,7 @@ def test_omit_properties_stores_the_rest(tmp_path):
 def test_block_dead_letters_every_violation_and_keeps_the_payload(tmp_path):
     summary, conn = run_job(tmp_path, "  violations: block\n")
     assert summary["stored"] == 2 and summary["dead_lettered"] == {"contract_violation": 1}
+    assert summary["contracts"] == {"unplanned": 1, "violations": 1, "omitted": 0}  # a blocking one counts too
     dead = rows(conn, "SELECT * FROM _dead_letters")[0]
     assert dead["error_stage"] == "contracts" and dead["message_id"] == "bad"
     assert json.loads(dead["payload"]) == BAD  # untouched: replayable once the contract is fixed

@@ -5,6 +5,7 @@ environment, installed by `make emulators` from emulators/bigquery-requirements.
 looks for its extensions under $HOME/.duckdb and would try to download missing ones, so
 each emulator gets a HOME of its own with the extensions copied in from that environment.
 """
+import argparse
 import os
 import shutil
 import signal
@@ -31,11 +32,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class PortInUse(RuntimeError):
+    pass
+
+
+def check_port_free(port: int) -> None:
+    """PortInUse when something listens on 127.0.0.1:port: the readiness check would pass against
+    that server while the emulator, unable to bind, exits."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed port's TIME_WAIT is free
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise PortInUse(f"127.0.0.1:{port} is in use by another process ({exc.strerror}), an emulator "
+                            "still running, say") from None
+
+
+def _failure(what: str, log: Path) -> str:
+    """`what: the log's last line`, then the log's tail: the first line alone says why."""
+    tail = log.read_text(errors="replace")[-3000:]
+    reason = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "its log is empty")
+    return f"{what}: {reason} (log {log})\n{tail}"
+
+
 def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"emulator exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(_failure(f"emulator exited with {process.returncode}", log))
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -43,7 +67,7 @@ def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 6
             return  # it answers: ready
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.2)
-    raise RuntimeError(f"emulator not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(_failure(f"emulator not ready after {timeout:.0f} s", log))
 
 
 def _stop_session(process) -> None:
@@ -112,9 +136,9 @@ class PubSubEmulator(_SessionEmulator):
 class BigQueryEmulator:
     """`with BigQueryEmulator(workdir) as bq:` -> bq.endpoint, bq.project, bq.grpc_port."""
 
-    def __init__(self, workdir: Path, project: str = PROJECT):
+    def __init__(self, workdir: Path, project: str = PROJECT, port: int = None):
         self.workdir, self.project = Path(workdir), project
-        self.port, self.grpc_port = free_port(), free_port()
+        self.port, self.grpc_port = port or free_port(), free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._process = None
 
@@ -127,6 +151,7 @@ class BigQueryEmulator:
         return home
 
     def start(self) -> "BigQueryEmulator":
+        check_port_free(self.port)
         command = BIGQUERY_VENV / "bin" / "local-bigquery"
         if not command.exists():
             raise EmulatorMissing(f"{command} is missing: run `make emulators` (make test does)")
@@ -190,3 +215,44 @@ class GcsEmulator(_SessionEmulator):
         client.project = PROJECT
         return client
 
+
+
+def serve_bigquery(argv=None) -> int:
+    """`make bigquery-emulator`: the emulator the tests use, started the same way, for manual
+    runs (`--bigquery_endpoint`); in the foreground until Ctrl-C, its tables kept in --data."""
+    parser = argparse.ArgumentParser(prog="make bigquery-emulator",
+                                     description="The BigQuery emulator on 127.0.0.1, until Ctrl-C.")
+    parser.add_argument("--port", type=int, default=9050)
+    parser.add_argument("--project", default="demo-project")
+    parser.add_argument("--data", default=str(ROOT / "demo-output" / "bigquery-emulator"),
+                        help="where its tables and log are kept between starts (default %(default)s)")
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port {args.port}: a port number, 1 to 65535")
+    emulator = BigQueryEmulator(Path(args.data), args.project, args.port)
+
+    def stop(signum, frame):  # SIGTERM too (and SIGINT where a shell left it ignored): the emulator goes with us
+        raise KeyboardInterrupt
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    try:
+        emulator.start()
+        print(f"BigQuery emulator on {emulator.endpoint} (project {args.project}, log {args.data}/"
+              f"bigquery-emulator.log); Ctrl-C stops it. Runs take: --warehouse bigquery://{args.project}/DATASET "
+              f"--bigquery_endpoint {emulator.endpoint}", flush=True)
+        return emulator._process.wait()
+    except PortInUse as exc:
+        print(f"bigquery-emulator: {exc}: stop it, or choose another port (BQ_PORT=9060 make bigquery-emulator)",
+              file=sys.stderr)
+        return 1
+    except (EmulatorMissing, RuntimeError) as exc:  # the first line says why (the log's last line)
+        print(f"bigquery-emulator: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(serve_bigquery())

@@ -7,6 +7,7 @@ import json
 import duckdb
 import pytest
 
+from pipeline.errors import UsageError
 from pipeline.main import run
 from tests.conftest import rows
 from tests.integration.test_bigquery_warehouse import query
@@ -95,11 +96,52 @@ def test_replay_on_bigquery_stores_a_fixed_event_once(tmp_path, bigquery_emulato
     common = ["--config", str(tmp_path / "sluice.yaml"), "--bigquery_endpoint", bigquery_emulator.endpoint,
               "--warehouse", f"bigquery://{bigquery_emulator.project}/{dataset_name}"]
     assert run(["--input_files", str(tmp_path / "events.jsonl"), *common])["dead_lettered"] == {"contract_violation": 2}
+    states = f"SELECT state, latest_error_type FROM `{dataset_name}._dead_letters_view`"
+    assert run_replay([*common, "--dry_run"])["dry_run"].splitlines()[0] == "would replay 2 dead letters"
+    again = run_replay(common)  # the contract not fixed: both fail again, and count once each
+    assert (again["replayed"], again["failed_again"]) == (2, 2)
+    assert query(bigquery_client, states) == [{"state": "failed_again", "latest_error_type": "contract_violation"}] * 2
     contract.write_text(json.dumps({"type": "object"}))
     replayed = run_replay(common)
     assert (replayed["replayed"], replayed["stored"]) == (2, 2)
     assert run_replay(common)["replayed"] == 0
+    assert query(bigquery_client, states) == [{"state": "fixed", "latest_error_type": "contract_violation"}] * 2
+    assert query(bigquery_client, f"SELECT count(*) AS n FROM `{dataset_name}._dead_letters`")[0]["n"] == 4
     stored = query(bigquery_client, f"SELECT message_id FROM `{dataset_name}.order_completed` ORDER BY 1")
     assert [r["message_id"] for r in stored] == ["good", "in-batch", "string-total"]
     schema = bigquery_client.get_table(f"{dataset_name}._replays")
     assert schema.clustering_fields == ["dead_letter_id"] and schema.time_partitioning.field == "replayed_at"
+
+
+def test_the_bigquery_view_follows_chains_and_shows_failures_whose_original_is_elsewhere(tmp_path, bigquery_emulator,
+                                                                                         bigquery_client, dataset_name):
+    """The view's recursive CTE on BigQuery: a pre-upgrade chain D1 -> D2 -> D3 (only
+    sluice_replay_of) with D3 waiting is one failure, failed again; F2, a replay's failure whose
+    original F1 is in an export, shows by itself."""
+    (tmp_path / "events.jsonl").write_text("{not json\n")
+    warehouse = f"bigquery://{bigquery_emulator.project}/{dataset_name}"
+    run(["--input_files", str(tmp_path / "events.jsonl"), "--warehouse", warehouse, "--bigquery_endpoint",
+         bigquery_emulator.endpoint])  # the dataset, _dead_letters (its row M1), _replays and the view
+    letters = (("D1", 1, {}), ("D2", 2, {"sluice_replay_of": "D1"}), ("D3", 3, {"sluice_replay_of": "D2"}),
+               ("F2", 2, {"sluice_replay_of": "F1", "sluice_replay_origin": "F1"}))
+    values = ", ".join(f"('{i}', 'contract_violation', TIMESTAMP '2026-11-0{day} 00:00:00+00', "
+                       f"JSON '{json.dumps(attributes)}')" for i, day, attributes in letters)
+    query(bigquery_client, f"INSERT INTO `{dataset_name}._dead_letters` (dead_letter_id, error_type, failed_at, "
+                           f"attributes) VALUES {values}")
+    query(bigquery_client, f"INSERT INTO `{dataset_name}._replays` (dead_letter_id, replayed_at, replay_run) "
+                           "VALUES ('D1', CURRENT_TIMESTAMP(), 'r1'), ('D2', CURRENT_TIMESTAMP(), 'r2')")
+    view = query(bigquery_client, f"SELECT dead_letter_id, state, latest_dead_letter_id FROM "
+                                  f"`{dataset_name}._dead_letters_view` WHERE error_type = 'contract_violation' "
+                                  "ORDER BY 1")
+    assert view == [{"dead_letter_id": "D1", "state": "failed_again", "latest_dead_letter_id": "D3"},
+                    {"dead_letter_id": "F2", "state": "failed_again", "latest_dead_letter_id": "F2"}]
+
+
+def test_a_dry_run_on_a_bigquery_dataset_that_does_not_exist_creates_nothing(bigquery_emulator, bigquery_client,
+                                                                            dataset_name):
+    from pipeline.main import run_replay
+    with pytest.raises(UsageError, match=f"--warehouse bigquery://{bigquery_emulator.project}/{dataset_name}: "
+                                         "no dataset .* \\(a dry run creates nothing\\)"):
+        run_replay(["--warehouse", f"bigquery://{bigquery_emulator.project}/{dataset_name}", "--bigquery_endpoint",
+                    bigquery_emulator.endpoint, "--dry_run"])
+    assert [d.dataset_id for d in bigquery_client.list_datasets()].count(dataset_name) == 0

@@ -95,6 +95,29 @@ def test_dead_letters_and_their_view_are_queryable_from_the_first_run(tmp_path, 
     assert view.table_type == "VIEW"
 
 
+def test_a_dataset_from_before_the_dead_letter_states_gets_the_new_view(tmp_path, bigquery_emulator, bigquery_client,
+                                                                       dataset_name):
+    """A dataset whose _dead_letters_view was the newest row per dead_letter_id (before each
+    original failure's state) gets the new view at the next run (a new process: its cache cleared)."""
+    from transforms.warehouse import bigquery_schema, bigquery_tables, replays
+    run_job(tmp_path, bigquery_emulator, dataset_name, [track("m1", total=10)])
+    ref = f"{bigquery_emulator.project}.{dataset_name}"
+    bigquery_client.query(bigquery_schema.create_view_sql(f"{ref}._dead_letters_view", bigquery_schema.latest_view_sql(
+        f"{ref}._dead_letters", "dead_letter_id"))).result()
+    assert "state" not in {f.name for f in bigquery_client.get_table(f"{ref}._dead_letters_view").schema}
+    bigquery_tables._STATES_CURRENT.discard((bigquery_emulator.project, dataset_name))
+    run_job(tmp_path, bigquery_emulator, dataset_name, [track("m2", total=10)])
+    current = bigquery_client.get_table(f"{ref}._dead_letters_view")
+    assert "state" in {f.name for f in current.schema}
+    # A state view of an earlier version (here: chains followed one step only) is replaced too
+    older = current.view_query.replace(f"c.depth < {replays.MAX_CHAIN}", "c.depth < 1")
+    assert older != current.view_query
+    bigquery_client.query(bigquery_schema.create_view_sql(f"{ref}._dead_letters_view", older)).result()
+    bigquery_tables._STATES_CURRENT.discard((bigquery_emulator.project, dataset_name))
+    run_job(tmp_path, bigquery_emulator, dataset_name, [track("m3", total=10)])
+    assert bigquery_client.get_table(f"{ref}._dead_letters_view").view_query == current.view_query
+
+
 def page(message_id, **properties):
     return {"type": "page", "name": "Home", "userId": "u1", "messageId": message_id,
             "timestamp": "2026-11-02T09:00:00Z", "properties": properties}

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, rows
 from tests.integration.test_bigquery_warehouse import query
+from tests.integration.test_users_rule import IDENTIFIES, USERS, USERS_SQL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,8 +26,9 @@ MESSAGES = ([(json.dumps(e).encode(), {"origin": "web"} if e["messageId"] == "m2
                (b"not json", {"origin": "test"}),
                (json.dumps({"batch": [{"type": "identify", "userId": "u2", "messageId": "b1", "traits": {"plan": "pro"}},
                                       {"type": "page", "userId": "u2", "messageId": "b2", "name": "Home"}]}).encode(), {}),
-               (json.dumps({"type": "track", "event": "X", "messageId": "anon"}).encode(), {})])
-EXPECTED = {"events": 55, "stored": 52, "dead_lettered": {"malformed_json": 1, "missing_identity": 1},
+               (json.dumps({"type": "track", "event": "X", "messageId": "anon"}).encode(), {})]
+            + [(json.dumps(e).encode(), {}) for e in IDENTIFIES])  # the users rule, streaming
+EXPECTED = {"events": 60, "stored": 57, "dead_lettered": {"malformed_json": 1, "missing_identity": 1},
             "dropped": {"duplicate": 1}}
 
 
@@ -81,7 +83,10 @@ def publish(publisher, topic):
 
 
 def accounted(summary) -> bool:
-    return summary["events"] >= EXPECTED["events"] and summary["conservation"]["holds"]
+    """A live summary with every event read and none in flight (mid-run it never says whether
+    conservation holds: only the run's end does)."""
+    assert "holds" not in summary["conservation"], summary
+    return summary["events"] >= EXPECTED["events"] and summary["conservation"]["in_flight"] == 0
 
 
 def test_pubsub_to_duckdb_stops_cleanly_with_everything_accounted_for(tmp_path, pubsub_emulator, subscription,
@@ -100,6 +105,9 @@ def test_pubsub_to_duckdb_stops_cleanly_with_everything_accounted_for(tmp_path, 
     with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:  # complete on its own
         tracks = rows(conn, "SELECT message_id, received_at, _metadata FROM tracks ORDER BY 1")
         letters = rows(conn, "SELECT error_type, attributes, source FROM _dead_letters ORDER BY 1")
+        users = rows(conn, USERS_SQL.format("users"))
+    # the same users as the batch runs of test_users_rule (u2 is MESSAGES' own identify)
+    assert final["tables"]["users"] == 5 and [u for u in users if u["id"] != "u2"] == USERS
     assert sorted(t["message_id"] for t in tracks) == sorted(f"m{i}" for i in range(1, 51))
     today = datetime.now(timezone.utc).date()
     assert {t["received_at"].astimezone(timezone.utc).date() for t in tracks} == {today}  # publish time
@@ -132,6 +140,11 @@ def test_pubsub_to_bigquery_rows_arrive_while_it_runs(tmp_path, pubsub_emulator,
     final = json.loads((tmp_path / "s.json").read_text())
     assert {k: final[k] for k in EXPECTED} == EXPECTED
     assert final["api_calls"].get("tabledata.insertAll", 0) > 0 and "jobs.load" not in final["api_calls"]
+    assert "BigQuery API calls" in out and "tabledata.insertAll" in out
+    # the same users as the batch runs of test_users_rule (u2 is MESSAGES' own identify)
+    assert final["tables"]["users"] == 5
+    users = query(bigquery_client, USERS_SQL.format(f"`{dataset_name}.users_view`"))
+    assert [u for u in users if u["id"] != "u2"] == USERS
 
 
 def test_a_topic_is_read_through_a_temporary_subscription(tmp_path, pubsub_emulator, subscription):
@@ -162,14 +175,15 @@ def test_streaming_forwards_each_event_once_to_a_webhook_through_failures(tmp_pa
                         config=destination)
         publish(publisher, topic)
         summary = wait_for_summary(tmp_path, process, lambda s: accounted(s) and s["destinations"].get(
-            "crm", {}).get("delivered", 0) >= 52)
+            "crm", {}).get("delivered", 0) >= 57)
         _, code, _, err = stop(process)
     assert code == 0, err
     delivered = Counter(p["id"] for p in receiver.delivered_payloads())
-    assert delivered == Counter([f"m{i}" for i in range(1, 51)] + ["b1", "b2"])  # each once; the dupe is not
+    # each once (the users rule's identifies too); the dupe is not
+    assert delivered == Counter([f"m{i}" for i in range(1, 51)] + ["b1", "b2"] + [e["messageId"] for e in IDENTIFIES])
     assert all(len(json.loads(r.body)["batch"]) <= 4 for r in receiver.requests)
     crm = summary["destinations"]["crm"]
-    assert (crm["delivered"], crm["failed"], crm["retried"]) == (52, 0, 2)
+    assert (crm["delivered"], crm["failed"], crm["retried"]) == (57, 0, 2)
     # each batch is one `_deliveries` row, its attempts counting the 503 and the 429 it went through
     with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
         outcomes = rows(conn, "SELECT status, http_status, attempts, message_ids FROM _deliveries")

@@ -105,3 +105,20 @@ def test_several_threads_write_one_file(tmp_path):
                    "--direct_num_workers", "2", "--direct_running_mode", "multi_threading"])
     stored, dead = check_warehouse_matches(summary, warehouse)
     assert stored == summary["stored"] > 2000 and dead == sum(summary["dead_lettered"].values())
+
+
+def test_a_streaming_runs_live_summary_says_events_are_in_flight_not_that_conservation_failed(tmp_path):
+    """Mid-run, events read but not yet written are in flight: the file rewritten every two
+    seconds said {'holds': False, 'unaccounted': 24}, and its table 'BROKEN'."""
+    from pipeline import main, summary
+    from transforms import metrics
+    metrics.count_in_process()
+    try:
+        for name, value in (("read", 30), ("events", 30), ("stored", 5), ("dropped.duplicate", 1)):
+            metrics.inc(name, value)
+        main._progress_writer(str(tmp_path / "s.json"))(None)
+    finally:
+        metrics._in_process = None  # the tally is this test's only
+    live = json.loads((tmp_path / "s.json").read_text())
+    assert live["conservation"] == {"running": True, "in_flight": 24}
+    assert summary.format_table(live).splitlines()[-1] == "conservation checked at the end: 24 events in flight"

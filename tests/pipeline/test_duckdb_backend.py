@@ -61,7 +61,7 @@ def test_rewriting_the_same_events_adds_nothing(tmp_path):
 def test_stored_events_are_keyed_by_128_bit_numbers_and_no_event_table_has_an_index(tmp_path):
     """An index lives in memory and grows with the warehouse: the stored events' keys are one
     narrow column instead; users keep their primary key (identifies are upserted by user id), and
-    the two small internal tables theirs (a row per dead letter, a row per forwarded batch)."""
+    the small internal tables theirs (a row per dead letter, per replayed one, per forwarded batch)."""
     warehouse = open_warehouse(tmp_path)
     warehouse.write_events([track("m1", {"a": 1}), event({"type": "identify", "userId": "u", "messageId": "i1"})])
     warehouse.close()
@@ -69,7 +69,7 @@ def test_stored_events_are_keyed_by_128_bit_numbers_and_no_event_table_has_an_in
                                                "WHERE constraint_type = 'PRIMARY KEY' ORDER BY 1")
     keyed = {table: columns for table, columns in constraints if not table.startswith("_sluice_columns")}
     assert keyed == {"_dead_letters": ["dead_letter_id"], "_deliveries": ["delivery_id"],
-                     "users": ["id"]}
+                     "_replays": ["dead_letter_id"], "users": ["id"]}
     assert query(tmp_path / "w.duckdb", f"SELECT count(*), typeof(any_value(key)) FROM {KEYS_TABLE}") == [(2, "UHUGEINT")]
 
 
@@ -278,3 +278,25 @@ def test_a_run_on_a_file_another_process_holds_is_one_line_and_exit_2(file_held_
     assert query_main([f"duckdb:///{path}"]) == 2  # a person's query is refused the same way
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("sluice.query: error: ") and f"(PID {pid}: " in line
+
+
+@pytest.mark.parametrize("kind", ["text file", "directory"])
+def test_a_warehouse_that_is_no_duckdb_database_is_one_line_and_exit_2(tmp_path, capsys, kind):
+    from pipeline.main import main
+    path = tmp_path / "w.duckdb"
+    if kind == "directory":
+        path.mkdir()
+        reason = "Is a directory"
+    else:
+        path.write_text("not a database\n")
+        reason = "not a valid DuckDB database file"
+    events = tmp_path / "in.jsonl"
+    events.write_text('{"type":"track","event":"A","userId":"u"}\n')
+    warehouse = f"duckdb:///{path}"
+    for args, named in ((["--input_files", str(events)], f"--warehouse {warehouse}: "),  # a run
+                        (["replay"], "--warehouse: "), (["replay", "--dry_run"], "--warehouse: ")):
+        assert main([*args, "--warehouse", warehouse]) == 2, args
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"sluice: error: {named}{path}: not readable as a DuckDB database (IO Error: ")
+        assert reason in line, line
+    assert path.is_dir() if kind == "directory" else path.read_text() == "not a database\n"  # left as it was

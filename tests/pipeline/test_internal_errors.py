@@ -15,10 +15,11 @@ from tests.destinations.receiver import Receiver
 from transforms import consent, decode, normalize
 from transforms.contracts.enforce import ContractEnforcer
 from transforms.destinations.senders import WebhookSender
+from transforms.experiments.extract import Reader
 from transforms.rules.stage import ApplyTransformsFn
 from transforms.warehouse.duckdb_backend import DuckDBWarehouse
 
-STAGES = ("decode", "normalize", "contracts", "consent", "transform", "warehouse")
+STAGES = ("decode", "normalize", "contracts", "consent", "transform", "experiments", "warehouse")
 
 
 class Injected(RuntimeError):
@@ -51,6 +52,7 @@ def faults(monkeypatch):
     wrap(ContractEnforcer, "check", "contracts", lambda self, body: body.get("messageId") == "boom-contracts")
     wrap(consent, "route", "consent", lambda body, _: body.get("messageId") == "boom-consent")
     wrap(ApplyTransformsFn, "_transform", "transform", lambda self, event: event.body["messageId"] == "boom-transform")
+    wrap(Reader, "read", "experiments", lambda self, body: body["messageId"] == "boom-experiments")
     wrap(DuckDBWarehouse, "write_events", "warehouse",
          lambda self, batch: any(e.body["messageId"] == "boom-warehouse" for e in batch))
     real_attempt = WebhookSender.attempt

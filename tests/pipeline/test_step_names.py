@@ -11,14 +11,15 @@ from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph
 from pipeline.sources import ReadInputFiles, ReadPubSubMessages
 
-STEPS = ["Read", "Decode", "Normalize", "Dedupe", "Contracts", "Consent", "Transform", "Warehouse",
+STEPS = ["Read", "Decode", "Normalize", "Dedupe", "Contracts", "Consent", "Transform", "Exposures", "Warehouse",
          "Forwardable", "Forward", "CollectDeadLetters", "DeadLetters", "Deliveries"]
 
 # The steps inside them, on Dataflow, streaming. A rename here breaks --update of running jobs.
 NESTED_STREAMING = [
     "Read/Pull", "Read/AsRawMessages", "Decode/ParDo(DecodeMessagesFn)", "Normalize/ParDo(NormalizeEventsFn)",
     "Dedupe/ByMessageId", "Dedupe/DropSeen", "Contracts/ParDo(ValidateContractsFn)",
-    "Consent/ParDo(ApplyConsentFn)", "Transform/ParDo(ApplyTransformsFn)", "Warehouse/Batch", "Warehouse/Write",
+    "Consent/ParDo(ApplyConsentFn)", "Transform/ParDo(ApplyTransformsFn)",
+    "Exposures/ParDo(ExtractExposuresFn)", "Warehouse/Batch", "Warehouse/Write",
     "Forwardable/SelectDeliveries", "Forward/BatchAndRetry", "DeadLetters/Batch", "DeadLetters/Write",
     "Deliveries/Batch", "Deliveries/Write"]
 
@@ -73,7 +74,17 @@ def test_a_backfill_is_redistributed_after_reading_where_the_runner_distributes_
 
 
 @pytest.mark.parametrize("args, expected", [
-    (("--runner", "DirectRunnr"), "--runner DirectRunnr: Unexpected pipeline runner"),
+    (("--runner", "DirectRunnr"), "--runner DirectRunnr: unknown runner (did you mean DirectRunner?)"),
+    (("--runner", "Nimbus"), "--runner Nimbus: unknown runner; Beam's are DataflowRunner, "),
+    (("--runner", "apache_beam.runners.Nope"), "--runner apache_beam.runners.Nope: cannot import it"),
+    (("--runner", "nosuch_module.Runner"), "--runner nosuch_module.Runner: cannot import it"),
+    # not a dotted name: importlib raises ValueError or TypeError for these, not ImportError
+    (("--runner", ".DirectRunner"), "--runner .DirectRunner: expected a runner name (DirectRunner, "),
+    (("--runner", "..DirectRunner"), "--runner ..DirectRunner: expected a runner name"),
+    (("--runner", "apache_beam.runners."), "--runner apache_beam.runners.: expected a runner name"),
+    # Beam would instantiate any class it names and run the job on it
+    (("--runner", "apache_beam.options.pipeline_options.PipelineOptions"), "--runner apache_beam.options."
+     "pipeline_options.PipelineOptions: not a PipelineRunner subclass"),
     (("--runner", "FnApiRunner", "--streaming"), "--runner FnApiRunner cannot run a streaming job"),
 ])
 def test_runner_mistakes_are_usage_errors(args, expected):

@@ -69,7 +69,8 @@ def test_copied_paths_exist_and_cover_setup_py_packages_and_the_dockerignore_let
         assert (ROOT / path).exists(), f"COPY {path}: not in the repository"
     packages = re.search(r"find_packages\(include=\[([^\]]*)\]", SETUP_PY).group(1)
     tops = {name.split(".")[0] for name in re.findall(r'"([\w.*]+)"', packages)}
-    assert tops == {"pipeline", "collector", "transforms", "schemas"} and tops <= set(copied), (tops, copied)
+    assert tops == {"pipeline", "collector", "transforms", "analysis", "schemas"}, tops
+    assert tops <= set(copied), (tops, copied)
     # setup.py reads these when it runs
     assert {"setup.py", "README.md", "constraints.txt"} <= set(copied)
     lines = (FOLDER / "Dockerfile.dockerignore").read_text().splitlines()

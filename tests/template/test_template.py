@@ -331,8 +331,12 @@ class LaunchWarehouse:
 @pytest.fixture
 def launch_warehouse(monkeypatch):
     import pipeline.main
+    import pipeline.sources
     warehouse = LaunchWarehouse()
     monkeypatch.setattr(pipeline.main, "open_backend", warehouse)
+    # Nor Pub/Sub: the launch's existence checks are recorded (the emulator tests run them for real).
+    warehouse.checked = []
+    monkeypatch.setattr(pipeline.sources, "check_exists", lambda option, path: warehouse.checked.append(option))
     return warehouse
 
 
@@ -375,6 +379,7 @@ def test_a_template_launch_exits_0_once_the_runner_has_written_the_job(monkeypat
     # first run, once: a template launch too, although it runs nothing of the job here.
     assert launch_warehouse.opened == ["bigquery://my-project/segment_events"] and launch_warehouse.ensured == 1
     assert launch_warehouse.closed == 1
+    assert launch_warehouse.checked == ["input_subscription", "dead_letter_topic"]  # before the job is written
 
 
 # --- d. setup.py installs what a worker imports ------------------------------------------------

@@ -49,6 +49,32 @@ def test_bad_messages(data, error_type):
     assert only_error(data) == error_type
 
 
+@pytest.mark.parametrize("data, byte, reason", [
+    (b'{"type": "track", "event": "caf\xc3", "userId": "u"}', 0xc3, "invalid continuation byte"),
+    (b'\xff{"type": "track"}', 0xff, "invalid start byte"),
+    # a long run of digits takes the stdlib parser: it says the same
+    (b'{"type": "track", "id": 12345678901234567890123, "e": "\xe9"}', 0xe9, "invalid continuation byte"),
+])
+def test_invalid_utf8_is_described_as_such(data, byte, reason):
+    [outcome] = decode(data)
+    assert outcome.rejection.error_type == "malformed_json"
+    assert outcome.rejection.message == (f"not valid JSON: not UTF-8 text: byte 0x{byte:02x} at offset "
+                                         f"{data.index(bytes([byte]))} ({reason}); JSON must be UTF-8")
+    assert outcome.payload == data  # kept byte for byte, to replay once fixed
+
+
+@pytest.mark.parametrize("data, message", [
+    # UTF-8 text the stdlib, given bytes, would take for UTF-16 (a NUL byte); its long digit run
+    # sends it down that path (it was internal_error: the UTF-8 check found nothing to name)
+    (b"\x00" + b"1" * 20, "Expecting value: line 1 column 1 (char 0)"),
+    (b'\x00{"type": "track", "id": 12345678901234567890123}', "Expecting value: line 1 column 1 (char 0)"),
+])
+def test_utf8_that_is_not_json_on_the_exact_path_is_malformed_json(data, message):
+    [outcome] = decode(data)
+    assert outcome.rejection.error_type == "malformed_json"
+    assert message in outcome.rejection.message
+
+
 def test_size_limits():
     limits = DecodeLimits(max_event_bytes=100, max_batch_bytes=1000)
     big_event = json.dumps({"type": "track", "event": "A", "userId": "u", "p": "x" * 200}).encode()

@@ -27,11 +27,13 @@ def tables_of(contract: Contract) -> tuple:
 
 
 def _types(node: dict) -> set:
+    # Contracts that fail the meta-schema are linted too, so anything may stand where a type is.
     declared = node.get("type")
-    kinds = set([declared] if isinstance(declared, str) else declared or [])
+    kinds = {k for k in ([declared] if isinstance(declared, str) else declared if isinstance(declared, list) else [])
+             if isinstance(k, str)}
     if not kinds:  # enum / const of one JSON type also declare it
         values = node.get("enum", [node["const"]] if "const" in node else [])
-        kinds = {_json_type(v) for v in values}
+        kinds = {_json_type(v) for v in values} if isinstance(values, list) else set()
     return kinds
 
 

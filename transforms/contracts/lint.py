@@ -8,7 +8,7 @@ import jsonschema_rs
 from jsonschema.exceptions import SchemaError
 
 from transforms.contracts import columns
-from transforms.contracts.loader import load_directory
+from transforms.contracts.loader import belongs, load_directory
 from transforms.contracts.model import Problem, json_pointer
 from transforms.warehouse import naming, planner
 
@@ -57,26 +57,28 @@ def _title_problems(contract) -> list:
         return []
     table = naming.table_name(contract.event)
     if table != contract.table:
-        return [Problem(contract.path, "/title", f"event {contract.event!r} lands in table {table!r}, "
-                                                 f"so its contract belongs in track/{table}.json")]
+        return [Problem(contract.path, "/title", belongs(contract.event, table))]
     return []
 
 
 def check_contracts(contracts, depth: int = planner.DEFAULT_FLATTEN_DEPTH) -> list:
+    """Meta-schema, title and warehouse lint problems of every contract, invalid ones included:
+    one run reports them all, rather than one kind per round as the previous kind is fixed."""
     problems = []
     for contract in contracts:
         problems += _meta_problems(contract) + _title_problems(contract)
-    valid = [c for c in contracts if not any(p.path == c.path and p.severity == "error" for p in problems)]
-    columns.declared_types(valid, depth, problems)
-    problems += columns.column_collisions(valid, depth)
-    return problems
+    columns.declared_types(contracts, depth, problems)
+    return problems + columns.column_collisions(contracts, depth)
 
 
 def check_directory(directory: str, depth: int = planner.DEFAULT_FLATTEN_DEPTH) -> tuple:
-    """(contracts, problems): problems sorted by file and pointer, errors and warnings alike."""
-    contracts, problems = load_directory(directory)
-    problems = problems + check_contracts(contracts, depth)
-    return contracts, sorted(problems, key=lambda p: (p.path, p.pointer, p.message))
+    """(contracts, problems): problems sorted by file and pointer, errors and warnings alike.
+    Misnamed files are checked under the name they should have; JSON files that are no contract
+    against the meta-schema. A missing directory raises MissingDirectory."""
+    found = load_directory(directory)
+    problems = found.problems + check_contracts(list(found.contracts) + found.misnamed, depth)
+    problems += [p for contract in found.unnamed for p in _meta_problems(contract)]
+    return found.contracts, sorted(set(problems), key=lambda p: (p.path, p.pointer, p.message))
 
 
 def errors(problems) -> list:

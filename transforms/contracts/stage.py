@@ -24,11 +24,12 @@ class ValidateContractsFn(FallibleFn):
         verdict = self._enforcer.check(event.body)
         if verdict.unplanned:
             metrics.inc("contracts.unplanned")
+        if verdict.violations:  # blocked ones too: their dead letter's error_details lists them
+            metrics.inc("contracts.violations", len(verdict.violations))
         if verdict.rejection is not None:
             yield self.dead_letter(verdict.rejection, event, event.body.get("messageId"))
             return
         if verdict.violations:
-            metrics.inc("contracts.violations", len(verdict.violations))
             omitted = sum(v["action"] == "omitted" for v in verdict.violations)
             if omitted:
                 metrics.inc("contracts.omitted", omitted)

@@ -29,10 +29,17 @@ from datetime import datetime, timezone
 from google.api_core import exceptions
 
 from transforms import jsonutil
+from transforms.experiments.extract import Reader
 from transforms.timeutil import format_time
 from transforms.warehouse import bigquery_schema as bq, layout, planner, replays, retry
 from transforms.warehouse.bigquery_tables import BigQueryTables, Replan
 from transforms.warehouse.result import WriteResult
+
+# Counted beside the API calls (api_calls.<name>) as what came of them, but no call of their own:
+# the printed summary leaves them out of its total of calls, under these labels.
+NOT_CALLS = {"views.skipped": "BigQuery views skipped",  # an event table has the view's name
+             "jobs.load_refused": "BigQuery load jobs refused",  # its jobs.load is counted
+             "mutation_lag.waits": "BigQuery mutation lag waits"}
 
 INSERT_CHUNK = 500          # rows per insertAll request (BigQuery recommends at most 500)
 WRITE_METHODS = ("insert_all", "load")
@@ -62,7 +69,8 @@ class BigQueryWarehouse:
     def __init__(self, project: str, dataset: str, endpoint: str = None, location: str = "US",
                  max_columns: int = planner.DEFAULT_MAX_COLUMNS, flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH,
                  declared_types=None, write_method: str = "insert_all", retry_deadline: float = 120.0,
-                 lag_deadline: float = 120.0, max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS):
+                 lag_deadline: float = 120.0, max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS,
+                 experiments=None):
         if write_method not in WRITE_METHODS:
             raise ValueError(f"write_method must be one of {WRITE_METHODS}")
         self.project, self.dataset, self.endpoint, self.location = project, dataset, endpoint, location
@@ -71,18 +79,31 @@ class BigQueryWarehouse:
         self.max_new_columns = max_new_columns
         self.flatten_depth = flatten_depth
         self.declared_types = declared_types or {}
+        # experiments: the config's ExperimentSettings; None writes no experiment_exposures rows
+        self._exposures = Reader(experiments) if experiments is not None else None
         self.retry = retry.policy(retry_deadline)
         self.lag_deadline = lag_deadline
         self.calls = Counter()  # API calls by kind: the benchmark reports them per 10,000 rows
         self._client = self._tables = None
+        self.read_only = False
 
     # -- lifecycle -------------------------------------------------------------------
-    def open(self) -> "BigQueryWarehouse":
+    def open(self, read_only: bool = False) -> "BigQueryWarehouse":
+        """read_only: reads only (a replay's dry run), creating nothing; a missing dataset raises
+        LookupError."""
         from google.cloud import bigquery
+        self.read_only = read_only
         self._client = bigquery_client(self.project, self.location, self.endpoint)
         dataset = bigquery.Dataset(f"{self.project}.{self.dataset}")
         dataset.location = self.location
-        self._call("datasets.insert", self._client.create_dataset, dataset, exists_ok=True)
+        if read_only:
+            try:
+                self._call("datasets.get", self._client.get_dataset, dataset.reference)
+            except exceptions.NotFound:
+                self.close()
+                raise LookupError(f"no dataset {self.project}.{self.dataset}") from None
+        else:
+            self._call("datasets.insert", self._client.create_dataset, dataset, exists_ok=True)
         self._tables = BigQueryTables(self._client, self.project, self.dataset, self.retry, self.calls)
         return self
 
@@ -104,7 +125,7 @@ class BigQueryWarehouse:
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
         result = WriteResult()
-        rows = [layout.table_rows(e.body, self.flatten_depth, e.violations, e.attributes) for e in events]
+        rows = [layout.event_rows(e, self.flatten_depth, self._exposures) for e in events]
         events, rows = self._drop_repeats(events, rows, result)
         if self.write_method == "load":
             events, rows = self._drop_stored(events, rows, result)
@@ -164,10 +185,10 @@ class BigQueryWarehouse:
     def select_dead_letters(self, selection) -> list:
         """Dead-letter records (dicts, times as ISO strings) a replay selection names."""
         from google.cloud import bigquery
-        self._ensure_replays()
+        replays_table = self._ensure_replays()
         if self._tables.schema(planner.DEAD_LETTER_TABLE) is None:
             return []
-        where, params = selection.where()
+        where, params = selection.where(replays_table)
         sql = (f"SELECT * FROM `{self._tables.ref(planner.DEAD_LETTER_TABLE)}` WHERE "
                + where.replace(f"FROM {replays.REPLAYS_TABLE}", f"FROM `{self._tables.ref(replays.REPLAYS_TABLE)}`"))
         query_params = [bigquery.ArrayQueryParameter(name, "STRING", value) if kind.startswith("ARRAY")
@@ -180,12 +201,17 @@ class BigQueryWarehouse:
 
     def replayed(self, ids: list) -> set:
         """Which of these dead letters were replayed already."""
-        self._ensure_replays()
+        if not self._ensure_replays():
+            return set()
         return self._ids_in(replays.REPLAYS_TABLE, ids) if ids else set()
 
-    def _ensure_replays(self) -> None:
+    def _ensure_replays(self) -> bool:
+        """`_replays` exists (created unless read-only); whether it does."""
+        if self.read_only:
+            return self._tables.schema(replays.REPLAYS_TABLE) is not None
         self._tables.ensure(replays.REPLAYS_TABLE,
                             [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
+        return True
 
     def record_replays(self, ids: list, run: str) -> int:
         """Remember that these dead letters were replayed (insertAll, insertId = the id)."""
@@ -437,6 +463,7 @@ class BigQueryWarehouse:
         none where the launcher's cached schema is shared (local runs)."""
         self._tables.ensure(planner.DEAD_LETTER_TABLE,
                             [planner.Column(n, t, "$" + n) for n, t in planner.DEAD_LETTER_COLUMNS])
+        self._tables.ensure_states_view()  # a dataset from before the view of each failure's state
 
     def write_dead_letters(self, records: list) -> int:
         """Dead letters have nowhere further to go: a refusal here raises (the bundle fails

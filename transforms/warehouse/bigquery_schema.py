@@ -6,7 +6,7 @@ someone added by hand (no pointer) is kept out of the planner's way under its ow
 """
 from google.cloud import bigquery
 
-from transforms.warehouse import planner, replays
+from transforms.warehouse import layout, planner, replays
 
 FIELD_TYPES = {planner.BOOL: "BOOL", planner.INT64: "INT64", planner.FLOAT64: "FLOAT64",
                planner.STRING: "STRING", planner.TIMESTAMP: "TIMESTAMP", planner.JSON: "JSON"}
@@ -45,6 +45,8 @@ def clustering(table: str) -> list:
         return ["destination", "status"]
     if table == replays.REPLAYS_TABLE:
         return ["dead_letter_id"]
+    if table == layout.EXPOSURES_TABLE:  # the analysis reads one experiment's units at a time
+        return ["experiment_id", "unit_id"]
     names = {c.name for c in planner.fixed_columns(table)}
     return ["event", "user_id"] if "event" in names else ["user_id"]
 

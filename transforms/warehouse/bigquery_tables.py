@@ -16,6 +16,7 @@ from transforms.warehouse import bigquery_schema as bq, planner, replays
 _SCHEMA_ATTEMPTS = 6        # re-read and re-patch a table this often on conflicting changes
 _LOCK = threading.RLock()   # schema changes of every backend in this process
 _SCHEMAS = {}               # (project, dataset, table) -> TableSchema, shared by the process
+_STATES_CURRENT = set()     # (project, dataset) whose _dead_letters_view this process found or made current
 # 400s that mean "the table changed meanwhile": BigQuery refuses a patch that would drop a
 # field another writer added; the emulator reports a lost commit race as "Failed to commit".
 _SCHEMA_CONFLICTS = ("Cannot remove field", "does not match", "Failed to commit")
@@ -113,10 +114,31 @@ class BigQueryTables:
             return
         if table == "users":
             self._replace_view("users_view", bq.users_view_sql(self.ref(table), columns))
+        elif table == planner.DEAD_LETTER_TABLE:  # each original failure once, its latest state: needs _replays
+            self.ensure(replays.REPLAYS_TABLE, [planner.Column(n, t, "$" + n) for n, t in replays.REPLAYS_COLUMNS])
+            self._replace_view(replays.STATES_VIEW, self._states_select())
+            _STATES_CURRENT.add((self.project, self.dataset))
         else:
-            key = {planner.DEAD_LETTER_TABLE: "dead_letter_id",
-                   planner.DELIVERIES_TABLE: "delivery_id"}.get(table) or planner.key_column(table)
+            key = {planner.DELIVERIES_TABLE: "delivery_id"}.get(table) or planner.key_column(table)
             self._replace_view(f"{table}_view", bq.latest_view_sql(self.ref(table), key))
+
+    def _states_select(self) -> str:
+        letters = f"({bq.latest_view_sql(self.ref(planner.DEAD_LETTER_TABLE), 'dead_letter_id')})"
+        return replays.states_view_sql(letters, f"`{self.ref(replays.REPLAYS_TABLE)}`", "JSON_VALUE")
+
+    def ensure_states_view(self) -> None:
+        """`_dead_letters_view` is this version's view of each original failure's state: a dataset
+        made before has another query (the newest row per dead_letter_id, or a state view without
+        replay chains), replaced here. BigQuery keeps a view's query as given, so comparing it
+        tells. Once per process and dataset (one tables.get when it is current)."""
+        if (self.project, self.dataset) in _STATES_CURRENT:
+            return
+        with _LOCK:
+            view = self._fetch(replays.STATES_VIEW)
+            if view is None or (view.table_type == "VIEW"
+                                and (view.view_query or "").strip() != self._states_select().strip()):
+                self._create_view(planner.DEAD_LETTER_TABLE, None)
+            _STATES_CURRENT.add((self.project, self.dataset))
 
     def _replace_view(self, name: str, select: str) -> None:
         try:

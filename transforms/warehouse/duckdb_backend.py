@@ -25,6 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from transforms.experiments.extract import Reader
 from transforms.timeutil import format_time
 from transforms.warehouse import layout, planner, replays
 from transforms.warehouse.result import WriteResult
@@ -66,7 +67,12 @@ DEFAULT_MEMORY_LIMIT_MB = 64
 _MEMORY_CEILING_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 8 // 10 >> 20
 
 
-class WarehouseInUse(RuntimeError):
+class WarehouseUnusable(RuntimeError):
+    """The DuckDB file cannot be opened, for a reason its owner fixes (the commands report it as
+    one line naming --warehouse, exit 2); the message names the path and why."""
+
+
+class WarehouseInUse(WarehouseUnusable):
     """Another process has the DuckDB file open (DuckDB lets one process write a file, and no
     other process read it meanwhile); the message names that process."""
 
@@ -76,13 +82,24 @@ class WarehouseInUse(RuntimeError):
         self.path, self.holder = path, holder
 
 
+class NotADatabase(WarehouseUnusable):
+    """DuckDB cannot read the path as a database: a text file, a directory, a newer DuckDB's
+    file, or (read-only) nothing at all."""
+
+    def __init__(self, path: str, error: Exception):
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # DuckDB's own line
+        super().__init__(f"{path}: not readable as a DuckDB database ({reason})")
+        self.path = path
+
+
 def connect(path: str, **options):
-    """duckdb.connect, with WarehouseInUse for a file another process holds."""
+    """duckdb.connect, with WarehouseInUse for a file another process holds and NotADatabase for
+    one DuckDB cannot read as a database."""
     try:
         return duckdb.connect(path, **options)
-    except duckdb.IOException as exc:
+    except duckdb.IOException as exc:  # not other duckdb.Errors: a bad config option is Sluice's bug
         if "lock" not in str(exc).lower():
-            raise
+            raise NotADatabase(path, exc) from None
         raise WarehouseInUse(path, _holder(str(exc))) from None
 
 
@@ -99,10 +116,11 @@ def _holder(message: str) -> str:
 
 
 class _SharedDatabase:
-    def __init__(self, path: str, memory_limit_mb: int):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str, memory_limit_mb: int, read_only: bool = False):
+        if not read_only:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.memory_limit_mb = memory_limit_mb
-        self.conn = connect(path, config={"memory_limit": f"{memory_limit_mb}MB"})
+        self.conn = connect(path, read_only=read_only, config={"memory_limit": f"{memory_limit_mb}MB"})
         self.lock = threading.RLock()
         self.refs = 0
         self.schemas = None  # table name -> TableSchema, loaded on first use
@@ -190,17 +208,32 @@ class DuckDBWarehouse:
     def __init__(self, path: str, max_columns: int = planner.DEFAULT_MAX_COLUMNS,
                  flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH, declared_types=None,
                  memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB,
-                 max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS):
+                 max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS, experiments=None):
         self.path = str(Path(path).resolve())
         self.max_new_columns = max_new_columns
         self.memory_limit_mb = memory_limit_mb
         self.max_columns = max_columns
         self.flatten_depth = flatten_depth
         self.declared_types = declared_types or {}  # {table or "*": {pointer: type}} from contracts
+        # experiments: the config's ExperimentSettings; None writes no experiment_exposures rows
+        self._exposures = Reader(experiments) if experiments is not None else None
         self._db = None
+        self.read_only = False
 
     # -- lifecycle -------------------------------------------------------------------
-    def open(self) -> "DuckDBWarehouse":
+    def open(self, read_only: bool = False) -> "DuckDBWarehouse":
+        """read_only: reads only (a replay's dry run), creating nothing: the file must exist, and
+        unless this process has it open already, it is opened read-only."""
+        self.read_only = read_only
+        if read_only:
+            if not os.path.exists(self.path):
+                raise LookupError(f"no DuckDB file {self.path}")
+            with _DATABASES_LOCK:
+                if self.path in _DATABASES:
+                    self.read_only = False  # this process writes it: share its connection, as a writer would
+            if self.read_only:
+                self._db = _SharedDatabase(self.path, self.memory_limit_mb, read_only=True)
+                return self
         self._db = _acquire(self.path, self.memory_limit_mb)
         with self._db.lock:
             if self._db.schemas is None:
@@ -209,7 +242,10 @@ class DuckDBWarehouse:
 
     def close(self) -> None:
         if self._db is not None:
-            _release(self.path)
+            if self.read_only:
+                self._db.conn.close()  # its own connection, never shared
+            else:
+                _release(self.path)
             self._db = None
 
     def cursor(self):
@@ -244,7 +280,7 @@ class DuckDBWarehouse:
 
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
-        rows = [layout.table_rows(e.body, self.flatten_depth, e.violations, e.attributes) for e in events]
+        rows = [layout.event_rows(e, self.flatten_depth, self._exposures) for e in events]
         with self._db.lock:
             try:
                 return self._write_with_replan(events, rows)
@@ -275,10 +311,12 @@ class DuckDBWarehouse:
         result = WriteResult()
         kept, keys = self._split_duplicates(events, rows, result)
         plans = {}
+        users = 0
         for table, table_rows in _by_table(kept).items():
             schema = (self._db.schemas.get(table) or planner.TableSchema(table)).copy()
             schema.declare(planner.declared_for(self.declared_types, table))
             if table == "users":
+                users = len(table_rows)  # identifies applied, counted as BigQuery's appends are
                 table_rows = planner.collapse_by_key(table_rows)
             plans[table] = schema, planner.plan_rows(schema, table_rows, self.max_columns, self.max_new_columns)
         for table, (schema, plan) in plans.items():
@@ -290,7 +328,10 @@ class DuckDBWarehouse:
                 with _registered(conn, "_sluice_new_keys", pa.table({"k": pa.array(keys, pa.string())})):
                     conn.execute(f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM _sluice_new_keys")
             for table, (schema, plan) in plans.items():
-                result.rows[table] += self._insert(table, schema, plan, loaded_at)
+                written = self._insert(table, schema, plan, loaded_at)
+                # users: one row a user, the newest traits (the upsert); rows.users counts the identifies
+                # merged into it, so that it does not depend on how the run cut its batches
+                result.rows[table] += users if table == "users" else written
                 result.type_conflicts[table] += plan.type_conflicts
                 result.capped[table] += plan.capped
             conn.execute("COMMIT")
@@ -421,22 +462,26 @@ class DuckDBWarehouse:
     # -- dead letters ------------------------------------------------------------------
     def ensure_dead_letters(self) -> None:
         """`_dead_letters` exists, empty until something fails (a monitoring query on it works
-        from the first run). Done when the file is opened; DuckDB needs no view: the primary
-        key keeps one row per dead letter."""
+        from the first run; its primary key keeps one row per dead letter), and so do `_replays`
+        and `_dead_letters_view`, each original failure once with its latest state. Done when the
+        file is opened."""
         columns = ", ".join(f"{quote(n)} {SQL_TYPES[t]}" + (" PRIMARY KEY" if n == "dead_letter_id" else "")
                             for n, t in DEAD_LETTER_COLUMNS)
         with self._db.lock:
             self._db.conn.execute(f"CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} ({columns})")
+            self._ensure_replays()
+            self._db.conn.execute(f"CREATE OR REPLACE VIEW {replays.STATES_VIEW} AS " + replays.states_view_sql(
+                DEAD_LETTER_TABLE, replays.REPLAYS_TABLE, "json_extract_string"))
 
     def select_dead_letters(self, selection) -> list:
         """Dead-letter records (dicts, times as ISO strings) a replay selection names."""
-        where, params = selection.where()
-        sql = f"SELECT * FROM {DEAD_LETTER_TABLE} WHERE " + where.replace("IN UNNEST(@error_types)",
-                                                                           "IN (SELECT unnest(@error_types))")
-        sql = sql.replace("@", "$")
         with self._db.lock:
-            self._ensure_replays()
-            cursor = self._db.conn.execute(sql, {name: value for name, (_, value) in params.items()})
+            if not self._has(DEAD_LETTER_TABLE):  # a read-only open of a file no run has written
+                return []
+            where, params = selection.where(replays_table=self._ensure_replays())
+            sql = f"SELECT * FROM {DEAD_LETTER_TABLE} WHERE " + where.replace("IN UNNEST(@error_types)",
+                                                                               "IN (SELECT unnest(@error_types))")
+            cursor = self._db.conn.execute(sql.replace("@", "$"), {name: value for name, (_, value) in params.items()})
             names = [d[0] for d in cursor.description]
             found = [dict(zip(names, row)) for row in cursor.fetchall()]
         return [replays.as_record(r) for r in found if selection.keeps_source(r["source"])]
@@ -459,14 +504,23 @@ class DuckDBWarehouse:
         if not ids:
             return set()
         with self._db.lock:
-            self._ensure_replays()
+            if not self._ensure_replays():
+                return set()
             rows = self._db.conn.execute(f"SELECT dead_letter_id FROM {replays.REPLAYS_TABLE} "
                                          "WHERE dead_letter_id IN (SELECT unnest($ids))", {"ids": list(ids)}).fetchall()
         return {row[0] for row in rows}
 
-    def _ensure_replays(self) -> None:
+    def _ensure_replays(self) -> bool:
+        """`_replays` exists (created unless read-only); whether it does."""
+        if self.read_only:
+            return self._has(replays.REPLAYS_TABLE)
         self._db.conn.execute(f"CREATE TABLE IF NOT EXISTS {replays.REPLAYS_TABLE} (dead_letter_id VARCHAR PRIMARY KEY, "
                               "replayed_at TIMESTAMPTZ, replay_run VARCHAR)")
+        return True
+
+    def _has(self, table: str) -> bool:
+        return bool(self._db.conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+                                          [table]).fetchone()[0])
 
     # The replay lease (transforms.warehouse.replays): across processes DuckDB lets one process
     # write the file anyway; within one, the shared lock makes each statement a clean swap.

@@ -7,6 +7,7 @@ shared by every table the event lands in.
 """
 from typing import NamedTuple
 
+from transforms.experiments.extract import Exposure
 from transforms.warehouse import naming
 
 # Top-level fields not flattened generically: the type is the table; `event` becomes
@@ -28,6 +29,8 @@ METADATA = "$metadata"      # transport metadata: {"attributes": {...}} of a Pub
 # The table of each event's first row, keyed by message_id: an event is stored once its row
 # there is (the warehouses' dedupe looks only here).
 PRIMARY_TABLES = ("tracks", "identifies", "pages", "screens", "groups", "aliases")
+# An exposure's fixed-shape row (docs/experiments.md#exposures), beside its tracks and event rows.
+EXPOSURES_TABLE = "experiment_exposures"
 
 
 class TableRow(NamedTuple):
@@ -42,6 +45,12 @@ def _escape(key: str) -> str:
     if "~" in key or "/" in key:
         return key.replace("~", "~0").replace("/", "~1")
     return key
+
+
+def pointer(parts) -> str:
+    """The JSON pointer of a path's keys, escaped as flatten() escapes its columns' sources (the
+    analysis finds a column by it)."""
+    return "".join("/" + _escape(part) for part in parts)
 
 
 def unescape_pointer(pointer: str) -> tuple:
@@ -115,3 +124,21 @@ def table_rows(body: dict, max_depth: int, violations=None, attributes=None) -> 
         properties = _section(body, "properties", max_depth)
         return [TableRow(kind + "s", message_id, (common, properties), "/properties", timestamp)]
     return [TableRow("aliases", message_id, (common,), "", timestamp)]
+
+
+def event_rows(event, max_depth: int, exposures=None) -> list:
+    """The rows of an Event (transforms.messages): table_rows, and its `experiment_exposures` row
+    when `exposures` (a transforms.experiments.extract.Reader) reads an exposure in it. That row
+    goes in the same write as the event's first row, so it is stored exactly when the event is
+    (a duplicate adds none). Its `source` is the collector's source name, as in the event's
+    other rows, else the transport's (file:..., pubsub:...), so it is never empty."""
+    body = event.body
+    rows = table_rows(body, max_depth, event.violations, event.attributes)
+    found = exposures.read(body) if exposures is not None else None
+    if type(found) is Exposure:
+        source = body.get("source")
+        values = {"$unit_id": found.unit_id, "$unit_type": found.unit_type, "$experiment_id": found.experiment_id,
+                  "$variation_id": found.variation_id, "/timestamp": body["timestamp"],
+                  "/messageId": body["messageId"], "$source": source if type(source) is str else event.source}
+        rows.append(TableRow(EXPOSURES_TABLE, body["messageId"], (values,), "", body["timestamp"]))
+    return rows

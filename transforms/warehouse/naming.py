@@ -12,9 +12,9 @@ Sluice adds what a valid, unquoted identifier on every backend needs: a name wit
 or digit gets a fallback (`col_<hash>`, `event_<hash>`); a leading digit or an SQL reserved
 word gets a `_` prefix; a name longer than the limit is cut and suffixed with a hash of the
 whole source, so two long names never meet; an event table that would take one of Segment's
-fixed table names gets a `_` prefix. Names here are only proposals: the table schema
-(planner.TableSchema) maps columns by source path and resolves collisions between different
-sources that propose the same name.
+fixed table names (or one of Sluice's experiment tables) gets a `_` prefix. Names here are only
+proposals: the table schema (planner.TableSchema) maps columns by source path and resolves
+collisions between different sources that propose the same name.
 """
 import hashlib
 import re
@@ -22,8 +22,10 @@ from functools import lru_cache
 
 MAX_NAME_LENGTH = 128  # the same on every backend, so tables look alike everywhere
 
-# Segment's fixed tables; an event table that would take one of these names gets a `_` prefix.
-FIXED_TABLES = frozenset(("tracks", "identifies", "users", "pages", "screens", "groups", "aliases"))
+# Segment's fixed tables, and Sluice's experiment tables (the pipeline's exposures, the analysis's
+# results: docs/experiments.md); an event table that would take one of these names gets a `_` prefix.
+FIXED_TABLES = frozenset(("tracks", "identifies", "users", "pages", "screens", "groups", "aliases",
+                          "experiment_exposures", "experiment_results"))
 
 # BigQuery's reserved keywords plus DuckDB's, lower-cased: a column or table named so
 # would need quoting in every query a user writes.

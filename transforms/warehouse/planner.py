@@ -16,6 +16,7 @@ from transforms.timeutil import format_time, parse_time
 from transforms.warehouse import layout, naming
 
 BOOL, INT64, FLOAT64, STRING, TIMESTAMP, JSON = "BOOL", "INT64", "FLOAT64", "STRING", "TIMESTAMP", "JSON"
+NUMERIC = (INT64, FLOAT64)  # the types a number is stored as: what a mean metric sums, a comparison orders
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _EXACT_FLOAT = 1 << 53  # integers up to here convert to FLOAT64 exactly
 UNMAPPED_COLUMN = "_unmapped"
@@ -52,6 +53,13 @@ _FIXED_COLUMNS = {
     "users": (Column("id", STRING, "/userId"), Column("timestamp", TIMESTAMP, "/timestamp"),
               Column("received_at", TIMESTAMP, "/receivedAt"), Column("loaded_at", TIMESTAMP, layout.LOADED_AT),
               Column(UNMAPPED_COLUMN, JSON, layout.UNMAPPED)),
+    # Every value is a string layout.event_rows made (ids as text, the event's canonical time), so
+    # each fits its declared column: no `_unmapped`, and no first value decides a type.
+    layout.EXPOSURES_TABLE: (
+        Column("unit_id", STRING, "$unit_id"), Column("unit_type", STRING, "$unit_type"),
+        Column("experiment_id", STRING, "$experiment_id"), Column("variation_id", STRING, "$variation_id"),
+        Column("timestamp", TIMESTAMP, "/timestamp"), Column("message_id", STRING, "/messageId"),
+        Column("source", STRING, "$source"), Column("loaded_at", TIMESTAMP, layout.LOADED_AT)),
 }
 _NON_EVENT_TABLES = ("identifies", "pages", "screens")
 # The dead-letter record (schemas/dead_letter.schema.json) as a table, in every backend.

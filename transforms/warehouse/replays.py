@@ -20,6 +20,12 @@ from typing import NamedTuple, Optional
 from transforms.timeutil import format_time
 from transforms.warehouse import planner
 
+# A replayed message's attributes: the dead letter it replays, and the original failure that
+# dead letter goes back to (itself, unless a replay made it), so a chain of failures stays one.
+REPLAY_OF = "sluice_replay_of"
+REPLAY_ORIGIN = "sluice_replay_origin"
+STATES_VIEW = "_dead_letters_view"
+
 REPLAYS_TABLE = "_replays"
 REPLAYS_COLUMNS = (("dead_letter_id", planner.STRING), ("replayed_at", planner.TIMESTAMP),
                    ("replay_run", planner.STRING))
@@ -70,10 +76,12 @@ class Selection(NamedTuple):
     until: Optional[str] = None        # failed_at < until
     source: Optional[str] = None       # a glob on the dead letter's source, e.g. file:gs://b/2026-11-*
 
-    def where(self) -> tuple:
-        """(SQL conditions joined by AND with @name parameters, {name: (type, value)})."""
-        conditions = ["failed_at < @before",
-                      f"dead_letter_id NOT IN (SELECT dead_letter_id FROM {REPLAYS_TABLE})"]
+    def where(self, replays_table: bool = True) -> tuple:
+        """(SQL conditions joined by AND with @name parameters, {name: (type, value)}).
+        replays_table: False when `_replays` does not exist (a dry run creates nothing): none replayed."""
+        conditions = ["failed_at < @before"]
+        if replays_table:
+            conditions.append(f"dead_letter_id NOT IN (SELECT dead_letter_id FROM {REPLAYS_TABLE})")
         params = {"before": ("TIMESTAMP", self.before)}
         if self.error_types:
             conditions.append("error_type IN UNNEST(@error_types)")
@@ -110,3 +118,56 @@ def as_record(row: dict) -> dict:
         if isinstance(record.get(name), datetime):
             record[name] = format_time(record[name])
     return record
+
+
+def origin_of(record: dict) -> str:
+    """The original failure a dead-letter record names (see REPLAY_ORIGIN). A record of a replay
+    from before the attribute names only its parent, which may itself be a replay's failure: the
+    record alone cannot tell, so _dead_letters_view follows the chain (states_view_sql)."""
+    attributes = record.get("attributes") or {}
+    return attributes.get(REPLAY_ORIGIN) or attributes.get(REPLAY_OF) or record["dead_letter_id"]
+
+
+# How far _dead_letters_view follows a chain of parents: a guard only (ids are unique and a
+# parent failed before its child, so chains end), against a hand-edited row naming itself.
+MAX_CHAIN = 100
+
+
+def states_view_sql(letters: str, replayed: str, json_string: str) -> str:
+    """`_dead_letters_view`: each original failure once, with the latest state of what became of
+    it, so that counting it does not count a failure again for each replay that failed: `state`
+    'open' (never replayed), 'fixed' (its latest dead letter, itself or one a replay of it made,
+    was replayed and nothing failed since) or 'failed_again' (a replay of it failed, and that
+    dead letter waits), with `latest_dead_letter_id`, `latest_error_type` and `latest_failed_at`.
+    letters: the dead letters, one row each (BigQuery: its newest-row view's query); replayed:
+    `_replays`; json_string: the dialect's function reading a JSON string (JSON_VALUE, DuckDB's
+    json_extract_string).
+
+    A dead letter's original failure: the one its attributes name (REPLAY_ORIGIN, else
+    REPLAY_OF), followed up while that one is a row here naming one in turn (a replay from
+    before REPLAY_ORIGIN names only its parent: D1 -> D2 -> D3 reaches D1 from D3). The row
+    shown is the original's own, or, when it is not here (a replay from --dead_letter_files of
+    an export), the family's earliest."""
+    up = f"COALESCE({json_string}(attributes, '$.{REPLAY_ORIGIN}'), {json_string}(attributes, '$.{REPLAY_OF}'))"
+    columns = ", ".join(f"o.{name}" for name, _ in planner.DEAD_LETTER_COLUMNS)
+    return ("WITH RECURSIVE "
+            f"letter AS (SELECT *, {up} AS up FROM {letters}), "
+            "chain AS (SELECT dead_letter_id, dead_letter_id AS reached, 0 AS depth FROM letter UNION ALL "
+            "SELECT c.dead_letter_id, l.up, c.depth + 1 FROM chain AS c "
+            "JOIN letter AS l ON l.dead_letter_id = c.reached "
+            f"WHERE l.up IS NOT NULL AND c.depth < {MAX_CHAIN}), "
+            "origin AS (SELECT dead_letter_id, reached AS origin_id FROM (SELECT *, ROW_NUMBER() OVER "
+            "(PARTITION BY dead_letter_id ORDER BY depth DESC) AS n FROM chain) AS ranked WHERE n = 1), "
+            "family AS (SELECT l.*, g.origin_id FROM letter AS l "
+            "JOIN origin AS g ON g.dead_letter_id = l.dead_letter_id), "
+            "latest AS (SELECT origin_id, dead_letter_id, error_type, failed_at, ROW_NUMBER() OVER "
+            "(PARTITION BY origin_id ORDER BY failed_at DESC, dead_letter_id DESC) AS n FROM family), "
+            "shown AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY origin_id ORDER BY CASE WHEN dead_letter_id = "
+            "origin_id THEN 0 ELSE 1 END, failed_at, dead_letter_id) AS n FROM family) "
+            f"SELECT {columns}, CASE WHEN p.dead_letter_id IS NOT NULL THEN 'fixed' "
+            "WHEN l.dead_letter_id = l.origin_id THEN 'open' ELSE 'failed_again' END AS state, "
+            "l.dead_letter_id AS latest_dead_letter_id, l.error_type AS latest_error_type, "
+            "l.failed_at AS latest_failed_at "
+            "FROM shown AS o JOIN latest AS l ON l.origin_id = o.origin_id AND l.n = 1 "
+            f"LEFT JOIN (SELECT DISTINCT dead_letter_id FROM {replayed}) AS p ON p.dead_letter_id = l.dead_letter_id "
+            "WHERE o.n = 1")

@@ -12,9 +12,10 @@ from typing import Any, NamedTuple, Optional, Tuple
 import apache_beam as beam
 
 from transforms import gcpause, metrics, parking
+from transforms.experiments.settings import ExperimentSettings
 from transforms.fallible import FallibleFn, apply_fallible
 from transforms.messages import EventCoder, JsonCoder, Rejection
-from transforms.warehouse import planner
+from transforms.warehouse import planner, split_url
 
 DEFAULT_BATCH_SIZE = 5000
 
@@ -30,29 +31,32 @@ class WarehouseSettings(NamedTuple):
     bigquery_write_method: str = "insert_all"  # or "load" (pipeline.main picks by --streaming)
     duckdb_memory_limit_mb: Optional[int] = None  # the embedded warehouse's memory budget; None: its default
     max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS  # columns one batch may add to a table
+    experiments: Optional[ExperimentSettings] = None  # exposures also get an experiment_exposures row; None: none
 
 
-def open_backend(settings: WarehouseSettings):
-    """The backend for a warehouse URL; called in DoFn.setup(), never while building the graph."""
-    if settings.url.startswith("duckdb:///"):
+def open_backend(settings: WarehouseSettings, read_only: bool = False):
+    """The backend for a warehouse URL; called in DoFn.setup(), never while building the graph.
+    read_only: for reads that must create nothing (a replay's dry run); a warehouse that does not
+    exist raises LookupError."""
+    kind, *place = split_url(settings.url)
+    if kind == "duckdb":
         from transforms.warehouse.duckdb_backend import DuckDBWarehouse
         memory = {"memory_limit_mb": settings.duckdb_memory_limit_mb} if settings.duckdb_memory_limit_mb else {}
-        return DuckDBWarehouse(settings.url[len("duckdb:///"):], settings.max_columns,
+        return DuckDBWarehouse(*place, settings.max_columns,
                                settings.flatten_depth, settings.declared_types,
-                               max_new_columns=settings.max_new_columns, **memory).open()
-    if settings.url.startswith("bigquery://"):
-        from transforms.warehouse.bigquery_backend import BigQueryWarehouse
-        project, dataset = settings.url[len("bigquery://"):].split("/", 1)
-        return BigQueryWarehouse(project, dataset, settings.bigquery_endpoint, settings.bigquery_location,
-                                 settings.max_columns, settings.flatten_depth, settings.declared_types,
-                                 settings.bigquery_write_method, max_new_columns=settings.max_new_columns).open()
-    raise ValueError(f"unsupported warehouse URL {settings.url!r}")
+                               max_new_columns=settings.max_new_columns, experiments=settings.experiments,
+                               **memory).open(read_only)
+    from transforms.warehouse.bigquery_backend import BigQueryWarehouse
+    return BigQueryWarehouse(*place, settings.bigquery_endpoint, settings.bigquery_location,
+                             settings.max_columns, settings.flatten_depth, settings.declared_types,
+                             settings.bigquery_write_method, max_new_columns=settings.max_new_columns,
+                             experiments=settings.experiments).open(read_only)
 
 
 @contextmanager
-def opened_backend(settings: WarehouseSettings):
+def opened_backend(settings: WarehouseSettings, read_only: bool = False):
     """The backend, open for the block (the launcher's own reads and writes, e.g. replay's)."""
-    backend = open_backend(settings)
+    backend = open_backend(settings, read_only)
     try:
         yield backend
     finally:

@@ -1,0 +1,1 @@
+"""Experiments: the exposures stage and the experiments section of the config."""
