@@ -18,6 +18,10 @@ from transforms.messages import EventCoder, JsonCoder, Rejection
 from transforms.warehouse import planner, split_url
 
 DEFAULT_BATCH_SIZE = 5000
+# A batch run's default (warehouse.batch_size unset): a quarter of the commits, and each batch's
+# fixed costs (a transaction, a statement per table) spread over more events; memory is still
+# bounded by the batch, not the input (docs/benchmarks.md has the measurements).
+BACKFILL_BATCH_SIZE = 20000
 
 
 class WarehouseSettings(NamedTuple):
