@@ -48,10 +48,15 @@ def relaxed():
     including the batch being buffered, so collecting 70x less often saves most of that walk
     (measured at 5-8 us an event, docs/benchmarks.md). Cycles are still collected, later."""
     thresholds = gc.get_threshold()
-    gc.freeze()
+    # A heap frozen already (the collector's, settled at start: collector.server) stays as its
+    # owner froze it: unfreeze() would release every frozen object, not only ours.
+    freezing = gc.get_freeze_count() == 0
+    if freezing:
+        gc.freeze()
     gc.set_threshold(RELAXED_THRESHOLD, *thresholds[1:])
     try:
         yield
     finally:
         gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        if freezing:
+            gc.unfreeze()

@@ -61,3 +61,24 @@ def test_an_overlapped_run_stores_and_counts_what_a_plain_write_does(tmp_path):
     assert stored == sorted(f"m-{i}" for i in range(40))
     again, _, _ = run_file(tmp_path, events, batch_size=7)  # a re-run: every event stored already
     assert again["stored"] == 0 and again["dropped"] == {"duplicate": 41}
+
+
+def test_a_transaction_failing_half_way_leaves_nothing_and_the_retry_stores_each_event_once(tmp_path, monkeypatch):
+    """The batch's script fails after its INSERTs ran (a statement injected before COMMIT): they
+    are rolled back, and the retry one event at a time stores every event once."""
+    real = DuckDBWarehouse.commit_prepared
+    failed = []
+
+    def commit(self, prepared):
+        if not failed and prepared.script:
+            failed.append(prepared)
+            head, _, _ = prepared.script.rpartition(";\n")  # without its COMMIT
+            prepared = prepared._replace(script=f"{head};\nSELECT error('injected after the inserts');\nCOMMIT")
+        return real(self, prepared)
+    monkeypatch.setattr(DuckDBWarehouse, "commit_prepared", commit)
+    summary, stored, letters = run_file(tmp_path, [track(i) for i in range(5)], batch_size=10)
+    assert failed and summary["conservation"]["holds"], summary
+    assert summary["stored"] == 5 and letters == []
+    assert stored == [f"m-{i}" for i in range(5)]  # once each: the first INSERTs were rolled back
+    with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM _sluice_message_keys").fetchone()[0] == 5

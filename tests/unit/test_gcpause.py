@@ -102,3 +102,18 @@ def test_a_local_batch_run_is_relaxed_for_its_whole_length(tmp_path, monkeypatch
     summary = run(["--input_files", str(tmp_path / "in.jsonl"), "--warehouse", f"duckdb:///{tmp_path}/w.duckdb"])
     assert summary["stored"] == 1
     assert seen == [gcpause.RELAXED_THRESHOLD, gc.get_threshold()[0]]
+
+
+def test_relaxed_leaves_a_heap_frozen_by_someone_else_frozen():
+    """The embedded collector freezes its settled heap at start and loads with run_built again and
+    again: each load's relaxed() must not unfreeze it."""
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with gcpause.relaxed():
+            with gcpause.relaxed():  # nested: thresholds come back in order
+                assert gc.get_threshold()[0] == gcpause.RELAXED_THRESHOLD
+            assert gc.get_threshold()[0] == gcpause.RELAXED_THRESHOLD
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

@@ -45,7 +45,8 @@ COLUMNS_TABLE = "_sluice_columns"
 # a primary-key column for that join too, not probe its index). There is no index: an index
 # lives in memory, grows with the warehouse, and every checkpoint rewrites it (measured: peak
 # memory 1.6x at ten times the events with message_id primary keys). A single writer holds the
-# file (see _SharedDatabase.lock), so the lookup and the insert cannot race.
+# file, and one batch of events at a time goes from its lookup to its commit (_SharedDatabase.writing),
+# so the lookup and the insert cannot race.
 KEYS_TABLE = "_sluice_message_keys"
 _KEY = "md5_number({})"  # 128 bits of the string `<table>:<message_id>` (a table name has no ':')
 DEAD_LETTER_TABLE = planner.DEAD_LETTER_TABLE
@@ -298,6 +299,9 @@ class DuckDBWarehouse:
             self.commit_prepared(prepared)
         except Exception as exc:  # noqa: BLE001 - finish_events retries the batch one event at a time
             return self.finish_events(prepared, exc)
+        except BaseException:
+            self.finish_events(prepared)  # releases the warehouse for the next writer
+            raise
         return self.finish_events(prepared)
 
     def prepare_events(self, events: list) -> "PreparedWrite":
@@ -324,25 +328,22 @@ class DuckDBWarehouse:
         if not prepared.script:
             return
         with self._db.lock:
-            while True:  # ends: the memory budget stops growing at its ceiling
-                try:
-                    self._db.conn.execute(prepared.script)
-                    return
-                except duckdb.OutOfMemoryException:
-                    self._rollback()
-                    if not self._db.raise_memory_limit():
-                        raise
-                except BaseException:
-                    self._rollback()
-                    raise
+            try:
+                self._db.conn.execute(prepared.script)
+            except duckdb.OutOfMemoryException:
+                self._rollback()
+                self._db.raise_memory_limit()  # for the retry, one event at a time (keys looked up again)
+                raise
+            except BaseException:
+                self._rollback()
+                raise
 
     def finish_events(self, prepared: "PreparedWrite", failure: Exception = None) -> WriteResult:
         """The batch's WriteResult once commit_prepared ran; if it raised (`failure`), the batch is
         written again one event at a time, so that one bad event cannot sink the rest."""
         try:
             with self._db.lock:
-                for name in prepared.registered:
-                    self._db.conn.unregister(name)
+                self._unregister(prepared)
                 if failure is None:
                     return prepared.result
                 return self._write_one_by_one(prepared.events, prepared.rows)
@@ -352,8 +353,16 @@ class DuckDBWarehouse:
     def _rollback(self) -> None:
         try:
             self._db.conn.execute("ROLLBACK")
-        except duckdb.Error:  # the script failed before its BEGIN, or DuckDB ended the transaction itself
+        except duckdb.TransactionException:  # none open: the script failed before its BEGIN, or at COMMIT
             pass
+
+    def _unregister(self, prepared: "PreparedWrite") -> None:
+        """Release a batch's Arrow tables; a failure here cannot change what was written."""
+        for name in prepared.registered:
+            try:
+                self._db.conn.unregister(name)
+            except duckdb.Error as exc:  # a later register() of the name replaces it anyway
+                _LOG.warning("could not release %s: %s", name, exc)
 
     def _write_one_by_one(self, events, rows) -> WriteResult:
         result = WriteResult()
@@ -363,8 +372,7 @@ class DuckDBWarehouse:
                 try:
                     self.commit_prepared(prepared)
                 finally:
-                    for name in prepared.registered:
-                        self._db.conn.unregister(name)
+                    self._unregister(prepared)
                 result.merge(prepared.result)
             except Exception as exc:  # noqa: BLE001 - becomes an insert_failed dead letter
                 result.failed.append((event, f"{type(exc).__name__}: {exc}"))

@@ -1,7 +1,8 @@
 """Composite sinks: events, dead letters and forwarding's outcomes into the warehouse named by a URL.
 
-Events are grouped into bounded batches (BatchElements, so batch and streaming runs
-share the code) and each batch is written in bulk. Events the warehouse cannot take
+Events are grouped into bounded batches and each batch is written in bulk: in streaming by
+the Batches step (BatchElements or GroupIntoBatches), in a batch run by the writer itself
+(WriteEventsFn), which commits each batch beside the bundle. Events the warehouse cannot take
 come back as `insert_failed` dead letters; events already stored are counted as the
 `duplicate` policy drop, so a re-run conserves without writing twice.
 """
@@ -126,12 +127,16 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
             switching.shorten()
 
     def teardown(self):
-        if self._committer is not None:
-            self._abandon()
-            self._committer.shutdown(wait=True)
-            self._committer = None
-            switching.restore()
-        super().teardown()
+        try:
+            if self._committer is not None:
+                try:
+                    self._abandon()
+                finally:
+                    self._committer.shutdown(wait=True)
+                    self._committer = None
+                    switching.restore()
+        finally:
+            super().teardown()
 
     def start_bundle(self):
         self._abandon()
