@@ -75,6 +75,7 @@ from transforms.messages import RawMessage  # noqa: E402
 from transforms.normalize import normalize_event  # noqa: E402
 from pipeline.graph import build_graph, build_warehouse_graph  # noqa: E402
 from pipeline.sources import ReadInputFiles  # noqa: E402
+from transforms.warehouse.sink import BACKFILL_BATCH_SIZE  # noqa: E402
 from peers import expected_rows, stored_rows, table_rows  # noqa: E402 - benchmarks/peers.py
 
 
@@ -380,8 +381,12 @@ def report_peers(path: str, events: int, tmp: str, rounds: int) -> None:
 
 
 def sluice_child(path: str, database: str, result: str) -> None:
-    """One timed Sluice run for report_peers, in this process of its own."""
-    elapsed, summary_ = run_sluice(path, f"duckdb:///{database}", Config())
+    """One timed Sluice run for report_peers, in this process of its own: the command users run
+    (`python -m pipeline --input_files FILE --warehouse duckdb:///FILE`), its defaults."""
+    from pipeline.main import run
+    start = time.perf_counter()
+    summary_ = run(["--input_files", path, "--warehouse", f"duckdb:///{database}"])
+    elapsed = time.perf_counter() - start
     if not summary_["conservation"]["holds"] or summary_["stored"] != summary_["events"]:
         raise SystemExit(f"sluice did not store every event: {summary_}")
     with open(result, "w") as handle:
@@ -436,7 +441,7 @@ def main():
         print(f"ratio sluice/baseline: {sluice_rate / base_rate:.2f}  "
               f"(stored {result['stored']:,}, rows {sum(result['tables'].values()):,})")
         front = events / run_front_half(path, Config())
-        floor = events / storage_floor(f"{tmp}/bench.duckdb", f"{tmp}/floor.duckdb", -(-events // Config().batch_size))
+        floor = events / storage_floor(f"{tmp}/bench.duckdb", f"{tmp}/floor.duckdb", -(-events // BACKFILL_BATCH_SIZE))
         print("reference points:")
         print(f"  front half (read + decode + normalize, no writes): {front:10,.0f} events/s  "
               f"ratio {front / base_rate:.2f}")

@@ -25,14 +25,13 @@ from transforms.rules.engine import TransformRules
 from transforms.rules.stage import TransformSettings
 from transforms.warehouse import planner
 from transforms.warehouse.duckdb_backend import DEFAULT_MEMORY_LIMIT_MB
-from transforms.warehouse.sink import DEFAULT_BATCH_SIZE
 
 
 class Config(NamedTuple):
     decode: DecodeLimits = DecodeLimits()
     max_columns_per_table: int = planner.DEFAULT_MAX_COLUMNS
     flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: Optional[int] = None     # None: by mode, see transforms.warehouse.sink (BACKFILL_BATCH_SIZE)
     contracts: Optional[ContractSettings] = None  # contracts not loaded yet: see pipeline.contracts
     consent: Optional[ConsentSettings] = None     # None: no consent section, nothing checked
     transforms: TransformSettings = TransformSettings()
@@ -71,7 +70,7 @@ def validate(document) -> Config:
     return Config(limits,
                   warehouse.get("max_columns_per_table", planner.DEFAULT_MAX_COLUMNS),
                   warehouse.get("flatten_depth", planner.DEFAULT_FLATTEN_DEPTH),
-                  warehouse.get("batch_size", DEFAULT_BATCH_SIZE),
+                  warehouse.get("batch_size"),
                   contracts, _consent(document.get("consent"), destinations), _transforms(document.get("transforms")),
                   streaming.get("max_buffering_seconds", Config().max_buffering_seconds),
                   streaming.get("dedupe_ttl_seconds", Config().dedupe_ttl_seconds),

@@ -20,7 +20,8 @@ from transforms.destinations.stage import ForwardToDestinations, SelectDeliverie
 from transforms.normalize import NormalizeEvents
 from transforms.pubsub_publish import PublishDeadLetters
 from transforms.rules.stage import ApplyTransforms
-from transforms.warehouse.sink import WarehouseSettings, WriteDeadLetters, WriteDeliveries, WriteWarehouse
+from transforms.warehouse.sink import (BACKFILL_BATCH_SIZE, DEFAULT_BATCH_SIZE, WarehouseSettings, WriteDeadLetters,
+                                      WriteDeliveries, WriteWarehouse)
 
 
 class Graph(NamedTuple):
@@ -35,10 +36,20 @@ def warehouse_settings(url: str, config: Config, **backend) -> WarehouseSettings
     declared = None
     if config.contracts is not None:
         declared = columns.declared_types(config.contracts.contracts, config.flatten_depth, [])
-    return WarehouseSettings(url, config.max_columns_per_table, config.flatten_depth, config.batch_size, declared,
+    return WarehouseSettings(url, config.max_columns_per_table, config.flatten_depth,
+                             config.batch_size or DEFAULT_BATCH_SIZE, declared,
                              duckdb_memory_limit_mb=config.duckdb_memory_limit_mb,
                              max_new_columns=config.max_new_columns_per_batch, experiments=config.experiments,
                              **backend)
+
+
+def event_batch_size(config: Config, streaming: bool) -> int:
+    """Events per warehouse write: warehouse.batch_size, or unset, the mode's own. A batch run
+    takes BACKFILL_BATCH_SIZE (a quarter of the transactions; docs/benchmarks.md), streaming
+    DEFAULT_BATCH_SIZE (there a batch also waits for company, up to max_buffering_seconds)."""
+    if config.batch_size is not None:
+        return config.batch_size
+    return DEFAULT_BATCH_SIZE if streaming else BACKFILL_BATCH_SIZE
 
 
 def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink: beam.PTransform,
@@ -83,7 +94,8 @@ def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, war
     """The production wiring: events, dead letters and forwarding's outcomes (`_deliveries`) into
     the warehouse at `warehouse_url` (and dead letters to `dead_letter_topic` too, when given).
     backend: bigquery_endpoint, bigquery_location, bigquery_write_method."""
-    settings = warehouse_settings(warehouse_url, config, **backend)
+    settings = warehouse_settings(warehouse_url, config, **backend)._replace(
+        batch_size=event_batch_size(config, streaming))
     # Without processing-time timers (Beam's local runners) a batch cannot wait for company:
     # each bundle is written as it comes (see transforms.warehouse.sink.Batches).
     wait, per_bundle, keep_open = config.max_buffering_seconds, not (streaming and runner.timers), \

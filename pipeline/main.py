@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -21,7 +21,7 @@ from pipeline import replay, runners, sources, streaming, summary as summary_mod
 from pipeline.config import Config
 from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph, warehouse_settings
-from transforms import metrics, parking
+from transforms import gcpause, metrics, parking
 from transforms.destinations import model as destination_model
 from transforms.rules import udf
 from transforms.warehouse import duckdb_backend
@@ -187,12 +187,13 @@ def run_built(plan: RunPlan, pipeline: beam.Pipeline):
                 raise
             counters = metrics.in_process_counts()
         else:
-            result = pipeline.run()
-            if not getattr(result, "has_job", True):
-                # --template_location (the flex template launcher): the runner wrote the job for the
-                # launcher to start and submitted nothing, so there is nothing to wait for or count.
-                return None
-            result.wait_until_finish()
+            with gcpause.relaxed() if plan.runner.in_process else nullcontext():
+                result = pipeline.run()
+                if not getattr(result, "has_job", True):
+                    # --template_location (the flex template launcher): the runner wrote the job for the
+                    # launcher to start and submitted nothing, so there is nothing to wait for or count.
+                    return None
+                result.wait_until_finish()
             counters = summary_module.counters_from_result(result)
     summary = summary_module.build(counters)
     if plan.summary_path:

@@ -30,8 +30,13 @@ class FallibleFn(beam.DoFn):
         raise NotImplementedError
 
     def process(self, element):
+        return self.emit(element, self.attempt)
+
+    def emit(self, element, attempt):
+        """`attempt(element)`'s outputs, all or nothing, its failure the element's dead letters (a
+        stage that finishes an element later, on a thread of its own, passes what collects it)."""
         try:
-            outputs = list(self.attempt(element))
+            outputs = list(attempt(element))
         except Exception as exc:  # noqa: BLE001 - unanticipated: a dead letter, never a failed bundle
             outputs = self.internal_errors(element, exc)
         for output in outputs:

@@ -53,7 +53,7 @@ def faults(monkeypatch):
     wrap(consent, "route", "consent", lambda body, _: body.get("messageId") == "boom-consent")
     wrap(ApplyTransformsFn, "_transform", "transform", lambda self, event: event.body["messageId"] == "boom-transform")
     wrap(Reader, "read", "experiments", lambda self, body: body["messageId"] == "boom-experiments")
-    wrap(DuckDBWarehouse, "write_events", "warehouse",
+    wrap(DuckDBWarehouse, "prepare_events", "warehouse",  # write_events calls it too
          lambda self, batch: any(e.body["messageId"] == "boom-warehouse" for e in batch))
     real_attempt = WebhookSender.attempt
 

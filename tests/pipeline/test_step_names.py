@@ -10,6 +10,7 @@ from pipeline.config import validate
 from pipeline.errors import UsageError
 from pipeline.graph import build_warehouse_graph
 from pipeline.sources import ReadInputFiles, ReadPubSubMessages
+from transforms.warehouse.sink import BACKFILL_BATCH_SIZE, DEFAULT_BATCH_SIZE
 
 STEPS = ["Read", "Decode", "Normalize", "Dedupe", "Contracts", "Consent", "Transform", "Exposures", "Warehouse",
          "Forwardable", "Forward", "CollectDeadLetters", "DeadLetters", "Deliveries"]
@@ -91,3 +92,18 @@ def test_runner_mistakes_are_usage_errors(args, expected):
     with pytest.raises(UsageError) as caught:
         runners.resolve(PipelineOptions(list(args)))
     assert str(caught.value).startswith(expected)
+
+
+def warehouse_batch_sizes(p) -> set:
+    """The batch sizes of the graph's event writer (WriteWarehouse's settings)."""
+    [warehouse] = [t for t in p.transforms_stack[0].parts if t.full_label == "Warehouse"]
+    return {warehouse.transform._settings.batch_size}
+
+
+def test_an_unset_batch_size_is_the_modes_own_and_a_set_one_wins_everywhere():
+    assert warehouse_batch_sizes(graph(validate({}), ())) == {BACKFILL_BATCH_SIZE}  # a backfill: fewer commits
+    assert warehouse_batch_sizes(graph(validate({}))) == {DEFAULT_BATCH_SIZE}      # streaming
+    assert warehouse_batch_sizes(graph(validate({}), ("--streaming",))) == {DEFAULT_BATCH_SIZE}
+    chosen = validate({"warehouse": {"batch_size": 700}})
+    assert warehouse_batch_sizes(graph(chosen, ())) == warehouse_batch_sizes(graph(chosen)) == {700}
+    assert BACKFILL_BATCH_SIZE > DEFAULT_BATCH_SIZE

@@ -63,15 +63,15 @@ def test_one_batch_adds_at_most_the_bound_and_the_next_batch_adds_the_rest(tmp_p
 def test_columns_committed_for_a_batch_whose_rows_then_failed_stay_consistent(tmp_path, monkeypatch):
     """The schema change is committed before the rows: if the rows' transaction fails, the new
     columns stay, registered, empty, and the next write (here the one-by-one retry) uses them."""
-    real = DuckDBWarehouse._insert
+    real = DuckDBWarehouse.commit_prepared
     failures = []
 
-    def insert_failing_once(self, table, schema, plan, loaded_at):
+    def commit_failing_once(self, prepared):
         if not failures:
-            failures.append(table)
+            failures.append(prepared)
             raise RuntimeError("the disk is full")  # a fault DuckDB cannot be made to produce here
-        return real(self, table, schema, plan, loaded_at)
-    monkeypatch.setattr(DuckDBWarehouse, "_insert", insert_failing_once)
+        return real(self, prepared)
+    monkeypatch.setattr(DuckDBWarehouse, "commit_prepared", commit_failing_once)
     warehouse = DuckDBWarehouse(str(tmp_path / "w.duckdb")).open()
     try:
         result = warehouse.write_events([track("a", {"new_one": 1}), track("b", {"new_two": "x"})])

@@ -21,6 +21,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -44,7 +45,8 @@ COLUMNS_TABLE = "_sluice_columns"
 # a primary-key column for that join too, not probe its index). There is no index: an index
 # lives in memory, grows with the warehouse, and every checkpoint rewrites it (measured: peak
 # memory 1.6x at ten times the events with message_id primary keys). A single writer holds the
-# file (see _SharedDatabase.lock), so the lookup and the insert cannot race.
+# file, and one batch of events at a time goes from its lookup to its commit (_SharedDatabase.writing),
+# so the lookup and the insert cannot race.
 KEYS_TABLE = "_sluice_message_keys"
 _KEY = "md5_number({})"  # 128 bits of the string `<table>:<message_id>` (a table name has no ':')
 DEAD_LETTER_TABLE = planner.DEAD_LETTER_TABLE
@@ -122,6 +124,9 @@ class _SharedDatabase:
         self.memory_limit_mb = memory_limit_mb
         self.conn = connect(path, read_only=read_only, config={"memory_limit": f"{memory_limit_mb}MB"})
         self.lock = threading.RLock()
+        # Held from a batch's prepare_events to its finish_events (which may run on another thread, so a
+        # plain Lock): one batch of events at a time between its key lookup and its commit.
+        self.writing = threading.Lock()
         self.refs = 0
         self.schemas = None  # table name -> TableSchema, loaded on first use
 
@@ -204,6 +209,15 @@ def _time_or_none(value):
     return converted if isinstance(converted, str) else None
 
 
+class PreparedWrite(NamedTuple):
+    """A batch ready to write (DuckDBWarehouse.prepare_events)."""
+    events: list
+    rows: list                    # each event's TableRows, for a retry one event at a time
+    result: WriteResult           # what the batch comes to once written
+    script: str = ""              # one transaction writing every table and the new keys; "": nothing to write
+    registered: tuple = ()        # the Arrow tables the script reads, released by finish_events
+
+
 class DuckDBWarehouse:
     def __init__(self, path: str, max_columns: int = planner.DEFAULT_MAX_COLUMNS,
                  flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH, declared_types=None,
@@ -280,33 +294,101 @@ class DuckDBWarehouse:
 
     # -- events ------------------------------------------------------------------------
     def write_events(self, events: list) -> WriteResult:
+        prepared = self.prepare_events(events)
+        try:
+            self.commit_prepared(prepared)
+        except Exception as exc:  # noqa: BLE001 - finish_events retries the batch one event at a time
+            return self.finish_events(prepared, exc)
+        except BaseException:
+            self.finish_events(prepared)  # releases the warehouse for the next writer
+            raise
+        return self.finish_events(prepared)
+
+    def prepare_events(self, events: list) -> "PreparedWrite":
+        """A batch's Python work: its keys looked up, rows planned, schema changes committed and
+        each table's rows registered as an Arrow table, with one SQL script that writes them all
+        in one transaction. commit_prepared runs the script, one call in which DuckDB holds no
+        GIL (apart from opening each Arrow scan), so a caller may run it on a thread of its own
+        while it makes the next batch; finish_events then releases the tables. Other writers of
+        events wait from prepare_events to finish_events, which every prepare_events must reach."""
         rows = [layout.event_rows(e, self.flatten_depth, self._exposures) for e in events]
+        self._db.writing.acquire()  # released by finish_events, maybe on another thread
+        try:
+            with self._db.lock:
+                try:
+                    return self._prepare_with_replan(events, rows)
+                except Exception:  # noqa: BLE001 - not swallowed: each event is retried alone and
+                    return PreparedWrite(events, rows, self._write_one_by_one(events, rows))  # carries its error
+        except BaseException:
+            self._db.writing.release()
+            raise
+
+    def commit_prepared(self, prepared: "PreparedWrite") -> None:
+        """Write a prepared batch: one transaction, rolled back if it fails (then raised)."""
+        if not prepared.script:
+            return
         with self._db.lock:
             try:
-                return self._write_with_replan(events, rows)
-            except Exception:  # noqa: BLE001 - not swallowed: each event is retried alone and
-                return self._write_one_by_one(events, rows)  # carries its own error if it fails
+                self._db.conn.execute(prepared.script)
+            except duckdb.OutOfMemoryException:
+                self._rollback()
+                self._db.raise_memory_limit()  # for the retry, one event at a time (keys looked up again)
+                raise
+            except BaseException:
+                self._rollback()
+                raise
+
+    def finish_events(self, prepared: "PreparedWrite", failure: Exception = None) -> WriteResult:
+        """The batch's WriteResult once commit_prepared ran; if it raised (`failure`), the batch is
+        written again one event at a time, so that one bad event cannot sink the rest."""
+        try:
+            with self._db.lock:
+                self._unregister(prepared)
+                if failure is None:
+                    return prepared.result
+                return self._write_one_by_one(prepared.events, prepared.rows)
+        finally:
+            self._db.writing.release()
+
+    def _rollback(self) -> None:
+        try:
+            self._db.conn.execute("ROLLBACK")
+        except duckdb.TransactionException:  # none open: the script failed before its BEGIN, or at COMMIT
+            pass
+
+    def _unregister(self, prepared: "PreparedWrite") -> None:
+        """Release a batch's Arrow tables; a failure here cannot change what was written."""
+        for name in prepared.registered:
+            try:
+                self._db.conn.unregister(name)
+            except duckdb.Error as exc:  # a later register() of the name replaces it anyway
+                _LOG.warning("could not release %s: %s", name, exc)
 
     def _write_one_by_one(self, events, rows) -> WriteResult:
         result = WriteResult()
         for event, event_rows in zip(events, rows):
             try:
-                result.merge(self._write_with_replan([event], [event_rows]))
+                prepared = self._prepare_with_replan([event], [event_rows])
+                try:
+                    self.commit_prepared(prepared)
+                finally:
+                    self._unregister(prepared)
+                result.merge(prepared.result)
             except Exception as exc:  # noqa: BLE001 - becomes an insert_failed dead letter
                 result.failed.append((event, f"{type(exc).__name__}: {exc}"))
         return result
 
-    def _write_with_replan(self, events, rows):
+    def _prepare_with_replan(self, events, rows) -> "PreparedWrite":
         while True:  # ends: each _Replan adds a column to no_widen, which is never widened again,
             try:     # and the memory budget stops growing at its ceiling
-                return self._write_batch(events, rows)
+                return self._prepare(events, rows)
             except _Replan:
                 continue
             except duckdb.OutOfMemoryException:
                 if not self._db.raise_memory_limit():
                     raise
 
-    def _write_batch(self, events, rows) -> WriteResult:
+    def _prepare(self, events, rows) -> "PreparedWrite":
         conn = self._db.conn
         result = WriteResult()
         kept, keys = self._split_duplicates(events, rows, result)
@@ -321,24 +403,29 @@ class DuckDBWarehouse:
             plans[table] = schema, planner.plan_rows(schema, table_rows, self.max_columns, self.max_new_columns)
         for table, (schema, plan) in plans.items():
             self._evolve(table, schema, plan)
-        loaded_at = datetime.now(timezone.utc)
-        conn.execute("BEGIN TRANSACTION")
+        if not keys:
+            return PreparedWrite(events, rows, result)
+        loaded_at = f"TIMESTAMPTZ '{datetime.now(timezone.utc).isoformat()}'"
+        registered, script = [], ["BEGIN TRANSACTION"]
         try:
-            if keys:
-                with _registered(conn, "_sluice_new_keys", pa.table({"k": pa.array(keys, pa.string())})):
-                    conn.execute(f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM _sluice_new_keys")
-            for table, (schema, plan) in plans.items():
-                written = self._insert(table, schema, plan, loaded_at)
+            registered.append("_sluice_new_keys")
+            conn.register("_sluice_new_keys", pa.table({"k": pa.array(keys, pa.string())}))
+            script.append(f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM _sluice_new_keys")
+            for number, (table, (schema, plan)) in enumerate(plans.items()):
+                name = f"_sluice_batch_{number}"
+                registered.append(name)
+                script.append(self._insert(conn, name, table, schema, plan, loaded_at))
                 # users: one row a user, the newest traits (the upsert); rows.users counts the identifies
                 # merged into it, so that it does not depend on how the run cut its batches
-                result.rows[table] += users if table == "users" else written
+                result.rows[table] += users if table == "users" else plan.rows
                 result.type_conflicts[table] += plan.type_conflicts
                 result.capped[table] += plan.capped
-            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            for name in registered:
+                conn.unregister(name)
             raise
-        return result
+        script.append("COMMIT")
+        return PreparedWrite(events, rows, result, ";\n".join(script), tuple(registered))
 
     def _split_duplicates(self, events, rows, result) -> tuple:
         """(the rows of events whose primary row is new, their keys); the rest are duplicates
@@ -430,34 +517,28 @@ class DuckDBWarehouse:
             registered[name].append(planner.Column(column, kind, source))
         return {t: planner.TableSchema(t, columns) for t, columns in registered.items()}
 
-    def _insert(self, table, schema, plan, loaded_at) -> int:
-        """One bulk insert of the planned columns (columns without a value are left out)."""
-        arrays = {name: pa.array(values, ARROW_TYPES[schema.columns[name].type])
-                  for name, values in plan.columns.items()}
-        conn = self._db.conn
+    @staticmethod
+    def _insert(conn, name, table, schema, plan, loaded_at: str) -> str:
+        """The planned columns registered as `name`, one Arrow table (columns without a value left
+        out), and the statement that inserts them."""
+        arrays = {column: pa.array(values, ARROW_TYPES[schema.columns[column].type])
+                  for column, values in plan.columns.items()}
+        conn.register(name, pa.table(arrays))
         # Times and JSON travel as strings; cast them here so every expression sees column types.
         casts = ", ".join(f"CAST({quote(n)} AS {SQL_TYPES[schema.columns[n].type]}) AS {quote(n)}"
                           for n in arrays if schema.columns[n].type in (planner.TIMESTAMP, planner.JSON))
-        select = (f"SELECT * {f'REPLACE ({casts})' if casts else ''}, $loaded_at::TIMESTAMPTZ AS loaded_at "
-                  "FROM _sluice_batch")
-        with _registered(conn, "_sluice_batch", pa.table(arrays)):
-            if table == "users":
-                return self._upsert_users(list(arrays), select, loaded_at)
-            return conn.execute(f"INSERT INTO {quote(table)} BY NAME {select}",
-                                {"loaded_at": loaded_at}).fetchone()[0]
-
-    def _upsert_users(self, names, select, loaded_at) -> int:
-        """Newer identifies win column by column; older ones only fill columns still empty."""
+        select = f"SELECT * {f'REPLACE ({casts})' if casts else ''}, {loaded_at} AS loaded_at FROM {name}"
+        if table != "users":
+            return f"INSERT INTO {quote(table)} BY NAME {select}"
+        # Newer identifies win column by column; older ones only fill columns still empty.
         sets = ["timestamp = GREATEST(EXCLUDED.timestamp, users.timestamp)", "loaded_at = EXCLUDED.loaded_at"]
-        for name in names:
-            if name in ("id", "timestamp", "loaded_at"):
+        for column in arrays:
+            if column in ("id", "timestamp", "loaded_at"):
                 continue
-            col = quote(name)
+            col = quote(column)
             sets.append(f"{col} = CASE WHEN EXCLUDED.timestamp >= users.timestamp "
                         f"THEN COALESCE(EXCLUDED.{col}, users.{col}) ELSE COALESCE(users.{col}, EXCLUDED.{col}) END")
-        return self._db.conn.execute(f"INSERT INTO users BY NAME {select} "
-                                     f"ON CONFLICT (id) DO UPDATE SET {', '.join(sets)}",
-                                     {"loaded_at": loaded_at}).fetchone()[0]
+        return f"INSERT INTO users BY NAME {select} ON CONFLICT (id) DO UPDATE SET {', '.join(sets)}"
 
     # -- dead letters ------------------------------------------------------------------
     def ensure_dead_letters(self) -> None:

@@ -1,23 +1,31 @@
 """Composite sinks: events, dead letters and forwarding's outcomes into the warehouse named by a URL.
 
-Events are grouped into bounded batches (BatchElements, so batch and streaming runs
-share the code) and each batch is written in bulk. Events the warehouse cannot take
+Events are grouped into bounded batches and each batch is written in bulk: in streaming by
+the Batches step (BatchElements or GroupIntoBatches), in a batch run by the writer itself
+(WriteEventsFn), which commits each batch beside the bundle. Events the warehouse cannot take
 come back as `insert_failed` dead letters; events already stored are counted as the
 `duplicate` policy drop, so a re-run conserves without writing twice.
 """
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.transforms.window import GlobalWindows
 
-from transforms import gcpause, metrics, parking
+from transforms import gcpause, metrics, parking, switching
 from transforms.experiments.settings import ExperimentSettings
 from transforms.fallible import FallibleFn, apply_fallible
 from transforms.messages import EventCoder, JsonCoder, Rejection
 from transforms.warehouse import planner, split_url
 
 DEFAULT_BATCH_SIZE = 5000
+# A batch run's default (warehouse.batch_size unset): a quarter of the commits, and each batch's
+# fixed costs (a transaction, a statement per table) spread over more events; memory is still
+# bounded by the batch, not the input (docs/benchmarks.md has the measurements).
+BACKFILL_BATCH_SIZE = 20000
 
 
 class WarehouseSettings(NamedTuple):
@@ -90,11 +98,113 @@ class WarehouseFn(beam.DoFn):
 
 
 class WriteEventsFn(WarehouseFn, FallibleFn):
+    """Writes batches of Events; the events the warehouse refused come back as dead letters.
+
+    Streaming: each element is a batch (Batches made it). A batch run (`batch_run`): elements
+    are Events, gathered here into batches of `batch_size` within the bundle. Beam samples each
+    PCollection's elements to estimate their sizes, and a sampled batch was pickled whole, every
+    event of it (5% of a run: most batches of a run are among the first sampled). Where the
+    backend prepares a batch apart from committing it (DuckDB), each batch is prepared (planned,
+    its Arrow tables made) on the bundle's thread and committed on a thread of the DoFn's own,
+    one call in which DuckDB holds the GIL only to open its Arrow scans, while the bundle's
+    thread goes on reading, decoding and normalizing the next batch. One batch at most is in
+    flight: the next is prepared once the last is committed, and finish_bundle waits for the
+    last, so a bundle ends with all its events written or dead-lettered, as it does in
+    streaming. Counters and dead letters are emitted on the bundle's thread (Beam's metrics are
+    per thread)."""
     STAGE = "warehouse"
+
+    def __init__(self, settings: WarehouseSettings, keep_open: bool = False, batch_run: bool = False):
+        super().__init__(settings, keep_open)
+        self._batch_run = batch_run
+        self._committer = self._in_flight = None  # in flight: (batch, its PreparedWrite, the commit's Future)
+        self._buffer = []
+
+    def setup(self):
+        super().setup()
+        if self._batch_run and hasattr(self._backend, "commit_prepared"):
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="sluice-commit")
+            switching.shorten()
+
+    def teardown(self):
+        try:
+            if self._committer is not None:
+                try:
+                    self._abandon()
+                finally:
+                    self._committer.shutdown(wait=True)
+                    self._committer = None
+                    switching.restore()
+        finally:
+            super().teardown()
+
+    def start_bundle(self):
+        self._abandon()
+        self._buffer = []
+
+    def _abandon(self):
+        """A batch left in flight by a bundle that failed: its commit awaited and the warehouse
+        released (the retried bundle writes its events again; stored ones are duplicates then)."""
+        if self._in_flight is not None:
+            _, prepared, committed = self._in_flight
+            self._in_flight = None
+            committed.exception()
+            self._backend.finish_events(prepared)
+
+    def process(self, element):
+        if not self._batch_run:
+            yield from self.emit(element, self.attempt)  # a batch
+            return
+        self._buffer.append(element)
+        if len(self._buffer) >= self._settings.batch_size:
+            batch, self._buffer = self._buffer, []
+            yield from self._write(batch)
+
+    def finish_bundle(self):
+        outputs = []
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            outputs.extend(self._write(batch))
+        if self._in_flight is not None:
+            outputs.extend(self._settle())
+        for output in outputs:  # dead letters only (the main output carries nothing)
+            yield pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+
+    def _write(self, batch):
+        if self._committer is None:
+            yield from self.emit(batch, self.attempt)
+            return
+        if self._in_flight is not None:
+            yield from self._settle()
+        try:
+            with gcpause.paused():
+                prepared = self._backend.prepare_events(batch)
+        except Exception as exc:  # noqa: BLE001 - the batch's dead letters, as FallibleFn makes them
+            yield from self.emit(batch, lambda _: _raise(exc))
+            return
+        committed = Future()
+        try:
+            committed = self._committer.submit(self._backend.commit_prepared, prepared)
+        except Exception as exc:  # noqa: BLE001 - settled like a failed commit: written one event at a time
+            committed.set_exception(exc)
+        self._in_flight = batch, prepared, committed
+
+    def _settle(self):
+        """The in-flight batch's outputs once committed (all or nothing, as FallibleFn's)."""
+        batch, prepared, committed = self._in_flight
+        self._in_flight = None
+
+        def finished(_):
+            with gcpause.paused():
+                return self._account(self._backend.finish_events(prepared, committed.exception()))
+        return self.emit(batch, finished)
 
     def attempt(self, batch):
         with gcpause.paused():
-            result = self._backend.write_events(batch)
+            return self._account(self._backend.write_events(batch))
+
+    def _account(self, result) -> list:
+        """Count a batch's WriteResult; its refused events become `insert_failed` dead letters."""
         refused = [self.dead_letter(Rejection("insert_failed", f"the warehouse refused the event: {error}"),
                                     event, event.body.get("messageId"))
                    for event, error in result.failed]
@@ -115,6 +225,10 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
 
     def failed_inputs(self, batch) -> list:
         return list(batch)
+
+
+def _raise(exc):
+    raise exc
 
 
 class WriteDeadLettersFn(WarehouseFn):
@@ -205,16 +319,19 @@ class WriteWarehouse(beam.PTransform):
     """Normalized Events -> warehouse tables; returns the `insert_failed` dead letters."""
 
     def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0,
-                 per_bundle: bool = None, keep_open: bool = False):
+                 per_bundle: bool = None, keep_open: bool = False, batch_run: bool = None):
         super().__init__()
         self._settings, self._streaming, self._max_wait, self._per_bundle = settings, streaming, max_wait, per_bundle
         self._keep_open = keep_open  # local streaming: see transforms.parking
+        # a batch run batches in the writer and commits on a thread of its own (see WriteEventsFn)
+        self._batch_run = not streaming if batch_run is None else batch_run
 
     def expand(self, events):
-        batches = events | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait,
-                                               per_bundle=self._per_bundle, coder=EventCoder())
-        return apply_fallible(batches, WriteEventsFn(self._settings, self._keep_open), main="written",
-                              label="Write").dead_letters
+        if not self._batch_run:
+            events = events | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait,
+                                                  per_bundle=self._per_bundle, coder=EventCoder())
+        return apply_fallible(events, WriteEventsFn(self._settings, self._keep_open, self._batch_run),
+                              main="written", label="Write").dead_letters
 
 
 class _WriteRecords(beam.PTransform):
