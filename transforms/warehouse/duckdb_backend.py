@@ -343,7 +343,7 @@ class DuckDBWarehouse:
         written again one event at a time, so that one bad event cannot sink the rest."""
         try:
             with self._db.lock:
-                self._unregister(prepared)
+                self._unregister(prepared.registered)
                 if failure is None:
                     return prepared.result
                 return self._write_one_by_one(prepared.events, prepared.rows)
@@ -356,9 +356,9 @@ class DuckDBWarehouse:
         except duckdb.TransactionException:  # none open: the script failed before its BEGIN, or at COMMIT
             pass
 
-    def _unregister(self, prepared: "PreparedWrite") -> None:
+    def _unregister(self, names) -> None:
         """Release a batch's Arrow tables; a failure here cannot change what was written."""
-        for name in prepared.registered:
+        for name in names:
             try:
                 self._db.conn.unregister(name)
             except duckdb.Error as exc:  # a later register() of the name replaces it anyway
@@ -372,7 +372,7 @@ class DuckDBWarehouse:
                 try:
                     self.commit_prepared(prepared)
                 finally:
-                    self._unregister(prepared)
+                    self._unregister(prepared.registered)
                 result.merge(prepared.result)
             except Exception as exc:  # noqa: BLE001 - becomes an insert_failed dead letter
                 result.failed.append((event, f"{type(exc).__name__}: {exc}"))
@@ -421,8 +421,7 @@ class DuckDBWarehouse:
                 result.type_conflicts[table] += plan.type_conflicts
                 result.capped[table] += plan.capped
         except BaseException:
-            for name in registered:
-                conn.unregister(name)
+            self._unregister(registered)
             raise
         script.append("COMMIT")
         return PreparedWrite(events, rows, result, ";\n".join(script), tuple(registered))

@@ -153,7 +153,7 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
 
     def process(self, element):
         if not self._batch_run:
-            yield from self.emit(element, self.attempt)  # a batch
+            yield from super().process(element)  # a batch
             return
         self._buffer.append(element)
         if len(self._buffer) >= self._settings.batch_size:
@@ -319,18 +319,17 @@ class WriteWarehouse(beam.PTransform):
     """Normalized Events -> warehouse tables; returns the `insert_failed` dead letters."""
 
     def __init__(self, settings: WarehouseSettings, streaming: bool = False, max_wait: float = 5.0,
-                 per_bundle: bool = None, keep_open: bool = False, batch_run: bool = None):
+                 per_bundle: bool = None, keep_open: bool = False):
         super().__init__()
         self._settings, self._streaming, self._max_wait, self._per_bundle = settings, streaming, max_wait, per_bundle
         self._keep_open = keep_open  # local streaming: see transforms.parking
-        # a batch run batches in the writer and commits on a thread of its own (see WriteEventsFn)
-        self._batch_run = not streaming if batch_run is None else batch_run
 
     def expand(self, events):
-        if not self._batch_run:
+        # A batch run batches in the writer and commits on a thread of its own (see WriteEventsFn).
+        if self._streaming:
             events = events | "Batch" >> Batches(self._settings.batch_size, self._streaming, self._max_wait,
                                                   per_bundle=self._per_bundle, coder=EventCoder())
-        return apply_fallible(events, WriteEventsFn(self._settings, self._keep_open, self._batch_run),
+        return apply_fallible(events, WriteEventsFn(self._settings, self._keep_open, batch_run=not self._streaming),
                               main="written", label="Write").dead_letters
 
 
