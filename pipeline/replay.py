@@ -169,11 +169,16 @@ class ReadDeadLetterFilesFn(_WarehouseReaderFn):
 
     def process(self, readable_file):
         with readable_file.open() as handle:
-            records = [r for r in read_records(handle, readable_file.metadata.path) if self._selection.keeps(r)]
-        done = self._backend.replayed([r["dead_letter_id"] for r in records])
+            records = unreplayed(self._backend, self._selection, read_records(handle, readable_file.metadata.path))
         for record in records:
-            if record["dead_letter_id"] not in done:
-                yield to_raw_message(record, self._run)
+            yield to_raw_message(record, self._run)
+
+
+def unreplayed(backend, selection: Selection, records) -> list:
+    """The records (of a dead-letter file) the selection keeps and the warehouse has not replayed."""
+    kept = [r for r in records if selection.keeps(r)]
+    done = backend.replayed([r["dead_letter_id"] for r in kept])
+    return [r for r in kept if r["dead_letter_id"] not in done]
 
 
 class ReadDeadLetters(beam.PTransform):
@@ -217,8 +222,7 @@ def selected(settings, selection: Selection, files: str = None, read_only: bool 
         for match in FileSystems.match([files])[0].metadata_list:
             with FileSystems.open(match.path) as handle:
                 records += [r for r in read_records(handle, match.path) if selection.keeps(r)]
-        done = backend.replayed([r["dead_letter_id"] for r in records])
-        return [r for r in records if r["dead_letter_id"] not in done]
+        return unreplayed(backend, selection, records)
     finally:
         backend.close()
 

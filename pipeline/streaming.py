@@ -97,7 +97,6 @@ def _watch(result) -> list:
     return failure
 
 
-
 def _cancel(result, wait: float) -> None:
     """Cancel the runner without waiting on its Pub/Sub pull: cancel() stops new bundles at
     once but then joins a worker that may sit in a pull for 20-30 s. A bundle still running
