@@ -76,25 +76,26 @@ $(CHROMIUM):
 
 chromium: $(CHROMIUM)
 
+# A pinned environment of its own, made afresh when its list changes:
+# $(call pinned_env,PYTHON,DIRECTORY,REQUIREMENTS); its stamp is DIRECTORY/.installed.
+define pinned_env
+	rm -rf $(2)
+	$(1) -m venv $(2)
+	$(2)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r $(3)
+	@touch $(2)/.installed
+endef
+
 # The integration tests' emulators, installed from pinned lists into their own environments;
 # the tests start and stop them on 127.0.0.1 (tests/integration/emulators.py).
 $(BQ_STAMP): emulators/bigquery-requirements.txt
 	@test -n "$(PYTHON313)" || { echo "make: the BigQuery emulator needs Python 3.13 (pyenv install 3.13)" >&2; exit 1; }
-	rm -rf $(BQ_EMULATOR)
-	$(PYTHON313) -m venv $(BQ_EMULATOR)
-	$(BQ_EMULATOR)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
-		-r emulators/bigquery-requirements.txt
-	@touch $(BQ_STAMP)
+	$(call pinned_env,$(PYTHON313),$(BQ_EMULATOR),emulators/bigquery-requirements.txt)
 
 # gbstats 0.8.0 needs numpy<2 and pandas<2, so it can't share .venv: tests/experiments/gbstats_reference.py
 # runs it in this environment by subprocess (make test-fast skips those tests when it is missing).
 $(GBSTATS_STAMP): emulators/gbstats-requirements.txt
 	@test -n "$(PYTHON311)" || { echo "make: gbstats needs Python 3.11 (pyenv install 3.11)" >&2; exit 1; }
-	rm -rf $(GBSTATS)
-	$(PYTHON311) -m venv $(GBSTATS)
-	$(GBSTATS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
-		-r emulators/gbstats-requirements.txt
-	@touch $(GBSTATS_STAMP)
+	$(call pinned_env,$(PYTHON311),$(GBSTATS),emulators/gbstats-requirements.txt)
 
 gbstats: $(GBSTATS_STAMP)
 
@@ -144,11 +145,7 @@ template: $(STAMP)
 # dlt, the peer benchmarks/throughput.py runs beside Sluice, in an environment of its own from a pinned
 # list (never a dependency of Sluice). When it cannot be installed, the benchmark says so and skips dlt.
 $(DLT_STAMP): benchmarks/dlt-requirements.txt
-	rm -rf $(DLT_ENV)
-	$(PYTHON) -m venv $(DLT_ENV)
-	$(DLT_ENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
-		-r benchmarks/dlt-requirements.txt
-	@touch $(DLT_STAMP)
+	$(call pinned_env,$(PYTHON),$(DLT_ENV),benchmarks/dlt-requirements.txt)
 
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory $(DLT_STAMP) || echo "make bench: dlt could not be installed in $(DLT_ENV)" >&2
