@@ -42,6 +42,7 @@ class Config(NamedTuple):
     max_new_columns_per_batch: int = planner.DEFAULT_MAX_NEW_COLUMNS
     collector: CollectorSettings = CollectorSettings()  # write keys may be unread: see resolve_collector
     experiments: ExperimentSettings = ExperimentSettings()  # checked against the contracts by pipeline.contracts
+    duckdb_shred_in_bulk: bool = True    # the embedded warehouse extracts known columns itself (shred.py)
 
 
 def validate(document) -> Config:
@@ -76,7 +77,8 @@ def validate(document) -> Config:
                   streaming.get("dedupe_ttl_seconds", Config().dedupe_ttl_seconds),
                   destinations, warehouse.get("duckdb_memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB),
                   warehouse.get("max_new_columns_per_batch", planner.DEFAULT_MAX_NEW_COLUMNS),
-                  collector=collector_section(document), experiments=_experiments(document.get("experiments")))
+                  collector=collector_section(document), experiments=_experiments(document.get("experiments")),
+                  duckdb_shred_in_bulk=warehouse.get("duckdb_shred_in_bulk", True))
 
 
 def _decode_holds_collector(document: dict, limits: DecodeLimits) -> None:

@@ -39,6 +39,7 @@ def warehouse_settings(url: str, config: Config, **backend) -> WarehouseSettings
     return WarehouseSettings(url, config.max_columns_per_table, config.flatten_depth,
                              config.batch_size or DEFAULT_BATCH_SIZE, declared,
                              duckdb_memory_limit_mb=config.duckdb_memory_limit_mb,
+                             duckdb_shred_in_bulk=config.duckdb_shred_in_bulk,
                              max_new_columns=config.max_new_columns_per_batch, experiments=config.experiments,
                              **backend)
 

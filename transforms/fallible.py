@@ -32,9 +32,10 @@ class FallibleFn(beam.DoFn):
     def process(self, element):
         return self.emit(element, self.attempt)
 
-    def emit(self, element, attempt):
+    def emit(self, element, attempt) -> list:
         """`attempt(element)`'s outputs, all or nothing, its failure the element's dead letters (a
-        stage that finishes an element later, on a thread of its own, passes what collects it)."""
+        stage that finishes an element later, on a thread of its own, passes what collects it).
+        A list, not a generator: every element of every stage comes through here."""
         try:
             outputs = list(attempt(element))
         except Exception as exc:  # noqa: BLE001 - unanticipated: a dead letter, never a failed bundle
@@ -42,7 +43,7 @@ class FallibleFn(beam.DoFn):
         for output in outputs:
             if type(output) is pvalue.TaggedOutput and output.tag == DEAD_LETTERS:
                 metrics.dead_lettered(self.STAGE, output.value["error_type"])
-            yield output
+        return outputs
 
     def dead_letter(self, rejection, event, message_id=None, destination=None) -> pvalue.TaggedOutput:
         """An anticipated failure of `event` (an Event) as this stage's dead letter."""

@@ -19,7 +19,7 @@ _TABLES = {COMMON: ("*",), "identify": ("identifies", "users"), "group": ("group
 
 def section_of(contract: Contract):
     """The part of the event flattened without its prefix in the contract's own table."""
-    return None if contract.name == COMMON else layout._SECTION["track" if contract.table else contract.name]
+    return None if contract.name == COMMON else layout.SECTION["track" if contract.table else contract.name]
 
 
 def tables_of(contract: Contract) -> tuple:

@@ -11,7 +11,9 @@ version of the table per ALTER until the transaction ends: 2,000 in one took 1.2
 rows of every table and the keys of the stored events go in one transaction, each table's rows
 as one Arrow table. If that fails, the batch is retried one event at a time so one bad event
 cannot sink the rest. A schema change that outlives a failed batch is harmless: a column
-nothing has filled yet.
+nothing has filled yet. Events whose fields all have columns skip the planning: DuckDB extracts
+their columns from their JSON in the same transaction, and the rest of their groups are planned
+after it, in a second one (transforms.warehouse.shred, Shredding).
 """
 import logging
 import os
@@ -21,14 +23,15 @@ from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from transforms.experiments.extract import Reader
 from transforms.timeutil import format_time
-from transforms.warehouse import layout, planner, replays
+from transforms.warehouse import layout, planner, replays, shred
 from transforms.warehouse.result import WriteResult
 
 _LOG = logging.getLogger(__name__)
@@ -209,21 +212,38 @@ def _time_or_none(value):
     return converted if isinstance(converted, str) else None
 
 
+class Shredding:
+    """A batch's events left to the bulk path (transforms.warehouse.shred), registered as `source`;
+    commit_prepared writes the groups of them whose fields all have columns, and leaves the
+    others' indices in `left` for finish_events to plan in Python."""
+
+    def __init__(self, source: str, candidates: list, loaded_at: str):
+        self.source = source
+        self.candidates = candidates  # (index in the batch, shred.Shreddable)
+        self.loaded_at = loaded_at
+        self.left = []
+
+
 class PreparedWrite(NamedTuple):
     """A batch ready to write (DuckDBWarehouse.prepare_events)."""
     events: list
-    rows: list                    # each event's TableRows, for a retry one event at a time
+    rows: list                    # each event's TableRows (None: left to the bulk path), for retries
     result: WriteResult           # what the batch comes to once written
-    script: str = ""              # one transaction writing every table and the new keys; "": nothing to write
+    script: tuple = ()            # statements of one transaction: the planned tables and their events' keys
     registered: tuple = ()        # the Arrow tables the script reads, released by finish_events
+    shredding: Optional[Shredding] = None
 
 
 class DuckDBWarehouse:
     def __init__(self, path: str, max_columns: int = planner.DEFAULT_MAX_COLUMNS,
                  flatten_depth: int = planner.DEFAULT_FLATTEN_DEPTH, declared_types=None,
                  memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB,
-                 max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS, experiments=None):
+                 max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS, experiments=None,
+                 shred_in_bulk: bool = True):
         self.path = str(Path(path).resolve())
+        # shred_in_bulk: let DuckDB extract the columns of events whose fields all have columns
+        # (transforms.warehouse.shred); False plans every value in Python (the reference it is tested against)
+        self.shred_in_bulk = shred_in_bulk
         self.max_new_columns = max_new_columns
         self.memory_limit_mb = memory_limit_mb
         self.max_columns = max_columns
@@ -300,36 +320,45 @@ class DuckDBWarehouse:
         except Exception as exc:  # noqa: BLE001 - finish_events retries the batch one event at a time
             return self.finish_events(prepared, exc)
         except BaseException:
-            self.finish_events(prepared)  # releases the warehouse for the next writer
+            self.release_events(prepared)  # for the next writer; the batch is written again, if at all
             raise
         return self.finish_events(prepared)
 
     def prepare_events(self, events: list) -> "PreparedWrite":
         """A batch's Python work: its keys looked up, rows planned, schema changes committed and
-        each table's rows registered as an Arrow table, with one SQL script that writes them all
-        in one transaction. commit_prepared runs the script, one call in which DuckDB holds no
-        GIL (apart from opening each Arrow scan), so a caller may run it on a thread of its own
-        while it makes the next batch; finish_events then releases the tables. Other writers of
-        events wait from prepare_events to finish_events, which every prepare_events must reach."""
-        rows = [layout.event_rows(e, self.flatten_depth, self._exposures) for e in events]
+        each table's rows registered as an Arrow table, with the SQL that writes them all in one
+        transaction; the events left to the bulk path registered as JSON text. commit_prepared
+        reads their structure, adds the bulk INSERTs and runs the transaction: mostly DuckDB, which
+        holds no GIL while it executes (a little Python reads the structure and writes the SQL), so
+        a caller may run it on a thread of its own while it makes the next batch; finish_events then
+        writes the events the bulk path left and releases the tables. Other writers of events wait from prepare_events to finish_events,
+        which every prepare_events must reach."""
+        shreds = [shred.shreddable(e, self._exposures) for e in events] if self.shred_in_bulk \
+            else [None] * len(events)
+        rows = [None if s is not None else layout.event_rows(e, self.flatten_depth, self._exposures)
+                for e, s in zip(events, shreds)]  # a shreddable event's rows are made if Python plans them
         self._db.writing.acquire()  # released by finish_events, maybe on another thread
         try:
             with self._db.lock:
                 try:
-                    return self._prepare_with_replan(events, rows)
+                    return self._prepare_with_replan(events, rows, shreds)
                 except Exception:  # noqa: BLE001 - not swallowed: each event is retried alone and
-                    return PreparedWrite(events, rows, self._write_one_by_one(events, rows))  # carries its error
+                    rows = self._all_rows(events, rows)  # carries its error
+                    return PreparedWrite(events, rows, self._write_one_by_one(events, rows))
         except BaseException:
             self._db.writing.release()
             raise
 
     def commit_prepared(self, prepared: "PreparedWrite") -> None:
         """Write a prepared batch: one transaction, rolled back if it fails (then raised)."""
-        if not prepared.script:
-            return
         with self._db.lock:
+            statements = list(prepared.script)
+            if prepared.shredding is not None:
+                statements += self._bulk_statements(prepared.shredding, prepared.result)
+            if not statements:
+                return
             try:
-                self._db.conn.execute(prepared.script)
+                self._db.conn.execute(";\n".join(["BEGIN TRANSACTION", *statements, "COMMIT"]))
             except duckdb.OutOfMemoryException:
                 self._rollback()
                 self._db.raise_memory_limit()  # for the retry, one event at a time (keys looked up again)
@@ -340,15 +369,71 @@ class DuckDBWarehouse:
 
     def finish_events(self, prepared: "PreparedWrite", failure: Exception = None) -> WriteResult:
         """The batch's WriteResult once commit_prepared ran; if it raised (`failure`), the batch is
-        written again one event at a time, so that one bad event cannot sink the rest."""
+        written again: planned in Python alone if the failed script shredded in bulk (an integer
+        too wide for its column fails a bulk INSERT where Python keeps it in `_unmapped`), then, if
+        that fails too, one event at a time, so that one bad event cannot sink the rest."""
         try:
             with self._db.lock:
                 self._unregister(prepared.registered)
                 if failure is None:
-                    return prepared.result
-                return self._write_one_by_one(prepared.events, prepared.rows)
+                    return self._write_left(prepared)
+                rows = self._all_rows(prepared.events, prepared.rows)
+                if prepared.shredding is not None:
+                    _LOG.info("a batch shredded in bulk failed (%s); planning it in Python", failure)
+                    try:
+                        return self._write_planned(prepared.events, rows)
+                    except Exception:  # noqa: BLE001 - each event is retried alone and carries its error
+                        pass
+                return self._write_one_by_one(prepared.events, rows)
         finally:
             self._db.writing.release()
+
+    def release_events(self, prepared: "PreparedWrite") -> None:
+        """Release what prepare_events holds without writing anything more (a bundle that failed:
+        its retry writes the batch again, and what is stored of it counts as duplicates)."""
+        try:
+            with self._db.lock:
+                self._unregister(prepared.registered)
+        finally:
+            self._db.writing.release()
+
+    def _write_left(self, prepared) -> WriteResult:
+        """The batch's result once the events the bulk path left are written too, planned in
+        Python (one more transaction; one event at a time if that fails)."""
+        result = prepared.result
+        if prepared.shredding is None or not prepared.shredding.left:
+            return result
+        left, rows, failed = [], [], []
+        for i in prepared.shredding.left:  # the rest of the batch is stored: one event's error is its own
+            event = prepared.events[i]
+            try:
+                rows.append(layout.event_rows(event, self.flatten_depth, self._exposures))
+                left.append(event)
+            except Exception as exc:  # noqa: BLE001 - becomes an insert_failed dead letter
+                failed.append((event, f"{type(exc).__name__}: {exc}"))
+        try:
+            written = self._write_planned(left, rows) if left else WriteResult()
+        except Exception:  # noqa: BLE001 - each event is retried alone and carries its error
+            written = self._write_one_by_one(left, rows)
+        written.failed += failed
+        leaving = {id(prepared.events[i]) for i in prepared.shredding.left}
+        result.stored = [event for event in result.stored if id(event) not in leaving]
+        result.merge(written)
+        return result
+
+    def _write_planned(self, events, rows) -> WriteResult:
+        """The batch in one transaction, every value planned in Python."""
+        prepared = self._prepare_with_replan(events, rows, None)
+        try:
+            self.commit_prepared(prepared)
+        finally:
+            self._unregister(prepared.registered)
+        return prepared.result
+
+    def _all_rows(self, events, rows) -> list:
+        """Each event's TableRows, made now for the events left to the bulk path."""
+        return [r if r is not None else layout.event_rows(e, self.flatten_depth, self._exposures)
+                for e, r in zip(events, rows)]
 
     def _rollback(self) -> None:
         try:
@@ -368,49 +453,38 @@ class DuckDBWarehouse:
         result = WriteResult()
         for event, event_rows in zip(events, rows):
             try:
-                prepared = self._prepare_with_replan([event], [event_rows])
-                try:
-                    self.commit_prepared(prepared)
-                finally:
-                    self._unregister(prepared.registered)
-                result.merge(prepared.result)
+                result.merge(self._write_planned([event], [event_rows]))
             except Exception as exc:  # noqa: BLE001 - becomes an insert_failed dead letter
                 result.failed.append((event, f"{type(exc).__name__}: {exc}"))
         return result
 
-    def _prepare_with_replan(self, events, rows) -> "PreparedWrite":
+    def _prepare_with_replan(self, events, rows, shreds) -> "PreparedWrite":
         while True:  # ends: each _Replan adds a column to no_widen, which is never widened again,
             try:     # and the memory budget stops growing at its ceiling
-                return self._prepare(events, rows)
+                return self._prepare(events, rows, shreds)
             except _Replan:
                 continue
             except duckdb.OutOfMemoryException:
                 if not self._db.raise_memory_limit():
                     raise
 
-    def _prepare(self, events, rows) -> "PreparedWrite":
+    def _prepare(self, events, rows, shreds) -> "PreparedWrite":
+        """`rows`: each event's TableRows, None for an event `shreds` has in bulk form (left to
+        commit_prepared); `shreds` None plans every event in Python."""
         conn = self._db.conn
         result = WriteResult()
-        kept, keys = self._split_duplicates(events, rows, result)
-        plans = {}
-        users = 0
-        for table, table_rows in _by_table(kept).items():
-            schema = (self._db.schemas.get(table) or planner.TableSchema(table)).copy()
-            schema.declare(planner.declared_for(self.declared_types, table))
-            if table == "users":
-                users = len(table_rows)  # identifies applied, counted as BigQuery's appends are
-                table_rows = planner.collapse_by_key(table_rows)
-            plans[table] = schema, planner.plan_rows(schema, table_rows, self.max_columns, self.max_new_columns)
-        for table, (schema, plan) in plans.items():
-            self._evolve(table, schema, plan)
+        shreds = shreds or [None] * len(events)
+        kept, keys = self._split_duplicates(events, rows, shreds, result)
         if not keys:
             return PreparedWrite(events, rows, result)
         loaded_at = f"TIMESTAMPTZ '{datetime.now(timezone.utc).isoformat()}'"
-        registered, script = [], ["BEGIN TRANSACTION"]
+        registered, script, shredding = [], [], None
         try:
-            registered.append("_sluice_new_keys")
-            conn.register("_sluice_new_keys", pa.table({"k": pa.array(keys, pa.string())}))
-            script.append(f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM _sluice_new_keys")
+            planned, plans, users = self._plan_in_order(events, kept, rows, shreds)
+            if planned:
+                registered.append("_sluice_new_keys")
+                conn.register("_sluice_new_keys", pa.table({"k": pa.array([keys[n] for n in planned], pa.string())}))
+                script.append(f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM _sluice_new_keys")
             for number, (table, (schema, plan)) in enumerate(plans.items()):
                 name = f"_sluice_batch_{number}"
                 registered.append(name)
@@ -420,26 +494,118 @@ class DuckDBWarehouse:
                 result.rows[table] += users if table == "users" else plan.rows
                 result.type_conflicts[table] += plan.type_conflicts
                 result.capped[table] += plan.capped
+            candidates = [(n, i, shreds[i]) for n, i in enumerate(kept) if shreds[i] is not None]
+            if candidates:
+                registered.append(shred.SOURCE)
+                conn.register(shred.SOURCE, shred.arrow_table([c for _, _, c in candidates],
+                                                              [keys[n] for n, _, _ in candidates]))
+                shredding = Shredding(shred.SOURCE, [(i, c) for _, i, c in candidates], loaded_at)
         except BaseException:
             self._unregister(registered)
             raise
-        script.append("COMMIT")
-        return PreparedWrite(events, rows, result, ";\n".join(script), tuple(registered))
+        return PreparedWrite(events, rows, result, tuple(script), tuple(registered), shredding)
 
-    def _split_duplicates(self, events, rows, result) -> tuple:
-        """(the rows of events whose primary row is new, their keys); the rest are duplicates
+    def _plan_in_order(self, events, kept, rows, shreds) -> tuple:
+        """(positions in `kept` of the events Python plans, {table: (schema, TablePlan)} of their rows
+        with the schema changes committed, the identifies merged into `users`). A table whose schema
+        these plans change takes the shreddable events bound for it into the plan too, in the batch's
+        order (their rows made now, their `shreds` entry cleared), so that the first value still
+        decides a new column's type and name: the bulk path then only writes tables the batch's plans
+        leave as they were, and the events it leaves, planned after, change no table planned here."""
+        while True:
+            planned = [n for n, i in enumerate(kept) if shreds[i] is None]
+            plans, users = self._plan([rows[kept[n]] for n in planned])
+            changed = {table for table, (_, plan) in plans.items()
+                       if table not in self._db.schemas or plan.new_columns or plan.widened}
+            moved = [i for i in kept if shreds[i] is not None and changed & set(shred.targets(shreds[i].kind,
+                                                                                               shreds[i].table))]
+            if not moved:
+                break
+            for i in moved:
+                rows[i] = layout.event_rows(events[i], self.flatten_depth, self._exposures)
+                shreds[i] = None
+        for table, (schema, plan) in plans.items():
+            self._evolve(table, schema, plan)
+        return planned, plans, users
+
+    def _plan(self, python_rows) -> tuple:
+        """({table: (schema, TablePlan)} of `python_rows` planned on copies of the tables' schemas;
+        the number of identifies merged into `users`)."""
+        plans = {}
+        users = 0
+        for table, table_rows in _by_table(python_rows).items():
+            schema = (self._db.schemas.get(table) or planner.TableSchema(table)).copy()
+            schema.declare(planner.declared_for(self.declared_types, table))
+            if table == "users":
+                users = len(table_rows)  # identifies applied, counted as BigQuery's appends are
+                table_rows = planner.collapse_by_key(table_rows)
+            plans[table] = schema, planner.plan_rows(schema, table_rows, self.max_columns, self.max_new_columns)
+        return plans, users
+
+    def _bulk_statements(self, shredding, result) -> list:
+        """The INSERTs of the groups of `shredding`'s events (one type, one track name) whose fields
+        all have columns that take them, read from the batch's structure, with their keys; the
+        other groups' events go to shredding.left."""
+        groups = {}  # grp: [structure, events, events with integrations]
+        try:
+            for query in shred.structure_queries(shredding.source, len(shredding.candidates)):
+                for group, structure, count, integrations in self._db.conn.execute(query).fetchall():
+                    structure = orjson.loads(structure)
+                    if group in groups:
+                        found = groups[group]
+                        found[0], found[1], found[2] = shred.merge(found[0], structure), found[1] + count, \
+                            found[2] + integrations
+                    else:
+                        groups[group] = [structure, count, integrations]
+        except duckdb.OutOfMemoryException:  # within the memory budget, Python plans them all
+            groups = {}
+        accepted = {}
+        for group, (structure, count, integrations) in groups.items():
+            inserts = shred.inserts(group, structure, count, integrations > 0, self._db.schemas,
+                                    self.flatten_depth, shredding.loaded_at, shredding.source)
+            if inserts is not None:
+                accepted[group] = inserts
+        waiting = set()  # tables a group planned after the commit may widen: nothing goes there in bulk
+        while True:
+            waiting |= {t for g, (structure, _, _) in groups.items() if g not in accepted
+                        for t in shred.widening(g, structure, self._db.schemas, self.flatten_depth)}
+            held = [g for g, inserts in accepted.items() if any(i.table in waiting for i in inserts)]
+            if not held:
+                break
+            for group in held:
+                del accepted[group]
+        statements, written = [], []
+        for group, inserts in accepted.items():
+            written.append(group)
+            result.shredded += groups[group][1]
+            for insert in inserts:
+                statements.append(insert.sql)
+                result.rows[insert.table] += insert.rows
+                if insert.conflicts:
+                    result.type_conflicts[insert.table] += self._db.conn.execute(insert.conflicts).fetchone()[0]
+        if written:
+            statements.insert(0, f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM {shredding.source} "
+                                 f"WHERE grp IN ({', '.join(shred.literal(g) for g in written)})")
+        written = set(written)
+        shredding.left = [i for i, c in shredding.candidates if shred.group(c) not in written]
+        return statements
+
+    def _split_duplicates(self, events, rows, shreds, result) -> tuple:
+        """(the indices of events whose primary row is new, their keys); the rest are duplicates
         of stored events."""
-        primaries = [f"{event_rows[0].table}:{event_rows[0].key}" for event_rows in rows]
+        primaries = [f"{rows[i][0].table}:{rows[i][0].key}" if shreddable is None
+                     else f"{layout.PRIMARY_TABLE[shreddable.kind]}:{events[i].body['messageId']}"
+                     for i, shreddable in enumerate(shreds)]
         with _registered(self._db.conn, "_sluice_batch_keys", pa.table({"k": pa.array(primaries, pa.string())})):
             existing = {r[0] for r in self._db.conn.execute(
                 f"SELECT b.k FROM _sluice_batch_keys b JOIN {KEYS_TABLE} s ON s.key = {_KEY.format('b.k')}").fetchall()}
         kept, seen = [], {}
-        for event, event_rows, primary in zip(events, rows, primaries):
+        for i, (event, primary) in enumerate(zip(events, primaries)):
             if primary in existing or primary in seen:
                 result.duplicates.append(event)
                 continue
             seen[primary] = True
-            kept.append(event_rows)
+            kept.append(i)
             result.stored.append(event)
         return kept, list(seen)
 

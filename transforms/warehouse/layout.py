@@ -14,8 +14,8 @@ from transforms.warehouse import naming
 # event / event_text; the event's own section (properties or traits) is flattened without
 # its prefix. A section the spec does not give a type (traits on a track) stays generic.
 _ALWAYS_SKIPPED = ("type", "event", "integrations")
-_SECTION = {"track": "properties", "page": "properties", "screen": "properties",
-            "identify": "traits", "group": "traits", "alias": None}
+SECTION = {"track": "properties", "page": "properties", "screen": "properties",
+           "identify": "traits", "group": "traits", "alias": None}
 # Fields stored as a JSON column rather than flattened (routing flags, not data).
 _JSON_FIELDS = ("integrations",)
 TIME_POINTERS = frozenset(("/timestamp", "/originalTimestamp", "/sentAt", "/receivedAt"))
@@ -28,7 +28,9 @@ METADATA = "$metadata"      # transport metadata: {"attributes": {...}} of a Pub
 
 # The table of each event's first row, keyed by message_id: an event is stored once its row
 # there is (the warehouses' dedupe looks only here).
-PRIMARY_TABLES = ("tracks", "identifies", "pages", "screens", "groups", "aliases")
+PRIMARY_TABLE = {"track": "tracks", "identify": "identifies", "page": "pages", "screen": "screens",
+                 "group": "groups", "alias": "aliases"}  # by event type
+PRIMARY_TABLES = tuple(PRIMARY_TABLE.values())
 # An exposure's fixed-shape row (docs/experiments.md#exposures), beside its tracks and event rows.
 EXPOSURES_TABLE = "experiment_exposures"
 
@@ -100,7 +102,7 @@ def table_rows(body: dict, max_depth: int, violations=None, attributes=None) -> 
     kind = body["type"]
     message_id = body["messageId"]
     timestamp = body["timestamp"]
-    common = _common(body, _SECTION[kind], max_depth)
+    common = _common(body, SECTION[kind], max_depth)
     if violations:
         common[VIOLATIONS] = violations
     if attributes:
@@ -117,13 +119,26 @@ def table_rows(body: dict, max_depth: int, violations=None, attributes=None) -> 
         rows = [TableRow("identifies" if kind == "identify" else "groups", message_id,
                          (common, traits), "/traits", timestamp)]
         if kind == "identify" and "userId" in body:
-            user = {"/userId": body["userId"], "/timestamp": timestamp, "/receivedAt": body["receivedAt"]}
-            rows.append(TableRow("users", body["userId"], (user, traits), "/traits", timestamp))
+            rows.append(users_row(body, traits))
         return rows
     if kind in ("page", "screen"):
         properties = _section(body, "properties", max_depth)
         return [TableRow(kind + "s", message_id, (common, properties), "/properties", timestamp)]
     return [TableRow("aliases", message_id, (common,), "", timestamp)]
+
+
+def users_row(body: dict, traits: dict) -> TableRow:
+    """An identify's row in `users` (keyed by its userId), `traits` its flattened traits."""
+    user = {"/userId": body["userId"], "/timestamp": body["timestamp"], "/receivedAt": body["receivedAt"]}
+    return TableRow("users", body["userId"], (user, traits), "/traits", body["timestamp"])
+
+
+def users_rows(event, max_depth: int) -> list:
+    """The event's `users` row, as table_rows makes it, alone: [] unless an identify with a userId."""
+    body = event.body
+    if body["type"] != "identify" or "userId" not in body:
+        return []
+    return [users_row(body, _section(body, "traits", max_depth))]
 
 
 def event_rows(event, max_depth: int, exposures=None) -> list:
@@ -132,13 +147,18 @@ def event_rows(event, max_depth: int, exposures=None) -> list:
     goes in the same write as the event's first row, so it is stored exactly when the event is
     (a duplicate adds none). Its `source` is the collector's source name, as in the event's
     other rows, else the transport's (file:..., pubsub:...), so it is never empty."""
+    rows = table_rows(event.body, max_depth, event.violations, event.attributes)
+    return rows + exposure_rows(event, exposures)
+
+
+def exposure_rows(event, exposures) -> list:
+    """The event's `experiment_exposures` row as event_rows makes it, alone ([] for no exposure)."""
     body = event.body
-    rows = table_rows(body, max_depth, event.violations, event.attributes)
     found = exposures.read(body) if exposures is not None else None
-    if type(found) is Exposure:
-        source = body.get("source")
-        values = {"$unit_id": found.unit_id, "$unit_type": found.unit_type, "$experiment_id": found.experiment_id,
-                  "$variation_id": found.variation_id, "/timestamp": body["timestamp"],
-                  "/messageId": body["messageId"], "$source": source if type(source) is str else event.source}
-        rows.append(TableRow(EXPOSURES_TABLE, body["messageId"], (values,), "", body["timestamp"]))
-    return rows
+    if type(found) is not Exposure:
+        return []
+    source = body.get("source")
+    values = {"$unit_id": found.unit_id, "$unit_type": found.unit_type, "$experiment_id": found.experiment_id,
+              "$variation_id": found.variation_id, "/timestamp": body["timestamp"],
+              "/messageId": body["messageId"], "$source": source if type(source) is str else event.source}
+    return [TableRow(EXPOSURES_TABLE, body["messageId"], (values,), "", body["timestamp"])]

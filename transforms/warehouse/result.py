@@ -10,6 +10,7 @@ class WriteResult:
         self.rows = Counter()   # table -> rows written
         self.type_conflicts = Counter()
         self.capped = Counter()
+        self.shredded = 0       # events written in bulk (transforms.warehouse.shred)
 
     def merge(self, other: "WriteResult") -> None:
         self.stored += other.stored
@@ -18,3 +19,4 @@ class WriteResult:
         self.rows.update(other.rows)
         self.type_conflicts.update(other.type_conflicts)
         self.capped.update(other.capped)
+        self.shredded += other.shredded

@@ -38,6 +38,7 @@ class WarehouseSettings(NamedTuple):
     bigquery_location: str = "US"
     bigquery_write_method: str = "insert_all"  # or "load" (pipeline.main picks by --streaming)
     duckdb_memory_limit_mb: Optional[int] = None  # the embedded warehouse's memory budget; None: its default
+    duckdb_shred_in_bulk: bool = True  # DuckDB extracts the columns of events whose fields have columns (shred.py)
     max_new_columns: int = planner.DEFAULT_MAX_NEW_COLUMNS  # columns one batch may add to a table
     experiments: Optional[ExperimentSettings] = None  # exposures also get an experiment_exposures row; None: none
 
@@ -53,7 +54,7 @@ def open_backend(settings: WarehouseSettings, read_only: bool = False):
         return DuckDBWarehouse(*place, settings.max_columns,
                                settings.flatten_depth, settings.declared_types,
                                max_new_columns=settings.max_new_columns, experiments=settings.experiments,
-                               **memory).open(read_only)
+                               shred_in_bulk=settings.duckdb_shred_in_bulk, **memory).open(read_only)
     from transforms.warehouse.bigquery_backend import BigQueryWarehouse
     return BigQueryWarehouse(*place, settings.bigquery_endpoint, settings.bigquery_location,
                              settings.max_columns, settings.flatten_depth, settings.declared_types,
@@ -106,8 +107,9 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
     event of it (5% of a run: most batches of a run are among the first sampled). Where the
     backend prepares a batch apart from committing it (DuckDB), each batch is prepared (planned,
     its Arrow tables made) on the bundle's thread and committed on a thread of the DoFn's own,
-    one call in which DuckDB holds the GIL only to open its Arrow scans, while the bundle's
-    thread goes on reading, decoding and normalizing the next batch. One batch at most is in
+    mostly DuckDB, which holds the GIL only to open its Arrow scans (a little Python reads the
+    structure of the events shredded in bulk), while the bundle's thread goes on reading,
+    decoding and normalizing the next batch. One batch at most is in
     flight: the next is prepared once the last is committed, and finish_bundle waits for the
     last, so a bundle ends with all its events written or dead-lettered, as it does in
     streaming. Counters and dead letters are emitted on the bundle's thread (Beam's metrics are
@@ -149,7 +151,7 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
             _, prepared, committed = self._in_flight
             self._in_flight = None
             committed.exception()
-            self._backend.finish_events(prepared)
+            self._backend.release_events(prepared)
 
     def process(self, element):
         if not self._batch_run:
