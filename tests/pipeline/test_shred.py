@@ -3,6 +3,7 @@ all have columns is written by DuckDB from the events' JSON text, and what lands
 Python's planner writes, value for value, whatever the batch holds."""
 import json
 import math
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -19,6 +20,7 @@ from transforms.warehouse.duckdb_backend import DuckDBWarehouse
 from transforms.warehouse.sink import opened_backend
 
 NOW = "2026-11-23T10:00:00.000000Z"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "events.jsonl"
 
 
 def event(body, violations=None):
@@ -287,3 +289,22 @@ def test_the_config_turns_bulk_shredding_off_and_a_wrong_value_names_the_key(tmp
     assert shredded == [0, 1]
     with pytest.raises(UsageError, match="warehouse.duckdb_shred_in_bulk"):
         validate({"warehouse": {"duckdb_shred_in_bulk": "yes"}})
+
+
+def test_the_real_job_stores_the_same_either_way_and_counts_what_went_in_bulk(tmp_path, monkeypatch):
+    """`python -m pipeline` over the demo's 2,000 lines in batches of 500: the first makes the
+    tables in Python, the others go mostly in bulk on the committer thread; the tables, the column
+    registry and the summary are those of the run with warehouse.duckdb_shred_in_bulk off."""
+    from pipeline import main, summary as summaries
+    counted = []
+    real = summaries.counters_from_result
+    monkeypatch.setattr(summaries, "counters_from_result", lambda result: counted.append(real(result)) or counted[-1])
+    outcomes = []
+    for flag in ("true", "false"):
+        (tmp_path / f"{flag}.yaml").write_text(f"warehouse:\n  batch_size: 500\n  duckdb_shred_in_bulk: {flag}\n")
+        outcomes.append(main.run(["--input_files", str(SAMPLE), "--config", str(tmp_path / f"{flag}.yaml"),
+                                  "--warehouse", f"duckdb:///{tmp_path}/{flag}.duckdb"]))
+    assert outcomes[0] == outcomes[1] and outcomes[0]["conservation"]["holds"]
+    assert contents(tmp_path / "true.duckdb") == contents(tmp_path / "false.duckdb")
+    bulk, planned = counted[0].get("stored_in_bulk", 0), counted[1].get("stored_in_bulk", 0)
+    assert planned == 0 and outcomes[0]["stored"] / 2 < bulk < outcomes[0]["stored"]

@@ -213,6 +213,8 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
         self._count_calls()
         metrics.inc("stored", len(result.stored))
         metrics.inc("stage.warehouse.stored", len(result.stored))
+        if result.shredded:  # DuckDB wrote them from their JSON (transforms.warehouse.shred)
+            metrics.inc("stored_in_bulk", result.shredded)
         if result.duplicates:
             metrics.dropped("duplicate", len(result.duplicates))
         for table, count in result.rows.items():
