@@ -13,7 +13,7 @@ from transforms.warehouse import naming
 # Top-level fields not flattened generically: the type is the table; `event` becomes
 # event / event_text; the event's own section (properties or traits) is flattened without
 # its prefix. A section the spec does not give a type (traits on a track) stays generic.
-_ALWAYS_SKIPPED = ("type", "event", "integrations")
+ALWAYS_SKIPPED = ("type", "event", "integrations")
 SECTION = {"track": "properties", "page": "properties", "screen": "properties",
            "identify": "traits", "group": "traits", "alias": None}
 # Fields stored as a JSON column rather than flattened (routing flags, not data).
@@ -75,7 +75,7 @@ def flatten(obj: dict, prefix: str, level: int, max_depth: int, out: dict) -> di
 def _common(body: dict, section, max_depth: int) -> dict:
     flat = {}
     for key, value in body.items():
-        if key in _ALWAYS_SKIPPED or key == section:
+        if key in ALWAYS_SKIPPED or key == section:
             continue
         pointer = "/" + _escape(key)
         if type(value) is dict and value and max_depth > 1:
@@ -119,26 +119,13 @@ def table_rows(body: dict, max_depth: int, violations=None, attributes=None) -> 
         rows = [TableRow("identifies" if kind == "identify" else "groups", message_id,
                          (common, traits), "/traits", timestamp)]
         if kind == "identify" and "userId" in body:
-            rows.append(users_row(body, traits))
+            user = {"/userId": body["userId"], "/timestamp": timestamp, "/receivedAt": body["receivedAt"]}
+            rows.append(TableRow("users", body["userId"], (user, traits), "/traits", timestamp))
         return rows
     if kind in ("page", "screen"):
         properties = _section(body, "properties", max_depth)
         return [TableRow(kind + "s", message_id, (common, properties), "/properties", timestamp)]
     return [TableRow("aliases", message_id, (common,), "", timestamp)]
-
-
-def users_row(body: dict, traits: dict) -> TableRow:
-    """An identify's row in `users` (keyed by its userId), `traits` its flattened traits."""
-    user = {"/userId": body["userId"], "/timestamp": body["timestamp"], "/receivedAt": body["receivedAt"]}
-    return TableRow("users", body["userId"], (user, traits), "/traits", body["timestamp"])
-
-
-def users_rows(event, max_depth: int) -> list:
-    """The event's `users` row, as table_rows makes it, alone: [] unless an identify with a userId."""
-    body = event.body
-    if body["type"] != "identify" or "userId" not in body:
-        return []
-    return [users_row(body, _section(body, "traits", max_depth))]
 
 
 def event_rows(event, max_depth: int, exposures=None) -> list:
@@ -147,18 +134,13 @@ def event_rows(event, max_depth: int, exposures=None) -> list:
     goes in the same write as the event's first row, so it is stored exactly when the event is
     (a duplicate adds none). Its `source` is the collector's source name, as in the event's
     other rows, else the transport's (file:..., pubsub:...), so it is never empty."""
-    rows = table_rows(event.body, max_depth, event.violations, event.attributes)
-    return rows + exposure_rows(event, exposures)
-
-
-def exposure_rows(event, exposures) -> list:
-    """The event's `experiment_exposures` row as event_rows makes it, alone ([] for no exposure)."""
     body = event.body
+    rows = table_rows(body, max_depth, event.violations, event.attributes)
     found = exposures.read(body) if exposures is not None else None
-    if type(found) is not Exposure:
-        return []
-    source = body.get("source")
-    values = {"$unit_id": found.unit_id, "$unit_type": found.unit_type, "$experiment_id": found.experiment_id,
-              "$variation_id": found.variation_id, "/timestamp": body["timestamp"],
-              "/messageId": body["messageId"], "$source": source if type(source) is str else event.source}
-    return [TableRow(EXPOSURES_TABLE, body["messageId"], (values,), "", body["timestamp"])]
+    if type(found) is Exposure:
+        source = body.get("source")
+        values = {"$unit_id": found.unit_id, "$unit_type": found.unit_type, "$experiment_id": found.experiment_id,
+                  "$variation_id": found.variation_id, "/timestamp": body["timestamp"],
+                  "/messageId": body["messageId"], "$source": source if type(source) is str else event.source}
+        rows.append(TableRow(EXPOSURES_TABLE, body["messageId"], (values,), "", body["timestamp"]))
+    return rows
