@@ -55,7 +55,6 @@ _KEY = "md5_number({})"  # 128 bits of the string `<table>:<message_id>` (a tabl
 DEAD_LETTER_TABLE = planner.DEAD_LETTER_TABLE
 DEAD_LETTER_COLUMNS = planner.DEAD_LETTER_COLUMNS
 DELIVERIES_TABLE = planner.DELIVERIES_TABLE
-_EXACT_FLOAT = 1 << 53
 
 
 def quote(name: str) -> str:
@@ -213,12 +212,11 @@ def _time_or_none(value):
 
 
 class Shredding:
-    """A batch's events left to the bulk path (transforms.warehouse.shred), registered as `source`;
-    commit_prepared writes the groups of them whose fields all have columns, and leaves the
-    others' indices in `left` for finish_events to plan in Python."""
+    """A batch's events left to the bulk path (transforms.warehouse.shred), registered as
+    shred.SOURCE; commit_prepared writes the groups of them whose fields all have columns, and
+    leaves the others' indices in `left` for finish_events to plan in Python."""
 
-    def __init__(self, source: str, candidates: list, loaded_at: str):
-        self.source = source
+    def __init__(self, candidates: list, loaded_at: str):
         self.candidates = candidates  # (index in the batch, shred.Shreddable)
         self.loaded_at = loaded_at
         self.left = []
@@ -331,8 +329,8 @@ class DuckDBWarehouse:
         reads their structure, adds the bulk INSERTs and runs the transaction: mostly DuckDB, which
         holds no GIL while it executes (a little Python reads the structure and writes the SQL), so
         a caller may run it on a thread of its own while it makes the next batch; finish_events then
-        writes the events the bulk path left and releases the tables. Other writers of events wait from prepare_events to finish_events,
-        which every prepare_events must reach."""
+        writes the events the bulk path left and releases the tables. Other writers of events wait
+        from prepare_events to finish_events, which every prepare_events must reach."""
         shreds = [shred.shreddable(e, self._exposures) for e in events] if self.shred_in_bulk \
             else [None] * len(events)
         rows = [None if s is not None else layout.event_rows(e, self.flatten_depth, self._exposures)
@@ -499,7 +497,7 @@ class DuckDBWarehouse:
                 registered.append(shred.SOURCE)
                 conn.register(shred.SOURCE, shred.arrow_table([c for _, _, c in candidates],
                                                               [keys[n] for n, _, _ in candidates]))
-                shredding = Shredding(shred.SOURCE, [(i, c) for _, i, c in candidates], loaded_at)
+                shredding = Shredding([(i, c) for _, i, c in candidates], loaded_at)
         except BaseException:
             self._unregister(registered)
             raise
@@ -546,23 +544,11 @@ class DuckDBWarehouse:
         """The INSERTs of the groups of `shredding`'s events (one type, one track name) whose fields
         all have columns that take them, read from the batch's structure, with their keys; the
         other groups' events go to shredding.left."""
-        groups = {}  # grp: [structure, events, events with integrations]
-        try:
-            for query in shred.structure_queries(shredding.source, len(shredding.candidates)):
-                for group, structure, count, integrations in self._db.conn.execute(query).fetchall():
-                    structure = orjson.loads(structure)
-                    if group in groups:
-                        found = groups[group]
-                        found[0], found[1], found[2] = shred.merge(found[0], structure), found[1] + count, \
-                            found[2] + integrations
-                    else:
-                        groups[group] = [structure, count, integrations]
-        except duckdb.OutOfMemoryException:  # within the memory budget, Python plans them all
-            groups = {}
+        groups = self._group_structures(len(shredding.candidates))
         accepted = {}
         for group, (structure, count, integrations) in groups.items():
             inserts = shred.inserts(group, structure, count, integrations > 0, self._db.schemas,
-                                    self.flatten_depth, shredding.loaded_at, shredding.source)
+                                    self.flatten_depth, shredding.loaded_at, shred.SOURCE)
             if inserts is not None:
                 accepted[group] = inserts
         waiting = set()  # tables a group planned after the commit may widen: nothing goes there in bulk
@@ -584,11 +570,26 @@ class DuckDBWarehouse:
                 if insert.conflicts:
                     result.type_conflicts[insert.table] += self._db.conn.execute(insert.conflicts).fetchone()[0]
         if written:
-            statements.insert(0, f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM {shredding.source} "
+            statements.insert(0, f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM {shred.SOURCE} "
                                  f"WHERE grp IN ({', '.join(shred.literal(g) for g in written)})")
         written = set(written)
         shredding.left = [i for i, c in shredding.candidates if shred.group(c) not in written]
         return statements
+
+    def _group_structures(self, rows: int) -> dict:
+        """{grp: [structure, events, events with integrations]} of shred.SOURCE's `rows` events, its
+        parts' structures merged; {} (Python plans them all) if that needs more than the memory budget."""
+        groups = {}
+        try:
+            for query in shred.structure_queries(shred.SOURCE, rows):
+                for group, structure, count, integrations in self._db.conn.execute(query).fetchall():
+                    found = groups.setdefault(group, ["NULL", 0, 0])  # merge("NULL", s) is s
+                    found[0] = shred.merge(found[0], orjson.loads(structure))
+                    found[1] += count
+                    found[2] += integrations
+        except duckdb.OutOfMemoryException:
+            return {}
+        return groups
 
     def _split_duplicates(self, events, rows, shreds, result) -> tuple:
         """(the indices of events whose primary row is new, their keys); the rest are duplicates
@@ -639,7 +640,7 @@ class DuckDBWarehouse:
 
     def _widen(self, table, name):
         conn = self._db.conn
-        over = conn.execute(f"SELECT count(*) FROM {quote(table)} WHERE abs({quote(name)}) > {_EXACT_FLOAT}"
+        over = conn.execute(f"SELECT count(*) FROM {quote(table)} WHERE abs({quote(name)}) > {planner.EXACT_FLOAT}"
                             ).fetchone()[0]
         if over:  # existing integers would lose digits as doubles: keep the column INT64
             self._db.schemas[table].no_widen.add(name)

@@ -18,7 +18,7 @@ from transforms.warehouse import layout, naming
 BOOL, INT64, FLOAT64, STRING, TIMESTAMP, JSON = "BOOL", "INT64", "FLOAT64", "STRING", "TIMESTAMP", "JSON"
 NUMERIC = (INT64, FLOAT64)  # the types a number is stored as: what a mean metric sums, a comparison orders
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-_EXACT_FLOAT = 1 << 53  # integers up to here convert to FLOAT64 exactly
+EXACT_FLOAT = 1 << 53  # integers up to here convert to FLOAT64 exactly
 UNMAPPED_COLUMN = "_unmapped"
 DEFAULT_MAX_COLUMNS = 2000
 # Columns one batch may add to one table: each is a schema change of its own (DuckDB: an ALTER,
@@ -191,13 +191,13 @@ def fit(column_type: str, value, trusted_time: bool = False):
     if column_type == INT64:
         if kind is int and _INT64_MIN <= value <= _INT64_MAX:
             return value
-        if kind is float and value.is_integer() and abs(value) <= _EXACT_FLOAT:
+        if kind is float and value.is_integer() and abs(value) <= EXACT_FLOAT:
             return int(value)
         return _NO_FIT
     if column_type == FLOAT64:
         if kind is float:
             return value
-        if kind is int and abs(value) <= _EXACT_FLOAT:
+        if kind is int and abs(value) <= EXACT_FLOAT:
             return float(value)
         return _NO_FIT
     if column_type == BOOL:

@@ -33,7 +33,6 @@ _TAKES = {
     planner.INT64: ("UBIGINT", "BIGINT", "HUGEINT", "NULL"),
     planner.FLOAT64: ("DOUBLE", "UBIGINT", "BIGINT", "HUGEINT", "NULL"),
 }
-_EXACT_FLOAT = 1 << 53
 # json_transform's type for each column type, and the expression that makes the column's value of it.
 _EXTRACT = {
     planner.STRING: ("VARCHAR", "{v}"),
@@ -42,11 +41,10 @@ _EXTRACT = {
     planner.INT64: ("JSON", "CAST({v} AS BIGINT)"),  # a strict cast: an integer past INT64 fails the batch
     # an integer past 2^53 is a type conflict in Python (kept in _unmapped): here it fails the batch
     planner.FLOAT64: ("JSON", "CASE WHEN json_type({v}) IN ('UBIGINT', 'BIGINT', 'HUGEINT') THEN CASE WHEN "
-                              f"abs(CAST({{v}} AS HUGEINT)) > {_EXACT_FLOAT} THEN error('integer past 2^53 "
+                              f"abs(CAST({{v}} AS HUGEINT)) > {planner.EXACT_FLOAT} THEN error('integer past 2^53 "
                               "for a FLOAT64 column') ELSE CAST({v} AS DOUBLE) END ELSE CAST({v} AS DOUBLE) END"),
     planner.JSON: ("JSON", "{v}"),
 }
-_SKIPPED = ("type", "event", "integrations")
 _TABLES = {"identify": ("identifies",), "group": ("groups",), "page": ("pages",), "screen": ("screens",),
            "alias": ("aliases",)}
 
@@ -208,7 +206,7 @@ def _table_leaves(kind: str, target: str, structure: dict, max_depth: int, stric
             return None
         section = None
     try:
-        leaves = list(_leaves(structure, (), 1, max_depth, skip=(*_SKIPPED, layout.SECTION[kind]),
+        leaves = list(_leaves(structure, (), 1, max_depth, skip=(*layout.ALWAYS_SKIPPED, layout.SECTION[kind]),
                               reserved=("event", layout.SECTION[kind] or "event"), strict=strict))
         if section in structure:
             leaves += _leaves(structure[section], (section,), 2, max_depth, strict=strict)
@@ -301,11 +299,11 @@ _FITS = {
     planner.TIMESTAMP: ("json_type({v}) = 'VARCHAR'", "CAST(json_extract_string({v}, '$') AS TIMESTAMPTZ)"),
     planner.BOOL: ("json_type({v}) = 'BOOLEAN'", "CAST({v} AS BOOLEAN)"),
     planner.INT64: (f"({_INTEGER} AND TRY_CAST({{v}} AS BIGINT) IS NOT NULL OR json_type({{v}}) = 'DOUBLE' AND "
-                    f"{_DOUBLE} = trunc({_DOUBLE}) AND abs({_DOUBLE}) <= {_EXACT_FLOAT})",
-                    "CASE WHEN json_type({v}) = 'DOUBLE' THEN CAST(CAST({v} AS DOUBLE) AS BIGINT) ELSE CAST({v} AS BIGINT) "
-                    "END"),
-    planner.FLOAT64: (f"(json_type({{v}}) = 'DOUBLE' OR {_INTEGER} AND abs(TRY_CAST({{v}} AS HUGEINT)) <= {_EXACT_FLOAT})",
-                      "CAST({v} AS DOUBLE)"),
+                    f"{_DOUBLE} = trunc({_DOUBLE}) AND abs({_DOUBLE}) <= {planner.EXACT_FLOAT})",
+                    "CASE WHEN json_type({v}) = 'DOUBLE' THEN CAST(CAST({v} AS DOUBLE) AS BIGINT) "
+                    "ELSE CAST({v} AS BIGINT) END"),
+    planner.FLOAT64: (f"(json_type({{v}}) = 'DOUBLE' OR {_INTEGER} AND "
+                      f"abs(TRY_CAST({{v}} AS HUGEINT)) <= {planner.EXACT_FLOAT})", "CAST({v} AS DOUBLE)"),
     planner.JSON: ("true", "{v}"),
 }
 
@@ -319,7 +317,7 @@ def _sorted_values(column, no_widen: bool, flattened: bool) -> tuple:
         schema_changes.append("json_type({v}) = 'OBJECT'")  # Python flattens it into columns of its own
     if column.type == planner.INT64 and not no_widen:  # any float the column does not take: Python widens it
         schema_changes.append(f"json_type({{v}}) = 'DOUBLE' AND NOT coalesce({_DOUBLE} = trunc({_DOUBLE}) AND "
-                              f"abs({_DOUBLE}) <= {_EXACT_FLOAT}, false)")
+                              f"abs({_DOUBLE}) <= {planner.EXACT_FLOAT}, false)")
     guard = " OR ".join(schema_changes)
     expression = (f"CASE WHEN {guard} THEN error('a value the layout would change the schema for') " if guard
                   else "CASE ") + f"WHEN coalesce({fits}, false) THEN {converted} END"
