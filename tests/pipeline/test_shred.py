@@ -44,7 +44,8 @@ def outcome(result) -> tuple:
     """A WriteResult, comparable across paths (order aside, zero counts dropped)."""
     ids = lambda events: sorted(e.body["messageId"] for e in events)  # noqa: E731
     return (ids(result.stored), ids(result.duplicates), sorted(e.body["messageId"] for e, _ in result.failed),
-            sorted((t, n) for t, n in result.rows.items() if n), sorted((t, n) for t, n in result.type_conflicts.items() if n),
+            sorted((t, n) for t, n in result.rows.items() if n),
+            sorted((t, n) for t, n in result.type_conflicts.items() if n),
             sorted((t, n) for t, n in result.capped.items() if n))
 
 
@@ -61,9 +62,10 @@ def contents(path) -> dict:
             columns = conn.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
                                    "AND column_name != 'loaded_at'", [table]).fetchall()
             select = ", ".join(f'"{name}"' for name, _ in columns)
-            found[table] = sorted((tuple(sorted((sources.get((table, name), name), json.loads(v) if kind == "JSON" else v)
-                                               for (name, kind), v in zip(columns, row) if v is not None))
-                                   for row in conn.execute(f'SELECT {select} FROM "{table}"').fetchall()), key=repr)
+            found[table] = sorted(
+                (tuple(sorted((sources.get((table, name), name), json.loads(v) if kind == "JSON" else v)
+                              for (name, kind), v in zip(columns, row) if v is not None))
+                 for row in conn.execute(f'SELECT {select} FROM "{table}"').fetchall()), key=repr)
         for table in ("_dead_letters", "_deliveries"):
             found[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     return found
@@ -83,7 +85,8 @@ def test_a_steady_batch_goes_in_bulk_and_lands_as_python_would_write_it(tmp_path
                              "items": [{"sku": i}], "nested": {"deep": {"x": i}}},
                    context={"ip": "203.0.113.1", "page": {"url": f"/p{i}"}}, integrations={"All": False})
              for i in range(5)]
-    second = [track(f"b{i}", {"total": i, "coupon": None, "qty": -i, "gift": True, "items": [], "nested": {"deep": {"x": None}}},
+    second = [track(f"b{i}", {"total": i, "coupon": None, "qty": -i, "gift": True, "items": [],
+                              "nested": {"deep": {"x": None}}},
                     context={"ip": "203.0.113.2", "page": {"url": "/q"}}) for i in range(5)]
     results = both_ways(tmp_path, [first, second])
     assert results[0].shredded == 0  # the tables did not exist: Python made them
@@ -152,7 +155,8 @@ def test_a_group_left_to_python_that_may_widen_a_shared_column_holds_the_others_
     batch must not be there first. `Signed Up` brings a new field (planned in Python after the
     commit) and a fraction for tracks' `context.n`; `Order Completed`'s 2^60 would have been stored
     before it, and the widening refused."""
-    first = [track("a1", {"total": 1}, context={"n": 2}), track("a2", {"plan": "x"}, name="Signed Up", context={"n": 3})]
+    first = [track("a1", {"total": 1}, context={"n": 2}),
+             track("a2", {"plan": "x"}, name="Signed Up", context={"n": 3})]
     second = [track("b1", {"plan": "y", "fresh": 1}, name="Signed Up", context={"n": 1.5}),
               track("b2", {"total": 2}, context={"n": 2 ** 60})]
     results = both_ways(tmp_path, [first, second])
@@ -279,7 +283,8 @@ def test_floats_in_json_columns_keep_their_value(tmp_path):
 
 
 def test_the_config_turns_bulk_shredding_off_and_a_wrong_value_names_the_key(tmp_path):
-    off = warehouse_settings(f"duckdb:///{tmp_path}/off.duckdb", validate({"warehouse": {"duckdb_shred_in_bulk": False}}))
+    off = warehouse_settings(f"duckdb:///{tmp_path}/off.duckdb",
+                             validate({"warehouse": {"duckdb_shred_in_bulk": False}}))
     on = warehouse_settings(f"duckdb:///{tmp_path}/on.duckdb", validate({}))
     shredded = []
     for settings in (off, on):
