@@ -578,17 +578,23 @@ class DuckDBWarehouse:
 
     def _group_structures(self, rows: int) -> dict:
         """{grp: [structure, events, events with integrations]} of shred.SOURCE's `rows` events, its
-        parts' structures merged; {} (Python plans them all) if that needs more than the memory budget."""
-        groups = {}
-        try:
-            for query in shred.structure_queries(shred.SOURCE, rows):
-                for group, structure, count, integrations in self._db.conn.execute(query).fetchall():
-                    found = groups.setdefault(group, ["NULL", 0, 0])  # merge("NULL", s) is s
-                    found[0] = shred.merge(found[0], orjson.loads(structure))
-                    found[1] += count
-                    found[2] += integrations
-        except duckdb.OutOfMemoryException:
-            return {}
+        parts' structures merged, in order; a part out of memory is read in halves; {} (Python plans
+        them all) if a part of shred.MIN_STRUCTURE_ROWS needs more than the memory budget."""
+        groups, parts = {}, shred.structure_parts(rows)[::-1]  # popped from the end: in order
+        while parts:
+            start, size = parts.pop()
+            try:
+                found = self._db.conn.execute(shred.structure_query(shred.SOURCE, start, size)).fetchall()
+            except duckdb.OutOfMemoryException:
+                if size <= shred.MIN_STRUCTURE_ROWS:
+                    return {}
+                parts += [(start + size // 2, size - size // 2), (start, size // 2)]
+                continue
+            for group, structure, count, integrations in found:
+                merged = groups.setdefault(group, ["NULL", 0, 0])  # merge("NULL", s) is s
+                merged[0] = shred.merge(merged[0], orjson.loads(structure))
+                merged[1] += count
+                merged[2] += integrations
         return groups
 
     def _split_duplicates(self, events, rows, shreds, result) -> tuple:

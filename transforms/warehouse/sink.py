@@ -26,6 +26,10 @@ DEFAULT_BATCH_SIZE = 5000
 # fixed costs (a transaction, a statement per table) spread over more events; memory is still
 # bounded by the batch, not the input (docs/benchmarks.md has the measurements).
 BACKFILL_BATCH_SIZE = 20000
+# A batch run's first batch into DuckDB: the tables a run creates are planned in Python, event by
+# event, and only a batch after the one that created them is written in bulk (shred.py), so the
+# first batch is cut short and the next ones find most tables made (docs/benchmarks.md).
+FIRST_BATCH_SIZE = 1000
 
 
 class WarehouseSettings(NamedTuple):
@@ -121,12 +125,14 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
         self._batch_run = batch_run
         self._committer = self._in_flight = None  # in flight: (batch, its PreparedWrite, the commit's Future)
         self._buffer = []
+        self._limit = settings.batch_size  # the next batch's size
 
     def setup(self):
         super().setup()
         if self._batch_run and hasattr(self._backend, "commit_prepared"):
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="sluice-commit")
             switching.shorten()
+            self._limit = min(FIRST_BATCH_SIZE, self._settings.batch_size)
 
     def teardown(self):
         try:
@@ -158,8 +164,9 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
             yield from super().process(element)  # a batch
             return
         self._buffer.append(element)
-        if len(self._buffer) >= self._settings.batch_size:
+        if len(self._buffer) >= self._limit:
             batch, self._buffer = self._buffer, []
+            self._limit = min(self._limit * 4, self._settings.batch_size)
             yield from self._write(batch)
 
     def finish_bundle(self):
