@@ -304,6 +304,42 @@ def test_whatever_the_batches_hold_bulk_and_python_store_the_same(tmp_path_facto
     both_ways(tmp_path, [first, again + second, again + second], flatten_depth=3)
 
 
+def write_reading_ahead(path, batches, **options) -> list:
+    """write() as a batch run writes with the structures read ahead (sink.WriteEventsFn): each
+    batch's structure read from more events than it keeps, the batch before it too (duplicates of
+    stored events, tables it may change), which may only leave more of it to Python."""
+    warehouse = DuckDBWarehouse(str(path), **options).open()
+    results, previous = [], []
+    try:
+        for batch in batches:
+            shreds = warehouse.shred_events(batch)
+            parts = [warehouse.read_structures(warehouse.shred_events(previous)), warehouse.read_structures(shreds)]
+            prepared = warehouse.prepare_events(batch, shreds, lambda: shred.merge_groups(parts))
+            try:
+                warehouse.commit_prepared(prepared)
+            except Exception as exc:  # noqa: BLE001 - finish_events plans it again, as write_events does
+                results.append(warehouse.finish_events(prepared, exc))
+            else:
+                results.append(warehouse.finish_events(prepared))
+            previous = batch
+        return results
+    finally:
+        warehouse.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=_events("a"), second=_events("b"))
+def test_structures_read_ahead_over_more_events_than_the_batch_keeps_store_what_python_does(
+        tmp_path_factory, first, second):
+    tmp_path = tmp_path_factory.mktemp("ahead")
+    again = [event({**e.original, "messageId": "r" + e.body["messageId"]}) for e in first]
+    batches = [first, again + second, again + second, second]
+    ahead = write_reading_ahead(tmp_path / "ahead.duckdb", batches, flatten_depth=3)
+    planned = write(tmp_path / "planned.duckdb", batches, False, flatten_depth=3)
+    assert [outcome(r) for r in ahead] == [outcome(r) for r in planned]
+    assert contents(tmp_path / "ahead.duckdb") == contents(tmp_path / "planned.duckdb")
+
+
 def test_floats_in_json_columns_keep_their_value(tmp_path):
     values = [1e20, 1.5e-7, 0.1, 1e16, -0.0, 5e-324, 1.7976931348623157e308]
     both_ways(tmp_path, [[track("a1", {"list": [1.0]})], [track("b1", {"list": values})]])

@@ -147,15 +147,31 @@ def merge(a, b):
     return "JSON"
 
 
-def arrow_table(candidates: list, keys: list) -> pa.Table:
-    """The batch's events in bulk form, to register as SOURCE: j (the JSON text), grp (group()),
-    integ (`integrations` as JSON text), k (the key the warehouse dedupes the event by) and n (its
-    position, for structure_query)."""
-    return pa.table({"j": pa.array([c.text for c in candidates], pa.string()),
-                     "grp": pa.array([group(c) for c in candidates], pa.string()),
-                     "integ": pa.array([c.integrations for c in candidates], pa.string()),
-                     "k": pa.array(keys, pa.string()),
-                     "n": pa.array(range(len(candidates)), pa.int64())})
+def arrow_table(candidates: list, keys: list = None) -> pa.Table:
+    """The batch's events in bulk form, to register as SOURCE: j (the JSON text, of Arrow's JSON
+    type, which DuckDB takes as JSON without validating it again: orjson wrote it), grp (group()),
+    integ (`integrations` as JSON text), k (the key the warehouse dedupes the event by; left out
+    without `keys`) and n (its position, for structure_query)."""
+    columns = {"j": pa.array([c.text for c in candidates], pa.json_()),
+               "grp": pa.array([group(c) for c in candidates], pa.string()),
+               "integ": pa.array([c.integrations for c in candidates], pa.string())}
+    if keys is not None:
+        columns["k"] = pa.array(keys, pa.string())
+    columns["n"] = pa.array(range(len(candidates)), pa.int64())
+    return pa.table(columns)
+
+
+def merge_groups(parts) -> dict:
+    """{grp: [structure, events, events with integrations]} of several parts' (group, structure
+    text or parsed, events, events with integrations) rows, merged in order."""
+    groups = {}
+    for rows in parts:
+        for group_, structure, count, integrations in rows:
+            merged = groups.setdefault(group_, ["NULL", 0, 0])  # merge("NULL", s) is s
+            merged[0] = merge(merged[0], orjson.loads(structure) if type(structure) is str else structure)
+            merged[1] += count
+            merged[2] += integrations
+    return groups
 
 
 def inserts(group_: str, structure: dict, rows: int, has_integrations: bool, schemas: dict, max_depth: int,
