@@ -19,7 +19,7 @@ from transforms.experiments.exposures import ExtractExposures
 from transforms.destinations.stage import ForwardToDestinations, SelectDeliveries
 from transforms.normalize import NormalizeEvents
 from transforms.pubsub_publish import PublishDeadLetters
-from transforms.rules.stage import ApplyTransforms
+from transforms.rules.stage import ApplyTransforms, TransformSettings
 from transforms.warehouse.sink import (BACKFILL_BATCH_SIZE, DEFAULT_BATCH_SIZE, WarehouseSettings, WriteDeadLetters,
                                       WriteDeliveries, WriteWarehouse)
 
@@ -67,26 +67,37 @@ def build_graph(pipeline, source: beam.PTransform, config: Config, *, event_sink
     events = normalized.events
     if streaming:
         events = events | "Dedupe" >> DropRepeatedMessages(config.dedupe_ttl_seconds)
-    # Every stage is always in the graph, even when unconfigured, so configuring it later keeps
-    # every step name (Dataflow's --update matches steps by name).
-    checked = events | "Contracts" >> ValidateContracts(config.contracts or ContractSettings(""))
-    consented = checked.events | "Consent" >> ApplyConsent(config.consent)
-    transformed = consented.events | "Transform" >> ApplyTransforms(config.transforms)
+    failures = [decoded.dead_letters, normalized.dead_letters]
+    # A streaming job has every stage in its graph, configured or not, so that configuring one later
+    # keeps every step name (Dataflow's --update matches steps by name). A batch job cannot be
+    # updated: it leaves out the stages with nothing to do, each a pass over every event.
+    if streaming or config.contracts is not None:
+        checked = events | "Contracts" >> ValidateContracts(config.contracts or ContractSettings(""))
+        events, failures = checked.events, failures + [checked.dead_letters]
+    if streaming or config.consent is not None:
+        consented = events | "Consent" >> ApplyConsent(config.consent)
+        events, failures = consented.events, failures + [consented.dead_letters]
+    # Without consent no event has a destination (config.consent is set whenever one is configured).
+    if streaming or config.consent is not None or config.transforms != TransformSettings():
+        transformed = events | "Transform" >> ApplyTransforms(config.transforms)
+        events, forwardable, failures = transformed.events, transformed.forwardable, \
+            failures + [transformed.dead_letters]
+    else:
+        forwardable = pipeline | "NothingToForward" >> beam.Create([])
     # After the rules, which may rename an event or move its properties; for the warehouse's events
     # only (forwarding sends an exposure on as it is, valid or not).
-    exposures = transformed.events | "Exposures" >> ExtractExposures(config.experiments)
+    exposures = events | "Exposures" >> ExtractExposures(config.experiments)
     write_failures = exposures.events | "Warehouse" >> event_sink
-    selected = transformed.forwardable | "Forwardable" >> SelectDeliveries(config.destinations)
+    selected = forwardable | "Forwardable" >> SelectDeliveries(config.destinations)
     forwarded = selected.deliveries | "Forward" >> ForwardToDestinations(
         config.destinations, timers=streaming and runner.timers, keep_open=not runner.reuses_dofns)
-    dead_letters = ((decoded.dead_letters, normalized.dead_letters, checked.dead_letters, consented.dead_letters,
-                     transformed.dead_letters, exposures.dead_letters, write_failures, selected.dead_letters,
+    dead_letters = ((*failures, exposures.dead_letters, write_failures, selected.dead_letters,
                      forwarded.dead_letters)
                     | "CollectDeadLetters" >> beam.Flatten())
     _ = dead_letters | "DeadLetters" >> dead_letter_sink
     if delivery_sink is not None:
         _ = forwarded.deliveries | "Deliveries" >> delivery_sink
-    return Graph(exposures.events, transformed.forwardable, dead_letters, forwarded.deliveries)
+    return Graph(exposures.events, forwardable, dead_letters, forwarded.deliveries)
 
 
 def build_warehouse_graph(pipeline, source: beam.PTransform, config: Config, warehouse_url: str,

@@ -35,8 +35,12 @@ def paused():
                 gc.enable()
 
 
-# Allocations between two collections of the youngest generation while relaxed() (Python's own: 700).
-RELAXED_THRESHOLD = 50_000
+# Allocations between two collections of the youngest generation while relaxed() (Python's own: 700),
+# net of the deallocations. Above what a batch run keeps alive at once (a backfill batch of
+# 20,000 realistic events and the one committing: ~520,000 containers at the peak), so that
+# no collection walks the buffered batches, which all die by reference counting; cyclic garbage
+# (the run makes almost none) still triggers one, bounded by this count.
+RELAXED_THRESHOLD = 1_000_000
 
 
 @contextmanager
@@ -44,9 +48,10 @@ def relaxed():
     """For a local batch run (the launcher's process is the worker): what is alive now (modules,
     the graph) is frozen, never walked again by a collection, and the youngest generation is
     collected every RELAXED_THRESHOLD allocations instead of 700. The run makes millions of
-    short-lived dicts freed by reference counting; each collection walks whatever is alive,
-    including the batch being buffered, so collecting 70x less often saves most of that walk
-    (measured at 5-8 us an event, docs/benchmarks.md). Cycles are still collected, later."""
+    short-lived dicts freed by reference counting; each collection walks whatever young objects
+    are alive, the batch being buffered above all, so a threshold above that leaves almost no
+    collection to make (docs/benchmarks.md: 5-8 us an event at 700, 4-6 more at 50,000). Cycles
+    are still collected, later."""
     thresholds = gc.get_threshold()
     # A heap frozen already (the collector's, settled at start: collector.server) stays as its
     # owner froze it: unfreeze() would release every frozen object, not only ours.

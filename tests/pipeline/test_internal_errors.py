@@ -54,7 +54,7 @@ def faults(monkeypatch):
     wrap(ApplyTransformsFn, "_transform", "transform", lambda self, event: event.body["messageId"] == "boom-transform")
     wrap(Reader, "read", "experiments", lambda self, body: body["messageId"] == "boom-experiments")
     wrap(DuckDBWarehouse, "prepare_events", "warehouse",  # write_events calls it too
-         lambda self, batch: any(e.body["messageId"] == "boom-warehouse" for e in batch))
+         lambda self, batch, *_: any(e.body["messageId"] == "boom-warehouse" for e in batch))
     real_attempt = WebhookSender.attempt
 
     def attempt(self, payloads, key):
@@ -68,8 +68,9 @@ def test_an_unexpected_exception_in_any_stage_is_a_dead_letter_and_the_run_goes_
              "properties": {"order_id": f"o{i}", "total": i}} for i in range(6)]
     lines = [json.dumps(e, separators=(",", ":")) for e in good + [marked(s) for s in STAGES + ("forwarding",)]]
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "contracts").mkdir()  # none: a batch graph has a Contracts stage only when the section is there
     with Receiver() as receiver:
-        config = {"consent": {"destinations": {"crm": []}},
+        config = {"contracts": {"directory": str(tmp_path / "contracts")}, "consent": {"destinations": {"crm": []}},
                   "warehouse": {"batch_size": 1},  # one event per write: the fault takes only its own event
                   "destinations": [{"name": "crm", "type": "webhook", "url": receiver.url,
                                     "allow_private_network": True, "batch": {"max_events": 1}}]}

@@ -82,3 +82,65 @@ def test_a_transaction_failing_half_way_leaves_nothing_and_the_retry_stores_each
     assert stored == [f"m-{i}" for i in range(5)]  # once each: the first INSERTs were rolled back
     with duckdb.connect(f"{tmp_path}/w.duckdb", read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM _sluice_message_keys").fetchone()[0] == 5
+
+
+def _bulk_counted(monkeypatch) -> list:
+    from pipeline import summary as summaries
+    counted = []
+    real = summaries.counters_from_result
+    monkeypatch.setattr(summaries, "counters_from_result", lambda result: counted.append(real(result)) or counted[-1])
+    return counted
+
+
+def test_structures_are_read_ahead_on_the_committer_while_the_batch_fills(tmp_path, monkeypatch):
+    """Parts of 16 events are read as they fill, on the committer's thread; the commit finds them
+    and queries nothing itself; the run's duplicate (a repeat of an event stored before) is in a part
+    read but stored once."""
+    from transforms.warehouse import duckdb_backend, shred
+    monkeypatch.setattr(shred, "STRUCTURE_ROWS", 16)
+    read, own = [], []
+    real_read, real_rows = DuckDBWarehouse.read_structures, duckdb_backend._structure_rows
+
+    def read_structures(self, shreds):
+        read.append((threading.current_thread().name, len(shreds)))
+        read_structures.inside = True
+        try:
+            return real_read(self, shreds)
+        finally:
+            read_structures.inside = False
+
+    def structure_rows(conn, count):
+        if not read_structures.inside:
+            own.append(count)  # the commit reading its batch's structure itself
+        return real_rows(conn, count)
+    read_structures.inside = False
+    monkeypatch.setattr(DuckDBWarehouse, "read_structures", read_structures)
+    monkeypatch.setattr(duckdb_backend, "_structure_rows", structure_rows)
+    counted = _bulk_counted(monkeypatch)
+    events = [track(i) for i in range(100)] + [track(3)]
+    summary, stored, _ = run_file(tmp_path, events, batch_size=40)
+    assert summary["conservation"]["holds"] and summary["stored"] == 100 and summary["dropped"] == {"duplicate": 1}
+    assert all(name.startswith("sluice-commit") for name, _ in read) and sum(n for _, n in read) == 101
+    assert max(n for _, n in read) == 16 and own == []
+    assert counted[0]["stored_in_bulk"] > 50  # the first batch (40) makes the table; later ones go in bulk
+    assert len(stored) == 100
+
+
+def test_a_part_read_ahead_that_fails_leaves_the_commit_to_read_the_structure_itself(tmp_path, monkeypatch):
+    """A failure reading a part ahead (injected around the real method) costs the read-ahead, not
+    the batch: the commit reads its structure itself and the batch still goes in bulk."""
+    from transforms.warehouse import shred
+    monkeypatch.setattr(shred, "STRUCTURE_ROWS", 16)
+    real_read = DuckDBWarehouse.read_structures
+    calls = []
+
+    def read_structures(self, shreds):
+        calls.append(len(shreds))
+        if len(calls) % 2 == 0:
+            raise duckdb.IOException("injected")
+        return real_read(self, shreds)
+    monkeypatch.setattr(DuckDBWarehouse, "read_structures", read_structures)
+    counted = _bulk_counted(monkeypatch)
+    summary, stored, letters = run_file(tmp_path, [track(i) for i in range(100)], batch_size=40)
+    assert summary["conservation"]["holds"] and summary["stored"] == 100 and letters == []
+    assert len(calls) > 4 and counted[0]["stored_in_bulk"] > 50 and len(stored) == 100

@@ -56,6 +56,19 @@ def test_step_names_are_the_same_however_the_pipeline_is_configured():
     assert top_level_steps(with_topic) == STEPS + ["PublishDeadLetters"]
 
 
+def test_a_batch_graph_leaves_out_the_stages_it_has_nothing_for():
+    """A batch job cannot be updated: an unconfigured stage would only pass every event along."""
+    batch = ("--runner", "DataflowRunner")
+    bare = top_level_steps(graph(validate({}), batch))
+    assert [s for s in STEPS if s not in bare] == ["Dedupe", "Contracts", "Consent", "Transform"]
+    assert "NothingToForward" in bare
+    configured = top_level_steps(graph(validate(CONFIGURED), batch))
+    assert [s for s in STEPS if s not in configured] == ["Dedupe", "Contracts"]  # CONFIGURED has no contracts
+    assert "NothingToForward" not in configured
+    rules_only = top_level_steps(graph(validate({"transforms": CONFIGURED["transforms"]}), batch))
+    assert "Transform" in rules_only and "Consent" not in rules_only
+
+
 def test_beams_local_streaming_runner_gets_the_graph_without_timers_whether_or_not_runner_is_given():
     """Its processing-time timers never fire: forwarding batches per bundle and retries on lanes."""
     for args in (("--streaming",), ("--streaming", "--runner", "DirectRunner"),

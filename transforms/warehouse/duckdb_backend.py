@@ -19,14 +19,13 @@ import logging
 import os
 import re
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import duckdb
-import orjson
 import pyarrow as pa
 
 from transforms.experiments.extract import Reader
@@ -211,14 +210,34 @@ def _time_or_none(value):
     return converted if isinstance(converted, str) else None
 
 
+def _structure_rows(conn, rows: int):
+    """(grp, structure, events, events with integrations) rows of the structure of shred.SOURCE's
+    `rows` events, as registered on `conn`, part by part in order (a part out of memory is read in
+    halves); None if a part of shred.MIN_STRUCTURE_ROWS needs more than the memory budget. For
+    shred.merge_groups."""
+    found, parts = [], shred.structure_parts(rows)[::-1]  # popped from the end: in order
+    while parts:
+        start, size = parts.pop()
+        try:
+            found += conn.execute(shred.structure_query(shred.SOURCE, start, size)).fetchall()
+        except duckdb.OutOfMemoryException:
+            if size <= shred.MIN_STRUCTURE_ROWS:
+                return None
+            parts += [(start + size // 2, size - size // 2), (start, size // 2)]
+    return found
+
+
 class Shredding:
     """A batch's events left to the bulk path (transforms.warehouse.shred), registered as
     shred.SOURCE; commit_prepared writes the groups of them whose fields all have columns, and
     leaves the others' indices in `left` for finish_events to plan in Python."""
 
-    def __init__(self, candidates: list, loaded_at: str):
+    def __init__(self, candidates: list, loaded_at: str, structures=None):
         self.candidates = candidates  # (index in the batch, shred.Shreddable)
         self.loaded_at = loaded_at
+        # read ahead (read_structures), a callable of no arguments: the groups' structures, or None when
+        # they are not all there (commit_prepared then reads the batch's own)
+        self.structures = structures
         self.left = []
 
 
@@ -250,6 +269,7 @@ class DuckDBWarehouse:
         # experiments: the config's ExperimentSettings; None writes no experiment_exposures rows
         self._exposures = Reader(experiments) if experiments is not None else None
         self._db = None
+        self._reader = None  # read_structures' own connection
         self.read_only = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -273,6 +293,9 @@ class DuckDBWarehouse:
         return self
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._db is not None:
             if self.read_only:
                 self._db.conn.close()  # its own connection, never shared
@@ -322,7 +345,30 @@ class DuckDBWarehouse:
             raise
         return self.finish_events(prepared)
 
-    def prepare_events(self, events: list) -> "PreparedWrite":
+    def shred_events(self, events: list) -> list:
+        """Each event's shred.Shreddable, or None for one only Python plans (all, with shredding off)."""
+        if not self.shred_in_bulk:
+            return [None] * len(events)
+        return [shred.shreddable(e, self._exposures) for e in events]
+
+    def read_structures(self, shreds: list):
+        """The structures of the events in bulk form among `shreds` (shred_events' of a part of a
+        batch still filling), as rows for shred.merge_groups, or None if DuckDB runs out of memory.
+        On a connection of its own and under no lock: it runs on another thread while the batch
+        fills, beside the writes of another; prepare_events takes them (`structures`)."""
+        candidates = [c for c in shreds if c is not None]
+        if not candidates:
+            return []
+        with self._db.lock:
+            if self._reader is None:
+                self._reader = self._db.conn.cursor()
+        self._reader.register(shred.SOURCE, shred.arrow_table(candidates))
+        try:
+            return _structure_rows(self._reader, len(candidates))
+        finally:
+            self._reader.unregister(shred.SOURCE)
+
+    def prepare_events(self, events: list, shreds: list = None, structures=None) -> "PreparedWrite":
         """A batch's Python work: its keys looked up, rows planned, schema changes committed and
         each table's rows registered as an Arrow table, with the SQL that writes them all in one
         transaction; the events left to the bulk path registered as JSON text. commit_prepared
@@ -330,16 +376,18 @@ class DuckDBWarehouse:
         holds no GIL while it executes (a little Python reads the structure and writes the SQL), so
         a caller may run it on a thread of its own while it makes the next batch; finish_events then
         writes the events the bulk path left and releases the tables. Other writers of events wait
-        from prepare_events to finish_events, which every prepare_events must reach."""
-        shreds = [shred.shreddable(e, self._exposures) for e in events] if self.shred_in_bulk \
-            else [None] * len(events)
+        from prepare_events to finish_events, which every prepare_events must reach. `shreds`: the
+        events' shred_events, when the caller made them already; `structures`: a callable of no
+        arguments giving the read_structures of those, all parts of the batch (or None if some are
+        missing), as the caller read them ahead."""
+        shreds = list(shreds) if shreds is not None else self.shred_events(events)
         rows = [None if s is not None else layout.event_rows(e, self.flatten_depth, self._exposures)
                 for e, s in zip(events, shreds)]  # a shreddable event's rows are made if Python plans them
         self._db.writing.acquire()  # released by finish_events, maybe on another thread
         try:
             with self._db.lock:
                 try:
-                    return self._prepare_with_replan(events, rows, shreds)
+                    return self._prepare_with_replan(events, rows, shreds, structures)
                 except Exception:  # noqa: BLE001 - not swallowed: each event is retried alone and
                     rows = self._all_rows(events, rows)  # carries its error
                     return PreparedWrite(events, rows, self._write_one_by_one(events, rows))
@@ -456,19 +504,19 @@ class DuckDBWarehouse:
                 result.failed.append((event, f"{type(exc).__name__}: {exc}"))
         return result
 
-    def _prepare_with_replan(self, events, rows, shreds) -> "PreparedWrite":
+    def _prepare_with_replan(self, events, rows, shreds, structures=None) -> "PreparedWrite":
         while True:  # ends: each _Replan adds a column to no_widen, which is never widened again,
             try:     # and the memory budget stops growing at its ceiling
-                return self._prepare(events, rows, shreds)
+                return self._prepare(events, rows, shreds, structures)
             except _Replan:
                 continue
             except duckdb.OutOfMemoryException:
                 if not self._db.raise_memory_limit():
                     raise
 
-    def _prepare(self, events, rows, shreds) -> "PreparedWrite":
+    def _prepare(self, events, rows, shreds, structures=None) -> "PreparedWrite":
         """`rows`: each event's TableRows, None for an event `shreds` has in bulk form (left to
-        commit_prepared); `shreds` None plans every event in Python."""
+        commit_prepared); `shreds` None plans every event in Python. `structures`: prepare_events'."""
         conn = self._db.conn
         result = WriteResult()
         shreds = shreds or [None] * len(events)
@@ -497,7 +545,7 @@ class DuckDBWarehouse:
                 registered.append(shred.SOURCE)
                 conn.register(shred.SOURCE, shred.arrow_table([c for _, _, c in candidates],
                                                               [keys[n] for n, _, _ in candidates]))
-                shredding = Shredding([(i, c) for _, i, c in candidates], loaded_at)
+                shredding = Shredding([(i, c) for _, i, c in candidates], loaded_at, structures)
         except BaseException:
             self._unregister(registered)
             raise
@@ -544,10 +592,18 @@ class DuckDBWarehouse:
         """The INSERTs of the groups of `shredding`'s events (one type, one track name) whose fields
         all have columns that take them, read from the batch's structure, with their keys; the
         other groups' events go to shredding.left."""
-        groups = self._group_structures(len(shredding.candidates))
+        groups = shredding.structures() if shredding.structures is not None else None
+        if groups is None:
+            found = _structure_rows(self._db.conn, len(shredding.candidates))
+            groups = shred.merge_groups([found]) if found is not None else {}  # out of memory: all in Python
+        # Read ahead, the structures may hold events that are not candidates (duplicates, events the batch's
+        # Python plans took): more fields or types than the group has, which only takes it less often in bulk
+        counts = Counter(shred.group(c) for _, c in shredding.candidates)
         accepted = {}
-        for group, (structure, count, integrations) in groups.items():
-            inserts = shred.inserts(group, structure, count, integrations > 0, self._db.schemas,
+        for group, (structure, _, integrations) in groups.items():
+            if not counts[group]:
+                continue
+            inserts = shred.inserts(group, structure, counts[group], integrations > 0, self._db.schemas,
                                     self.flatten_depth, shredding.loaded_at, shred.SOURCE)
             if inserts is not None:
                 accepted[group] = inserts
@@ -563,7 +619,7 @@ class DuckDBWarehouse:
         statements, written = [], []
         for group, inserts in accepted.items():
             written.append(group)
-            result.shredded += groups[group][1]
+            result.shredded += counts[group]
             for insert in inserts:
                 statements.append(insert.sql)
                 result.rows[insert.table] += insert.rows
@@ -575,21 +631,6 @@ class DuckDBWarehouse:
         written = set(written)
         shredding.left = [i for i, c in shredding.candidates if shred.group(c) not in written]
         return statements
-
-    def _group_structures(self, rows: int) -> dict:
-        """{grp: [structure, events, events with integrations]} of shred.SOURCE's `rows` events, its
-        parts' structures merged; {} (Python plans them all) if that needs more than the memory budget."""
-        groups = {}
-        try:
-            for query in shred.structure_queries(shred.SOURCE, rows):
-                for group, structure, count, integrations in self._db.conn.execute(query).fetchall():
-                    found = groups.setdefault(group, ["NULL", 0, 0])  # merge("NULL", s) is s
-                    found[0] = shred.merge(found[0], orjson.loads(structure))
-                    found[1] += count
-                    found[2] += integrations
-        except duckdb.OutOfMemoryException:
-            return {}
-        return groups
 
     def _split_duplicates(self, events, rows, shreds, result) -> tuple:
         """(the indices of events whose primary row is new, their keys); the rest are duplicates

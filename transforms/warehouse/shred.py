@@ -104,17 +104,25 @@ def group(shreddable_: Shreddable) -> str:
 
 
 # Rows per json_group_structure query: its state grows with every row it merges (measured, DuckDB 2.0:
-# 20,000 realistic events need more than 128 MB), so a batch is read in parts, merged here.
+# 20,000 realistic events need more than 128 MB), so a batch is read in parts, merged here. A part
+# that runs out of memory anyway (what else DuckDB holds at the time counts too) is read in halves,
+# down to MIN_STRUCTURE_ROWS.
 STRUCTURE_ROWS = 4096
+MIN_STRUCTURE_ROWS = 256
 _INTEGERS = ("UBIGINT", "BIGINT", "HUGEINT")
 _NUMBERS = ("UBIGINT", "BIGINT", "HUGEINT", "DOUBLE")
 
 
-def structure_queries(source: str, rows: int) -> list:
-    """Queries of (grp, structure, events, events with `integrations`) over `source`'s rows, in parts."""
-    return [f"SELECT grp, json_group_structure(CAST(j AS JSON)), count(*), count(integ) FROM {source} "
-            f"WHERE n >= {start} AND n < {start + STRUCTURE_ROWS} GROUP BY grp"
-            for start in range(0, rows, STRUCTURE_ROWS)]
+def structure_parts(rows: int) -> list:
+    """(start, rows) of each part of a batch of `rows` events that one structure_query reads."""
+    return [(start, min(STRUCTURE_ROWS, rows - start)) for start in range(0, rows, STRUCTURE_ROWS)]
+
+
+def structure_query(source: str, start: int, rows: int) -> str:
+    """The query of (grp, structure, events, events with `integrations`) over `rows` of `source`'s
+    events from position `start`."""
+    return (f"SELECT grp, json_group_structure(CAST(j AS JSON)), count(*), count(integ) FROM {source} "
+            f"WHERE n >= {start} AND n < {start + rows} GROUP BY grp")
 
 
 def merge(a, b):
@@ -139,15 +147,31 @@ def merge(a, b):
     return "JSON"
 
 
-def arrow_table(candidates: list, keys: list) -> pa.Table:
-    """The batch's events in bulk form, to register as SOURCE: j (the JSON text), grp (group()),
-    integ (`integrations` as JSON text), k (the key the warehouse dedupes the event by) and n (its
-    position, for structure_queries)."""
-    return pa.table({"j": pa.array([c.text for c in candidates], pa.string()),
-                     "grp": pa.array([group(c) for c in candidates], pa.string()),
-                     "integ": pa.array([c.integrations for c in candidates], pa.string()),
-                     "k": pa.array(keys, pa.string()),
-                     "n": pa.array(range(len(candidates)), pa.int64())})
+def arrow_table(candidates: list, keys: list = None) -> pa.Table:
+    """The batch's events in bulk form, to register as SOURCE: j (the JSON text, of Arrow's JSON
+    type, which DuckDB takes as JSON without validating it again: orjson wrote it), grp (group()),
+    integ (`integrations` as JSON text), k (the key the warehouse dedupes the event by; left out
+    without `keys`) and n (its position, for structure_query)."""
+    columns = {"j": pa.array([c.text for c in candidates], pa.json_()),
+               "grp": pa.array([group(c) for c in candidates], pa.string()),
+               "integ": pa.array([c.integrations for c in candidates], pa.string())}
+    if keys is not None:
+        columns["k"] = pa.array(keys, pa.string())
+    columns["n"] = pa.array(range(len(candidates)), pa.int64())
+    return pa.table(columns)
+
+
+def merge_groups(parts) -> dict:
+    """{grp: [structure, events, events with integrations]} of several parts' (group, structure
+    text or parsed, events, events with integrations) rows, merged in order."""
+    groups = {}
+    for rows in parts:
+        for group_, structure, count, integrations in rows:
+            merged = groups.setdefault(group_, ["NULL", 0, 0])  # merge("NULL", s) is s
+            merged[0] = merge(merged[0], orjson.loads(structure) if type(structure) is str else structure)
+            merged[1] += count
+            merged[2] += integrations
+    return groups
 
 
 def inserts(group_: str, structure: dict, rows: int, has_integrations: bool, schemas: dict, max_depth: int,

@@ -6,6 +6,7 @@ the Batches step (BatchElements or GroupIntoBatches), in a batch run by the writ
 come back as `insert_failed` dead letters; events already stored are counted as the
 `duplicate` policy drop, so a re-run conserves without writing twice.
 """
+import functools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -19,13 +20,17 @@ from transforms import gcpause, metrics, parking, switching
 from transforms.experiments.settings import ExperimentSettings
 from transforms.fallible import FallibleFn, apply_fallible
 from transforms.messages import EventCoder, JsonCoder, Rejection
-from transforms.warehouse import planner, split_url
+from transforms.warehouse import planner, shred, split_url
 
 DEFAULT_BATCH_SIZE = 5000
 # A batch run's default (warehouse.batch_size unset): a quarter of the commits, and each batch's
 # fixed costs (a transaction, a statement per table) spread over more events; memory is still
 # bounded by the batch, not the input (docs/benchmarks.md has the measurements).
 BACKFILL_BATCH_SIZE = 20000
+# A batch run's first batch into DuckDB: the tables a run creates are planned in Python, event by
+# event, and only a batch after the one that created them is written in bulk (shred.py), so the
+# first batch is cut short and the next ones find most tables made (docs/benchmarks.md).
+FIRST_BATCH_SIZE = 1000
 
 
 class WarehouseSettings(NamedTuple):
@@ -121,12 +126,17 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
         self._batch_run = batch_run
         self._committer = self._in_flight = None  # in flight: (batch, its PreparedWrite, the commit's Future)
         self._buffer = []
+        self._limit = settings.batch_size  # the next batch's size
+        # read ahead (DuckDB): the buffered events' shred_events, and the committer's reads of their
+        # structures, a part at a time, while the batch fills
+        self._shreds, self._parts = [], []
 
     def setup(self):
         super().setup()
         if self._batch_run and hasattr(self._backend, "commit_prepared"):
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="sluice-commit")
             switching.shorten()
+            self._limit = min(FIRST_BATCH_SIZE, self._settings.batch_size)
 
     def teardown(self):
         try:
@@ -142,7 +152,7 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
 
     def start_bundle(self):
         self._abandon()
-        self._buffer = []
+        self._buffer, self._shreds, self._parts = [], [], []
 
     def _abandon(self):
         """A batch left in flight by a bundle that failed: its commit awaited and the warehouse
@@ -158,21 +168,41 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
             yield from super().process(element)  # a batch
             return
         self._buffer.append(element)
-        if len(self._buffer) >= self._settings.batch_size:
+        if self._committer is not None and len(self._buffer) - len(self._shreds) >= shred.STRUCTURE_ROWS:
+            self._read_ahead()
+        if len(self._buffer) >= self._limit:
+            self._limit = min(self._limit * 4, self._settings.batch_size)
+            yield from self._write(*self._cut())
+
+    def _read_ahead(self):
+        """The structure of the events buffered since the last part, read on the committer's thread
+        (after the commit in flight, if any) while the bundle's thread goes on filling the batch:
+        the commit of a batch then finds its structure read (DuckDBWarehouse.read_structures)."""
+        part = self._backend.shred_events(self._buffer[len(self._shreds):])
+        self._shreds += part
+        self._parts.append(self._committer.submit(self._backend.read_structures, part))
+
+    def _cut(self) -> tuple:
+        """(the buffered batch, its shred_events, its structures read ahead) and an empty buffer."""
+        if self._committer is None:
             batch, self._buffer = self._buffer, []
-            yield from self._write(batch)
+            return batch, None, None
+        if len(self._shreds) < len(self._buffer):
+            self._read_ahead()
+        batch, shreds, parts = self._buffer, self._shreds, self._parts
+        self._buffer, self._shreds, self._parts = [], [], []
+        return batch, shreds, functools.partial(_read_parts, parts)
 
     def finish_bundle(self):
         outputs = []
         if self._buffer:
-            batch, self._buffer = self._buffer, []
-            outputs.extend(self._write(batch))
+            outputs.extend(self._write(*self._cut()))
         if self._in_flight is not None:
             outputs.extend(self._settle())
         for output in outputs:  # dead letters only (the main output carries nothing)
             yield pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
 
-    def _write(self, batch):
+    def _write(self, batch, shreds=None, structures=None):
         if self._committer is None:
             yield from self.emit(batch, self.attempt)
             return
@@ -180,7 +210,7 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
             yield from self._settle()
         try:
             with gcpause.paused():
-                prepared = self._backend.prepare_events(batch)
+                prepared = self._backend.prepare_events(batch, shreds, structures)
         except Exception as exc:  # noqa: BLE001 - the batch's dead letters, as FallibleFn makes them
             yield from self.emit(batch, lambda _: _raise(exc))
             return
@@ -233,6 +263,15 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
 
 def _raise(exc):
     raise exc
+
+
+def _read_parts(parts: list):
+    """The parts' structures merged, called by the commit on the committer's thread, after the
+    parts (one thread, first come first served); None when one is missing or failed (the commit
+    then reads the batch's structure itself)."""
+    if not all(part.done() and part.exception() is None and part.result() is not None for part in parts):
+        return None
+    return shred.merge_groups([part.result() for part in parts])
 
 
 class WriteDeadLettersFn(WarehouseFn):
