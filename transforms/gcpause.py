@@ -39,7 +39,9 @@ def paused():
 # net of the deallocations. Above what a batch run keeps alive at once (a backfill batch of
 # 20,000 realistic events and the one committing: ~520,000 containers at the peak), so that
 # no collection walks the buffered batches, which all die by reference counting; cyclic garbage
-# (the run makes almost none) still triggers one, bounded by this count.
+# (the run makes almost none) still triggers one, bounded by this count. The threshold is the
+# process's: in `serve`'s embedded loads, the collector's threads' young garbage waits too for a
+# load's length, and a collection that comes walks up to this many objects (~0.1 s).
 RELAXED_THRESHOLD = 1_000_000
 
 

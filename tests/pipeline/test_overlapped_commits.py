@@ -144,3 +144,24 @@ def test_a_part_read_ahead_that_fails_leaves_the_commit_to_read_the_structure_it
     summary, stored, letters = run_file(tmp_path, [track(i) for i in range(100)], batch_size=40)
     assert summary["conservation"]["holds"] and summary["stored"] == 100 and letters == []
     assert len(calls) > 4 and counted[0]["stored_in_bulk"] > 50 and len(stored) == 100
+
+
+def test_a_failure_making_a_parts_bulk_form_is_its_batchs_dead_letters_not_a_failed_run(tmp_path, monkeypatch):
+    """Reading ahead runs in process(), outside FallibleFn's handler: a part whose bulk form cannot
+    be made (a fault injected around the real shred.shreddable) is not read ahead, and prepare_events
+    meets the failure again where it becomes the batch's internal_error dead letters."""
+    from transforms.warehouse import shred
+    real = shred.shreddable
+
+    def shreddable(event, exposures=None):
+        if event.body["messageId"] == "boom":
+            raise RuntimeError("injected")
+        return real(event, exposures)
+    monkeypatch.setattr(shred, "shreddable", shreddable)
+    monkeypatch.setattr(shred, "STRUCTURE_ROWS", 2)
+    events = [track(i) for i in range(8)] + [track(8, "boom")] + [track(i) for i in range(9, 12)]
+    summary, stored, letters = run_file(tmp_path, events, batch_size=4)
+    assert summary["conservation"]["holds"], summary
+    assert summary["dead_lettered"] == {"internal_error": 4}  # the batch of the marked event, whole
+    assert stored == sorted(f"m-{i}" for i in range(8))
+    assert {r["message_id"] for r in letters} == {"boom", "m-9", "m-10", "m-11"}

@@ -164,6 +164,19 @@ def test_a_group_left_to_python_that_may_widen_a_shared_column_holds_the_others_
     assert results[1].shredded == 0 and results[1].type_conflicts["tracks"] == 1
 
 
+def test_a_field_both_object_and_scalar_in_a_left_group_holds_back_the_int64_columns_below_it(tmp_path):
+    """Merged, an object and a scalar at one field are "JSON", which hides the object's fields: an
+    INT64 column under that field may still be widened by the group's Python plan."""
+    warehouse = DuckDBWarehouse(str(tmp_path / "w.duckdb")).open()
+    warehouse.write_events([track("a1", {"total": 1}, context={"screen": {"density": 2}})])
+    structure = {"type": "VARCHAR", "event": "VARCHAR", "context": "JSON", "properties": {"total": "UBIGINT"}}
+    found = shred.widening("track:order_completed", structure, warehouse._db.schemas, 3)
+    plain = shred.widening("track:order_completed", {**structure, "context": {"screen": {"density": "UBIGINT"}}},
+                           warehouse._db.schemas, 3)
+    warehouse.close()
+    assert found == {"tracks", "order_completed"} and plain == set()
+
+
 def test_a_top_level_key_that_differs_from_the_section_only_in_case_leaves_its_group_to_python(tmp_path):
     """DuckDB's structs fold case: `Properties` beside `properties` cannot share one json_transform."""
     first = [track("a1", {"total": 1}, Properties={"a": 1}), track("a2", {"plan": "x"}, name="Signed Up")]

@@ -609,7 +609,7 @@ class DuckDBWarehouse:
                 accepted[group] = inserts
         waiting = set()  # tables a group planned after the commit may widen: nothing goes there in bulk
         while True:
-            waiting |= {t for g, (structure, _, _) in groups.items() if g not in accepted
+            waiting |= {t for g, (structure, _, _) in groups.items() if g not in accepted and counts[g]
                         for t in shred.widening(g, structure, self._db.schemas, self.flatten_depth)}
             held = [g for g, inserts in accepted.items() if any(i.table in waiting for i in inserts)]
             if not held:

@@ -202,7 +202,9 @@ def inserts(group_: str, structure: dict, rows: int, has_integrations: bool, sch
 def widening(group_: str, structure: dict, schemas: dict, max_depth: int) -> set:
     """The tables where planning the group's events in Python may widen an INT64 column (a float
     among the values of one of its fields). Its widening checks the column's values, so bulk rows
-    of the same batch must not be in the table before it: the groups writing there wait too."""
+    of the same batch must not be in the table before it: the groups writing there wait too. A
+    field whose values merge as "JSON" (an object in some events, a scalar in others) hides what
+    the objects hold: any INT64 column below it counts."""
     kind, table = group_.split(":", 1)
     found = set()
     for target in targets(kind, table):
@@ -210,8 +212,13 @@ def widening(group_: str, structure: dict, schemas: dict, max_depth: int) -> set
         if schema is None:
             continue
         for path, kind_of_values, _ in _table_leaves(kind, target, structure, max_depth, strict=False):
-            column = schema.by_source.get(layout.pointer(path))
+            pointer = layout.pointer(path)
+            column = schema.by_source.get(pointer)
             if column is not None and column.type == planner.INT64 and kind_of_values in ("DOUBLE", "JSON"):
+                found.add(target)
+            elif kind_of_values in ("JSON", "OBJECT") and any(
+                    source.startswith(pointer + "/") and below.type == planner.INT64
+                    for source, below in schema.by_source.items()):
                 found.add(target)
     return found
 

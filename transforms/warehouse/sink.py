@@ -168,7 +168,8 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
             yield from super().process(element)  # a batch
             return
         self._buffer.append(element)
-        if self._committer is not None and len(self._buffer) - len(self._shreds) >= shred.STRUCTURE_ROWS:
+        if self._committer is not None and self._shreds is not None \
+                and len(self._buffer) - len(self._shreds) >= shred.STRUCTURE_ROWS:
             self._read_ahead()
         if len(self._buffer) >= self._limit:
             self._limit = min(self._limit * 4, self._settings.batch_size)
@@ -177,8 +178,14 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
     def _read_ahead(self):
         """The structure of the events buffered since the last part, read on the committer's thread
         (after the commit in flight, if any) while the bundle's thread goes on filling the batch:
-        the commit of a batch then finds its structure read (DuckDBWarehouse.read_structures)."""
-        part = self._backend.shred_events(self._buffer[len(self._shreds):])
+        the commit of a batch then finds its structure read (DuckDBWarehouse.read_structures). If
+        making a part's bulk form fails, the batch is not read ahead: prepare_events makes it again,
+        where a failure is the batch's dead letters (FallibleFn), never a failed bundle."""
+        try:
+            part = self._backend.shred_events(self._buffer[len(self._shreds):])
+        except Exception:  # noqa: BLE001 - met again, and dead-lettered, in _write
+            self._shreds = None
+            return
         self._shreds += part
         self._parts.append(self._committer.submit(self._backend.read_structures, part))
 
@@ -187,10 +194,12 @@ class WriteEventsFn(WarehouseFn, FallibleFn):
         if self._committer is None:
             batch, self._buffer = self._buffer, []
             return batch, None, None
-        if len(self._shreds) < len(self._buffer):
+        if self._shreds is not None and len(self._shreds) < len(self._buffer):
             self._read_ahead()
         batch, shreds, parts = self._buffer, self._shreds, self._parts
         self._buffer, self._shreds, self._parts = [], [], []
+        if shreds is None:  # not read ahead (_read_ahead)
+            return batch, None, None
         return batch, shreds, functools.partial(_read_parts, parts)
 
     def finish_bundle(self):
