@@ -211,7 +211,7 @@ def _time_or_none(value):
 
 
 def _structure_rows(conn, rows: int):
-    """(grp, structure, events, events with integrations) rows of the structure of shred.SOURCE's
+    """(grp, structure, events with integrations) rows of the structure of shred.SOURCE's
     `rows` events, as registered on `conn`, part by part in order (a part out of memory is read in
     halves); None if a part of shred.MIN_STRUCTURE_ROWS needs more than the memory budget. For
     shred.merge_groups."""
@@ -600,7 +600,7 @@ class DuckDBWarehouse:
         # Python plans took): more fields or types than the group has, which only takes it less often in bulk
         counts = Counter(shred.group(c) for _, c in shredding.candidates)
         accepted = {}
-        for group, (structure, _, integrations) in groups.items():
+        for group, (structure, integrations) in groups.items():
             if not counts[group]:
                 continue
             inserts = shred.inserts(group, structure, counts[group], integrations > 0, self._db.schemas,
@@ -609,7 +609,7 @@ class DuckDBWarehouse:
                 accepted[group] = inserts
         waiting = set()  # tables a group planned after the commit may widen: nothing goes there in bulk
         while True:
-            waiting |= {t for g, (structure, _, _) in groups.items() if g not in accepted and counts[g]
+            waiting |= {t for g, (structure, _) in groups.items() if g not in accepted and counts[g]
                         for t in shred.widening(g, structure, self._db.schemas, self.flatten_depth)}
             held = [g for g, inserts in accepted.items() if any(i.table in waiting for i in inserts)]
             if not held:

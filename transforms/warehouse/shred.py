@@ -119,9 +119,9 @@ def structure_parts(rows: int) -> list:
 
 
 def structure_query(source: str, start: int, rows: int) -> str:
-    """The query of (grp, structure, events, events with `integrations`) over `rows` of `source`'s
-    events from position `start`."""
-    return (f"SELECT grp, json_group_structure(CAST(j AS JSON)), count(*), count(integ) FROM {source} "
+    """The query of (grp, structure, events with `integrations`) over `rows` of `source`'s events
+    from position `start`."""
+    return (f"SELECT grp, json_group_structure(CAST(j AS JSON)), count(integ) FROM {source} "
             f"WHERE n >= {start} AND n < {start + rows} GROUP BY grp")
 
 
@@ -162,15 +162,15 @@ def arrow_table(candidates: list, keys: list = None) -> pa.Table:
 
 
 def merge_groups(parts) -> dict:
-    """{grp: [structure, events, events with integrations]} of several parts' (group, structure
-    text or parsed, events, events with integrations) rows, merged in order."""
+    """{grp: [structure, events with integrations]} of several parts' structure_query rows, merged
+    in order. (How many events a group has is the caller's to count: a structure read ahead may
+    cover events the batch then leaves out.)"""
     groups = {}
     for rows in parts:
-        for group_, structure, count, integrations in rows:
-            merged = groups.setdefault(group_, ["NULL", 0, 0])  # merge("NULL", s) is s
-            merged[0] = merge(merged[0], orjson.loads(structure) if type(structure) is str else structure)
-            merged[1] += count
-            merged[2] += integrations
+        for group_, structure, integrations in rows:
+            merged = groups.setdefault(group_, ["NULL", 0])  # merge("NULL", s) is s
+            merged[0] = merge(merged[0], orjson.loads(structure))
+            merged[1] += integrations
     return groups
 
 
