@@ -31,6 +31,7 @@ import pyarrow as pa
 from transforms.experiments.extract import Reader
 from transforms.timeutil import format_time
 from transforms.warehouse import layout, planner, replays, shred
+from transforms.warehouse.sqltext import literal, quote
 from transforms.warehouse.result import WriteResult
 
 _LOG = logging.getLogger(__name__)
@@ -54,10 +55,6 @@ _KEY = "md5_number({})"  # 128 bits of the string `<table>:<message_id>` (a tabl
 DEAD_LETTER_TABLE = planner.DEAD_LETTER_TABLE
 DEAD_LETTER_COLUMNS = planner.DEAD_LETTER_COLUMNS
 DELIVERIES_TABLE = planner.DELIVERIES_TABLE
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 # DuckDB caches what it reads and writes up to its memory limit, by default 80% of the
@@ -627,7 +624,7 @@ class DuckDBWarehouse:
                     result.type_conflicts[insert.table] += self._db.conn.execute(insert.conflicts).fetchone()[0]
         if written:
             statements.insert(0, f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM {shred.SOURCE} "
-                                 f"WHERE grp IN ({', '.join(shred.literal(g) for g in written)})")
+                                 f"WHERE grp IN ({', '.join(literal(g) for g in written)})")
         written = set(written)
         shredding.left = [i for i, c in shredding.candidates if shred.group(c) not in written]
         return statements

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from transforms.experiments.extract import Exposure
 from transforms.warehouse import layout, naming, planner
+from transforms.warehouse.sqltext import literal, quote
 
 SOURCE = "_sluice_shred"  # the registered table of a batch's events in bulk form (arrow_table)
 
@@ -193,7 +194,7 @@ def inserts(group_: str, structure: dict, rows: int, has_integrations: bool, sch
         spec, columns, conflicts = select
         rows_of = (f"FROM (SELECT json_transform(j, {literal(orjson.dumps(spec).decode())}) AS s, integ "
                    f"FROM {source} WHERE grp = {literal(group_)})")
-        sql = f"INSERT INTO {_quote(target)} BY NAME SELECT {', '.join(columns)}, {loaded_at} AS loaded_at {rows_of}"
+        sql = f"INSERT INTO {quote(target)} BY NAME SELECT {', '.join(columns)}, {loaded_at} AS loaded_at {rows_of}"
         counted = f"SELECT {' + '.join(f'count_if({c})' for c in conflicts)} {rows_of}" if conflicts else None
         found.append(Insert(target, sql, rows, counted))
     return found
@@ -300,7 +301,7 @@ def _select(schema, leaves, kind, table, has_integrations):
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = transform_type
-        columns.append(f"{expression.format(v=value)} AS {_quote(column.name)}")
+        columns.append(f"{expression.format(v=value)} AS {quote(column.name)}")
     if kind == "track":
         for source, value in ((layout.EVENT_POINTER, literal(table)), ("/event", None)):
             column = by_source.get(source)
@@ -309,15 +310,15 @@ def _select(schema, leaves, kind, table, has_integrations):
             if value is None:
                 spec["event"] = "VARCHAR"
                 value = "s['event']"
-            columns.append(f"{value} AS {_quote(column.name)}")
+            columns.append(f"{value} AS {quote(column.name)}")
     if has_integrations:
         column = by_source.get("/integrations")
         if column is None or column.type != planner.JSON:
             return None
-        columns.append(f"CAST(integ AS JSON) AS {_quote(column.name)}")
+        columns.append(f"CAST(integ AS JSON) AS {quote(column.name)}")
     if unmapped:  # the row's conflicting values as one object keyed by pointer, as plan_rows writes it
         columns.append(f"CAST(CASE WHEN {' OR '.join(conflicts)} THEN '{{' || concat_ws(',', {', '.join(unmapped)}) "
-                       f"|| '}}' END AS JSON) AS {_quote(by_source[layout.UNMAPPED].name)}")
+                       f"|| '}}' END AS JSON) AS {quote(by_source[layout.UNMAPPED].name)}")
     return spec, columns, conflicts
 
 
@@ -355,11 +356,3 @@ def _sorted_values(column, no_widen: bool, flattened: bool) -> tuple:
     if column.type == planner.JSON:
         return expression, None
     return expression, f"({{v}} IS NOT NULL AND NOT coalesce({fits}, false))"
-
-
-def literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
