@@ -46,13 +46,13 @@ _EXTRACT = {
                               "for a FLOAT64 column') ELSE CAST({v} AS DOUBLE) END ELSE CAST({v} AS DOUBLE) END"),
     planner.JSON: ("JSON", "{v}"),
 }
-_TABLES = {"identify": ("identifies",), "group": ("groups",), "page": ("pages",), "screen": ("screens",),
-           "alias": ("aliases",)}
 
 
 def targets(kind: str, table: str = "") -> tuple:
-    """The tables an event of type `kind` (a track's: `table`) goes to in bulk."""
-    return ("tracks", table) if kind == "track" else _TABLES[kind]
+    """The tables an event of type `kind` (a track's: `table`) goes to in bulk: its type's table
+    (layout.PRIMARY_TABLE), and a track's event table."""
+    primary = layout.PRIMARY_TABLE[kind]
+    return (primary, table) if kind == "track" else (primary,)
 
 
 class Shreddable(NamedTuple):
