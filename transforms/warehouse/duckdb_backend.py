@@ -31,6 +31,7 @@ import pyarrow as pa
 from transforms.experiments.extract import Reader
 from transforms.timeutil import format_time
 from transforms.warehouse import layout, planner, replays, shred
+from transforms.warehouse.sqltext import literal, quote
 from transforms.warehouse.result import WriteResult
 
 _LOG = logging.getLogger(__name__)
@@ -54,10 +55,6 @@ _KEY = "md5_number({})"  # 128 bits of the string `<table>:<message_id>` (a tabl
 DEAD_LETTER_TABLE = planner.DEAD_LETTER_TABLE
 DEAD_LETTER_COLUMNS = planner.DEAD_LETTER_COLUMNS
 DELIVERIES_TABLE = planner.DELIVERIES_TABLE
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 # DuckDB caches what it reads and writes up to its memory limit, by default 80% of the
@@ -211,7 +208,7 @@ def _time_or_none(value):
 
 
 def _structure_rows(conn, rows: int):
-    """(grp, structure, events, events with integrations) rows of the structure of shred.SOURCE's
+    """(grp, structure, events with integrations) rows of the structure of shred.SOURCE's
     `rows` events, as registered on `conn`, part by part in order (a part out of memory is read in
     halves); None if a part of shred.MIN_STRUCTURE_ROWS needs more than the memory budget. For
     shred.merge_groups."""
@@ -600,7 +597,7 @@ class DuckDBWarehouse:
         # Python plans took): more fields or types than the group has, which only takes it less often in bulk
         counts = Counter(shred.group(c) for _, c in shredding.candidates)
         accepted = {}
-        for group, (structure, _, integrations) in groups.items():
+        for group, (structure, integrations) in groups.items():
             if not counts[group]:
                 continue
             inserts = shred.inserts(group, structure, counts[group], integrations > 0, self._db.schemas,
@@ -609,7 +606,7 @@ class DuckDBWarehouse:
                 accepted[group] = inserts
         waiting = set()  # tables a group planned after the commit may widen: nothing goes there in bulk
         while True:
-            waiting |= {t for g, (structure, _, _) in groups.items() if g not in accepted and counts[g]
+            waiting |= {t for g, (structure, _) in groups.items() if g not in accepted and counts[g]
                         for t in shred.widening(g, structure, self._db.schemas, self.flatten_depth)}
             held = [g for g, inserts in accepted.items() if any(i.table in waiting for i in inserts)]
             if not held:
@@ -627,7 +624,7 @@ class DuckDBWarehouse:
                     result.type_conflicts[insert.table] += self._db.conn.execute(insert.conflicts).fetchone()[0]
         if written:
             statements.insert(0, f"INSERT INTO {KEYS_TABLE} SELECT {_KEY.format('k')} FROM {shred.SOURCE} "
-                                 f"WHERE grp IN ({', '.join(shred.literal(g) for g in written)})")
+                                 f"WHERE grp IN ({', '.join(literal(g) for g in written)})")
         written = set(written)
         shredding.left = [i for i, c in shredding.candidates if shred.group(c) not in written]
         return statements

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from transforms.experiments.extract import Exposure
 from transforms.warehouse import layout, naming, planner
+from transforms.warehouse.sqltext import literal, quote
 
 SOURCE = "_sluice_shred"  # the registered table of a batch's events in bulk form (arrow_table)
 
@@ -45,13 +46,13 @@ _EXTRACT = {
                               "for a FLOAT64 column') ELSE CAST({v} AS DOUBLE) END ELSE CAST({v} AS DOUBLE) END"),
     planner.JSON: ("JSON", "{v}"),
 }
-_TABLES = {"identify": ("identifies",), "group": ("groups",), "page": ("pages",), "screen": ("screens",),
-           "alias": ("aliases",)}
 
 
 def targets(kind: str, table: str = "") -> tuple:
-    """The tables an event of type `kind` (a track's: `table`) goes to in bulk."""
-    return ("tracks", table) if kind == "track" else _TABLES[kind]
+    """The tables an event of type `kind` (a track's: `table`) goes to in bulk: its type's table
+    (layout.PRIMARY_TABLE), and a track's event table."""
+    primary = layout.PRIMARY_TABLE[kind]
+    return (primary, table) if kind == "track" else (primary,)
 
 
 class Shreddable(NamedTuple):
@@ -119,9 +120,9 @@ def structure_parts(rows: int) -> list:
 
 
 def structure_query(source: str, start: int, rows: int) -> str:
-    """The query of (grp, structure, events, events with `integrations`) over `rows` of `source`'s
-    events from position `start`."""
-    return (f"SELECT grp, json_group_structure(CAST(j AS JSON)), count(*), count(integ) FROM {source} "
+    """The query of (grp, structure, events with `integrations`) over `rows` of `source`'s events
+    from position `start`."""
+    return (f"SELECT grp, json_group_structure(CAST(j AS JSON)), count(integ) FROM {source} "
             f"WHERE n >= {start} AND n < {start + rows} GROUP BY grp")
 
 
@@ -162,15 +163,15 @@ def arrow_table(candidates: list, keys: list = None) -> pa.Table:
 
 
 def merge_groups(parts) -> dict:
-    """{grp: [structure, events, events with integrations]} of several parts' (group, structure
-    text or parsed, events, events with integrations) rows, merged in order."""
+    """{grp: [structure, events with integrations]} of several parts' structure_query rows, merged
+    in order. (How many events a group has is the caller's to count: a structure read ahead may
+    cover events the batch then leaves out.)"""
     groups = {}
     for rows in parts:
-        for group_, structure, count, integrations in rows:
-            merged = groups.setdefault(group_, ["NULL", 0, 0])  # merge("NULL", s) is s
-            merged[0] = merge(merged[0], orjson.loads(structure) if type(structure) is str else structure)
-            merged[1] += count
-            merged[2] += integrations
+        for group_, structure, integrations in rows:
+            merged = groups.setdefault(group_, ["NULL", 0])  # merge("NULL", s) is s
+            merged[0] = merge(merged[0], orjson.loads(structure))
+            merged[1] += integrations
     return groups
 
 
@@ -193,7 +194,7 @@ def inserts(group_: str, structure: dict, rows: int, has_integrations: bool, sch
         spec, columns, conflicts = select
         rows_of = (f"FROM (SELECT json_transform(j, {literal(orjson.dumps(spec).decode())}) AS s, integ "
                    f"FROM {source} WHERE grp = {literal(group_)})")
-        sql = f"INSERT INTO {_quote(target)} BY NAME SELECT {', '.join(columns)}, {loaded_at} AS loaded_at {rows_of}"
+        sql = f"INSERT INTO {quote(target)} BY NAME SELECT {', '.join(columns)}, {loaded_at} AS loaded_at {rows_of}"
         counted = f"SELECT {' + '.join(f'count_if({c})' for c in conflicts)} {rows_of}" if conflicts else None
         found.append(Insert(target, sql, rows, counted))
     return found
@@ -300,7 +301,7 @@ def _select(schema, leaves, kind, table, has_integrations):
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = transform_type
-        columns.append(f"{expression.format(v=value)} AS {_quote(column.name)}")
+        columns.append(f"{expression.format(v=value)} AS {quote(column.name)}")
     if kind == "track":
         for source, value in ((layout.EVENT_POINTER, literal(table)), ("/event", None)):
             column = by_source.get(source)
@@ -309,15 +310,15 @@ def _select(schema, leaves, kind, table, has_integrations):
             if value is None:
                 spec["event"] = "VARCHAR"
                 value = "s['event']"
-            columns.append(f"{value} AS {_quote(column.name)}")
+            columns.append(f"{value} AS {quote(column.name)}")
     if has_integrations:
         column = by_source.get("/integrations")
         if column is None or column.type != planner.JSON:
             return None
-        columns.append(f"CAST(integ AS JSON) AS {_quote(column.name)}")
+        columns.append(f"CAST(integ AS JSON) AS {quote(column.name)}")
     if unmapped:  # the row's conflicting values as one object keyed by pointer, as plan_rows writes it
         columns.append(f"CAST(CASE WHEN {' OR '.join(conflicts)} THEN '{{' || concat_ws(',', {', '.join(unmapped)}) "
-                       f"|| '}}' END AS JSON) AS {_quote(by_source[layout.UNMAPPED].name)}")
+                       f"|| '}}' END AS JSON) AS {quote(by_source[layout.UNMAPPED].name)}")
     return spec, columns, conflicts
 
 
@@ -355,11 +356,3 @@ def _sorted_values(column, no_widen: bool, flattened: bool) -> tuple:
     if column.type == planner.JSON:
         return expression, None
     return expression, f"({{v}} IS NOT NULL AND NOT coalesce({fits}, false))"
-
-
-def literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
